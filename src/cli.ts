@@ -1,0 +1,126 @@
+#!/usr/bin/env node
+/**
+ * breakwater's command line.
+ *
+ *   breakwater [--config FILE]            run (FILE defaults to $BREAKWATER_CONFIG, then config/breakwater.yaml)
+ *   breakwater validate --config FILE     check a file, print every problem, exit 0 or 1
+ *   breakwater schema                     print the JSON Schema of the config file
+ *   breakwater --version | --help
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { Breakwater } from './app.js';
+import { ConfigError, loadConfigFile } from './config/load.js';
+import { configJsonSchema } from './config/schema.js';
+
+const USAGE = `Usage:
+  breakwater [--config FILE]          run breakwater
+  breakwater validate --config FILE   check a config file and exit 0 (valid) or 1 (invalid)
+  breakwater schema                   print the JSON Schema of the config file
+Options:
+  -c, --config FILE   config file (default: $BREAKWATER_CONFIG, else config/breakwater.yaml)
+  -v, --version       print the version
+  -h, --help          print this help
+Docs: docs/configuration.md`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+async function main(argv: string[]): Promise<number> {
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(argv);
+  } catch (err) {
+    process.stderr.write(`breakwater: ${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`breakwater ${version()}\n`);
+    return 0;
+  }
+  const command = positionals[0] ?? 'run';
+  if (command === 'schema') {
+    process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+    return 0;
+  }
+  if (command !== 'run' && command !== 'validate') {
+    process.stderr.write(`breakwater: unknown command "${command}"\n${USAGE}\n`);
+    return 2;
+  }
+  const file = values.config ?? process.env.BREAKWATER_CONFIG ?? 'config/breakwater.yaml';
+  let loaded: Awaited<ReturnType<typeof loadConfigFile>>;
+  try {
+    loaded = await loadConfigFile(file);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`breakwater: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  if (command === 'validate') {
+    process.stdout.write(`${file}: valid\n`);
+    return 0;
+  }
+  return run(loaded.config, loaded.source);
+}
+
+function parse(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      version: { type: 'boolean', short: 'v' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+}
+
+async function run(
+  config: Awaited<ReturnType<typeof loadConfigFile>>['config'],
+  source: string,
+): Promise<number> {
+  let bw: Breakwater;
+  try {
+    bw = await Breakwater.start(config, { source });
+  } catch (err) {
+    process.stderr.write(`breakwater: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      bw.logger.info({ signal }, 'signal received');
+      bw.stop().then(
+        () => resolve(0),
+        (err: unknown) => {
+          bw.logger.error({ err }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    // Let pino's async destination flush before exiting.
+    setImmediate(() => process.exit(code));
+  },
+  (err: unknown) => {
+    process.stderr.write(`breakwater: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,402 @@
+/**
+ * Parsed YAML -> the model the runtime uses: policy blocks layered (built-in defaults <- `resilience`
+ * <- upstream <- route), names resolved, files read, everything frozen. After this, nothing on the
+ * request path re-checks or re-reads configuration.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve as resolvePath } from 'node:path';
+import type {
+  BulkheadInput,
+  CircuitBreakerInput,
+  Config,
+  DegradationInput,
+  FallbackInput,
+  RateLimiterInput,
+  RetryInput,
+} from './schema.js';
+
+export type RetryOutcome = 'connect-failure' | 'reset' | 'timeout' | '5xx' | 'gateway-error' | number;
+export type FailureOutcome = RetryOutcome | '4xx';
+
+export interface Timeouts {
+  /** Per attempt, until response headers (ms). */
+  readonly attempt: number;
+  /** Whole request including retries and waits (ms). */
+  readonly request: number;
+  readonly connect: number;
+  /** Longest silence while a response body streams (ms). */
+  readonly body: number;
+}
+
+export interface RetryPolicy {
+  readonly enabled: boolean;
+  readonly maxAttempts: number;
+  readonly initialWait: number;
+  readonly maxWait: number;
+  readonly multiplier: number;
+  readonly jitter: 'full' | 'equal' | 'none';
+  readonly retryOn: readonly RetryOutcome[];
+  readonly maxBodyBytes: number;
+  readonly retryNonIdempotent: boolean;
+  readonly attemptsHeader: boolean;
+  readonly budget: { readonly ratio: number; readonly minPerSecond: number; readonly window: number };
+}
+
+export interface CircuitBreakerPolicy {
+  readonly failureThreshold: number;
+  readonly resetTimeout: number;
+  readonly halfOpenRequests: number;
+  readonly successThreshold: number;
+  readonly window: { readonly type: 'count' | 'time'; readonly size: number };
+  readonly minimumCalls: number;
+  readonly failureRateThreshold: number | undefined;
+  readonly slowCallDuration: number | undefined;
+  readonly slowCallRateThreshold: number | undefined;
+  readonly failureOn: readonly FailureOutcome[];
+}
+
+export interface RateLimiterPolicy {
+  readonly ratePerSecond: number;
+  readonly burst: number;
+  readonly mode: 'reject' | 'shape';
+  readonly maxDelay: number;
+  readonly maxQueue: number;
+  readonly key:
+    | { readonly kind: 'none' }
+    | { readonly kind: 'client_ip' }
+    | { readonly kind: 'header'; readonly header: string };
+  readonly maxKeys: number;
+}
+
+export interface BulkheadPolicy {
+  readonly maxConcurrent: number;
+  readonly maxQueue: number;
+  readonly queueTimeout: number;
+}
+
+export interface EndpointModel {
+  readonly url: string;
+  /** `http://host:port`, the key of the connection pool. */
+  readonly origin: string;
+  readonly authority: string;
+}
+
+export interface UpstreamModel {
+  readonly name: string;
+  readonly endpoints: readonly EndpointModel[];
+  readonly hostHeader:
+    | { readonly kind: 'endpoint' }
+    | { readonly kind: 'preserve' }
+    | { readonly kind: 'literal'; readonly value: string };
+  readonly maxConnections: number;
+  readonly keepaliveTimeout: number;
+  readonly timeouts: Timeouts;
+  readonly retry: RetryPolicy;
+  readonly circuitBreaker: CircuitBreakerPolicy | undefined;
+  readonly rateLimiter: RateLimiterPolicy | undefined;
+  readonly bulkhead: BulkheadPolicy | undefined;
+  readonly fallback: string | undefined;
+}
+
+export interface RouteModel {
+  readonly name: string;
+  readonly listener: string;
+  readonly match: {
+    readonly pathPrefix: string | undefined;
+    readonly host: string | undefined;
+    /** `*.example.com` -> `.example.com`. */
+    readonly hostSuffix: string | undefined;
+    readonly methods: ReadonlySet<string> | undefined;
+    readonly headers: readonly (readonly [string, string])[];
+  };
+  readonly upstream: string;
+  readonly stripPrefix: string | undefined;
+  readonly timeouts: Timeouts;
+  readonly retry: RetryPolicy;
+}
+
+export interface ListenerModel {
+  readonly name: string;
+  readonly host: string;
+  readonly port: number;
+  readonly routes: readonly RouteModel[];
+}
+
+export type FallbackModel =
+  | (Extract<FallbackInput, { type: 'static_response' }> & { readonly bodyBytes: Buffer })
+  | Extract<FallbackInput, { type: 'cache' }>
+  | Extract<FallbackInput, { type: 'upstream' }>;
+
+export interface ResolvedConfig {
+  readonly file: string;
+  readonly listeners: readonly ListenerModel[];
+  readonly admin: { readonly host: string; readonly port: number };
+  readonly upstreams: Readonly<Record<string, UpstreamModel>>;
+  readonly fallbacks: Readonly<Record<string, FallbackModel>>;
+  readonly degradation: DegradationInput | undefined;
+  readonly logging: Config['logging'];
+  readonly shutdown: Config['shutdown'];
+  /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
+  readonly fallbackOf: Readonly<Record<string, string>>;
+}
+
+export const DEFAULTS = {
+  timeouts: { attempt: 5_000, request: 15_000, connect: 2_000, body: 30_000 },
+  maxConnections: 128,
+  keepaliveTimeout: 4_000,
+  retry: {
+    enabled: true,
+    maxAttempts: 3,
+    initialWait: 100,
+    maxWait: 10_000,
+    multiplier: 2,
+    jitter: 'full',
+    retryOn: ['connect-failure', 'reset', '5xx'],
+    maxBodyBytes: 65_536,
+    retryNonIdempotent: false,
+    attemptsHeader: true,
+    budget: { ratio: 0.2, minPerSecond: 10, window: 10_000 },
+  } satisfies RetryPolicy,
+  circuitBreaker: {
+    failureThreshold: 5,
+    resetTimeout: 30_000,
+    halfOpenRequests: 1,
+    successThreshold: 1,
+    window: { type: 'count', size: 100 },
+    minimumCalls: 20,
+    failureRateThreshold: undefined,
+    slowCallDuration: undefined,
+    slowCallRateThreshold: undefined,
+    failureOn: ['5xx', 408, 429, 'connect-failure', 'reset', 'timeout'],
+  } satisfies CircuitBreakerPolicy,
+  rateLimiter: { mode: 'reject', maxDelay: 1_000, maxQueue: 1_000, maxKeys: 10_000 },
+  bulkhead: { maxConcurrent: 100, maxQueue: 0, queueTimeout: 1_000 } satisfies BulkheadPolicy,
+} as const;
+
+export interface ResolveProblem {
+  readonly path: (string | number)[];
+  readonly message: string;
+}
+
+function pick<T>(...values: (T | undefined)[]): T | undefined {
+  for (const v of values) if (v !== undefined) return v;
+  return undefined;
+}
+
+function timeoutsOf(
+  layers: readonly (
+    | { timeout?: number; request_timeout?: number; connect_timeout?: number; body_timeout?: number }
+    | undefined
+  )[],
+): Timeouts {
+  const get = (k: 'timeout' | 'request_timeout' | 'connect_timeout' | 'body_timeout') =>
+    pick(...layers.map((l) => l?.[k]));
+  return {
+    attempt: get('timeout') ?? DEFAULTS.timeouts.attempt,
+    request: get('request_timeout') ?? Math.max(DEFAULTS.timeouts.request, get('timeout') ?? 0),
+    connect: get('connect_timeout') ?? DEFAULTS.timeouts.connect,
+    body: get('body_timeout') ?? DEFAULTS.timeouts.body,
+  };
+}
+
+/** Layers later in the list win (route over upstream over resilience). */
+function retryOf(layers: readonly (RetryInput | undefined)[]): RetryPolicy {
+  const ordered = [...layers].reverse();
+  const get = <K extends keyof RetryInput>(k: K) => pick(...ordered.map((l) => l?.[k]));
+  const budget = (k: 'ratio' | 'min_per_second' | 'window') => pick(...ordered.map((l) => l?.budget?.[k]));
+  const d = DEFAULTS.retry;
+  return {
+    enabled: get('enabled') ?? d.enabled,
+    maxAttempts: get('max_attempts') ?? d.maxAttempts,
+    initialWait: get('initial_wait') ?? d.initialWait,
+    maxWait: get('max_wait') ?? d.maxWait,
+    multiplier: get('multiplier') ?? d.multiplier,
+    jitter: get('jitter') ?? d.jitter,
+    retryOn: get('retry_on') ?? d.retryOn,
+    maxBodyBytes: get('max_body_bytes') ?? d.maxBodyBytes,
+    retryNonIdempotent: get('retry_non_idempotent') ?? d.retryNonIdempotent,
+    attemptsHeader: get('attempts_header') ?? d.attemptsHeader,
+    budget: {
+      ratio: budget('ratio') ?? d.budget.ratio,
+      minPerSecond: budget('min_per_second') ?? d.budget.minPerSecond,
+      window: budget('window') ?? d.budget.window,
+    },
+  };
+}
+
+function breakerOf(layers: readonly (CircuitBreakerInput | undefined)[]): CircuitBreakerPolicy | undefined {
+  const ordered = [...layers].reverse();
+  if (ordered.every((l) => l === undefined)) return undefined;
+  const get = <K extends keyof CircuitBreakerInput>(k: K) => pick(...ordered.map((l) => l?.[k]));
+  if (get('enabled') === false) return undefined;
+  const d = DEFAULTS.circuitBreaker;
+  const windowType = pick(...ordered.map((l) => l?.window?.type)) ?? d.window.type;
+  const windowSize = pick(...ordered.map((l) => l?.window?.size)) ?? (windowType === 'count' ? 100 : 60_000);
+  return {
+    failureThreshold: get('failure_threshold') ?? d.failureThreshold,
+    resetTimeout: get('reset_timeout') ?? d.resetTimeout,
+    halfOpenRequests: get('half_open_requests') ?? d.halfOpenRequests,
+    successThreshold: get('success_threshold') ?? d.successThreshold,
+    window: { type: windowType, size: windowSize },
+    minimumCalls: get('minimum_calls') ?? d.minimumCalls,
+    failureRateThreshold: get('failure_rate_threshold'),
+    slowCallDuration: get('slow_call_duration'),
+    slowCallRateThreshold: get('slow_call_rate_threshold'),
+    failureOn: get('failure_on') ?? d.failureOn,
+  };
+}
+
+function limiterOf(layers: readonly (RateLimiterInput | undefined)[]): RateLimiterPolicy | undefined {
+  const ordered = [...layers].reverse();
+  if (ordered.every((l) => l === undefined)) return undefined;
+  const get = <K extends keyof RateLimiterInput>(k: K) => pick(...ordered.map((l) => l?.[k]));
+  const rate = get('max_requests_per_second');
+  if (get('enabled') === false || rate === undefined) return undefined;
+  const key = get('key');
+  const d = DEFAULTS.rateLimiter;
+  return {
+    ratePerSecond: rate,
+    burst: get('burst_limit') ?? Math.max(1, Math.ceil(rate)),
+    mode: get('mode') ?? d.mode,
+    maxDelay: get('max_delay') ?? d.maxDelay,
+    maxQueue: get('max_queue') ?? d.maxQueue,
+    key:
+      key === undefined
+        ? { kind: 'none' }
+        : key === 'client_ip'
+          ? { kind: 'client_ip' }
+          : { kind: 'header', header: key.slice('header:'.length).toLowerCase() },
+    maxKeys: get('max_keys') ?? d.maxKeys,
+  };
+}
+
+function bulkheadOf(layers: readonly (BulkheadInput | undefined)[]): BulkheadPolicy | undefined {
+  const ordered = [...layers].reverse();
+  if (ordered.every((l) => l === undefined)) return undefined;
+  const get = <K extends keyof BulkheadInput>(k: K) => pick(...ordered.map((l) => l?.[k]));
+  if (get('enabled') === false) return undefined;
+  const d = DEFAULTS.bulkhead;
+  return {
+    maxConcurrent: get('max_concurrent') ?? d.maxConcurrent,
+    maxQueue: get('max_queue') ?? d.maxQueue,
+    queueTimeout: get('queue_timeout') ?? d.queueTimeout,
+  };
+}
+
+function endpointOf(url: string): EndpointModel {
+  const u = new URL(url);
+  const port = u.port || (u.protocol === 'https:' ? '443' : '80');
+  return {
+    url,
+    origin: `${u.protocol}//${u.hostname}:${port}`,
+    authority: u.port ? `${u.hostname}:${u.port}` : u.hostname,
+  };
+}
+
+export function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value) && !Buffer.isBuffer(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+export async function resolveConfig(
+  cfg: Config,
+  file: string,
+): Promise<{ config: ResolvedConfig; problems: ResolveProblem[] }> {
+  const problems: ResolveProblem[] = [];
+  const r = cfg.resilience;
+
+  const upstreams: Record<string, UpstreamModel> = {};
+  for (const [name, u] of Object.entries(cfg.upstreams)) {
+    const hh = u.host_header ?? 'endpoint';
+    upstreams[name] = {
+      name,
+      endpoints: u.endpoints.map(endpointOf),
+      hostHeader: hh === 'endpoint' || hh === 'preserve' ? { kind: hh } : { kind: 'literal', value: hh },
+      maxConnections: u.max_connections ?? DEFAULTS.maxConnections,
+      keepaliveTimeout: u.keepalive_timeout ?? DEFAULTS.keepaliveTimeout,
+      timeouts: timeoutsOf([u, r]),
+      retry: retryOf([r.retry, u.retry]),
+      circuitBreaker: breakerOf([r.circuit_breaker, u.circuit_breaker]),
+      rateLimiter: limiterOf([r.rate_limiter, u.rate_limiter]),
+      bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
+      fallback: u.fallback ?? r.fallback?.services?.[name]?.fallback_strategy,
+    };
+  }
+
+  const listeners: ListenerModel[] = cfg.listeners.map((l, li) => ({
+    name: l.name,
+    host: l.host ?? '127.0.0.1',
+    port: l.port,
+    routes: l.routes.map((rt, ri) => {
+      const u = cfg.upstreams[rt.upstream];
+      const host = rt.match?.host?.toLowerCase();
+      const timeouts = timeoutsOf([rt, u, r]);
+      if (timeouts.attempt > timeouts.request) {
+        problems.push({
+          path: ['listeners', li, 'routes', ri, 'timeout'],
+          message: 'timeout (per attempt) must not exceed request_timeout',
+        });
+      }
+      return {
+        name: rt.name ?? `${l.name}-${ri}`,
+        listener: l.name,
+        match: {
+          pathPrefix: rt.match?.path_prefix,
+          host: host?.startsWith('*.') ? undefined : host,
+          hostSuffix: host?.startsWith('*.') ? host.slice(1) : undefined,
+          methods: rt.match?.methods ? new Set(rt.match.methods) : undefined,
+          headers: Object.entries(rt.match?.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const),
+        },
+        upstream: rt.upstream,
+        stripPrefix:
+          rt.strip_prefix === true
+            ? rt.match?.path_prefix
+            : rt.strip_prefix === false
+              ? undefined
+              : rt.strip_prefix,
+        timeouts,
+        retry: retryOf([r.retry, u?.retry, rt.retry]),
+      };
+    }),
+  }));
+
+  const fallbacks: Record<string, FallbackModel> = {};
+  const base = dirname(resolvePath(file));
+  for (const [name, f] of Object.entries(cfg.fallbacks)) {
+    if (f.type === 'static_response') {
+      let bodyBytes = Buffer.from(f.body ?? '', 'utf8');
+      if (f.body_file !== undefined) {
+        try {
+          bodyBytes = await readFile(resolvePath(base, f.body_file));
+        } catch (err) {
+          problems.push({
+            path: ['fallbacks', name, 'body_file'],
+            message: `cannot read ${f.body_file}: ${(err as Error).message}`,
+          });
+        }
+      }
+      fallbacks[name] = { ...f, bodyBytes };
+    } else {
+      fallbacks[name] = f;
+    }
+  }
+
+  const fallbackOf: Record<string, string> = {};
+  for (const u of Object.values(upstreams)) if (u.fallback !== undefined) fallbackOf[u.name] = u.fallback;
+
+  const config: ResolvedConfig = {
+    file,
+    listeners,
+    admin: cfg.admin,
+    upstreams,
+    fallbacks,
+    degradation: cfg.degradation,
+    logging: cfg.logging,
+    shutdown: cfg.shutdown,
+    fallbackOf,
+  };
+  return { config: deepFreeze(config), problems };
+}

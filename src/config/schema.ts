@@ -1,0 +1,516 @@
+/**
+ * The schema of breakwater's YAML file: one source for validation, the TypeScript types and the
+ * committed JSON Schema (`config/breakwater.schema.json`).
+ *
+ * Policy blocks (`timeout`, `retry`, `circuit_breaker`, ...) are written here without defaults:
+ * they are layered built-in defaults <- `resilience:` <- `upstreams.<name>` <- route, in
+ * `resolve.ts`, and a default filled in at parse time would hide the layer below it.
+ */
+import { z } from 'zod';
+import { DURATION_PATTERN, parseDuration, parseRatio, RATIO_PATTERN } from './units.js';
+
+const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
+const RATIO_HINT = 'a ratio such as 50% or 0.5';
+
+/** A duration in the file; milliseconds in the model. */
+export const duration = z
+  .union(
+    [
+      z.number().nonnegative(),
+      z.string().regex(new RegExp(DURATION_PATTERN), {
+        error: (i) => `expected ${DURATION_HINT}, got ${JSON.stringify(i.input)}`,
+      }),
+    ],
+    {
+      error: `expected ${DURATION_HINT}`,
+    },
+  )
+  .transform((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: `expected ${DURATION_HINT}, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+/** A ratio in the file (`50%` or `0.5`); a number in [0, 1] in the model. */
+export const ratio = z
+  .union(
+    [
+      z.number(),
+      z.string().regex(new RegExp(`${RATIO_PATTERN}|^\\s*[01](\\.\\d+)?\\s*$`), {
+        error: (i) => `expected ${RATIO_HINT}, got ${JSON.stringify(i.input)}`,
+      }),
+    ],
+    {
+      error: `expected ${RATIO_HINT}`,
+    },
+  )
+  .transform((v, ctx) => {
+    const r = parseRatio(v);
+    if (r === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected ${RATIO_HINT} (between 0% and 100%), got ${JSON.stringify(v)}`,
+      });
+      return z.NEVER;
+    }
+    return r;
+  });
+
+const positiveInt = z.number().int().positive();
+const nonNegativeInt = z.number().int().nonnegative();
+const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, {
+  error: 'expected a name of letters, digits, "_", "." or "-"',
+});
+const headerName = z
+  .string()
+  .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { error: 'expected an HTTP header name' });
+const httpUrl = z.string().refine(
+  (v) => {
+    try {
+      const u = new URL(v);
+      return (
+        (u.protocol === 'http:' || u.protocol === 'https:') &&
+        u.hostname !== '' &&
+        (u.pathname === '/' || u.pathname === '') &&
+        !u.search &&
+        !u.username
+      );
+    } catch {
+      return false;
+    }
+  },
+  { error: 'expected an endpoint URL such as http://127.0.0.1:8080 (scheme, host and port, no path)' },
+);
+const port = z.number().int().min(0).max(65535);
+
+/** Status classes and codes a policy can react to. */
+const statusMatcher = z.union([z.number().int().min(100).max(599), z.enum(['5xx', '4xx', 'gateway-error'])]);
+const retryOn = z.array(
+  z.union(
+    [
+      z.enum(['connect-failure', 'reset', 'timeout', '5xx', 'gateway-error']),
+      z.number().int().min(100).max(599),
+    ],
+    {
+      error: 'expected connect-failure, reset, timeout, 5xx, gateway-error or a status code',
+    },
+  ),
+);
+const failureOn = z.array(
+  z.union([statusMatcher, z.enum(['connect-failure', 'reset', 'timeout'])], {
+    error: 'expected connect-failure, reset, timeout, 5xx, 4xx, gateway-error or a status code',
+  }),
+);
+
+export const retrySchema = z
+  .strictObject({
+    enabled: z.boolean().optional().describe('Turns retries on or off. Default: true.'),
+    max_attempts: positiveInt.max(10).optional().describe('Attempts in all, the first included. Default: 3.'),
+    initial_wait: duration
+      .optional()
+      .describe('Wait before the first retry (before jitter). Default: 100ms.'),
+    max_wait: duration.optional().describe('Upper bound of any wait. Default: 10s.'),
+    multiplier: z.number().min(1).max(10).optional().describe('Growth of the wait per retry. Default: 2.'),
+    jitter: z.enum(['full', 'equal', 'none']).optional().describe('Jitter of the wait. Default: full.'),
+    retry_on: retryOn
+      .optional()
+      .describe('Outcomes that are retried. Default: [connect-failure, reset, 5xx].'),
+    max_body_bytes: nonNegativeInt
+      .optional()
+      .describe('Request bodies up to this size are buffered for replay. Default: 65536.'),
+    retry_non_idempotent: z
+      .boolean()
+      .optional()
+      .describe('Retry POST/PATCH without an Idempotency-Key. Default: false.'),
+    attempts_header: z
+      .boolean()
+      .optional()
+      .describe('Add x-breakwater-attempts to responses. Default: true.'),
+    budget: z
+      .strictObject({
+        ratio: ratio.optional().describe('Retries may add at most this share of requests. Default: 20%.'),
+        min_per_second: nonNegativeInt.optional().describe('Retries always allowed per second. Default: 10.'),
+        window: duration.optional().describe('Sliding window of the budget. Default: 10s.'),
+      })
+      .optional(),
+  })
+  .describe('Retries of failed attempts.');
+
+export const circuitBreakerSchema = z
+  .strictObject({
+    enabled: z.boolean().optional().describe('Default: true when the block is present.'),
+    failure_threshold: positiveInt
+      .optional()
+      .describe('Consecutive failures that open the breaker. Default: 5.'),
+    reset_timeout: duration.optional().describe('Time open before a half-open probe. Default: 30s.'),
+    half_open_requests: positiveInt.optional().describe('Probes let through while half-open. Default: 1.'),
+    success_threshold: positiveInt
+      .optional()
+      .describe('Successful probes that close the breaker. Default: 1.'),
+    window: z
+      .strictObject({
+        type: z.enum(['count', 'time']).optional().describe('Default: count.'),
+        size: z
+          .union([positiveInt, duration])
+          .optional()
+          .describe('Calls (count) or a duration (time). Default: 100 / 60s.'),
+      })
+      .optional(),
+    minimum_calls: positiveInt
+      .optional()
+      .describe('Calls in the window before rates are judged. Default: 20.'),
+    failure_rate_threshold: ratio
+      .optional()
+      .describe('Open when the failure rate reaches this. Default: off.'),
+    slow_call_duration: duration.optional().describe('A call slower than this is slow. Default: off.'),
+    slow_call_rate_threshold: ratio
+      .optional()
+      .describe('Open when the slow-call rate reaches this. Default: off.'),
+    failure_on: failureOn
+      .optional()
+      .describe(
+        'Outcomes that count as failures. Default: [5xx, 408, 429, connect-failure, reset, timeout].',
+      ),
+  })
+  .describe('Circuit breaker per upstream.');
+
+export const rateLimiterSchema = z
+  .strictObject({
+    enabled: z.boolean().optional().describe('Default: true when the block is present.'),
+    max_requests_per_second: z.number().positive().optional().describe('Token refill rate.'),
+    burst_limit: positiveInt.optional().describe('Bucket capacity. Default: max_requests_per_second.'),
+    mode: z
+      .enum(['reject', 'shape'])
+      .optional()
+      .describe('reject: 429 at once; shape: queue up to max_delay. Default: reject.'),
+    max_delay: duration.optional().describe('shape: longest wait in the queue. Default: 1s.'),
+    max_queue: nonNegativeInt.optional().describe('shape: queued requests at most. Default: 1000.'),
+    key: z
+      .union([z.literal('client_ip'), z.string().regex(/^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$/)], {
+        error: 'expected client_ip or header:<name>',
+      })
+      .optional()
+      .describe('One bucket per client address or header value. Default: one bucket.'),
+    max_keys: positiveInt.optional().describe('Keys remembered at most (LRU). Default: 10000.'),
+  })
+  .describe('Token bucket per upstream (the design document: 10000 req/s, burst 5000).');
+
+export const bulkheadSchema = z
+  .strictObject({
+    enabled: z.boolean().optional().describe('Default: true when the block is present.'),
+    max_concurrent: positiveInt.optional().describe('In-flight requests at most. Default: 100.'),
+    max_queue: nonNegativeInt.optional().describe('Requests waiting for a slot at most. Default: 0.'),
+    queue_timeout: duration.optional().describe('Longest wait for a slot. Default: 1s.'),
+  })
+  .describe('Concurrency limit per upstream.');
+
+/** Timeouts: each key may stand in `resilience`, an upstream or a route. */
+const timeoutKeys = {
+  timeout: duration.optional().describe('Per attempt: until the response headers arrive. Default: 5s.'),
+  request_timeout: duration.optional().describe('Whole request, retries and waits included. Default: 15s.'),
+  connect_timeout: duration.optional().describe('TCP connect per attempt. Default: 2s.'),
+  body_timeout: duration.optional().describe('Longest silence while a response body streams. Default: 30s.'),
+};
+
+const fallbackTriggers = z.enum([
+  'breaker_open',
+  'timeout',
+  'error',
+  'rate_limited',
+  'bulkhead_full',
+  'degraded',
+]);
+const fallbackCommon = {
+  on: z.array(fallbackTriggers).optional().describe('Events that trigger it. Default: all but rate_limited.'),
+  then: name.optional().describe('Fallback tried when this one cannot serve.'),
+};
+export const fallbackSchema = z.discriminatedUnion(
+  'type',
+  [
+    z.strictObject({
+      type: z.literal('static_response'),
+      status: z.number().int().min(200).max(599).optional().describe('Default: 200.'),
+      headers: z.record(headerName, z.string()).optional(),
+      body: z.string().optional(),
+      body_file: z.string().optional().describe('Path relative to the config file, read at load.'),
+      ...fallbackCommon,
+    }),
+    z.strictObject({
+      type: z.literal('cache'),
+      max_stale: duration.optional().describe('Oldest response served. Default: 5m.'),
+      vary: z.array(headerName).optional().describe('Request headers that are part of the key.'),
+      ...fallbackCommon,
+    }),
+    z.strictObject({
+      type: z.literal('upstream'),
+      upstream: name.describe('The upstream that answers instead.'),
+      ...fallbackCommon,
+    }),
+  ],
+  { error: 'expected a fallback with type static_response, cache or upstream' },
+);
+
+const policyKeys = {
+  ...timeoutKeys,
+  retry: retrySchema.optional(),
+  circuit_breaker: circuitBreakerSchema.optional(),
+  rate_limiter: rateLimiterSchema.optional(),
+  bulkhead: bulkheadSchema.optional(),
+};
+
+export const upstreamSchema = z.strictObject({
+  endpoints: z.array(httpUrl).min(1, { error: 'an upstream needs at least one endpoint' }),
+  host_header: z
+    .union([z.enum(['endpoint', 'preserve']), z.string().regex(/^[A-Za-z0-9.:[\]-]+$/)])
+    .optional()
+    .describe(
+      "Host sent upstream: endpoint (its host:port), preserve (the client's), or a literal. Default: endpoint.",
+    ),
+  max_connections: positiveInt.optional().describe('Connections per endpoint at most. Default: 128.'),
+  keepalive_timeout: duration
+    .optional()
+    .describe('Idle time before a pooled connection closes. Default: 4s.'),
+  fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
+  ...policyKeys,
+});
+
+const routeMatch = z.strictObject({
+  path_prefix: z
+    .string()
+    .regex(/^\//, { error: 'a path_prefix starts with "/"' })
+    .optional()
+    .describe('Segment-aware: /api matches /api and /api/x, not /apix. Default: everything.'),
+  host: z
+    .string()
+    .regex(/^(\*\.)?[A-Za-z0-9.-]+$/, { error: 'expected a host name, optionally starting with *.' })
+    .optional(),
+  methods: z.array(z.string().regex(/^[A-Z]+$/, { error: 'expected an upper-case HTTP method' })).optional(),
+  headers: z.record(headerName, z.string()).optional().describe('Header name -> exact value.'),
+});
+
+export const routeSchema = z.strictObject({
+  name: name.optional().describe('Used in metrics and logs. Default: <listener>-<index>.'),
+  match: routeMatch.optional(),
+  upstream: name,
+  strip_prefix: z
+    .union([z.boolean(), z.string().regex(/^\//)])
+    .optional()
+    .describe('true strips match.path_prefix; a string strips that prefix. Default: false.'),
+  timeout: timeoutKeys.timeout,
+  request_timeout: timeoutKeys.request_timeout,
+  retry: retrySchema.optional(),
+});
+
+export const listenerSchema = z.strictObject({
+  name,
+  host: z.string().optional().describe('Default: 127.0.0.1.'),
+  port,
+  routes: z.array(routeSchema).min(1, { error: 'a listener needs at least one route' }),
+});
+
+const degradationCondition = z.discriminatedUnion(
+  'type',
+  [
+    z.strictObject({
+      type: z.literal('latency'),
+      threshold: duration,
+      quantile: z.number().gt(0).lt(1).optional().describe('Default: 0.99.'),
+    }),
+    z.strictObject({ type: z.literal('error_rate'), threshold: ratio }),
+    z.strictObject({ type: z.literal('availability'), threshold: ratio }),
+  ],
+  { error: 'expected a condition with type latency, error_rate or availability' },
+);
+
+export const degradationSchema = z.strictObject({
+  enabled: z.boolean().optional().describe('Default: true.'),
+  window: duration.optional().describe('Sliding window of the measurements. Default: 10s.'),
+  minimum_requests: positiveInt.optional().describe('Requests in the window before judging. Default: 20.'),
+  recovery: duration.optional().describe('Conditions must stay clear this long to recover. Default: 10s.'),
+  probe_ratio: ratio
+    .optional()
+    .describe('Share of requests still sent upstream while degraded. Default: 5%.'),
+  services: z
+    .array(
+      z.strictObject({
+        name,
+        fallback: name.describe('A fallback name, or static_response / cache_only.'),
+        conditions: z.array(degradationCondition).min(1),
+      }),
+    )
+    .default([]),
+});
+
+export const resilienceSchema = z.strictObject({
+  ...policyKeys,
+  fallback: z
+    .strictObject({
+      services: z.record(name, z.strictObject({ fallback_strategy: name })).optional(),
+    })
+    .optional()
+    .describe("Which fallback each upstream uses (the design document's form)."),
+});
+
+export const configSchema = z
+  .strictObject({
+    listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is needed' }),
+    admin: z
+      .strictObject({
+        host: z.string().default('127.0.0.1'),
+        port: port.default(9901),
+      })
+      .prefault({}),
+    upstreams: z.record(name, upstreamSchema),
+    resilience: resilienceSchema.prefault({}),
+    fallbacks: z.record(name, fallbackSchema).default({}),
+    degradation: degradationSchema.optional(),
+    logging: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        access_log: z.boolean().default(true),
+        access_log_headers: z
+          .array(headerName)
+          .default([])
+          .describe('Request headers added to each access-log line (secrets redacted).'),
+      })
+      .prefault({}),
+    shutdown: z
+      .strictObject({
+        delay: duration
+          .default(0)
+          .describe('Wait after SIGTERM, still serving, before listeners close. Default: 0s.'),
+        drain_timeout: duration
+          .default(25_000)
+          .describe('Longest wait for in-flight requests. Default: 25s.'),
+      })
+      .prefault({}),
+  })
+  .superRefine((cfg, ctx) => crossCheck(cfg, ctx));
+
+type Ctx = z.core.$RefinementCtx<z.output<typeof configSchema>>;
+type ParsedConfig = z.output<typeof configSchema>;
+
+/** Checks that need the whole file: names that refer to other sections, clashing ports, timeouts. */
+function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
+  const upstreams = new Set(Object.keys(cfg.upstreams));
+  const fallbacks = new Set(Object.keys(cfg.fallbacks));
+  const issue = (path: (string | number)[], message: string) =>
+    ctx.addIssue({ code: 'custom', path, message });
+  const known = (set: Set<string>) => (set.size ? `; defined: ${[...set].join(', ')}` : '; none is defined');
+
+  const listenerNames = new Set<string>();
+  const bound = new Map<string, string>();
+  bound.set(`${cfg.admin.host}:${cfg.admin.port}`, 'admin');
+  cfg.listeners.forEach((l, li) => {
+    if (listenerNames.has(l.name))
+      issue(['listeners', li, 'name'], `listener name "${l.name}" is used twice`);
+    listenerNames.add(l.name);
+    const addr = `${l.host ?? '127.0.0.1'}:${l.port}`;
+    if (l.port !== 0 && bound.has(addr))
+      issue(['listeners', li, 'port'], `${addr} is already used by ${bound.get(addr)}`);
+    bound.set(addr, `listener ${l.name}`);
+    const routeNames = new Set<string>();
+    l.routes.forEach((r, ri) => {
+      if (!upstreams.has(r.upstream)) {
+        issue(
+          ['listeners', li, 'routes', ri, 'upstream'],
+          `upstream "${r.upstream}" is not defined${known(upstreams)}`,
+        );
+      }
+      if (r.name !== undefined) {
+        if (routeNames.has(r.name))
+          issue(['listeners', li, 'routes', ri, 'name'], `route name "${r.name}" is used twice`);
+        routeNames.add(r.name);
+      }
+      if (r.strip_prefix === true && !r.match?.path_prefix) {
+        issue(['listeners', li, 'routes', ri, 'strip_prefix'], 'strip_prefix: true needs match.path_prefix');
+      }
+    });
+  });
+
+  for (const [un, u] of Object.entries(cfg.upstreams)) {
+    if (u.fallback !== undefined && !fallbacks.has(u.fallback)) {
+      issue(['upstreams', un, 'fallback'], `fallback "${u.fallback}" is not defined${known(fallbacks)}`);
+    }
+    const attempt = u.timeout ?? cfg.resilience.timeout;
+    const total = u.request_timeout ?? cfg.resilience.request_timeout;
+    if (attempt !== undefined && total !== undefined && attempt > total) {
+      issue(
+        ['upstreams', un, u.timeout !== undefined ? 'timeout' : 'request_timeout'],
+        'timeout (per attempt) must not exceed request_timeout',
+      );
+    }
+  }
+  const rt = cfg.resilience;
+  if (rt.timeout !== undefined && rt.request_timeout !== undefined && rt.timeout > rt.request_timeout) {
+    issue(['resilience', 'timeout'], 'timeout (per attempt) must not exceed request_timeout');
+  }
+  for (const [svc, s] of Object.entries(cfg.resilience.fallback?.services ?? {})) {
+    if (!upstreams.has(svc))
+      issue(
+        ['resilience', 'fallback', 'services', svc],
+        `upstream "${svc}" is not defined${known(upstreams)}`,
+      );
+    if (!fallbacks.has(s.fallback_strategy)) {
+      issue(
+        ['resilience', 'fallback', 'services', svc, 'fallback_strategy'],
+        `fallback "${s.fallback_strategy}" is not defined${known(fallbacks)}`,
+      );
+    }
+  }
+  for (const [fn, f] of Object.entries(cfg.fallbacks)) {
+    if (f.then !== undefined && !fallbacks.has(f.then))
+      issue(['fallbacks', fn, 'then'], `fallback "${f.then}" is not defined${known(fallbacks)}`);
+    if (f.type === 'upstream' && !upstreams.has(f.upstream))
+      issue(['fallbacks', fn, 'upstream'], `upstream "${f.upstream}" is not defined${known(upstreams)}`);
+    if (f.type === 'static_response' && f.body !== undefined && f.body_file !== undefined) {
+      issue(['fallbacks', fn, 'body_file'], 'give body or body_file, not both');
+    }
+    // A `then` chain must end.
+    const seen = new Set<string>([fn]);
+    let next = f.then;
+    while (next !== undefined && fallbacks.has(next)) {
+      if (seen.has(next)) {
+        issue(['fallbacks', fn, 'then'], `fallback chain loops: ${[...seen, next].join(' -> ')}`);
+        break;
+      }
+      seen.add(next);
+      next = cfg.fallbacks[next]?.then;
+    }
+  }
+  cfg.degradation?.services.forEach((s, i) => {
+    if (!upstreams.has(s.name))
+      issue(['degradation', 'services', i, 'name'], `upstream "${s.name}" is not defined${known(upstreams)}`);
+    if (s.fallback !== 'static_response' && s.fallback !== 'cache_only' && !fallbacks.has(s.fallback)) {
+      issue(
+        ['degradation', 'services', i, 'fallback'],
+        `fallback "${s.fallback}" is not defined (or use static_response / cache_only)${known(fallbacks)}`,
+      );
+    }
+  });
+}
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type RetryInput = z.output<typeof retrySchema>;
+export type CircuitBreakerInput = z.output<typeof circuitBreakerSchema>;
+export type RateLimiterInput = z.output<typeof rateLimiterSchema>;
+export type BulkheadInput = z.output<typeof bulkheadSchema>;
+export type FallbackInput = z.output<typeof fallbackSchema>;
+export type UpstreamInput = z.output<typeof upstreamSchema>;
+export type RouteInput = z.output<typeof routeSchema>;
+export type DegradationInput = z.output<typeof degradationSchema>;
+
+/** The JSON Schema that editors use to complete and check the YAML. */
+export function configJsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any', target: 'draft-7' });
+  return {
+    $schema: 'http://json-schema.org/draft-07/schema#',
+    $id: 'https://breakwater.invalid/config/breakwater.schema.json',
+    title: 'breakwater configuration',
+    ...schema,
+  };
+}

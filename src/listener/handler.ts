@@ -1,0 +1,257 @@
+/**
+ * What a data-plane listener does with each request: route it, run the upstream's pipeline, commit
+ * the outcome to the client, and record one access-log line and the request metrics.
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ListenerModel, RouteModel } from '../config/resolve.js';
+import type { Logger } from '../observability/logger.js';
+import { type Metrics, methodLabel } from '../observability/metrics.js';
+import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
+import type { AttemptError } from '../proxy/attempt.js';
+import { clientResponseHeaders, incomingRequestId } from '../proxy/headers.js';
+import { type Problem, problem, sendProblem } from '../proxy/problem.js';
+import type { Upstream } from '../upstream/upstream.js';
+import { Router, upstreamPath } from './router.js';
+
+export interface HandlerDeps {
+  readonly listener: ListenerModel;
+  readonly upstreams: ReadonlyMap<string, Upstream>;
+  readonly pipelines: ReadonlyMap<RouteModel, Handler>;
+  readonly metrics: Metrics;
+  readonly logger: Logger;
+  readonly accessLog: boolean;
+  readonly accessLogHeaders: readonly string[];
+  /** True once shutdown began: responses carry Connection: close. */
+  readonly draining: () => boolean;
+}
+
+const CONNECTION_CLOSE = ['connection', 'close'] as const;
+
+/** Maps a failed attempt to the problem the client sees. */
+export function failureProblem(err: AttemptError, upstream: string, requestId: string): Problem {
+  const extra = { upstream, requestId };
+  switch (err.kind) {
+    case 'connect-failure':
+      return problem('upstream-connect-failed', err.message, extra);
+    case 'connect-timeout':
+      return problem('upstream-connect-timeout', err.message, extra);
+    case 'timeout':
+      return problem('upstream-timeout', err.message, extra);
+    case 'protocol':
+      return problem('upstream-bad-response', err.message, extra);
+    case 'request-body':
+      return problem('bad-request', err.message, extra);
+    default:
+      return problem('upstream-reset', err.message, extra);
+  }
+}
+
+interface RouteStats {
+  readonly duration: { observe(v: number): void };
+  readonly codes: Map<string, { inc(): void }>;
+}
+
+export class ProxyHandler {
+  private readonly router: Router;
+  private readonly stats = new Map<RouteModel | undefined, RouteStats>();
+  private readonly inflight: { inc(): void; dec(): void };
+
+  constructor(private readonly deps: HandlerDeps) {
+    this.router = new Router(deps.listener.routes);
+    this.inflight = deps.metrics.inflight.labels(deps.listener.name);
+  }
+
+  handle(req: IncomingMessage, res: ServerResponse): void {
+    const start = performance.now();
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const pathOnly = q < 0 ? url : url.slice(0, q);
+    const method = req.method ?? 'GET';
+    const requestId = incomingRequestId(req) ?? randomUUID();
+    const route = this.router.match(method, pathOnly, req.headers);
+    this.inflight.inc();
+
+    if (!route) {
+      res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
+      sendProblem(
+        res,
+        problem('no-route', `no route of listener ${this.deps.listener.name} matches ${method} ${pathOnly}`, {
+          requestId,
+        }),
+      );
+      return;
+    }
+    const upstream = this.deps.upstreams.get(route.upstream) as Upstream;
+    const pipeline = this.deps.pipelines.get(route) as Handler;
+    const ctx: RequestContext = {
+      req,
+      res,
+      route,
+      upstream,
+      requestId,
+      method,
+      path: upstreamPath(url, pathOnly.length, route.stripPrefix),
+      start,
+      body: hasBody(req) ? req : null,
+      attempts: 0,
+      current: undefined,
+      tried: undefined,
+      clientGone: false,
+    };
+    let bytes = 0;
+    res.once('close', () => {
+      if (!res.writableFinished) {
+        ctx.clientGone = true;
+        ctx.current?.abort(new Error('client closed the connection'));
+      }
+      this.record(req, res, route, requestId, start, bytes, ctx);
+    });
+    pipeline(ctx).then(
+      (outcome) =>
+        this.commit(ctx, outcome).then((n) => {
+          bytes = n;
+        }),
+      (err: unknown) => {
+        this.deps.logger.error({ err, request_id: requestId }, 'pipeline failed');
+        sendProblem(
+          res,
+          problem('upstream-bad-response', 'internal error while proxying', { status: 500, requestId }),
+        );
+      },
+    );
+  }
+
+  /** Writes the outcome to the client; resolves with the body bytes relayed. */
+  private async commit(ctx: RequestContext, outcome: Outcome): Promise<number> {
+    const { res } = ctx;
+    if (outcome.type === 'problem') {
+      sendProblem(res, this.draining(outcome.problem));
+      return 0;
+    }
+    if (outcome.type === 'failure') {
+      if (!ctx.clientGone)
+        sendProblem(res, this.draining(failureProblem(outcome.error, ctx.upstream.name, ctx.requestId)));
+      return 0;
+    }
+    const { attempt, head } = outcome;
+    if (ctx.clientGone) {
+      attempt.discard();
+      return 0;
+    }
+    let headers: string[];
+    try {
+      headers = clientResponseHeaders(
+        head.rawHeaders,
+        ctx.requestId,
+        this.deps.draining() ? CONNECTION_CLOSE : undefined,
+      );
+      const result = await attempt.stream(res, head.status, headers);
+      if (result.error && !res.headersSent) {
+        sendProblem(res, this.draining(failureProblem(result.error, ctx.upstream.name, ctx.requestId)));
+      }
+      return result.bytes;
+    } catch (err) {
+      // Node refused a header value (e.g. a control character): never forward it.
+      attempt.discard();
+      if (!res.headersSent) {
+        sendProblem(
+          res,
+          problem(
+            'upstream-bad-response',
+            `the upstream sent an invalid response header: ${(err as Error).message}`,
+            {
+              upstream: ctx.upstream.name,
+              requestId: ctx.requestId,
+            },
+          ),
+        );
+      } else {
+        res.destroy();
+      }
+      return 0;
+    }
+  }
+
+  private draining(p: Problem): Problem {
+    return this.deps.draining() ? { ...p, headers: [...(p.headers ?? []), ...CONNECTION_CLOSE] } : p;
+  }
+
+  private record(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: RouteModel | undefined,
+    requestId: string,
+    start: number,
+    bytes: number,
+    ctx?: RequestContext,
+  ): void {
+    this.inflight.dec();
+    const seconds = (performance.now() - start) / 1000;
+    const complete = res.writableFinished;
+    // 499 (as nginx): the client went away before the response started.
+    const status = res.headersSent ? res.statusCode : 499;
+    const stats = this.routeStats(route);
+    stats.duration.observe(seconds);
+    const codeKey = `${methodLabel(req.method ?? '')} ${status}`;
+    let counter = stats.codes.get(codeKey);
+    if (!counter) {
+      counter = this.deps.metrics.requests.labels(
+        this.deps.listener.name,
+        route?.name ?? '',
+        route?.upstream ?? '',
+        methodLabel(req.method ?? ''),
+        String(status),
+      );
+      stats.codes.set(codeKey, counter);
+    }
+    counter.inc();
+    if (!this.deps.accessLog) return;
+    const q = (req.url ?? '').indexOf('?');
+    const line: Record<string, unknown> = {
+      request_id: requestId,
+      listener: this.deps.listener.name,
+      route: route?.name,
+      upstream: route?.upstream,
+      method: req.method,
+      path: q < 0 ? req.url : req.url?.slice(0, q),
+      status,
+      duration_ms: Math.round(seconds * 1e6) / 1e3,
+      bytes_in:
+        req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']),
+      bytes_out: bytes,
+      attempts: ctx?.attempts ?? 0,
+      complete,
+    };
+    if (this.deps.accessLogHeaders.length) {
+      const h: Record<string, unknown> = {};
+      for (const name of this.deps.accessLogHeaders)
+        if (req.headers[name] !== undefined) h[name] = req.headers[name];
+      line.headers = h;
+    }
+    this.deps.logger.info(line, 'request');
+  }
+
+  private routeStats(route: RouteModel | undefined): RouteStats {
+    let s = this.stats.get(route);
+    if (!s) {
+      s = {
+        duration: this.deps.metrics.duration.labels(
+          this.deps.listener.name,
+          route?.name ?? '',
+          route?.upstream ?? '',
+        ),
+        codes: new Map(),
+      };
+      this.stats.set(route, s);
+    }
+    return s;
+  }
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined) return true;
+  const cl = req.headers['content-length'];
+  return cl !== undefined && cl !== '0';
+}

@@ -1,0 +1,60 @@
+/**
+ * Route matching: the routes of a listener are tried in order; the first that matches wins.
+ * A route matches when every condition it names holds: path prefix (segment-aware), host (exact or
+ * `*.suffix`, port ignored, case-insensitive), method, and exact header values.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import type { RouteModel } from '../config/resolve.js';
+
+export function hostOf(hostHeader: string | undefined): string {
+  if (!hostHeader) return '';
+  // [v6]:port or host:port
+  const end = hostHeader.startsWith('[') ? hostHeader.indexOf(']') + 1 : hostHeader.lastIndexOf(':');
+  return (end > 0 ? hostHeader.slice(0, end) : hostHeader).toLowerCase();
+}
+
+/** Segment-aware prefix test: `/api` matches `/api`, `/api/`, `/api/x`, not `/apix`. */
+export function pathHasPrefix(path: string, prefix: string): boolean {
+  if (!path.startsWith(prefix)) return false;
+  if (path.length === prefix.length || prefix.endsWith('/')) return true;
+  return path.charCodeAt(prefix.length) === 47; /* '/' */
+}
+
+export function matches(
+  route: RouteModel,
+  method: string,
+  path: string,
+  headers: IncomingHttpHeaders,
+): boolean {
+  const m = route.match;
+  if (m.pathPrefix !== undefined && !pathHasPrefix(path, m.pathPrefix)) return false;
+  if (m.methods !== undefined && !m.methods.has(method)) return false;
+  if (m.host !== undefined || m.hostSuffix !== undefined) {
+    const host = hostOf(headers.host);
+    if (m.host !== undefined && host !== m.host) return false;
+    if (m.hostSuffix !== undefined && !(host.endsWith(m.hostSuffix) && host.length > m.hostSuffix.length))
+      return false;
+  }
+  for (const [name, value] of m.headers) {
+    const v = headers[name];
+    if (Array.isArray(v) ? !v.includes(value) : v !== value) return false;
+  }
+  return true;
+}
+
+export class Router {
+  constructor(private readonly routes: readonly RouteModel[]) {}
+
+  match(method: string, path: string, headers: IncomingHttpHeaders): RouteModel | undefined {
+    for (const r of this.routes) if (matches(r, method, path, headers)) return r;
+    return undefined;
+  }
+}
+
+/** The path sent upstream after strip_prefix; `url` includes the query string. */
+export function upstreamPath(url: string, pathLength: number, strip: string | undefined): string {
+  if (strip === undefined) return url;
+  const rest = url.slice(Math.min(strip.length, pathLength));
+  if (rest === '' || rest.charCodeAt(0) === 63 /* ? */) return `/${rest}`;
+  return rest.charCodeAt(0) === 47 ? rest : `/${rest}`;
+}

@@ -1,0 +1,59 @@
+/**
+ * The shapes every policy shares. A request flows one way: the listener builds a RequestContext,
+ * the pipeline (outermost policy first) returns an Outcome, and the listener commits the Outcome
+ * to the client. A policy is a factory that takes its validated options and shared services and
+ * returns a Layer: a function that wraps the next handler.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { RouteModel } from '../config/resolve.js';
+import type { Attempt, AttemptError, ResponseHead } from '../proxy/attempt.js';
+import type { Problem } from '../proxy/problem.js';
+import type { Endpoint, Upstream } from '../upstream/upstream.js';
+
+export interface RequestContext {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly route: RouteModel;
+  readonly upstream: Upstream;
+  readonly requestId: string;
+  readonly method: string;
+  /** Path and query sent upstream (after strip_prefix). */
+  readonly path: string;
+  /** performance.now() when the request arrived. */
+  readonly start: number;
+  /** The request body: the client stream, a replayable buffer, or none. */
+  body: IncomingMessage | Buffer | null;
+  /** Attempts made so far. */
+  attempts: number;
+  /** The attempt in flight, aborted if the client goes away. */
+  current: Attempt | undefined;
+  /** Endpoints already tried, so a retry prefers another. */
+  tried: Endpoint | undefined;
+  /** Set when the client went away; layers stop early. */
+  clientGone: boolean;
+}
+
+export type Outcome =
+  | {
+      readonly type: 'response';
+      readonly attempt: Attempt;
+      readonly head: ResponseHead;
+      readonly endpoint: Endpoint;
+    }
+  | { readonly type: 'failure'; readonly error: AttemptError; readonly endpoint: Endpoint | undefined }
+  | { readonly type: 'problem'; readonly problem: Problem };
+
+export type Handler = (ctx: RequestContext) => Promise<Outcome>;
+export type Layer = (next: Handler) => Handler;
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => performance.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};

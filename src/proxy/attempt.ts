@@ -1,0 +1,324 @@
+/**
+ * One attempt: one request to one endpoint, on undici's dispatch API.
+ *
+ * The attempt resolves `head` when the response headers arrive and then holds the body (the parser
+ * is paused) until the caller decides: `stream()` relays it to the client, `discard()` drops it
+ * (the retry layer does this). Failures before the headers reject `head` with an AttemptError that
+ * names its cause; a failure after the client response started destroys the client connection, so a
+ * short body never looks complete.
+ *
+ * This is undici's dispatch handler in its raw form (onConnect/onHeaders/onData/onComplete/onError):
+ * the form undici's core calls directly, with header names and values as Buffers, so nothing is
+ * parsed into objects only to be flattened again.
+ */
+import type { ServerResponse } from 'node:http';
+import type { Dispatcher } from 'undici';
+
+export type AttemptCause =
+  | 'connect-failure'
+  | 'connect-timeout'
+  | 'reset'
+  | 'timeout'
+  | 'protocol'
+  | 'client-aborted'
+  | 'request-body';
+
+export class AttemptError extends Error {
+  readonly kind: AttemptCause;
+  /** Whether any of the request may have reached the upstream (a retry of a non-idempotent request is unsafe then). */
+  readonly mayHaveReachedUpstream: boolean;
+  readonly code: string | undefined;
+  constructor(kind: AttemptCause, message: string, mayHaveReachedUpstream: boolean, code?: string) {
+    super(message);
+    this.name = 'AttemptError';
+    this.kind = kind;
+    this.mayHaveReachedUpstream = mayHaveReachedUpstream;
+    this.code = code;
+  }
+}
+
+export interface ResponseHead {
+  readonly status: number;
+  readonly statusText: string;
+  readonly rawHeaders: Buffer[];
+}
+
+export interface AttemptOptions {
+  readonly dispatcher: Dispatcher;
+  readonly method: string;
+  readonly path: string;
+  readonly headers: string[];
+  readonly body: NodeJS.ReadableStream | Buffer | null;
+  /** Time allowed until the response headers arrive, queueing for a connection included (ms). */
+  readonly timeout: number;
+  /** Longest silence while the response body streams (ms). */
+  readonly bodyTimeout: number;
+  /** Called once when the attempt is over: body relayed, failed, aborted or discarded. */
+  readonly onSettled?: (() => void) | undefined;
+}
+
+export interface StreamResult {
+  /** True when the whole body reached the client. */
+  readonly complete: boolean;
+  readonly bytes: number;
+  readonly error?: AttemptError | undefined;
+}
+
+const CONNECT_FAILURES = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EADDRNOTAVAIL',
+  'ECONNABORTED',
+]);
+const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+
+/** Names the cause of an error undici reported. */
+export function classify(
+  err: Error & { code?: string },
+  connected: boolean,
+  sentHeaders: boolean,
+): AttemptError {
+  if (err instanceof AttemptError) return err;
+  const code = err.code ?? '';
+  if (code === 'UND_ERR_CONNECT_TIMEOUT')
+    return new AttemptError('connect-timeout', 'connecting to the upstream timed out', false, code);
+  if (CONNECT_FAILURES.has(code) && !connected)
+    return new AttemptError('connect-failure', `could not connect to the upstream (${code})`, false, code);
+  if (code === 'UND_ERR_HEADERS_TIMEOUT')
+    return new AttemptError('timeout', 'the upstream did not send response headers in time', true, code);
+  if (code === 'UND_ERR_BODY_TIMEOUT')
+    return new AttemptError('timeout', 'the upstream stopped sending the response body', true, code);
+  if (
+    code.startsWith('HPE_') ||
+    code === 'UND_ERR_HEADERS_OVERFLOW' ||
+    code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' ||
+    code === 'UND_ERR_INFO'
+  ) {
+    return new AttemptError(
+      'protocol',
+      `the upstream sent a malformed response (${code}: ${err.message})`,
+      true,
+      code,
+    );
+  }
+  if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH')
+    return new AttemptError(
+      'request-body',
+      'the request body did not match its Content-Length',
+      sentHeaders,
+      code,
+    );
+  if (RESETS.has(code) || CONNECT_FAILURES.has(code)) {
+    return new AttemptError(
+      'reset',
+      `the upstream closed the connection (${code || err.message})`,
+      sentHeaders,
+      code,
+    );
+  }
+  if (code === 'UND_ERR_ABORTED')
+    return new AttemptError('client-aborted', 'the request was aborted', sentHeaders, code);
+  return new AttemptError('reset', `upstream error: ${err.message}`, sentHeaders, code || undefined);
+}
+
+enum State {
+  Waiting = 0,
+  Headers = 1,
+  Streaming = 2,
+  Discarded = 3,
+  Done = 4,
+}
+
+export class Attempt implements Dispatcher.DispatchHandler {
+  readonly head: Promise<ResponseHead>;
+  private resolveHead!: (h: ResponseHead) => void;
+  private rejectHead!: (e: AttemptError) => void;
+  private state = State.Waiting;
+  private abortFn: ((err: Error) => void) | undefined;
+  private pendingAbort: Error | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private resumeFn: (() => void) | undefined;
+  private res: ServerResponse | undefined;
+  private bytes = 0;
+  private finish: ((r: StreamResult) => void) | undefined;
+  private connected = false;
+  /** Chunks and the end that came before stream() was called (HEAD, 204, tiny bodies). */
+  private early: Buffer[] | undefined;
+  private ended: string[] | null | undefined;
+  private failure: AttemptError | undefined;
+  private settled = false;
+
+  constructor(private readonly opts: AttemptOptions) {
+    this.head = new Promise<ResponseHead>((resolve, reject) => {
+      this.resolveHead = resolve;
+      this.rejectHead = reject;
+    });
+    // A rejected head that nobody awaits (the caller gave up first) must not crash the process.
+    this.head.catch(() => undefined);
+  }
+
+  start(): this {
+    const o = this.opts;
+    this.timer = setTimeout(this.onTimeout, o.timeout);
+    try {
+      o.dispatcher.dispatch(
+        {
+          path: o.path,
+          method: o.method,
+          headers: o.headers,
+          body: o.body as Dispatcher.DispatchOptions['body'],
+          headersTimeout: 0,
+          bodyTimeout: o.bodyTimeout,
+        },
+        this,
+      );
+    } catch (err) {
+      this.onError(err as Error);
+    }
+    return this;
+  }
+
+  private readonly onTimeout = (): void => {
+    this.timer = undefined;
+    this.abort(
+      new AttemptError(
+        'timeout',
+        `the upstream did not answer within ${this.opts.timeout} ms`,
+        this.connected,
+      ),
+    );
+  };
+
+  /** Aborts the attempt; safe to call at any time, also before undici has a connection for it. */
+  abort(err: Error): void {
+    if (this.state === State.Done) return;
+    if (this.abortFn) this.abortFn(err);
+    else {
+      this.pendingAbort = err;
+      // Queued without a connection: fail now; undici drops the request when it is dispatched.
+      this.onError(err);
+    }
+  }
+
+  /** Drops the response (the retry layer moves on); closes the upstream connection. */
+  discard(): void {
+    if (this.state === State.Done || this.state === State.Discarded) return;
+    this.state = State.Discarded;
+    this.abortFn?.(new AttemptError('client-aborted', 'response discarded', true));
+    this.settle();
+  }
+
+  /** Relays status, headers and body to the client; resolves when the body is done or broken. */
+  stream(res: ServerResponse, status: number, headers: string[]): Promise<StreamResult> {
+    if (this.state !== State.Headers) {
+      return Promise.resolve({ complete: false, bytes: 0, error: this.failure });
+    }
+    this.state = State.Streaming;
+    this.res = res;
+    res.writeHead(status, headers);
+    const done = new Promise<StreamResult>((resolve) => {
+      this.finish = resolve;
+    });
+    // A body (or its end) that arrived while the parser was being paused.
+    if (this.early) {
+      for (const chunk of this.early) this.onData(chunk);
+      this.early = undefined;
+    }
+    if (this.ended !== undefined) {
+      this.onComplete(this.ended);
+      return done;
+    }
+    res.on('drain', this.onDrain);
+    this.resumeFn?.();
+    return done;
+  }
+
+  private readonly onDrain = (): void => {
+    this.resumeFn?.();
+  };
+
+  // --- undici dispatch handler ---
+
+  onConnect(abort: (err?: Error) => void): void {
+    this.connected = true;
+    if (this.pendingAbort) {
+      abort(this.pendingAbort);
+      return;
+    }
+    this.abortFn = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    if (this.state !== State.Waiting) return true;
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    this.state = State.Headers;
+    this.resumeFn = resume;
+    this.resolveHead({ status: statusCode, statusText, rawHeaders });
+    return false;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.state === State.Headers) {
+      if (this.early) this.early.push(chunk);
+      else this.early = [chunk];
+      return false;
+    }
+    if (this.state !== State.Streaming || !this.res) return true;
+    this.bytes += chunk.length;
+    return this.res.write(chunk);
+  }
+
+  onComplete(trailers: string[] | null): void {
+    if (this.state === State.Headers) {
+      this.ended = trailers;
+      return;
+    }
+    if (this.state === State.Streaming && this.res) {
+      const res = this.res;
+      if (trailers && trailers.length > 0 && res.chunkedEncoding) {
+        const t: [string, string][] = [];
+        for (let i = 0; i < trailers.length; i += 2) t.push([String(trailers[i]), String(trailers[i + 1])]);
+        res.addTrailers(t);
+      }
+      res.off('drain', this.onDrain);
+      res.end();
+      this.settle();
+      this.finish?.({ complete: true, bytes: this.bytes });
+      return;
+    }
+    this.settle();
+  }
+
+  private settle(): void {
+    this.state = State.Done;
+    if (this.settled) return;
+    this.settled = true;
+    this.opts.onSettled?.();
+  }
+
+  onError(err: Error): void {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    const prev = this.state;
+    if (prev === State.Done) return;
+    this.settle();
+    const failure = classify(err, this.connected, this.connected);
+    this.failure = failure;
+    if (prev === State.Waiting) {
+      this.rejectHead(failure);
+    } else if (prev === State.Streaming && this.res) {
+      // Never let a cut-off body pass for a whole one: abort the client connection.
+      this.res.off('drain', this.onDrain);
+      this.res.destroy();
+      this.finish?.({ complete: false, bytes: this.bytes, error: failure });
+    }
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * Header rewriting between client and upstream (RFC 9110 7.6.1 and the X-Forwarded-* convention).
+ *
+ * Both directions drop hop-by-hop headers: Connection and every header it names, Keep-Alive, TE,
+ * Transfer-Encoding, Upgrade, Proxy-Connection, Proxy-Authorization (and, towards the upstream,
+ * Expect: breakwater answers `100-continue` itself, and Host, which is set per upstream).
+ * Everything else passes in the order and case it arrived in.
+ */
+import type { IncomingMessage } from 'node:http';
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'te',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-connection',
+  'proxy-authorization',
+  'http2-settings',
+]);
+
+/** Request headers breakwater sets itself, so the client's copies are not passed on. */
+const REQUEST_OWNED = new Set([
+  'host',
+  'expect',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-request-id',
+]);
+
+const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const REQUEST_ID_RE = /^[\x21-\x7e]{1,200}$/;
+
+/** The extra names a Connection header lists (lower-cased), or undefined when it lists none. */
+function connectionTokens(value: string | undefined): Set<string> | undefined {
+  if (!value) return undefined;
+  let out: Set<string> | undefined;
+  for (const raw of value.split(',')) {
+    const t = raw.trim().toLowerCase();
+    if (t === '' || t === 'close' || t === 'keep-alive' || !TOKEN_RE.test(t)) continue;
+    if (!out) out = new Set();
+    out.add(t);
+  }
+  return out;
+}
+
+export interface ForwardedRequestHeaders {
+  /** Flat [name, value, name, value, ...] for undici. */
+  readonly headers: string[];
+  readonly requestId: string;
+}
+
+export interface RequestHeaderOptions {
+  /** Host header to send upstream (already chosen by the host_header policy). */
+  readonly host: string;
+  readonly requestId: string;
+  readonly proto: string;
+  readonly remoteAddress: string | undefined;
+}
+
+/** Returns the client's request id if it is usable, else undefined. */
+export function incomingRequestId(req: IncomingMessage): string | undefined {
+  const v = req.headers['x-request-id'];
+  return typeof v === 'string' && REQUEST_ID_RE.test(v) ? v : undefined;
+}
+
+/** Builds the header list sent upstream from the client's raw headers. */
+export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeaderOptions): string[] {
+  const raw = req.rawHeaders;
+  const extra = connectionTokens(req.headers.connection);
+  const out: string[] = [];
+  let xff: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || (extra?.has(lower) ?? false)) continue;
+    if (REQUEST_OWNED.has(lower)) {
+      if (lower === 'x-forwarded-for')
+        xff = xff === undefined ? (raw[i + 1] as string) : `${xff}, ${raw[i + 1]}`;
+      continue;
+    }
+    out.push(name, raw[i + 1] as string);
+  }
+  const clientHost = req.headers.host;
+  out.push('host', opts.host);
+  if (opts.remoteAddress !== undefined) {
+    out.push('x-forwarded-for', xff === undefined ? opts.remoteAddress : `${xff}, ${opts.remoteAddress}`);
+  } else if (xff !== undefined) {
+    out.push('x-forwarded-for', xff);
+  }
+  out.push('x-forwarded-proto', opts.proto);
+  if (clientHost !== undefined) out.push('x-forwarded-host', clientHost);
+  out.push('x-request-id', opts.requestId);
+  return out;
+}
+
+/**
+ * Builds the header list sent to the client from undici's raw response headers, dropping
+ * hop-by-hop headers. Returns null when the upstream sent a header value Node refuses to write.
+ */
+export function clientResponseHeaders(
+  raw: readonly Buffer[],
+  requestId: string,
+  extra?: readonly string[],
+): string[] {
+  let connection: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as Buffer;
+    if (name.length === 10 && name.toString('latin1').toLowerCase() === 'connection') {
+      connection = connectionTokens((raw[i + 1] as Buffer).toString('latin1'));
+    }
+  }
+  const out: string[] = [];
+  let sawRequestId = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1');
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || (connection?.has(lower) ?? false)) continue;
+    if (lower === 'x-request-id') sawRequestId = true;
+    out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
+  }
+  if (!sawRequestId) out.push('x-request-id', requestId);
+  if (extra) for (const v of extra) out.push(v);
+  return out;
+}

@@ -1,0 +1,82 @@
+/**
+ * `application/problem+json` answers (RFC 9457) for everything breakwater says itself.
+ * The `type` URIs are stable identifiers, listed in docs/errors.md.
+ */
+import type { ServerResponse } from 'node:http';
+
+export type ProblemKind =
+  | 'no-route'
+  | 'upstream-connect-failed'
+  | 'upstream-connect-timeout'
+  | 'upstream-reset'
+  | 'upstream-timeout'
+  | 'upstream-bad-response'
+  | 'request-timeout'
+  | 'bad-request'
+  | 'circuit-open'
+  | 'rate-limited'
+  | 'bulkhead-full'
+  | 'retry-budget-exhausted'
+  | 'shutting-down';
+
+const TITLES: Record<ProblemKind, [number, string]> = {
+  'no-route': [404, 'No route matches this request'],
+  'upstream-connect-failed': [502, 'Could not connect to the upstream'],
+  'upstream-connect-timeout': [504, 'Connecting to the upstream timed out'],
+  'upstream-reset': [502, 'The upstream closed the connection before answering'],
+  'upstream-timeout': [504, 'The upstream did not answer in time'],
+  'upstream-bad-response': [502, 'The upstream sent a malformed response'],
+  'request-timeout': [504, 'The request deadline passed'],
+  'bad-request': [400, 'Bad request'],
+  'circuit-open': [503, 'The circuit breaker for this upstream is open'],
+  'rate-limited': [429, 'Too many requests'],
+  'bulkhead-full': [503, 'The upstream is at its concurrency limit'],
+  'retry-budget-exhausted': [503, 'The upstream failed and the retry budget is spent'],
+  'shutting-down': [503, 'breakwater is shutting down'],
+};
+
+export interface Problem {
+  readonly kind: ProblemKind;
+  readonly status: number;
+  readonly detail: string;
+  readonly upstream?: string | undefined;
+  readonly requestId?: string | undefined;
+  readonly headers?: readonly string[] | undefined;
+}
+
+export function problem(
+  kind: ProblemKind,
+  detail: string,
+  extra: Partial<Omit<Problem, 'kind' | 'detail'>> = {},
+): Problem {
+  return { kind, status: extra.status ?? (TITLES[kind] as [number, string])[0], detail, ...extra };
+}
+
+export function problemBody(p: Problem): string {
+  return JSON.stringify({
+    type: `urn:breakwater:problem:${p.kind}`,
+    title: TITLES[p.kind][1],
+    status: p.status,
+    detail: p.detail,
+    ...(p.upstream !== undefined ? { upstream: p.upstream } : {}),
+    ...(p.requestId !== undefined ? { request_id: p.requestId } : {}),
+  });
+}
+
+/** Writes a problem response unless the response has already started. */
+export function sendProblem(res: ServerResponse, p: Problem): void {
+  if (res.headersSent || res.destroyed) return;
+  const body = problemBody(p);
+  const headers: string[] = [
+    'content-type',
+    'application/problem+json',
+    'content-length',
+    String(Buffer.byteLength(body)),
+    'cache-control',
+    'no-store',
+  ];
+  if (p.requestId !== undefined) headers.push('x-request-id', p.requestId);
+  if (p.headers) for (const h of p.headers) headers.push(h);
+  res.writeHead(p.status, headers);
+  res.end(res.req.method === 'HEAD' ? undefined : body);
+}
