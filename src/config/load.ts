@@ -87,14 +87,18 @@ export async function parseConfigText(
   for (const e of doc.errors) at(e.pos[0], '', `YAML syntax: ${e.message.split('\n')[0]}`);
   if (problems.length) throw new ConfigError(problems);
 
-  for (const p of substituteEnv(doc, options.env ?? process.env))
-    at(p.range?.[0], formatPath(p.path), p.message);
+  const envProblems = substituteEnv(doc, options.env ?? process.env);
+  for (const p of envProblems) at(p.range?.[0], formatPath(p.path), p.message);
+  // A value left empty by a missing variable is reported once, as the missing variable.
+  const envKeys = new Set(envProblems.map((p) => formatPath(p.path)));
 
   const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
-  const result = configSchema.safeParse(raw);
+  const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
     for (const issue of result.error.issues) {
-      for (const located of locateIssue(doc, issue)) at(located.offset, located.key, located.message);
+      for (const located of locateIssue(doc, issue)) {
+        if (!envKeys.has(located.key)) at(located.offset, located.key, located.message);
+      }
     }
   }
   if (problems.length || !result.success) throw new ConfigError(sortProblems(problems));
@@ -146,9 +150,17 @@ function locateIssue(doc: Document, issue: z.core.$ZodIssue): Located[] {
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === 'invalid_type' && issue.input === undefined) return 'is required';
+  if (issue.code === 'invalid_type') return `expected ${issue.expected}, got ${describeValue(issue.input)}`;
   if (issue.code === 'invalid_value')
     return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
   return issue.message;
+}
+
+function describeValue(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a map';
+  return `${typeof v} ${JSON.stringify(v)}`;
 }
 
 /** A near-miss hint for typos: `reset_timout` -> did you mean "reset_timeout"? */

@@ -92,6 +92,7 @@ export function classify(
   if (code === 'UND_ERR_BODY_TIMEOUT')
     return new AttemptError('timeout', 'the upstream stopped sending the response body', true, code);
   if (
+    err.name === 'HTTPParserError' ||
     code.startsWith('HPE_') ||
     code === 'UND_ERR_HEADERS_OVERFLOW' ||
     code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' ||

@@ -1,0 +1,83 @@
+/**
+ * Peer for the benchmark: the least a Node forwarder can do. A node:http server that sends each
+ * request through an undici Pool (`pool.stream`) to the upstream and pipes the response body back,
+ * dropping hop-by-hop headers both ways. No routing, no policies, no logging, no metrics.
+ *
+ *   node test/bench/peer-undici.mjs --port 18003 --upstream http://127.0.0.1:18000
+ */
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+import { Pool } from 'undici';
+
+const { values } = parseArgs({ options: { port: { type: 'string' }, upstream: { type: 'string' } } });
+const port = Number(values.port);
+if (!Number.isInteger(port) || port <= 0 || !values.upstream) {
+  process.stderr.write('peer-undici: --port PORT --upstream URL are required\n');
+  process.exit(2);
+}
+
+// Same pool size as breakwater's default max_connections and @fastify/reply-from's default.
+const pool = new Pool(values.upstream, { connections: 128, pipelining: 1 });
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'host',
+]);
+
+function forwardable(headers) {
+  const out = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
+  }
+  return out;
+}
+
+const server = http.createServer((req, res) => {
+  const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
+  pool.stream(
+    {
+      path: req.url,
+      method: req.method,
+      headers: forwardable(req.headers),
+      body: hasBody ? req : null,
+    },
+    ({ statusCode, headers }) => {
+      res.writeHead(statusCode, forwardable(headers));
+      return res;
+    },
+    (err) => {
+      if (!err) return;
+      if (!res.headersSent) {
+        res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end('bad gateway\n');
+      } else {
+        res.destroy(err);
+      }
+    },
+  );
+});
+server.keepAliveTimeout = 60_000;
+
+server.listen(port, '127.0.0.1', () => {
+  process.stdout.write(`listening 127.0.0.1:${port}\n`);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.once(signal, () => {
+    server.closeAllConnections();
+    server.close();
+    pool.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+    setTimeout(() => process.exit(0), 1000).unref();
+  });
+}

@@ -1,0 +1,68 @@
+/**
+ * A real upstream for tests: node:http on 127.0.0.1 with a handler per test, recording what it
+ * received (method, url, headers, body bytes) so tests can assert from the upstream's side.
+ */
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface Received {
+  readonly method: string;
+  readonly url: string;
+  readonly headers: http.IncomingHttpHeaders;
+  readonly rawHeaders: string[];
+  readonly body: Buffer;
+}
+
+export interface TestUpstream {
+  readonly port: number;
+  readonly url: string;
+  readonly received: Received[];
+  close(): Promise<void>;
+}
+
+export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
+
+/** Starts an upstream that buffers each request body, then calls `handler`. */
+export async function startUpstream(
+  handler: UpstreamHandler = defaultHandler,
+  options: { keepBody?: boolean } = {},
+): Promise<TestUpstream> {
+  const received: Received[] = [];
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => {
+      if (options.keepBody !== false) chunks.push(c);
+    });
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      received.push({
+        method: req.method ?? '',
+        url: req.url ?? '',
+        headers: req.headers,
+        rawHeaders: req.rawHeaders,
+        body,
+      });
+      handler(req, res, body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    received,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Echoes method, url and body back as JSON-free plain text. */
+export const defaultHandler: UpstreamHandler = (req, res, body) => {
+  res.setHeader('content-type', 'application/octet-stream');
+  res.setHeader('x-upstream-method', req.method ?? '');
+  res.setHeader('x-upstream-url', req.url ?? '');
+  res.end(body);
+};
