@@ -26,7 +26,18 @@ export type Metrics = ReturnType<typeof createMetrics>;
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
-  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'breakwater_' });
+  if (options.defaultMetrics !== false) {
+    collectDefaultMetrics({ register: registry, prefix: 'breakwater_' });
+    // Gauges that prom-client names *_total, which Prometheus reserves for counters (promtool
+    // rejects them); the handle and request counts are not worth a misleading name.
+    for (const name of [
+      'nodejs_active_handles_total',
+      'nodejs_active_requests_total',
+      'nodejs_active_resources_total',
+    ]) {
+      registry.removeSingleMetric(`breakwater_${name}`);
+    }
+  }
 
   const requests = new Counter({
     name: 'breakwater_requests_total',

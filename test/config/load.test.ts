@@ -91,7 +91,7 @@ resilience:
     });
   });
 
-  it('substitutes ${VAR} and ${VAR:-default}, typing unquoted values', async () => {
+  it('substitutes environment variables, with and without defaults, typing unquoted values', async () => {
     const yaml = `
 listeners:
   - name: main
