@@ -286,3 +286,19 @@ describe('breakwater validate', () => {
     );
   });
 });
+
+describe('shipped configs', () => {
+  const root = join(import.meta.dirname, '../..');
+  it.each(['config/breakwater.yaml', 'config/compose.yaml'])('%s is valid', async (file) => {
+    const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), file, { env: {} });
+    expect(cfg.listeners[0]?.port).toBe(15001);
+  });
+
+  it('the ConfigMap in k8s/deployment.yaml holds a valid config', async () => {
+    const { parseAllDocuments } = await import('yaml');
+    const docs = parseAllDocuments(readFileSync(join(root, 'k8s/deployment.yaml'), 'utf8')).map((d) => d.toJS());
+    const cm = docs.find((d) => d.kind === 'ConfigMap');
+    const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/deployment.yaml', { env: {} });
+    expect(cfg.shutdown).toEqual({ delay: 5000, drain_timeout: 20_000 });
+  });
+});
