@@ -9,7 +9,7 @@ import { ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
-import { buildPipeline } from './pipeline/index.js';
+import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, systemClock } from './pipeline/types.js';
 import { Upstream } from './upstream/upstream.js';
 
@@ -27,6 +27,7 @@ export class Breakwater {
   readonly listeners: DataListener[] = [];
   admin: AdminListener | undefined;
   readonly upstreams = new Map<string, Upstream>();
+  readonly policies = new Map<string, UpstreamPolicies>();
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
 
@@ -63,13 +64,15 @@ export class Breakwater {
       metrics,
       readiness: { ready: () => this.readiness() },
     });
-    for (const [name, model] of Object.entries(config.upstreams))
+    const services = { clock: this.clock, metrics, logger, random: Math.random };
+    for (const [name, model] of Object.entries(config.upstreams)) {
       this.upstreams.set(name, new Upstream(model));
-    const services = { clock: this.clock, metrics, logger };
+      this.policies.set(name, new UpstreamPolicies(model, services));
+    }
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
       for (const r of l.routes)
-        pipelines.set(r, buildPipeline(r, this.upstreams.get(r.upstream) as Upstream, services));
+        pipelines.set(r, buildPipeline(r, this.policies.get(r.upstream) as UpstreamPolicies, services));
       const handler = new ProxyHandler({
         listener: l,
         upstreams: this.upstreams,

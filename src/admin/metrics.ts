@@ -9,7 +9,7 @@ export function metricsRoute(metrics: Metrics) {
     app.get('/metrics', async (_req, reply) => {
       reply.header('content-type', metrics.registry.contentType);
       reply.header('cache-control', 'no-store');
-      return metrics.registry.metrics();
+      return metrics.scrape();
     });
   };
 }

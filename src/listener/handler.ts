@@ -26,7 +26,11 @@ export interface HandlerDeps {
   readonly draining: () => boolean;
 }
 
-const CONNECTION_CLOSE = ['connection', 'close'] as const;
+const CONNECTION_CLOSE = ['connection', 'close'];
+
+function withHeaders(p: Problem, extra: readonly string[] | undefined): Problem {
+  return extra ? { ...p, headers: [...(p.headers ?? []), ...extra] } : p;
+}
 
 /** Maps a failed attempt to the problem the client sees. */
 export function failureProblem(err: AttemptError, upstream: string, requestId: string): Problem {
@@ -98,6 +102,10 @@ export class ProxyHandler {
       current: undefined,
       tried: undefined,
       clientGone: false,
+      deadline: Number.POSITIVE_INFINITY,
+      expired: false,
+      finishers: undefined,
+      retrySkipped: undefined,
     };
     let bytes = 0;
     res.once('close', () => {
@@ -105,6 +113,7 @@ export class ProxyHandler {
         ctx.clientGone = true;
         ctx.current?.abort(new Error('client closed the connection'));
       }
+      if (ctx.finishers) for (const f of ctx.finishers) f();
       this.record(req, res, route, requestId, start, bytes, ctx);
     });
     pipeline(ctx).then(
@@ -125,13 +134,14 @@ export class ProxyHandler {
   /** Writes the outcome to the client; resolves with the body bytes relayed. */
   private async commit(ctx: RequestContext, outcome: Outcome): Promise<number> {
     const { res } = ctx;
+    const extra = this.extraHeaders(ctx);
     if (outcome.type === 'problem') {
-      sendProblem(res, this.draining(outcome.problem));
+      sendProblem(res, withHeaders(outcome.problem, extra));
       return 0;
     }
     if (outcome.type === 'failure') {
       if (!ctx.clientGone)
-        sendProblem(res, this.draining(failureProblem(outcome.error, ctx.upstream.name, ctx.requestId)));
+        sendProblem(res, withHeaders(failureProblem(outcome.error, ctx.upstream.name, ctx.requestId), extra));
       return 0;
     }
     const { attempt, head } = outcome;
@@ -139,32 +149,21 @@ export class ProxyHandler {
       attempt.discard();
       return 0;
     }
-    let headers: string[];
     try {
-      headers = clientResponseHeaders(
-        head.rawHeaders,
-        ctx.requestId,
-        this.deps.draining() ? CONNECTION_CLOSE : undefined,
-      );
+      const headers = clientResponseHeaders(head.rawHeaders, ctx.requestId, extra);
       const result = await attempt.stream(res, head.status, headers);
       if (result.error && !res.headersSent) {
-        sendProblem(res, this.draining(failureProblem(result.error, ctx.upstream.name, ctx.requestId)));
+        sendProblem(res, withHeaders(failureProblem(result.error, ctx.upstream.name, ctx.requestId), extra));
       }
       return result.bytes;
     } catch (err) {
       // Node refused a header value (e.g. a control character): never forward it.
       attempt.discard();
       if (!res.headersSent) {
+        const detail = `the upstream sent an invalid response header: ${(err as Error).message}`;
         sendProblem(
           res,
-          problem(
-            'upstream-bad-response',
-            `the upstream sent an invalid response header: ${(err as Error).message}`,
-            {
-              upstream: ctx.upstream.name,
-              requestId: ctx.requestId,
-            },
-          ),
+          problem('upstream-bad-response', detail, { upstream: ctx.upstream.name, requestId: ctx.requestId }),
         );
       } else {
         res.destroy();
@@ -173,8 +172,13 @@ export class ProxyHandler {
     }
   }
 
-  private draining(p: Problem): Problem {
-    return this.deps.draining() ? { ...p, headers: [...(p.headers ?? []), ...CONNECTION_CLOSE] } : p;
+  /** Headers breakwater adds to every answer: attempts made, and Connection: close while draining. */
+  private extraHeaders(ctx: RequestContext): string[] | undefined {
+    const draining = this.deps.draining();
+    if (!ctx.route.retry.attemptsHeader) return draining ? CONNECTION_CLOSE : undefined;
+    const attempts = ['x-breakwater-attempts', String(ctx.attempts)];
+    if (draining) attempts.push(...CONNECTION_CLOSE);
+    return attempts;
   }
 
   private record(

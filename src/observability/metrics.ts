@@ -58,12 +58,6 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     labelNames: ['listener'] as const,
     registers: [registry],
   });
-  const upstreamErrors = new Counter({
-    name: 'breakwater_upstream_errors_total',
-    help: 'Attempts that failed before or while the upstream answered, by cause.',
-    labelNames: ['upstream', 'cause'] as const,
-    registers: [registry],
-  });
   const ready = new Gauge({
     name: 'breakwater_ready',
     help: '1 while breakwater reports ready, 0 while starting or draining.',
@@ -81,5 +75,107 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
-  return { registry, requests, duration, inflight, upstreamErrors, ready, configInfo, configLoaded };
+  const attempts = new Counter({
+    name: 'breakwater_upstream_attempts_total',
+    help: 'Attempts sent to an upstream, by outcome (2xx..5xx, connect_failure, reset, timeout, protocol_error, aborted, local).',
+    labelNames: ['upstream', 'outcome'] as const,
+    registers: [registry],
+  });
+  const retries = new Counter({
+    name: 'breakwater_retries_total',
+    help: 'Retries made, by the outcome that triggered them.',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [registry],
+  });
+  const retriesSkipped = new Counter({
+    name: 'breakwater_retries_skipped_total',
+    help: 'Retries that retry_on asked for but were not made (budget, body_too_large, deadline, method, retry_after).',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [registry],
+  });
+  const breakerState = new Gauge({
+    name: 'breakwater_circuit_breaker_state',
+    help: '1 for the current state of each upstream circuit breaker, 0 for the others.',
+    labelNames: ['upstream', 'state'] as const,
+    registers: [registry],
+  });
+  const breakerTransitions = new Counter({
+    name: 'breakwater_circuit_breaker_transitions_total',
+    help: 'Circuit breaker state changes.',
+    labelNames: ['upstream', 'from', 'to', 'reason'] as const,
+    registers: [registry],
+  });
+  const breakerRejected = new Counter({
+    name: 'breakwater_circuit_breaker_rejected_total',
+    help: 'Attempts refused because the circuit breaker was open.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const rateLimited = new Counter({
+    name: 'breakwater_rate_limited_total',
+    help: 'Requests answered 429 by the rate limiter (mode reject) or the shaper (queue full or max_delay).',
+    labelNames: ['upstream', 'mode'] as const,
+    registers: [registry],
+  });
+  const shaped = new Counter({
+    name: 'breakwater_rate_limiter_delayed_total',
+    help: 'Requests the shaper delayed rather than rejected.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const limiterQueue = new Gauge({
+    name: 'breakwater_rate_limiter_queued',
+    help: 'Requests waiting in the shaper queue.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const bulkheadInFlight = new Gauge({
+    name: 'breakwater_bulkhead_in_flight',
+    help: 'Requests holding a bulkhead slot.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const bulkheadQueue = new Gauge({
+    name: 'breakwater_bulkhead_queued',
+    help: 'Requests waiting for a bulkhead slot.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const bulkheadRejected = new Counter({
+    name: 'breakwater_bulkhead_rejected_total',
+    help: 'Requests answered 503 because the bulkhead and its queue were full.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+
+  /** Gauges that read live state are set by these just before each scrape. */
+  const collectors: (() => void)[] = [];
+  const scrape = async (): Promise<string> => {
+    for (const c of collectors) c();
+    return registry.metrics();
+  };
+
+  return {
+    registry,
+    collectors,
+    scrape,
+    requests,
+    duration,
+    inflight,
+    ready,
+    configInfo,
+    configLoaded,
+    attempts,
+    retries,
+    retriesSkipped,
+    breakerState,
+    breakerTransitions,
+    breakerRejected,
+    rateLimited,
+    shaped,
+    limiterQueue,
+    bulkheadInFlight,
+    bulkheadQueue,
+    bulkheadRejected,
+  };
 }

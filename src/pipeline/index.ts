@@ -1,13 +1,27 @@
 /**
- * The policy stack of a route, outermost first. This function is the architecture: reading it
- * tells what happens to a request and in which order.
+ * The policy stack of a route, outermost first. This file is the architecture: reading
+ * `buildPipeline` tells what happens to a request and in which order.
  *
- *   upstream call   one attempt to one endpoint (connect, attempt and body timeouts)
+ *   rate limiter / shaper   per upstream: 429, or wait in the shaper queue
+ *   bulkhead                per upstream: a concurrency slot held until the response is over
+ *   deadline                request_timeout over everything below (attempts, waits, retries)
+ *   retry                   retry_on, safe methods, replay buffer, Retry-After, budget
+ *   circuit breaker         per upstream, checked and told the result on every attempt
+ *   upstream call           one attempt to one endpoint, its timeout capped by the deadline
+ *
+ * Per-upstream state (breaker, limiter, bulkhead, retry budget) lives in UpstreamPolicies, shared
+ * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
  */
-import type { RouteModel } from '../config/resolve.js';
+import type { RouteModel, UpstreamModel } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Upstream } from '../upstream/upstream.js';
+import { Bulkhead } from './bulkhead.js';
+import { BREAKER_STATES, CircuitBreaker } from './circuit-breaker.js';
+import { circuitBreakerLayer } from './circuit-breaker-layer.js';
+import { deadlineLayer } from './deadline.js';
+import { classifyOutcome } from './outcome.js';
+import { RateLimiter } from './rate-limiter.js';
+import { RetryBudget, retryLayer } from './retry.js';
 import type { Clock, Handler, Layer } from './types.js';
 import { upstreamCall } from './upstream-call.js';
 
@@ -15,11 +29,127 @@ export interface PipelineServices {
   readonly clock: Clock;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  readonly random: () => number;
 }
 
-export function buildPipeline(_route: RouteModel, _upstream: Upstream, _services: PipelineServices): Handler {
+/** The state one upstream's policies share across routes (and, later, across reloads). */
+export class UpstreamPolicies {
+  readonly breaker: CircuitBreaker | undefined;
+  readonly limiter: RateLimiter | undefined;
+  readonly bulkhead: Bulkhead | undefined;
+  readonly budget: RetryBudget;
+
+  constructor(
+    readonly model: UpstreamModel,
+    services: PipelineServices,
+  ) {
+    const { clock, metrics, logger } = services;
+    const name = model.name;
+    this.breaker = model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined;
+    this.limiter = model.rateLimiter ? new RateLimiter(model.rateLimiter, clock) : undefined;
+    this.bulkhead = model.bulkhead ? new Bulkhead(model.bulkhead, clock) : undefined;
+    this.budget = new RetryBudget(model.retry.budget, clock);
+
+    const breaker = this.breaker;
+    if (breaker) {
+      const setState = () => {
+        for (const s of BREAKER_STATES) metrics.breakerState.labels(name, s).set(s === breaker.state ? 1 : 0);
+      };
+      setState();
+      breaker.onTransition((t) => {
+        setState();
+        metrics.breakerTransitions.labels(name, t.from, t.to, reasonLabel(t.reason)).inc();
+        const log =
+          t.to === 'open' || t.to === 'forced_open' ? logger.warn.bind(logger) : logger.info.bind(logger);
+        log(
+          {
+            event: 'circuit_breaker_transition',
+            upstream: name,
+            from: t.from,
+            to: t.to,
+            reason: t.reason,
+            ...t.counts,
+          },
+          `circuit breaker ${name}: ${t.from} -> ${t.to} (${t.reason})`,
+        );
+      });
+    }
+    const { limiter, bulkhead } = this;
+    metrics.collectors.push(() => {
+      if (limiter) metrics.limiterQueue.labels(name).set(limiter.queueLength);
+      if (bulkhead) {
+        metrics.bulkheadInFlight.labels(name).set(bulkhead.inFlight);
+        metrics.bulkheadQueue.labels(name).set(bulkhead.queueLength);
+      }
+    });
+  }
+}
+
+/** Bounded label for a transition reason (the free text goes to the log line). */
+function reasonLabel(reason: string): string {
+  if (reason.includes('consecutive')) return 'consecutive_failures';
+  if (reason.startsWith('failure rate')) return 'failure_rate';
+  if (reason.startsWith('slow-call')) return 'slow_call_rate';
+  if (reason.startsWith('reset_timeout')) return 'reset_timeout';
+  if (reason.includes('probe failed')) return 'probe_failed';
+  if (reason.includes('probe')) return 'probes_succeeded';
+  return 'operator';
+}
+
+export function buildPipeline(
+  route: RouteModel,
+  policies: UpstreamPolicies,
+  services: PipelineServices,
+): Handler {
+  const { clock, metrics, random } = services;
+  const name = policies.model.name;
   const layers: Layer[] = [];
-  let handler = upstreamCall();
+  const limiter = policies.limiter;
+  if (limiter) {
+    const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
+    const delayed = metrics.shaped.labels(name);
+    layers.push(
+      limiter.layer(name, {
+        rejected: () => rejected.inc(),
+        delayed: () => delayed.inc(),
+        queue: () => undefined,
+      }),
+    );
+  }
+  if (policies.bulkhead) {
+    const rejected = metrics.bulkheadRejected.labels(name);
+    layers.push(policies.bulkhead.layer(name, () => rejected.inc()));
+  }
+  layers.push(deadlineLayer(route.timeouts.request, clock));
+  layers.push(
+    retryLayer(route.retry, policies.budget, clock, random, {
+      retried: (reason) => metrics.retries.labels(name, reason).inc(),
+      skipped: (reason) => metrics.retriesSkipped.labels(name, reason).inc(),
+    }),
+  );
+  if (policies.breaker) {
+    const rejected = metrics.breakerRejected.labels(name);
+    layers.push(circuitBreakerLayer(policies.breaker, name, clock, () => rejected.inc()));
+  }
+  layers.push(countAttempts(name, metrics));
+
+  let handler = upstreamCall(clock);
   for (let i = layers.length - 1; i >= 0; i--) handler = (layers[i] as Layer)(handler);
   return handler;
+}
+
+/** Counts every attempt by outcome (innermost, so each retry is counted). */
+function countAttempts(upstream: string, metrics: Metrics): Layer {
+  const children = new Map<string, { inc(): void }>();
+  return (next) => async (ctx) => {
+    const outcome = await next(ctx);
+    const label = classifyOutcome(outcome).label;
+    let c = children.get(label);
+    if (!c) {
+      c = metrics.attempts.labels(upstream, label);
+      children.set(label, c);
+    }
+    c.inc();
+    return outcome;
+  };
 }

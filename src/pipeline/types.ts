@@ -31,6 +31,20 @@ export interface RequestContext {
   tried: Endpoint | undefined;
   /** Set when the client went away; layers stop early. */
   clientGone: boolean;
+  /** Clock time by which the whole request must be done (Infinity: none). */
+  deadline: number;
+  /** Set when the request deadline passed; layers stop early. */
+  expired: boolean;
+  /** Run once when the response to the client is finished or aborted (bulkhead release, ...). */
+  finishers: (() => void)[] | undefined;
+  /** Retries skipped, and why (for logs). */
+  retrySkipped: string | undefined;
+}
+
+/** Registers `fn` to run when the client response is over. */
+export function onFinish(ctx: RequestContext, fn: () => void): void {
+  if (ctx.finishers) ctx.finishers.push(fn);
+  else ctx.finishers = [fn];
 }
 
 export type Outcome =
@@ -46,14 +60,24 @@ export type Outcome =
 export type Handler = (ctx: RequestContext) => Promise<Outcome>;
 export type Layer = (next: Handler) => Handler;
 
+/** Time as policies see it: a monotonic `now` in ms, timers, and wall-clock ms for HTTP dates. */
 export interface Clock {
   now(): number;
+  wall(): number;
   setTimeout(fn: () => void, ms: number): unknown;
   clearTimeout(handle: unknown): void;
 }
 
 export const systemClock: Clock = {
   now: () => performance.now(),
+  wall: () => Date.now(),
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 };
+
+/** Resolves after `ms` on `clock`, or at once with false when `cancel` fires first. */
+export function sleep(clock: Clock, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    clock.setTimeout(resolve, ms);
+  });
+}

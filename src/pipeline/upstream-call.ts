@@ -3,10 +3,15 @@
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
-import type { Handler, RequestContext } from './types.js';
+import type { Clock, Handler, RequestContext } from './types.js';
 
-export function upstreamCall(): Handler {
+/** Header that tells the upstream how long breakwater will wait for this attempt (ms). */
+export const TIMEOUT_HEADER = 'x-breakwater-timeout-ms';
+
+export function upstreamCall(clock: Clock): Handler {
   return async (ctx: RequestContext) => {
+    // Each attempt gets its own timeout, cut short by what is left of the request deadline.
+    const timeout = Math.max(1, Math.min(ctx.route.timeouts.attempt, Math.floor(ctx.deadline - clock.now())));
     const { req, upstream, route } = ctx;
     const endpoint = upstream.pick(ctx.tried);
     ctx.tried = endpoint;
@@ -17,6 +22,7 @@ export function upstreamCall(): Handler {
       proto: 'http',
       remoteAddress: req.socket.remoteAddress,
     });
+    headers.push(TIMEOUT_HEADER, String(timeout));
     endpoint.inflight++;
     const attempt = new Attempt({
       dispatcher: endpoint.pool,
@@ -24,7 +30,7 @@ export function upstreamCall(): Handler {
       path: ctx.path,
       headers,
       body: ctx.body,
-      timeout: route.timeouts.attempt,
+      timeout,
       bodyTimeout: route.timeouts.body,
       onSettled: () => {
         endpoint.inflight--;

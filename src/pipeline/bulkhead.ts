@@ -1,0 +1,89 @@
+/**
+ * Bulkhead, per upstream: at most `max_concurrent` requests in flight (from admission until the
+ * response to the client is over), `max_queue` more waiting up to `queue_timeout`; beyond that 503
+ * at once. A hanging upstream can then hold only its own slots, never the whole process.
+ */
+import type { BulkheadPolicy } from '../config/resolve.js';
+import { problem } from '../proxy/problem.js';
+import { type Clock, type Layer, onFinish } from './types.js';
+
+interface Waiter {
+  resolve: (admitted: boolean) => void;
+  timer: unknown;
+}
+
+export class Bulkhead {
+  private active = 0;
+  private readonly waiting: Waiter[] = [];
+
+  constructor(
+    readonly policy: BulkheadPolicy,
+    private readonly clock: Clock,
+  ) {}
+
+  get inFlight(): number {
+    return this.active;
+  }
+  get queueLength(): number {
+    return this.waiting.length;
+  }
+
+  /** Resolves true when a slot is held (release it once), false when refused. */
+  acquire(): Promise<boolean> | boolean {
+    if (this.active < this.policy.maxConcurrent) {
+      this.active++;
+      return true;
+    }
+    if (this.waiting.length >= this.policy.maxQueue) return false;
+    return new Promise<boolean>((resolve) => {
+      const w: Waiter = {
+        resolve,
+        timer: this.clock.setTimeout(() => {
+          const i = this.waiting.indexOf(w);
+          if (i >= 0) this.waiting.splice(i, 1);
+          resolve(false);
+        }, this.policy.queueTimeout),
+      };
+      this.waiting.push(w);
+    });
+  }
+
+  release(): void {
+    const w = this.waiting.shift();
+    if (w) {
+      this.clock.clearTimeout(w.timer);
+      w.resolve(true); // the slot passes straight to the next waiter
+    } else {
+      this.active--;
+    }
+  }
+
+  layer(upstream: string, onRejected: () => void): Layer {
+    return (next) => async (ctx) => {
+      const got = this.acquire();
+      const admitted = got === true || got === false ? got : await got;
+      if (!admitted) {
+        onRejected();
+        return {
+          type: 'problem',
+          problem: problem(
+            'bulkhead-full',
+            `upstream ${upstream} has ${this.policy.maxConcurrent} requests in flight`,
+            {
+              upstream,
+              requestId: ctx.requestId,
+            },
+          ),
+        };
+      }
+      let released = false;
+      onFinish(ctx, () => {
+        if (!released) {
+          released = true;
+          this.release();
+        }
+      });
+      return next(ctx);
+    };
+  }
+}

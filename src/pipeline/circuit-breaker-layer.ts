@@ -1,0 +1,44 @@
+/**
+ * The breaker's place in the pipeline: checked before every attempt (inside the retry loop), and
+ * told every attempt's result. An open breaker answers 503 `circuit-open` with Retry-After set to
+ * the time until it lets a probe through.
+ */
+import { problem } from '../proxy/problem.js';
+import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
+import { classifyOutcome } from './outcome.js';
+import type { Clock, Layer } from './types.js';
+
+export function circuitBreakerLayer(
+  breaker: CircuitBreaker,
+  upstream: string,
+  clock: Clock,
+  onRejected: () => void,
+): Layer {
+  const failureOn = breaker.policy.failureOn;
+  return (next) => async (ctx) => {
+    const permit = breaker.tryAcquire();
+    if (!permit) {
+      onRejected();
+      const seconds = Math.max(1, Math.ceil(breaker.retryAfterMs() / 1000));
+      return {
+        type: 'problem',
+        problem: problem('circuit-open', `the circuit breaker of upstream ${upstream} is ${breaker.state}`, {
+          upstream,
+          requestId: ctx.requestId,
+          headers: ['retry-after', String(seconds)],
+        }),
+      };
+    }
+    const t0 = clock.now();
+    const outcome = await next(ctx);
+    const c = classifyOutcome(outcome);
+    const result =
+      c.cause === 'aborted' || outcome.type === 'problem'
+        ? 'ignored'
+        : isFailure(failureOn, c.status, c.cause)
+          ? 'failure'
+          : 'success';
+    breaker.onResult(permit, result, clock.now() - t0);
+    return outcome;
+  };
+}

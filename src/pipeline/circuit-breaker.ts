@@ -1,0 +1,223 @@
+/**
+ * Circuit breaker, one per upstream: a visible state machine.
+ *
+ *   closed ──(failure_threshold consecutive failures, or failure/slow-call rate over the window)──► open
+ *   open ──(reset_timeout passed; checked when a call arrives)──► half_open
+ *   half_open ──(success_threshold successful probes)──► closed
+ *   half_open ──(any probe fails)──► open
+ *   forced_open / forced_closed: set by an operator; only `auto` leaves them
+ *
+ * Every transition is published to listeners (metrics, logs, /state) with its reason and counts;
+ * nothing else in the breaker knows about metrics or logs.
+ */
+import type { CircuitBreakerPolicy, FailureOutcome } from '../config/resolve.js';
+import type { Clock } from './types.js';
+
+export type BreakerState = 'closed' | 'open' | 'half_open' | 'forced_open' | 'forced_closed';
+export const BREAKER_STATES: readonly BreakerState[] = [
+  'closed',
+  'open',
+  'half_open',
+  'forced_open',
+  'forced_closed',
+];
+
+export interface Transition {
+  readonly from: BreakerState;
+  readonly to: BreakerState;
+  readonly reason: string;
+  /** Clock time of the transition. */
+  readonly at: number;
+  readonly counts: {
+    readonly consecutiveFailures: number;
+    readonly calls: number;
+    readonly failureRate: number;
+    readonly slowRate: number;
+  };
+}
+
+/** A call's permission to proceed; hand it back with the result. */
+export interface Permit {
+  readonly generation: number;
+  readonly probe: boolean;
+}
+
+export type CallResult = 'success' | 'failure' | 'ignored';
+
+interface Sample {
+  at: number;
+  failed: boolean;
+  slow: boolean;
+}
+
+export class CircuitBreaker {
+  private stateValue: BreakerState = 'closed';
+  /** Changes with every transition, so a result from an older state is not miscounted. */
+  private generation = 0;
+  private openedAt = 0;
+  private consecutiveFailures = 0;
+  private probesInFlight = 0;
+  private probeSuccesses = 0;
+  private readonly window: Sample[] = [];
+  private readonly listeners: ((t: Transition) => void)[] = [];
+  readonly recent: Transition[] = [];
+
+  constructor(
+    readonly policy: CircuitBreakerPolicy,
+    private readonly clock: Clock,
+  ) {}
+
+  get state(): BreakerState {
+    return this.stateValue;
+  }
+
+  onTransition(fn: (t: Transition) => void): void {
+    this.listeners.push(fn);
+  }
+
+  /** Milliseconds until an open breaker lets a probe through (0 when not open). */
+  retryAfterMs(): number {
+    if (this.stateValue === 'forced_open') return this.policy.resetTimeout;
+    if (this.stateValue !== 'open') return 0;
+    return Math.max(0, this.openedAt + this.policy.resetTimeout - this.clock.now());
+  }
+
+  /** Asks to make a call: a Permit, or undefined when the breaker rejects it. */
+  tryAcquire(): Permit | undefined {
+    switch (this.stateValue) {
+      case 'closed':
+      case 'forced_closed':
+        return { generation: this.generation, probe: false };
+      case 'forced_open':
+        return undefined;
+      case 'open':
+        if (this.clock.now() < this.openedAt + this.policy.resetTimeout) return undefined;
+        this.transition('half_open', 'reset_timeout elapsed');
+        return this.tryAcquire();
+      case 'half_open':
+        if (this.probesInFlight >= this.policy.halfOpenRequests) return undefined;
+        this.probesInFlight++;
+        return { generation: this.generation, probe: true };
+    }
+  }
+
+  /** Records the result of a call made with `permit`; `durationMs` judges slow calls. */
+  onResult(permit: Permit, result: CallResult, durationMs: number): void {
+    if (permit.generation !== this.generation) return; // started before a transition: not counted
+    if (permit.probe) this.probesInFlight--;
+    if (result === 'ignored') return;
+    const failed = result === 'failure';
+    switch (this.stateValue) {
+      case 'closed':
+        this.recordClosed(failed, durationMs);
+        return;
+      case 'half_open':
+        if (failed) {
+          this.transition('open', 'probe failed');
+        } else if (++this.probeSuccesses >= this.policy.successThreshold) {
+          this.transition('closed', `${this.probeSuccesses} probe(s) succeeded`);
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Operator control: `open` and `close` force a state until `auto`. */
+  force(mode: 'open' | 'close' | 'auto'): void {
+    if (mode === 'open') this.transition('forced_open', 'forced by operator');
+    else if (mode === 'close') this.transition('forced_closed', 'forced by operator');
+    else if (this.stateValue === 'forced_open' || this.stateValue === 'forced_closed')
+      this.transition('closed', 'returned to automatic by operator');
+  }
+
+  /** Counts of the current window, for /state. */
+  stats(): Transition['counts'] {
+    this.evict();
+    let failures = 0;
+    let slow = 0;
+    for (const s of this.window) {
+      if (s.failed) failures++;
+      if (s.slow) slow++;
+    }
+    const calls = this.window.length;
+    return {
+      consecutiveFailures: this.consecutiveFailures,
+      calls,
+      failureRate: calls ? failures / calls : 0,
+      slowRate: calls ? slow / calls : 0,
+    };
+  }
+
+  private recordClosed(failed: boolean, durationMs: number): void {
+    const p = this.policy;
+    this.consecutiveFailures = failed ? this.consecutiveFailures + 1 : 0;
+    if (this.consecutiveFailures >= p.failureThreshold) {
+      this.transition('open', `${this.consecutiveFailures} consecutive failures`);
+      return;
+    }
+    if (p.failureRateThreshold === undefined && p.slowCallRateThreshold === undefined) return;
+    const slow = p.slowCallDuration !== undefined && durationMs >= p.slowCallDuration;
+    this.window.push({ at: this.clock.now(), failed, slow });
+    this.evict();
+    const c = this.stats();
+    if (c.calls < p.minimumCalls) return;
+    if (p.failureRateThreshold !== undefined && c.failureRate >= p.failureRateThreshold) {
+      this.transition('open', `failure rate ${(c.failureRate * 100).toFixed(1)}% over ${c.calls} calls`);
+    } else if (p.slowCallRateThreshold !== undefined && c.slowRate >= p.slowCallRateThreshold) {
+      this.transition('open', `slow-call rate ${(c.slowRate * 100).toFixed(1)}% over ${c.calls} calls`);
+    }
+  }
+
+  private evict(): void {
+    const w = this.policy.window;
+    if (w.type === 'count') {
+      if (this.window.length > w.size) this.window.splice(0, this.window.length - w.size);
+    } else {
+      const oldest = this.clock.now() - w.size;
+      let drop = 0;
+      while (drop < this.window.length && (this.window[drop] as Sample).at <= oldest) drop++;
+      if (drop) this.window.splice(0, drop);
+    }
+  }
+
+  private transition(to: BreakerState, reason: string): void {
+    const from = this.stateValue;
+    const counts = this.stats();
+    this.stateValue = to;
+    this.generation++;
+    this.probesInFlight = 0;
+    this.probeSuccesses = 0;
+    if (to === 'open') this.openedAt = this.clock.now();
+    if (to === 'closed' || to === 'open') {
+      this.consecutiveFailures = 0;
+      this.window.length = 0;
+    }
+    const t: Transition = { from, to, reason, at: this.clock.now(), counts };
+    this.recent.push(t);
+    if (this.recent.length > 20) this.recent.shift();
+    for (const fn of this.listeners) fn(t);
+  }
+}
+
+/** Whether an attempt's outcome counts as a failure under `failure_on`. */
+export function isFailure(
+  failureOn: readonly FailureOutcome[],
+  status: number | undefined,
+  cause: string | undefined,
+): boolean {
+  for (const f of failureOn) {
+    if (typeof f === 'number') {
+      if (status === f) return true;
+    } else if (f === '5xx') {
+      if (status !== undefined && status >= 500) return true;
+    } else if (f === '4xx') {
+      if (status !== undefined && status >= 400 && status < 500) return true;
+    } else if (f === 'gateway-error') {
+      if (status === 502 || status === 503 || status === 504) return true;
+    } else if (f === cause) {
+      return true;
+    }
+  }
+  return false;
+}

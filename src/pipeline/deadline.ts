@@ -1,0 +1,50 @@
+/**
+ * The whole-request deadline (`request_timeout`): retries, waits and attempts all fit inside it.
+ * When it passes, the attempt in flight is aborted and the client gets 504 `request-timeout`;
+ * anything the inner layers produce later is discarded. Inner layers read `ctx.deadline` to cap
+ * each attempt and to skip retries that could not finish in time.
+ */
+import { problem } from '../proxy/problem.js';
+import type { Clock, Layer, Outcome } from './types.js';
+
+export function deadlineLayer(requestTimeout: number, clock: Clock): Layer {
+  return (next) => (ctx) => {
+    ctx.deadline = clock.now() + requestTimeout;
+    return new Promise<Outcome>((resolve, reject) => {
+      let settled = false;
+      const timer = clock.setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        ctx.expired = true;
+        ctx.current?.abort(new Error('request deadline passed'));
+        resolve({
+          type: 'problem',
+          problem: problem(
+            'request-timeout',
+            `the request did not complete within request_timeout (${requestTimeout} ms)`,
+            {
+              upstream: ctx.upstream.name,
+              requestId: ctx.requestId,
+            },
+          ),
+        });
+      }, requestTimeout);
+      next(ctx).then(
+        (outcome) => {
+          if (settled) {
+            if (outcome.type === 'response') outcome.attempt.discard();
+            return;
+          }
+          settled = true;
+          clock.clearTimeout(timer);
+          resolve(outcome);
+        },
+        (err: unknown) => {
+          settled = true;
+          clock.clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  };
+}

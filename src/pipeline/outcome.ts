@@ -1,0 +1,48 @@
+/**
+ * How policies read an attempt's outcome: a status, or a failure cause in the vocabulary of
+ * `retry_on` / `failure_on` (`connect-failure`, `reset`, `timeout`). A malformed response counts as
+ * a 502, as the client sees it.
+ */
+import type { AttemptError } from '../proxy/attempt.js';
+import type { Outcome } from './types.js';
+
+export type FailureCause = 'connect-failure' | 'reset' | 'timeout' | 'aborted';
+
+export interface Classified {
+  readonly status: number | undefined;
+  readonly cause: FailureCause | undefined;
+  /** Bounded label for metrics: 2xx..5xx or the cause. */
+  readonly label: string;
+}
+
+const STATUS_LABEL = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
+
+export function causeOf(err: AttemptError): FailureCause | undefined {
+  switch (err.kind) {
+    case 'connect-failure':
+    case 'connect-timeout':
+      return 'connect-failure';
+    case 'timeout':
+      return 'timeout';
+    case 'reset':
+      return 'reset';
+    case 'client-aborted':
+    case 'request-body':
+      return 'aborted';
+    default:
+      return undefined;
+  }
+}
+
+export function classifyOutcome(o: Outcome): Classified {
+  if (o.type === 'response') {
+    const s = o.head.status;
+    return { status: s, cause: undefined, label: STATUS_LABEL[Math.floor(s / 100)] ?? '5xx' };
+  }
+  if (o.type === 'failure') {
+    const cause = causeOf(o.error);
+    if (cause === undefined) return { status: 502, cause: undefined, label: 'protocol_error' };
+    return { status: undefined, cause, label: cause.replace('-', '_') };
+  }
+  return { status: o.problem.status, cause: undefined, label: 'local' };
+}

@@ -1,0 +1,112 @@
+/**
+ * Rate limiter and traffic shaper, per upstream (optionally per client address or header value).
+ *
+ * mode reject: a request takes a token or is answered 429 at once, with Retry-After and the IETF
+ *   draft's RateLimit-Policy / RateLimit headers (draft-ietf-httpapi-ratelimit-headers-10).
+ * mode shape: a request without a token reserves one owed in the future and waits for it (the
+ *   design document's traffic shaper: excess waits, not fails), up to `max_delay` and `max_queue`;
+ *   only past those is it answered 429.
+ */
+import { LRUCache } from 'lru-cache';
+import type { RateLimiterPolicy } from '../config/resolve.js';
+import { problem } from '../proxy/problem.js';
+import { TokenBucket } from './token-bucket.js';
+import type { Clock, Layer, RequestContext } from './types.js';
+
+export interface RateLimiterEvents {
+  rejected(): void;
+  delayed(): void;
+  queue(delta: number): void;
+}
+
+export class RateLimiter {
+  private readonly single: TokenBucket | undefined;
+  private readonly keyed: LRUCache<string, TokenBucket> | undefined;
+  private queued = 0;
+  private readonly policyHeader: string;
+
+  constructor(
+    readonly policy: RateLimiterPolicy,
+    private readonly clock: Clock,
+  ) {
+    if (policy.key.kind === 'none') this.single = new TokenBucket(policy.ratePerSecond, policy.burst, clock);
+    else this.keyed = new LRUCache({ max: policy.maxKeys });
+    this.policyHeader = `"default";q=${Math.max(1, Math.round(policy.ratePerSecond))};w=1`;
+  }
+
+  get queueLength(): number {
+    return this.queued;
+  }
+
+  /** Tokens left in the shared bucket (undefined when keyed). */
+  tokens(): number | undefined {
+    return this.single?.tokens();
+  }
+
+  bucketFor(ctx: RequestContext): TokenBucket {
+    if (this.single) return this.single;
+    const k = this.policy.key;
+    const key =
+      k.kind === 'client_ip'
+        ? (ctx.req.socket.remoteAddress ?? '')
+        : k.kind === 'header'
+          ? String(ctx.req.headers[k.header] ?? '')
+          : '';
+    const keyed = this.keyed as LRUCache<string, TokenBucket>;
+    let b = keyed.get(key);
+    if (!b) {
+      b = new TokenBucket(this.policy.ratePerSecond, this.policy.burst, this.clock);
+      keyed.set(key, b);
+    }
+    return b;
+  }
+
+  layer(upstream: string, events: RateLimiterEvents): Layer {
+    const p = this.policy;
+    return (next) => async (ctx) => {
+      const bucket = this.bucketFor(ctx);
+      if (bucket.tryTake()) return next(ctx);
+      if (p.mode === 'shape' && this.queued < p.maxQueue) {
+        const wait = bucket.reserve(p.maxDelay);
+        if (wait !== undefined) {
+          events.delayed();
+          this.queued++;
+          events.queue(1);
+          await new Promise<void>((resolve) => this.clock.setTimeout(resolve, wait));
+          this.queued--;
+          events.queue(-1);
+          if (ctx.clientGone)
+            return {
+              type: 'problem',
+              problem: problem('rate-limited', 'client left while queued', { upstream }),
+            };
+          return next(ctx);
+        }
+      }
+      events.rejected();
+      const ms = bucket.msUntilToken();
+      const seconds = Math.max(1, Math.ceil(ms / 1000));
+      return {
+        type: 'problem',
+        problem: problem(
+          'rate-limited',
+          p.mode === 'shape'
+            ? `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s and its queue is full`
+            : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`,
+          {
+            upstream,
+            requestId: ctx.requestId,
+            headers: [
+              'retry-after',
+              String(seconds),
+              'ratelimit-policy',
+              this.policyHeader,
+              'ratelimit',
+              `"default";r=${Math.floor(Math.max(0, bucket.tokens()))};t=${seconds}`,
+            ],
+          },
+        ),
+      };
+    };
+  }
+}

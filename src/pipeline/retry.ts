@@ -1,0 +1,227 @@
+/**
+ * Retries, safe by default.
+ *
+ * - Only outcomes named in `retry_on` are retried, at most `max_attempts` attempts in all.
+ * - Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are retried after the request
+ *   may have reached the upstream, unless it carries an Idempotency-Key or the route opts in
+ *   (`retry_non_idempotent`). A connect failure reached nothing, so any method may be retried then.
+ * - The body is kept for replay up to `max_body_bytes`; a larger body is streamed and, once sent,
+ *   never retried (counted as skipped: body_too_large).
+ * - Waits grow exponentially with jitter; a `Retry-After` from the upstream is honoured (never
+ *   retry earlier than it says), capped by `max_wait`; no retry starts that could not finish
+ *   (wait + attempt timeout) before the request deadline.
+ * - A retry budget per upstream caps retries at `budget.ratio` of requests over a sliding window,
+ *   with `budget.min_per_second` always allowed, so retries cannot turn an outage into a storm.
+ * - Each retry prefers an endpoint not tried yet (the balancer's `avoid`).
+ */
+import { Readable } from 'node:stream';
+import type { RetryPolicy } from '../config/resolve.js';
+import { problem } from '../proxy/problem.js';
+import { type Classified, classifyOutcome } from './outcome.js';
+import type { Clock, Layer, Outcome, RequestContext } from './types.js';
+
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
+export type SkipReason = 'budget' | 'body_too_large' | 'deadline' | 'method' | 'retry_after';
+
+export interface RetryEvents {
+  retried(reason: string): void;
+  skipped(reason: SkipReason): void;
+}
+
+/** A sliding window of one-second buckets counting requests and retries. */
+export class RetryBudget {
+  private readonly seconds: number;
+  private readonly stamp: Float64Array;
+  private readonly requests: Float64Array;
+  private readonly retries: Float64Array;
+
+  constructor(
+    private readonly budget: RetryPolicy['budget'],
+    private readonly clock: Clock,
+  ) {
+    this.seconds = Math.max(1, Math.ceil(budget.window / 1000));
+    this.stamp = new Float64Array(this.seconds).fill(-1);
+    this.requests = new Float64Array(this.seconds);
+    this.retries = new Float64Array(this.seconds);
+  }
+
+  private slot(): number {
+    const sec = Math.floor(this.clock.now() / 1000);
+    const i = sec % this.seconds;
+    if (this.stamp[i] !== sec) {
+      this.stamp[i] = sec;
+      this.requests[i] = 0;
+      this.retries[i] = 0;
+    }
+    return i;
+  }
+
+  private totals(): { requests: number; retries: number } {
+    const now = Math.floor(this.clock.now() / 1000);
+    let requests = 0;
+    let retries = 0;
+    for (let i = 0; i < this.seconds; i++) {
+      if ((this.stamp[i] as number) > now - this.seconds) {
+        requests += this.requests[i] as number;
+        retries += this.retries[i] as number;
+      }
+    }
+    return { requests, retries };
+  }
+
+  recordRequest(): void {
+    const i = this.slot();
+    this.requests[i] = (this.requests[i] as number) + 1;
+  }
+
+  /** Takes a retry from the budget if one is left. */
+  tryRetry(): boolean {
+    const { requests, retries } = this.totals();
+    const allowed = Math.max(this.budget.minPerSecond * this.seconds, this.budget.ratio * requests);
+    if (retries + 1 > allowed) return false;
+    const i = this.slot();
+    this.retries[i] = (this.retries[i] as number) + 1;
+    return true;
+  }
+}
+
+export function backoff(policy: RetryPolicy, retryIndex: number, random: () => number): number {
+  const base = Math.min(policy.maxWait, policy.initialWait * policy.multiplier ** retryIndex);
+  switch (policy.jitter) {
+    case 'full':
+      return Math.floor(random() * base);
+    case 'equal':
+      return Math.floor(base / 2 + (random() * base) / 2);
+    default:
+      return base;
+  }
+}
+
+/** Retry-After in ms from raw response headers (seconds or an HTTP date), or undefined. */
+export function retryAfterMs(rawHeaders: readonly Buffer[], wallNow: number): number | undefined {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as Buffer;
+    if (name.length !== 11 || name.toString('latin1').toLowerCase() !== 'retry-after') continue;
+    const v = (rawHeaders[i + 1] as Buffer).toString('latin1').trim();
+    if (/^\d+$/.test(v)) return Number(v) * 1000;
+    const at = Date.parse(v);
+    return Number.isNaN(at) ? undefined : Math.max(0, at - wallNow);
+  }
+  return undefined;
+}
+
+function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
+  for (const r of policy.retryOn) {
+    if (typeof r === 'number') {
+      if (c.status === r) return String(r);
+    } else if (r === '5xx') {
+      if (c.status !== undefined && c.status >= 500) return '5xx';
+    } else if (r === 'gateway-error') {
+      if (c.status === 502 || c.status === 503 || c.status === 504) return 'gateway-error';
+    } else if (r === c.cause) {
+      return r;
+    }
+  }
+  return undefined;
+}
+
+/** Reads the body into memory when it fits the replay buffer; otherwise leaves it streaming. */
+async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
+  const body = ctx.body;
+  if (body === null || Buffer.isBuffer(body)) return;
+  const declared = body.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) return;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const iterator = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  for (;;) {
+    const { value, done } = await iterator.next();
+    if (done) {
+      ctx.body = Buffer.concat(chunks, size);
+      return;
+    }
+    chunks.push(value);
+    size += value.length;
+    if (size > max) {
+      // Too large to replay: send what was read, then the rest, as one stream.
+      ctx.body = Readable.from(
+        (async function* () {
+          yield* chunks;
+          for (;;) {
+            const r = await iterator.next();
+            if (r.done) return;
+            yield r.value;
+          }
+        })(),
+        { objectMode: false },
+      ) as unknown as RequestContext['body'];
+      return;
+    }
+  }
+}
+
+export function retryLayer(
+  policy: RetryPolicy,
+  budget: RetryBudget,
+  clock: Clock,
+  random: () => number,
+  events: RetryEvents,
+): Layer {
+  if (!policy.enabled || policy.maxAttempts <= 1) return (next) => next;
+  return (next) => async (ctx) => {
+    budget.recordRequest();
+    if (ctx.body !== null) {
+      try {
+        await bufferBody(ctx, policy.maxBodyBytes);
+      } catch {
+        ctx.clientGone = true;
+      }
+    }
+    const idempotent =
+      IDEMPOTENT.has(ctx.method) ||
+      policy.retryNonIdempotent ||
+      ctx.req.headers['idempotency-key'] !== undefined;
+    for (let retries = 0; ; retries++) {
+      const outcome: Outcome = await next(ctx);
+      if (outcome.type === 'problem' || ctx.clientGone || ctx.expired) return outcome;
+      const c = classifyOutcome(outcome);
+      const reason = retryReason(policy, c);
+      if (reason === undefined) return outcome;
+      if (retries + 1 >= policy.maxAttempts) return outcome;
+      // A connect failure reached nothing, so any method may go again; otherwise only idempotent ones.
+      if (c.cause !== 'connect-failure' && !idempotent) return skipped(ctx, events, 'method', outcome);
+      if (ctx.body !== null && !Buffer.isBuffer(ctx.body))
+        return skipped(ctx, events, 'body_too_large', outcome);
+      let wait = backoff(policy, retries, random);
+      if (outcome.type === 'response') {
+        const ra = retryAfterMs(outcome.head.rawHeaders, clock.wall());
+        if (ra !== undefined) {
+          if (ra > policy.maxWait) return skipped(ctx, events, 'retry_after', outcome);
+          wait = Math.max(wait, ra);
+        }
+      }
+      // A retry starts only if its wait and a whole attempt timeout fit before the deadline.
+      if (clock.now() + wait + ctx.route.timeouts.attempt > ctx.deadline)
+        return skipped(ctx, events, 'deadline', outcome);
+      if (!budget.tryRetry()) return skipped(ctx, events, 'budget', outcome);
+      if (outcome.type === 'response') outcome.attempt.discard();
+      events.retried(reason);
+      if (wait > 0) await new Promise<void>((resolve) => clock.setTimeout(resolve, wait));
+      if (ctx.clientGone || ctx.expired) {
+        return {
+          type: 'problem',
+          problem: problem('request-timeout', 'the request ended while waiting to retry', {
+            upstream: ctx.upstream.name,
+          }),
+        };
+      }
+    }
+  };
+}
+
+function skipped(ctx: RequestContext, events: RetryEvents, reason: SkipReason, outcome: Outcome): Outcome {
+  events.skipped(reason);
+  ctx.retrySkipped = reason;
+  return outcome;
+}

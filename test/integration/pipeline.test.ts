@@ -1,0 +1,349 @@
+import { readFileSync } from 'node:fs';
+import type http from 'node:http';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { startFaultUpstream } from '../kit/fault-upstream.js';
+import { freePort } from '../kit/process.js';
+import { startUpstream, type TestUpstream } from '../kit/upstream.js';
+
+const cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+async function upstream(
+  handler: (n: number, req: http.IncomingMessage, res: http.ServerResponse, body: Buffer) => void,
+) {
+  let n = 0;
+  const up = await startUpstream((req, res, body) => handler(++n, req, res, body));
+  cleanup.push(() => up.close());
+  return up;
+}
+
+async function proxy(upstreams: string, routes = '[{ upstream: app }]', extra = ''): Promise<Running> {
+  const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    routes: ${routes}
+admin: { port: 0 }
+upstreams:
+${upstreams}
+${extra}
+`);
+  cleanup.push(() => bw.stop());
+  return bw;
+}
+
+async function metrics(bw: Running): Promise<string> {
+  return (await request(`${bw.adminUrl}/metrics`)).body.text();
+}
+
+const failTwice = (n: number, _req: http.IncomingMessage, res: http.ServerResponse) => {
+  res.statusCode = n <= 2 ? 500 : 200;
+  res.end(n <= 2 ? 'boom' : 'ok');
+};
+
+describe('retries', () => {
+  it('retries a GET on 5xx: 3 attempts reach the upstream, the client gets the 200 and x-breakwater-attempts', async () => {
+    const up = await upstream(failTwice);
+    const bw = await proxy(`  app: { endpoints: ["${up.url}"], retry: { initial_wait: 10ms } }`);
+    const res = await request(`${bw.url()}/r`);
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe('ok');
+    expect(res.headers['x-breakwater-attempts']).toBe('3');
+    expect(up.received).toHaveLength(3);
+    expect(await metrics(bw)).toMatch(/breakwater_retries_total\{upstream="app",reason="5xx"\} 2/);
+  });
+
+  it('never retries a POST without an Idempotency-Key, and counts the skip', async () => {
+    const up = await upstream(failTwice);
+    const bw = await proxy(`  app: { endpoints: ["${up.url}"], retry: { initial_wait: 10ms } }`);
+    const res = await request(`${bw.url()}/pay`, { method: 'POST', body: 'charge 10' });
+    expect(res.statusCode).toBe(500);
+    await res.body.dump();
+    expect(up.received).toHaveLength(1);
+    expect(await metrics(bw)).toMatch(/breakwater_retries_skipped_total\{upstream="app",reason="method"\} 1/);
+  });
+
+  it('retries a POST that carries an Idempotency-Key, replaying the body byte-exact', async () => {
+    const up = await upstream(failTwice);
+    const bw = await proxy(`  app: { endpoints: ["${up.url}"], retry: { initial_wait: 10ms } }`);
+    const body = Buffer.from([0, 1, 2, 255, 10, 13]);
+    const res = await request(`${bw.url()}/pay`, {
+      method: 'POST',
+      body,
+      headers: { 'idempotency-key': '"k-1"' },
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(up.received.map((r) => r.body)).toEqual([body, body, body]);
+  });
+
+  it('honours Retry-After: never retries earlier than it says (3 attempts, never 11)', async () => {
+    const fault = await startFaultUpstream({ kind: 'retry-after', seconds: 1 });
+    cleanup.push(() => fault.close());
+    const bw = await proxy(
+      `  app: { endpoints: ["${fault.url}"], retry: { initial_wait: 1ms, max_wait: 2s } }`,
+    );
+    const t0 = performance.now();
+    const res = await request(`${bw.url()}/busy`);
+    const took = performance.now() - t0;
+    expect(res.statusCode).toBe(503);
+    await res.body.dump();
+    expect(fault.requests).toBe(3);
+    expect(took).toBeGreaterThanOrEqual(2000);
+  });
+
+  it('does not retry when Retry-After asks for longer than max_wait', async () => {
+    const fault = await startFaultUpstream({ kind: 'retry-after', seconds: 30 });
+    cleanup.push(() => fault.close());
+    const bw = await proxy(`  app: { endpoints: ["${fault.url}"], retry: { max_wait: 1s } }`);
+    const res = await request(`${bw.url()}/busy`);
+    expect(res.statusCode).toBe(503);
+    expect(res.headers['retry-after']).toBe('30');
+    await res.body.dump();
+    expect(fault.requests).toBe(1);
+    expect(await metrics(bw)).toMatch(
+      /breakwater_retries_skipped_total\{upstream="app",reason="retry_after"\} 1/,
+    );
+  });
+
+  it('retries a connect failure on another endpoint, even for a POST', async () => {
+    const up = await upstream((_n, _req, res) => res.end('ok'));
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const bw = await proxy(`  app: { endpoints: ["${dead}", "${up.url}"], retry: { initial_wait: 1ms } }`);
+    for (let i = 0; i < 4; i++) {
+      const res = await request(`${bw.url()}/p${i}`, { method: 'POST', body: `order ${i}` });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    expect(up.received.map((r) => r.body.toString())).toEqual(['order 0', 'order 1', 'order 2', 'order 3']);
+  });
+
+  it('does not retry a body larger than max_body_bytes once sent, and counts it', async () => {
+    const up = await upstream(failTwice);
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, max_body_bytes: 1024 } }`,
+    );
+    const big = Buffer.alloc(4096, 'a');
+    const res = await request(`${bw.url()}/big`, { method: 'PUT', body: big });
+    expect(res.statusCode).toBe(500);
+    await res.body.dump();
+    expect(up.received).toHaveLength(1);
+    expect(up.received[0]?.body.equals(big)).toBe(true);
+    expect(await metrics(bw)).toMatch(
+      /breakwater_retries_skipped_total\{upstream="app",reason="body_too_large"\} 1/,
+    );
+  });
+
+  it('stops retrying when the retry budget is spent', async () => {
+    const up = await upstream((_n, _req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, budget: { ratio: 0%, min_per_second: 1, window: 2s } } }`,
+    );
+    for (let i = 0; i < 3; i++) await (await request(`${bw.url()}/b`)).body.dump();
+    // 3 requests, and the budget allows 2 retries in its 2 s window: 5 attempts, not 9.
+    expect(up.received).toHaveLength(5);
+    expect(await metrics(bw)).toMatch(
+      /breakwater_retries_skipped_total\{upstream="app",reason="budget"\} \d/,
+    );
+  });
+});
+
+describe('timeouts', () => {
+  it('request_timeout bounds the whole request: 504, attempt aborted, remaining budget sent upstream', async () => {
+    const up = await upstream(() => undefined);
+    const bw = await proxy(`  app: { endpoints: ["${up.url}"], timeout: 400ms, request_timeout: 400ms }`);
+    const t0 = performance.now();
+    const res = await request(`${bw.url()}/slow`);
+    expect(res.statusCode).toBe(504);
+    const type = ((await res.body.json()) as { type: string }).type;
+    expect(['urn:breakwater:problem:request-timeout', 'urn:breakwater:problem:upstream-timeout']).toContain(
+      type,
+    );
+    expect(performance.now() - t0).toBeLessThan(1500);
+    expect(Number(up.received[0]?.headers['x-breakwater-timeout-ms'])).toBeLessThanOrEqual(400);
+  });
+
+  it('starts no retry that cannot finish before the deadline', async () => {
+    const fault = await startFaultUpstream({ kind: 'hang' });
+    cleanup.push(() => fault.close());
+    const bw = await proxy(
+      `  app: { endpoints: ["${fault.url}"], timeout: 300ms, request_timeout: 500ms, retry: { retry_on: [timeout], initial_wait: 1ms } }`,
+    );
+    const res = await request(`${bw.url()}/t`);
+    expect(res.statusCode).toBe(504);
+    expect(((await res.body.json()) as { type: string }).type).toBe(
+      'urn:breakwater:problem:upstream-timeout',
+    );
+    expect(fault.requests).toBe(1);
+    expect(await metrics(bw)).toMatch(
+      /breakwater_retries_skipped_total\{upstream="app",reason="deadline"\} 1/,
+    );
+  });
+});
+
+describe('circuit breaker', () => {
+  it('opens after failure_threshold consecutive failures, rejects at once with Retry-After, probes, closes', async () => {
+    let healthy = false;
+    const up = await upstream((_n, _req, res) => {
+      res.statusCode = healthy ? 200 : 500;
+      res.end();
+    });
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], retry: { enabled: false }, circuit_breaker: { failure_threshold: 3, reset_timeout: 300ms } }`,
+    );
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const res = await request(`${bw.url()}/c`);
+      statuses.push(res.statusCode);
+      if (i === 5) {
+        expect(res.headers['retry-after']).toBe('1');
+        expect(((await res.body.json()) as { type: string }).type).toBe(
+          'urn:breakwater:problem:circuit-open',
+        );
+      } else await res.body.dump();
+    }
+    expect(statuses).toEqual([500, 500, 500, 503, 503, 503]);
+    expect(up.received).toHaveLength(3);
+    let text = await metrics(bw);
+    expect(text).toMatch(/breakwater_circuit_breaker_state\{upstream="app",state="open"\} 1/);
+    expect(text).toMatch(
+      /breakwater_circuit_breaker_transitions_total\{upstream="app",from="closed",to="open",reason="consecutive_failures"\} 1/,
+    );
+    healthy = true;
+    await new Promise((r) => setTimeout(r, 350));
+    const probe = await request(`${bw.url()}/c`);
+    expect(probe.statusCode).toBe(200);
+    await probe.body.dump();
+    text = await metrics(bw);
+    expect(text).toMatch(/breakwater_circuit_breaker_state\{upstream="app",state="closed"\} 1/);
+    const logged = bw.logs
+      .filter((l) => l.event === 'circuit_breaker_transition')
+      .map((l) => `${l.from}->${l.to}`);
+    expect(logged).toEqual(['closed->open', 'open->half_open', 'half_open->closed']);
+  });
+
+  it('the e-commerce seed block: 10 failures open the breaker, which then answers Retry-After: 60', async () => {
+    const up = await upstream((_n, _req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    const seed = readFileSync(
+      join(import.meta.dirname, '../../../shared/seed-examples/ecommerce-promo.yaml'),
+      'utf8',
+    );
+    const bw = await proxy(
+      `  recommendation: { endpoints: ["${up.url}"], retry: { enabled: false } }\n  inventory: { endpoints: ["${up.url}"] }`,
+      '[{ upstream: recommendation }]',
+      `fallbacks:\n  static_top_items: { type: static_response, body: '[]' }\n  estimated_stock: { type: static_response, body: '{}' }\n${seed}`,
+    );
+    const statuses: number[] = [];
+    let retryAfter: string | undefined;
+    for (let i = 0; i < 12; i++) {
+      const res = await request(`${bw.url()}/top`);
+      statuses.push(res.statusCode);
+      retryAfter = res.headers['retry-after'] as string | undefined;
+      await res.body.dump();
+    }
+    expect(up.received).toHaveLength(10);
+    expect(statuses.slice(10)).toEqual([503, 503]);
+    expect(retryAfter).toBe('60');
+  });
+});
+
+describe('rate limiter and shaper', () => {
+  it('reject mode: a burst beyond burst_limit gets 429 with Retry-After and RateLimit headers', async () => {
+    const up = await upstream((_n, _req, res) => res.end('ok'));
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 2, burst_limit: 5 } }`,
+    );
+    const results = await Promise.all(
+      Array.from({ length: 8 }, () =>
+        request(`${bw.url()}/rl`).then(async (r) => ({
+          status: r.statusCode,
+          headers: r.headers,
+          body: await r.body.text(),
+        })),
+      ),
+    );
+    const ok = results.filter((r) => r.status === 200);
+    const limited = results.filter((r) => r.status === 429);
+    expect(ok).toHaveLength(5);
+    expect(limited).toHaveLength(3);
+    expect(limited[0]?.headers['retry-after']).toBe('1');
+    expect(limited[0]?.headers['ratelimit-policy']).toBe('"default";q=2;w=1');
+    expect(limited[0]?.headers.ratelimit).toBe('"default";r=0;t=1');
+    expect(up.received).toHaveLength(5);
+    expect(await metrics(bw)).toMatch(/breakwater_rate_limited_total\{upstream="app",mode="reject"\} 3/);
+  });
+
+  it('shape mode: excess requests wait and are released at the configured rate, not rejected', async () => {
+    const up = await upstream((_n, _req, res) => res.end('ok'));
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 20, burst_limit: 1, mode: shape, max_delay: 2s } }`,
+    );
+    const t0 = performance.now();
+    const statuses = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => r.statusCode)),
+      ),
+    );
+    const took = performance.now() - t0;
+    expect(statuses.every((s) => s === 200)).toBe(true);
+    // 1 at once, then 9 more at 20/s: at least 450 ms.
+    expect(took).toBeGreaterThanOrEqual(400);
+    expect(await metrics(bw)).toMatch(/breakwater_rate_limiter_delayed_total\{upstream="app"\} 9/);
+  });
+
+  it('shape mode rejects past max_queue', async () => {
+    const up = await upstream((_n, _req, res) => res.end('ok'));
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 5, burst_limit: 1, mode: shape, max_queue: 2, max_delay: 5s } }`,
+    );
+    const statuses = await Promise.all(
+      Array.from({ length: 6 }, () =>
+        request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => r.statusCode)),
+      ),
+    );
+    expect(statuses.filter((s) => s === 200)).toHaveLength(3);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(3);
+  });
+});
+
+describe('bulkhead', () => {
+  it('a hanging upstream fills only its own bulkhead; another upstream keeps answering', async () => {
+    const hang = await startUpstream(() => undefined);
+    cleanup.push(() => hang.close());
+    const fine: TestUpstream = await upstream((_n, _req, res) => res.end('fine'));
+    const bw = await proxy(
+      `  stuck: { endpoints: ["${hang.url}"], timeout: 5s, bulkhead: { max_concurrent: 2, max_queue: 1, queue_timeout: 200ms } }\n  ok: { endpoints: ["${fine.url}"] }`,
+      '[{ match: { path_prefix: /stuck }, upstream: stuck }, { upstream: ok }]',
+    );
+    const hanging = [0, 1].map(() => request(`${bw.url()}/stuck`).catch(() => undefined));
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = performance.now();
+    const queued = await request(`${bw.url()}/stuck`);
+    expect(queued.statusCode).toBe(503);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(150);
+    expect(((await queued.body.json()) as { type: string }).type).toBe(
+      'urn:breakwater:problem:bulkhead-full',
+    );
+    for (let i = 0; i < 20; i++) {
+      const res = await request(`${bw.url()}/other`);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    }
+    const text = await metrics(bw);
+    expect(text).toMatch(/breakwater_bulkhead_in_flight\{upstream="stuck"\} 2/);
+    expect(text).toMatch(/breakwater_bulkhead_rejected_total\{upstream="stuck"\} 1/);
+    await bw.stop();
+    await Promise.all(hanging);
+  });
+});
