@@ -2,14 +2,13 @@
  * What a data-plane listener does with each request: route it, run the upstream's pipeline, commit
  * the outcome to the client, and record one access-log line and the request metrics.
  */
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
-import type { Logger } from '../observability/logger.js';
+import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
 import type { AttemptError } from '../proxy/attempt.js';
-import { clientResponseHeaders, incomingRequestId } from '../proxy/headers.js';
+import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { Router, upstreamPath } from './router.js';
@@ -54,6 +53,8 @@ export function failureProblem(err: AttemptError, upstream: string, requestId: s
 interface RouteStats {
   readonly duration: { observe(v: number): void };
   readonly codes: Map<string, { inc(): void }>;
+  /** Logger with listener, route and upstream bound once (pino serializes bindings ahead). */
+  readonly log: Logger;
 }
 
 export class ProxyHandler {
@@ -72,7 +73,7 @@ export class ProxyHandler {
     const q = url.indexOf('?');
     const pathOnly = q < 0 ? url : url.slice(0, q);
     const method = req.method ?? 'GET';
-    const requestId = incomingRequestId(req) ?? randomUUID();
+    const requestId = incomingRequestId(req) ?? newRequestId();
     const route = this.router.match(method, pathOnly, req.headers);
     this.inflight.inc();
 
@@ -214,9 +215,6 @@ export class ProxyHandler {
     const q = (req.url ?? '').indexOf('?');
     const line: Record<string, unknown> = {
       request_id: requestId,
-      listener: this.deps.listener.name,
-      route: route?.name,
-      upstream: route?.upstream,
       method: req.method,
       path: q < 0 ? req.url : req.url?.slice(0, q),
       status,
@@ -227,13 +225,9 @@ export class ProxyHandler {
       attempts: ctx?.attempts ?? 0,
       complete,
     };
-    if (this.deps.accessLogHeaders.length) {
-      const h: Record<string, unknown> = {};
-      for (const name of this.deps.accessLogHeaders)
-        if (req.headers[name] !== undefined) h[name] = req.headers[name];
-      line.headers = h;
-    }
-    this.deps.logger.info(line, 'request');
+    if (this.deps.accessLogHeaders.length)
+      line.headers = redactHeaders(req.headers, this.deps.accessLogHeaders);
+    stats.log.info(line, 'request');
   }
 
   private routeStats(route: RouteModel | undefined): RouteStats {
@@ -246,6 +240,11 @@ export class ProxyHandler {
           route?.upstream ?? '',
         ),
         codes: new Map(),
+        log: this.deps.logger.child({
+          listener: this.deps.listener.name,
+          route: route?.name,
+          upstream: route?.upstream,
+        }),
       };
       this.stats.set(route, s);
     }

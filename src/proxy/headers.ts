@@ -6,6 +6,7 @@
  * Expect: breakwater answers `100-continue` itself, and Host, which is set per upstream).
  * Everything else passes in the order and case it arrived in.
  */
+import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 
 const HOP_BY_HOP = new Set([
@@ -57,6 +58,17 @@ export interface RequestHeaderOptions {
   readonly requestId: string;
   readonly proto: string;
   readonly remoteAddress: string | undefined;
+}
+
+/**
+ * Request ids breakwater makes: 16 random hex digits fixed per process, then a counter, e.g.
+ * `3f9a0c1e5b7d2a64-1a2b`. Unique across processes as a UUID is, for a fraction of the cost.
+ */
+const ID_PREFIX = `${randomBytes(8).toString('hex')}-`;
+let idCounter = 0;
+export function newRequestId(): string {
+  idCounter = (idCounter + 1) % Number.MAX_SAFE_INTEGER;
+  return ID_PREFIX + idCounter.toString(36);
 }
 
 /** Returns the client's request id if it is usable, else undefined. */

@@ -15,9 +15,7 @@ export type ProblemKind =
   | 'bad-request'
   | 'circuit-open'
   | 'rate-limited'
-  | 'bulkhead-full'
-  | 'retry-budget-exhausted'
-  | 'shutting-down';
+  | 'bulkhead-full';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -31,8 +29,6 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'circuit-open': [503, 'The circuit breaker for this upstream is open'],
   'rate-limited': [429, 'Too many requests'],
   'bulkhead-full': [503, 'The upstream is at its concurrency limit'],
-  'retry-budget-exhausted': [503, 'The upstream failed and the retry budget is spent'],
-  'shutting-down': [503, 'breakwater is shutting down'],
 };
 
 export interface Problem {

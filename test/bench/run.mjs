@@ -421,6 +421,16 @@ const SCENARIOS = [
     description: 'breakwater, one listener/route/upstream, default policies, access log off',
   }),
   breakwaterScenario({
+    name: 'breakwater-policies',
+    description: 'every resilience policy on (retry, breaker, limiter, bulkhead), none triggering',
+    upstream: `
+      retry: { max_attempts: 3 }
+      circuit_breaker: { failure_threshold: 1000000, failure_rate_threshold: 99%, slow_call_duration: 10s, slow_call_rate_threshold: 99% }
+      rate_limiter: { max_requests_per_second: 10000000, burst_limit: 10000000 }
+      bulkhead: { max_concurrent: 100000 }
+    `,
+  }),
+  breakwaterScenario({
     name: 'breakwater-plain-accesslog',
     description: 'as breakwater-plain with logging.access_log: true (stdout to /dev/null)',
     accessLog: true,

@@ -84,7 +84,7 @@ describe('forwarding', () => {
     const res = await request(`${bw.url()}/id`);
     await res.body.dump();
     const id = res.headers['x-request-id'];
-    expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(id).toMatch(/^[0-9a-f]{16}-[0-9a-z]+$/);
     expect(up.received.at(-1)?.headers['x-request-id']).toBe(id);
   });
 
