@@ -5,7 +5,14 @@
  */
 import type { BulkheadPolicy } from '../config/resolve.js';
 import { problem } from '../proxy/problem.js';
-import { type Clock, type Layer, onFinish } from './types.js';
+import {
+  type Clock,
+  type Handler,
+  type Layer,
+  type Outcome,
+  onFinish,
+  type RequestContext,
+} from './types.js';
 
 interface Waiter {
   resolve: (admitted: boolean) => void;
@@ -59,23 +66,7 @@ export class Bulkhead {
   }
 
   layer(upstream: string, onRejected: () => void): Layer {
-    return (next) => async (ctx) => {
-      const got = this.acquire();
-      const admitted = got === true || got === false ? got : await got;
-      if (!admitted) {
-        onRejected();
-        return {
-          type: 'problem',
-          problem: problem(
-            'bulkhead-full',
-            `upstream ${upstream} has ${this.policy.maxConcurrent} requests in flight`,
-            {
-              upstream,
-              requestId: ctx.requestId,
-            },
-          ),
-        };
-      }
+    const admit = (ctx: RequestContext, next: Handler): Promise<Outcome> => {
       let released = false;
       onFinish(ctx, () => {
         if (!released) {
@@ -84,6 +75,21 @@ export class Bulkhead {
         }
       });
       return next(ctx);
+    };
+    const refuse = (ctx: RequestContext): Outcome => {
+      onRejected();
+      const detail = `upstream ${upstream} has ${this.policy.maxConcurrent} requests in flight`;
+      return {
+        type: 'problem',
+        problem: problem('bulkhead-full', detail, { upstream, requestId: ctx.requestId }),
+      };
+    };
+    // The common case (a free slot) adds no promise of its own.
+    return (next) => (ctx) => {
+      const got = this.acquire();
+      if (got === true) return admit(ctx, next);
+      if (got === false) return Promise.resolve(refuse(ctx));
+      return got.then((admitted) => (admitted ? admit(ctx, next) : refuse(ctx)));
     };
   }
 }

@@ -44,10 +44,76 @@ export interface Permit {
 
 export type CallResult = 'success' | 'failure' | 'ignored';
 
-interface Sample {
-  at: number;
-  failed: boolean;
-  slow: boolean;
+/**
+ * The calls of the last `size` calls (count) or the last `size` ms (time), with running totals so
+ * recording a call and reading the rates cost O(1) (amortized), not a pass over the window.
+ */
+class SlidingWindow {
+  private at: Float64Array;
+  private flags: Uint8Array;
+  private head = 0;
+  private length = 0;
+  calls = 0;
+  failures = 0;
+  slow = 0;
+
+  constructor(
+    private readonly type: 'count' | 'time',
+    private readonly size: number,
+  ) {
+    const capacity = type === 'count' ? size : 64;
+    this.at = new Float64Array(capacity);
+    this.flags = new Uint8Array(capacity);
+  }
+
+  record(now: number, failed: boolean, slow: boolean): void {
+    if (this.type === 'count' && this.length === this.size) this.dropOldest();
+    if (this.length === this.at.length) this.grow();
+    const i = (this.head + this.length) % this.at.length;
+    this.at[i] = now;
+    this.flags[i] = (failed ? 1 : 0) | (slow ? 2 : 0);
+    this.length++;
+    this.calls++;
+    if (failed) this.failures++;
+    if (slow) this.slow++;
+  }
+
+  /** Drops samples older than the window (time windows only). */
+  expire(now: number): void {
+    if (this.type !== 'time') return;
+    while (this.length > 0 && (this.at[this.head] as number) <= now - this.size) this.dropOldest();
+  }
+
+  clear(): void {
+    this.head = 0;
+    this.length = 0;
+    this.calls = 0;
+    this.failures = 0;
+    this.slow = 0;
+  }
+
+  private dropOldest(): void {
+    const f = this.flags[this.head] as number;
+    this.calls--;
+    if (f & 1) this.failures--;
+    if (f & 2) this.slow--;
+    this.head = (this.head + 1) % this.at.length;
+    this.length--;
+  }
+
+  private grow(): void {
+    const cap = this.at.length * 2;
+    const at = new Float64Array(cap);
+    const flags = new Uint8Array(cap);
+    for (let k = 0; k < this.length; k++) {
+      const i = (this.head + k) % this.at.length;
+      at[k] = this.at[i] as number;
+      flags[k] = this.flags[i] as number;
+    }
+    this.at = at;
+    this.flags = flags;
+    this.head = 0;
+  }
 }
 
 export class CircuitBreaker {
@@ -58,14 +124,16 @@ export class CircuitBreaker {
   private consecutiveFailures = 0;
   private probesInFlight = 0;
   private probeSuccesses = 0;
-  private readonly window: Sample[] = [];
+  private readonly window: SlidingWindow;
   private readonly listeners: ((t: Transition) => void)[] = [];
   readonly recent: Transition[] = [];
 
   constructor(
     readonly policy: CircuitBreakerPolicy,
     private readonly clock: Clock,
-  ) {}
+  ) {
+    this.window = new SlidingWindow(policy.window.type, policy.window.size);
+  }
 
   get state(): BreakerState {
     return this.stateValue;
@@ -133,19 +201,13 @@ export class CircuitBreaker {
 
   /** Counts of the current window, for /state. */
   stats(): Transition['counts'] {
-    this.evict();
-    let failures = 0;
-    let slow = 0;
-    for (const s of this.window) {
-      if (s.failed) failures++;
-      if (s.slow) slow++;
-    }
-    const calls = this.window.length;
+    const w = this.window;
+    w.expire(this.clock.now());
     return {
       consecutiveFailures: this.consecutiveFailures,
-      calls,
-      failureRate: calls ? failures / calls : 0,
-      slowRate: calls ? slow / calls : 0,
+      calls: w.calls,
+      failureRate: w.calls ? w.failures / w.calls : 0,
+      slowRate: w.calls ? w.slow / w.calls : 0,
     };
   }
 
@@ -158,26 +220,13 @@ export class CircuitBreaker {
     }
     if (p.failureRateThreshold === undefined && p.slowCallRateThreshold === undefined) return;
     const slow = p.slowCallDuration !== undefined && durationMs >= p.slowCallDuration;
-    this.window.push({ at: this.clock.now(), failed, slow });
-    this.evict();
+    this.window.record(this.clock.now(), failed, slow);
     const c = this.stats();
     if (c.calls < p.minimumCalls) return;
     if (p.failureRateThreshold !== undefined && c.failureRate >= p.failureRateThreshold) {
       this.transition('open', `failure rate ${(c.failureRate * 100).toFixed(1)}% over ${c.calls} calls`);
     } else if (p.slowCallRateThreshold !== undefined && c.slowRate >= p.slowCallRateThreshold) {
       this.transition('open', `slow-call rate ${(c.slowRate * 100).toFixed(1)}% over ${c.calls} calls`);
-    }
-  }
-
-  private evict(): void {
-    const w = this.policy.window;
-    if (w.type === 'count') {
-      if (this.window.length > w.size) this.window.splice(0, this.window.length - w.size);
-    } else {
-      const oldest = this.clock.now() - w.size;
-      let drop = 0;
-      while (drop < this.window.length && (this.window[drop] as Sample).at <= oldest) drop++;
-      if (drop) this.window.splice(0, drop);
     }
   }
 
@@ -191,7 +240,7 @@ export class CircuitBreaker {
     if (to === 'open') this.openedAt = this.clock.now();
     if (to === 'closed' || to === 'open') {
       this.consecutiveFailures = 0;
-      this.window.length = 0;
+      this.window.clear();
     }
     const t: Transition = { from, to, reason, at: this.clock.now(), counts };
     this.recent.push(t);

@@ -19,7 +19,6 @@ import { Bulkhead } from './bulkhead.js';
 import { BREAKER_STATES, CircuitBreaker } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
-import { classifyOutcome } from './outcome.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
 import type { Clock, Handler, Layer } from './types.js';
@@ -131,25 +130,18 @@ export function buildPipeline(
     const rejected = metrics.breakerRejected.labels(name);
     layers.push(circuitBreakerLayer(policies.breaker, name, clock, () => rejected.inc()));
   }
-  layers.push(countAttempts(name, metrics));
-
-  let handler = upstreamCall(clock);
-  for (let i = layers.length - 1; i >= 0; i--) handler = (layers[i] as Layer)(handler);
-  return handler;
-}
-
-/** Counts every attempt by outcome (innermost, so each retry is counted). */
-function countAttempts(upstream: string, metrics: Metrics): Layer {
-  const children = new Map<string, { inc(): void }>();
-  return (next) => async (ctx) => {
-    const outcome = await next(ctx);
-    const label = classifyOutcome(outcome).label;
-    let c = children.get(label);
+  // Every attempt (retries included) is counted by outcome.
+  const attemptCounters = new Map<string, { inc(): void }>();
+  const countAttempt = (label: string) => {
+    let c = attemptCounters.get(label);
     if (!c) {
-      c = metrics.attempts.labels(upstream, label);
-      children.set(label, c);
+      c = metrics.attempts.labels(name, label);
+      attemptCounters.set(label, c);
     }
     c.inc();
-    return outcome;
   };
+
+  let handler = upstreamCall(clock, countAttempt);
+  for (let i = layers.length - 1; i >= 0; i--) handler = (layers[i] as Layer)(handler);
+  return handler;
 }

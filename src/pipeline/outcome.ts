@@ -17,6 +17,10 @@ export interface Classified {
 
 const STATUS_LABEL = ['1xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
 
+export function statusLabel(status: number): string {
+  return STATUS_LABEL[Math.floor(status / 100)] ?? '5xx';
+}
+
 export function causeOf(err: AttemptError): FailureCause | undefined {
   switch (err.kind) {
     case 'connect-failure':
@@ -37,7 +41,7 @@ export function causeOf(err: AttemptError): FailureCause | undefined {
 export function classifyOutcome(o: Outcome): Classified {
   if (o.type === 'response') {
     const s = o.head.status;
-    return { status: s, cause: undefined, label: STATUS_LABEL[Math.floor(s / 100)] ?? '5xx' };
+    return { status: s, cause: undefined, label: statusLabel(s) };
   }
   if (o.type === 'failure') {
     const cause = causeOf(o.error);

@@ -11,7 +11,7 @@ import { LRUCache } from 'lru-cache';
 import type { RateLimiterPolicy } from '../config/resolve.js';
 import { problem } from '../proxy/problem.js';
 import { TokenBucket } from './token-bucket.js';
-import type { Clock, Layer, RequestContext } from './types.js';
+import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
 
 export interface RateLimiterEvents {
   rejected(): void;
@@ -62,51 +62,61 @@ export class RateLimiter {
   }
 
   layer(upstream: string, events: RateLimiterEvents): Layer {
-    const p = this.policy;
-    return (next) => async (ctx) => {
+    return (next) => (ctx) => {
       const bucket = this.bucketFor(ctx);
-      if (bucket.tryTake()) return next(ctx);
-      if (p.mode === 'shape' && this.queued < p.maxQueue) {
-        const wait = bucket.reserve(p.maxDelay);
-        if (wait !== undefined) {
-          events.delayed();
-          this.queued++;
-          events.queue(1);
-          await new Promise<void>((resolve) => this.clock.setTimeout(resolve, wait));
-          this.queued--;
-          events.queue(-1);
-          if (ctx.clientGone)
-            return {
-              type: 'problem',
-              problem: problem('rate-limited', 'client left while queued', { upstream }),
-            };
-          return next(ctx);
-        }
+      // The common case (a token) adds no promise of its own.
+      return bucket.tryTake() ? next(ctx) : this.limited(ctx, bucket, next, upstream, events);
+    };
+  }
+
+  private async limited(
+    ctx: RequestContext,
+    bucket: TokenBucket,
+    next: Handler,
+    upstream: string,
+    events: RateLimiterEvents,
+  ): Promise<Outcome> {
+    const p = this.policy;
+    if (p.mode === 'shape' && this.queued < p.maxQueue) {
+      const wait = bucket.reserve(p.maxDelay);
+      if (wait !== undefined) {
+        events.delayed();
+        this.queued++;
+        events.queue(1);
+        await new Promise<void>((resolve) => this.clock.setTimeout(resolve, wait));
+        this.queued--;
+        events.queue(-1);
+        if (ctx.clientGone)
+          return {
+            type: 'problem',
+            problem: problem('rate-limited', 'client left while queued', { upstream }),
+          };
+        return next(ctx);
       }
-      events.rejected();
-      const ms = bucket.msUntilToken();
-      const seconds = Math.max(1, Math.ceil(ms / 1000));
-      return {
-        type: 'problem',
-        problem: problem(
-          'rate-limited',
-          p.mode === 'shape'
-            ? `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s and its queue is full`
-            : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`,
-          {
-            upstream,
-            requestId: ctx.requestId,
-            headers: [
-              'retry-after',
-              String(seconds),
-              'ratelimit-policy',
-              this.policyHeader,
-              'ratelimit',
-              `"default";r=${Math.floor(Math.max(0, bucket.tokens()))};t=${seconds}`,
-            ],
-          },
-        ),
-      };
+    }
+    events.rejected();
+    const ms = bucket.msUntilToken();
+    const seconds = Math.max(1, Math.ceil(ms / 1000));
+    return {
+      type: 'problem',
+      problem: problem(
+        'rate-limited',
+        p.mode === 'shape'
+          ? `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s and its queue is full`
+          : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`,
+        {
+          upstream,
+          requestId: ctx.requestId,
+          headers: [
+            'retry-after',
+            String(seconds),
+            'ratelimit-policy',
+            this.policyHeader,
+            'ratelimit',
+            `"default";r=${Math.floor(Math.max(0, bucket.tokens()))};t=${seconds}`,
+          ],
+        },
+      ),
     };
   }
 }

@@ -3,13 +3,15 @@
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
-import type { Clock, Handler, RequestContext } from './types.js';
+import { classifyOutcome, statusLabel } from './outcome.js';
+import type { Clock, Handler, Outcome, RequestContext } from './types.js';
 
 /** Header that tells the upstream how long breakwater will wait for this attempt (ms). */
 export const TIMEOUT_HEADER = 'x-breakwater-timeout-ms';
 
-export function upstreamCall(clock: Clock): Handler {
-  return async (ctx: RequestContext) => {
+/** `onOutcome` hears every attempt's outcome label (metrics), with no promise of its own. */
+export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void): Handler {
+  return (ctx: RequestContext) => {
     // Each attempt gets its own timeout, cut short by what is left of the request deadline.
     const timeout = Math.max(1, Math.min(ctx.route.timeouts.attempt, Math.floor(ctx.deadline - clock.now())));
     const { req, upstream, route } = ctx;
@@ -38,11 +40,16 @@ export function upstreamCall(clock: Clock): Handler {
     });
     ctx.current = attempt;
     attempt.start();
-    try {
-      const head = await attempt.head;
-      return { type: 'response', attempt, head, endpoint };
-    } catch (err) {
-      return { type: 'failure', error: err as AttemptError, endpoint };
-    }
+    return attempt.head.then(
+      (head): Outcome => {
+        onOutcome?.(statusLabel(head.status));
+        return { type: 'response', attempt, head, endpoint };
+      },
+      (err: AttemptError): Outcome => {
+        const outcome: Outcome = { type: 'failure', error: err, endpoint };
+        onOutcome?.(classifyOutcome(outcome).label);
+        return outcome;
+      },
+    );
   };
 }
