@@ -4,13 +4,13 @@
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS, type RetryPolicy, type RouteModel } from '../../src/config/resolve.js';
-import type { Attempt, ResponseHead } from '../../src/proxy/attempt.js';
-import { AttemptError } from '../../src/proxy/attempt.js';
 import { Bulkhead } from '../../src/pipeline/bulkhead.js';
 import { deadlineLayer } from '../../src/pipeline/deadline.js';
 import { RateLimiter } from '../../src/pipeline/rate-limiter.js';
 import { backoff, RetryBudget, retryAfterMs, retryLayer } from '../../src/pipeline/retry.js';
 import type { Outcome, RequestContext } from '../../src/pipeline/types.js';
+import type { Attempt, ResponseHead } from '../../src/proxy/attempt.js';
+import { AttemptError } from '../../src/proxy/attempt.js';
 import { ManualClock } from '../kit/clock.js';
 
 function ctx(method = 'GET', headers: Record<string, string> = {}): RequestContext {
@@ -18,7 +18,9 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
   return {
     req,
     res: {} as RequestContext['res'],
-    route: { timeouts: { attempt: 1000, request: 10_000, connect: 1000, body: 1000 } } as unknown as RouteModel,
+    route: {
+      timeouts: { attempt: 1000, request: 10_000, connect: 1000, body: 1000 },
+    } as unknown as RouteModel,
     upstream: { name: 'app' } as RequestContext['upstream'],
     requestId: 'r1',
     method,
@@ -36,22 +38,35 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
   };
 }
 
-function response(status: number, headers: Record<string, string> = {}): Outcome & { discarded: () => boolean } {
+function response(
+  status: number,
+  headers: Record<string, string> = {},
+): Outcome & { discarded: () => boolean } {
   let discarded = false;
   const rawHeaders = Object.entries(headers).flatMap(([k, v]) => [Buffer.from(k), Buffer.from(v)]);
   const head: ResponseHead = { status, statusText: '', rawHeaders };
-  const attempt = { discard: () => {
-    discarded = true;
-  } } as unknown as Attempt;
+  const attempt = {
+    discard: () => {
+      discarded = true;
+    },
+  } as unknown as Attempt;
   return { type: 'response', attempt, head, endpoint: {} as never, discarded: () => discarded };
 }
 
 const flush = () => new Promise((r) => setImmediate(r));
 
 describe('backoff and Retry-After', () => {
-  const policy: RetryPolicy = { ...DEFAULTS.retry, initialWait: 100, maxWait: 1000, multiplier: 2, jitter: 'none' };
+  const policy: RetryPolicy = {
+    ...DEFAULTS.retry,
+    initialWait: 100,
+    maxWait: 1000,
+    multiplier: 2,
+    jitter: 'none',
+  };
   it('grows exponentially and is capped by max_wait', () => {
-    expect([0, 1, 2, 3, 4, 5].map((n) => backoff(policy, n, () => 0.5))).toEqual([100, 200, 400, 800, 1000, 1000]);
+    expect([0, 1, 2, 3, 4, 5].map((n) => backoff(policy, n, () => 0.5))).toEqual([
+      100, 200, 400, 800, 1000, 1000,
+    ]);
   });
   it('full jitter draws in [0, wait), equal jitter in [wait/2, wait)', () => {
     expect(backoff({ ...policy, jitter: 'full' }, 2, () => 0)).toBe(0);
@@ -61,8 +76,12 @@ describe('backoff and Retry-After', () => {
   it('reads Retry-After as seconds or as an HTTP date', () => {
     const wall = Date.parse('Fri, 27 Nov 2026 10:00:00 GMT');
     expect(retryAfterMs([Buffer.from('Retry-After'), Buffer.from('3')], wall)).toBe(3000);
-    expect(retryAfterMs([Buffer.from('retry-after'), Buffer.from('Fri, 27 Nov 2026 10:00:05 GMT')], wall)).toBe(5000);
-    expect(retryAfterMs([Buffer.from('retry-after'), Buffer.from('Fri, 27 Nov 2026 09:00:00 GMT')], wall)).toBe(0);
+    expect(
+      retryAfterMs([Buffer.from('retry-after'), Buffer.from('Fri, 27 Nov 2026 10:00:05 GMT')], wall),
+    ).toBe(5000);
+    expect(
+      retryAfterMs([Buffer.from('retry-after'), Buffer.from('Fri, 27 Nov 2026 09:00:00 GMT')], wall),
+    ).toBe(0);
     expect(retryAfterMs([Buffer.from('x-other'), Buffer.from('3')], wall)).toBeUndefined();
   });
 });
@@ -89,7 +108,13 @@ describe('retry budget', () => {
 describe('retry layer', () => {
   const events = () => {
     const log: string[] = [];
-    return { log, events: { retried: (r: string) => log.push(`retry:${r}`), skipped: (r: string) => log.push(`skip:${r}`) } };
+    return {
+      log,
+      events: {
+        retried: (r: string) => log.push(`retry:${r}`),
+        skipped: (r: string) => log.push(`skip:${r}`),
+      },
+    };
   };
   const policy: RetryPolicy = { ...DEFAULTS.retry, initialWait: 100, jitter: 'none' };
 
@@ -98,7 +123,13 @@ describe('retry layer', () => {
     const { log, events: ev } = events();
     const outcomes = [response(500), response(503), response(200)];
     let calls = 0;
-    const handler = retryLayer(policy, new RetryBudget(policy.budget, clock), clock, () => 0, ev)(async () => outcomes[calls++] as Outcome);
+    const handler = retryLayer(
+      policy,
+      new RetryBudget(policy.budget, clock),
+      clock,
+      () => 0,
+      ev,
+    )(async () => outcomes[calls++] as Outcome);
     const p = handler(ctx());
     await flush();
     expect(calls).toBe(1);
@@ -131,7 +162,11 @@ describe('retry layer', () => {
     expect(log).toEqual(['skip:method']);
 
     calls = 0;
-    const refused: Outcome = { type: 'failure', error: new AttemptError('connect-failure', 'refused', false), endpoint: undefined };
+    const refused: Outcome = {
+      type: 'failure',
+      error: new AttemptError('connect-failure', 'refused', false),
+      endpoint: undefined,
+    };
     const p = layer(async () => (++calls === 1 ? refused : response(201)))(ctx('POST'));
     await flush();
     clock.advance(100);
@@ -144,7 +179,13 @@ describe('retry layer', () => {
     const { log, events: ev } = events();
     const c = ctx();
     c.deadline = 1050; // attempt timeout 1000 + wait 100 > 1050
-    const out = await retryLayer(policy, new RetryBudget(policy.budget, clock), clock, () => 0, ev)(async () => response(502))(c);
+    const out = await retryLayer(
+      policy,
+      new RetryBudget(policy.budget, clock),
+      clock,
+      () => 0,
+      ev,
+    )(async () => response(502))(c);
     expect(out.type).toBe('response');
     expect(log).toEqual(['skip:deadline']);
   });
@@ -155,14 +196,22 @@ describe('deadline layer', () => {
     const clock = new ManualClock();
     const c = ctx();
     let aborted = false;
-    c.current = { abort: () => {
-      aborted = true;
-    } } as unknown as Attempt;
+    c.current = {
+      abort: () => {
+        aborted = true;
+      },
+    } as unknown as Attempt;
     const late = response(200);
     let finish!: (o: Outcome) => void;
-    const p = deadlineLayer(500, clock)(() => new Promise<Outcome>((r) => {
-      finish = r;
-    }))(c);
+    const p = deadlineLayer(
+      500,
+      clock,
+    )(
+      () =>
+        new Promise<Outcome>((r) => {
+          finish = r;
+        }),
+    )(c);
     expect(c.deadline).toBe(500);
     clock.advance(500);
     const out = await p;
@@ -208,8 +257,15 @@ describe('bulkhead', () => {
 describe('rate limiter layer', () => {
   it('reject mode answers 429 with the draft RateLimit headers once the burst is spent', async () => {
     const clock = new ManualClock();
-    const rl = new RateLimiter({ ...DEFAULTS.rateLimiter, ratePerSecond: 10, burst: 2, key: { kind: 'none' } }, clock);
-    const layer = rl.layer('app', { rejected: () => undefined, delayed: () => undefined, queue: () => undefined })(async () => response(200));
+    const rl = new RateLimiter(
+      { ...DEFAULTS.rateLimiter, ratePerSecond: 10, burst: 2, key: { kind: 'none' } },
+      clock,
+    );
+    const layer = rl.layer('app', {
+      rejected: () => undefined,
+      delayed: () => undefined,
+      queue: () => undefined,
+    })(async () => response(200));
     expect((await layer(ctx())).type).toBe('response');
     expect((await layer(ctx())).type).toBe('response');
     const limited = await layer(ctx());
@@ -226,10 +282,17 @@ describe('rate limiter layer', () => {
     expect((await layer(ctx())).type).toBe('response');
   });
 
-  it('keys buckets by a header value: one tenant cannot spend another tenant\'s tokens', async () => {
+  it("keys buckets by a header value: one tenant cannot spend another tenant's tokens", async () => {
     const clock = new ManualClock();
-    const rl = new RateLimiter({ ...DEFAULTS.rateLimiter, ratePerSecond: 1, burst: 1, key: { kind: 'header', header: 'x-tenant' } }, clock);
-    const layer = rl.layer('app', { rejected: () => undefined, delayed: () => undefined, queue: () => undefined })(async () => response(200));
+    const rl = new RateLimiter(
+      { ...DEFAULTS.rateLimiter, ratePerSecond: 1, burst: 1, key: { kind: 'header', header: 'x-tenant' } },
+      clock,
+    );
+    const layer = rl.layer('app', {
+      rejected: () => undefined,
+      delayed: () => undefined,
+      queue: () => undefined,
+    })(async () => response(200));
     expect((await layer(ctx('GET', { 'x-tenant': 'a' }))).type).toBe('response');
     expect((await layer(ctx('GET', { 'x-tenant': 'a' }))).type).toBe('problem');
     expect((await layer(ctx('GET', { 'x-tenant': 'b' }))).type).toBe('response');
@@ -237,9 +300,24 @@ describe('rate limiter layer', () => {
 
   it('shape mode releases queued requests at the configured rate', async () => {
     const clock = new ManualClock();
-    const rl = new RateLimiter({ ...DEFAULTS.rateLimiter, mode: 'shape', ratePerSecond: 10, burst: 1, maxDelay: 1000, maxQueue: 10, key: { kind: 'none' } }, clock);
+    const rl = new RateLimiter(
+      {
+        ...DEFAULTS.rateLimiter,
+        mode: 'shape',
+        ratePerSecond: 10,
+        burst: 1,
+        maxDelay: 1000,
+        maxQueue: 10,
+        key: { kind: 'none' },
+      },
+      clock,
+    );
     let passed = 0;
-    const layer = rl.layer('app', { rejected: () => undefined, delayed: () => undefined, queue: () => undefined })(async () => {
+    const layer = rl.layer('app', {
+      rejected: () => undefined,
+      delayed: () => undefined,
+      queue: () => undefined,
+    })(async () => {
       passed++;
       return response(200);
     });
