@@ -4,13 +4,15 @@
  */
 import { createHash } from 'node:crypto';
 import { AdminListener } from './admin/admin.js';
-import type { ResolvedConfig, RouteModel } from './config/resolve.js';
+import { ResponseCache } from './cache/response-cache.js';
+import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
 import { ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
-import { type Clock, type Handler, systemClock } from './pipeline/types.js';
+import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
+import type { ResponseHead } from './proxy/attempt.js';
 import { Upstream } from './upstream/upstream.js';
 
 export interface StartOptions {
@@ -28,6 +30,7 @@ export class Breakwater {
   admin: AdminListener | undefined;
   readonly upstreams = new Map<string, Upstream>();
   readonly policies = new Map<string, UpstreamPolicies>();
+  cache: ResponseCache | undefined;
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
 
@@ -65,10 +68,54 @@ export class Breakwater {
       readiness: { ready: () => this.readiness() },
     });
     const services = { clock: this.clock, metrics, logger, random: Math.random };
+    const cache = new ResponseCache(
+      config.cache.max_bytes,
+      config.cache.max_entry_bytes,
+      new Set(config.cache.statuses),
+      {
+        evicted: () => metrics.cacheEvictions.inc(),
+      },
+    );
+    this.cache = cache;
+    metrics.collectors.push(() => {
+      metrics.cacheBytes.set(cache.bytes);
+      metrics.cacheEntries.set(cache.entries);
+    });
+    // Fallbacks of type upstream call another upstream through its own policies, minus its
+    // fallbacks (so two upstreams naming each other cannot loop).
+    const fallbackPipelines = new Map<string, { handler: Handler; upstream: Upstream; route: RouteModel }>();
+    const pipelineOf = (name: string) => {
+      let p = fallbackPipelines.get(name);
+      if (!p) {
+        const upstream = this.upstreams.get(name) as Upstream;
+        const route = fallbackRoute(upstream.model);
+        p = {
+          handler: buildPipeline(route, this.policies.get(name) as UpstreamPolicies, services, {
+            withFallback: false,
+          }),
+          upstream,
+          route,
+        };
+        fallbackPipelines.set(name, p);
+      }
+      return p;
+    };
+    const fallbackContext = {
+      fallbacks: config.fallbacks,
+      cache,
+      degradation: config.degradation,
+      pipelineOf,
+    };
     for (const [name, model] of Object.entries(config.upstreams)) {
       this.upstreams.set(name, new Upstream(model));
-      this.policies.set(name, new UpstreamPolicies(model, services));
+      this.policies.set(name, new UpstreamPolicies(model, services, fallbackContext));
     }
+    const teeFor = (ctx: RequestContext, head: ResponseHead) => {
+      if (ctx.method !== 'GET' || !this.policies.get(ctx.upstream.name)?.caches) return undefined;
+      if (!cache.cacheable(head.status, head.rawHeaders)) return undefined;
+      const key = (this.policies.get(ctx.upstream.name) as UpstreamPolicies).chain.cacheKey(ctx);
+      return (headers: readonly string[]) => cache.tee(key, head.status, headers, () => this.clock.wall());
+    };
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
       for (const r of l.routes)
@@ -82,6 +129,7 @@ export class Breakwater {
         accessLog: config.logging.access_log,
         accessLogHeaders: config.logging.access_log_headers.map((h) => h.toLowerCase()),
         draining: () => this.phase === 'draining',
+        teeFor,
       });
       const listener = await DataListener.start(l, handler);
       this.listeners.push(listener);
@@ -155,6 +203,19 @@ export class Breakwater {
     this.logger.info({ took_ms: Date.now() - started }, 'shutdown: done');
     this.logger.flush?.();
   }
+}
+
+/** The route a fallback of type upstream uses: the upstream's own timeouts and retry policy. */
+function fallbackRoute(model: UpstreamModel): RouteModel {
+  return {
+    name: `fallback-${model.name}`,
+    listener: '',
+    match: { pathPrefix: undefined, host: undefined, hostSuffix: undefined, methods: undefined, headers: [] },
+    upstream: model.name,
+    stripPrefix: undefined,
+    timeouts: model.timeouts,
+    retry: model.retry,
+  };
 }
 
 function sleep(ms: number): Promise<void> {

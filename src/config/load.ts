@@ -263,6 +263,10 @@ const KNOWN_KEYS = [
   'access_log_headers',
   'delay',
   'drain_timeout',
+  'cache',
+  'max_bytes',
+  'max_entry_bytes',
+  'statuses',
   'size',
 ];
 

@@ -134,6 +134,7 @@ export interface ResolvedConfig {
   readonly upstreams: Readonly<Record<string, UpstreamModel>>;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
   readonly degradation: DegradationInput | undefined;
+  readonly cache: Config['cache'];
   readonly logging: Config['logging'];
   readonly shutdown: Config['shutdown'];
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
@@ -394,6 +395,7 @@ export async function resolveConfig(
     upstreams,
     fallbacks,
     degradation: cfg.degradation,
+    cache: cfg.cache,
     logging: cfg.logging,
     shutdown: cfg.shutdown,
     fallbackOf,

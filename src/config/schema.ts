@@ -60,6 +60,26 @@ export const ratio = z
   });
 
 const positiveInt = z.number().int().positive();
+
+const BYTE_UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+};
+/** A size in bytes: a number, or `512KiB`, `64MiB`, `1GB`. */
+export const byteSize = z
+  .union([z.number().int().nonnegative(), z.string().regex(/^\s*\d+(\.\d+)?\s*([KMG]i?B|B)\s*$/i)], {
+    error: 'expected a size such as 1048576, 512KiB or 64MiB',
+  })
+  .transform((v) => {
+    if (typeof v === 'number') return v;
+    const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*$/i.exec(v) as RegExpExecArray;
+    return Math.round(Number(m[1]) * (BYTE_UNITS[(m[2] as string).toLowerCase()] ?? 1));
+  });
 const nonNegativeInt = z.number().int().nonnegative();
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, {
   error: 'expected a name of letters, digits, "_", "." or "-"',
@@ -367,6 +387,21 @@ export const configSchema = z
     resilience: resilienceSchema.prefault({}),
     fallbacks: z.record(name, fallbackSchema).default({}),
     degradation: degradationSchema.optional(),
+    cache: z
+      .strictObject({
+        max_bytes: byteSize
+          .default(64 * 1024 * 1024)
+          .describe('All cached bodies together at most. Default: 64MiB.'),
+        max_entry_bytes: byteSize
+          .default(1024 * 1024)
+          .describe('Larger responses are not cached. Default: 1MiB.'),
+        statuses: z
+          .array(z.number().int().min(200).max(599))
+          .default([200])
+          .describe('Statuses stored. Default: [200].'),
+      })
+      .prefault({})
+      .describe('The response cache behind cache fallbacks and cache_only degradation.'),
     logging: z
       .strictObject({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

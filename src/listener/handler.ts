@@ -7,7 +7,7 @@ import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
-import type { AttemptError } from '../proxy/attempt.js';
+import type { AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
@@ -23,6 +23,11 @@ export interface HandlerDeps {
   readonly accessLogHeaders: readonly string[];
   /** True once shutdown began: responses carry Connection: close. */
   readonly draining: () => boolean;
+  /** The response cache's tee for this response, when it should be stored. */
+  readonly teeFor?: (
+    ctx: RequestContext,
+    head: ResponseHead,
+  ) => ((clientHeaders: readonly string[]) => BodyTee) | undefined;
 }
 
 const CONNECTION_CLOSE = ['connection', 'close'];
@@ -145,6 +150,7 @@ export class ProxyHandler {
         sendProblem(res, withHeaders(failureProblem(outcome.error, ctx.upstream.name, ctx.requestId), extra));
       return 0;
     }
+    if (outcome.type === 'local') return this.commitLocal(ctx, outcome, extra);
     const { attempt, head } = outcome;
     if (ctx.clientGone) {
       attempt.discard();
@@ -152,7 +158,9 @@ export class ProxyHandler {
     }
     try {
       const headers = clientResponseHeaders(head.rawHeaders, ctx.requestId, extra);
-      const result = await attempt.stream(res, head.status, headers);
+      if (outcome.fallback !== undefined) headers.push('x-breakwater-fallback', outcome.fallback);
+      const tee = this.deps.teeFor?.(ctx, head);
+      const result = await attempt.stream(res, head.status, headers, tee?.(headers));
       if (result.error && !res.headersSent) {
         sendProblem(res, withHeaders(failureProblem(result.error, ctx.upstream.name, ctx.requestId), extra));
       }
@@ -171,6 +179,37 @@ export class ProxyHandler {
       }
       return 0;
     }
+  }
+
+  /** Writes a static or cached fallback answer. */
+  private commitLocal(
+    ctx: RequestContext,
+    local: Extract<Outcome, { type: 'local' }>,
+    extra: string[] | undefined,
+  ): number {
+    const { res } = ctx;
+    if (res.headersSent || res.destroyed) return 0;
+    const headers: string[] = [];
+    const h = local.headers;
+    for (let i = 0; i < h.length; i += 2) {
+      const name = (h[i] as string).toLowerCase();
+      if (name !== 'content-length' && name !== 'x-request-id' && name !== 'age')
+        headers.push(h[i] as string, h[i + 1] as string);
+    }
+    headers.push(
+      'content-length',
+      String(local.body.length),
+      'x-breakwater-fallback',
+      local.fallback,
+      'x-request-id',
+      ctx.requestId,
+    );
+    if (local.age !== undefined) headers.push('age', String(local.age));
+    if (extra) headers.push(...extra);
+    res.writeHead(local.status, headers);
+    const head = ctx.method === 'HEAD';
+    res.end(head ? undefined : local.body);
+    return head ? 0 : local.body.length;
   }
 
   /** Headers breakwater adds to every answer: attempts made, and Connection: close while draining. */

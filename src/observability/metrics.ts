@@ -148,6 +148,40 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
+  const fallbacks = new Counter({
+    name: 'breakwater_fallbacks_total',
+    help: 'Answers served by a fallback instead of the upstream, by the event that triggered it.',
+    labelNames: ['upstream', 'fallback', 'reason'] as const,
+    registers: [registry],
+  });
+  const degraded = new Gauge({
+    name: 'breakwater_degraded',
+    help: '1 while an upstream is degraded (answered by its fallback), else 0.',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const cacheBytes = new Gauge({
+    name: 'breakwater_cache_bytes',
+    help: 'Bytes held by the response cache (bodies and an estimate of headers).',
+    registers: [registry],
+  });
+  const cacheEntries = new Gauge({
+    name: 'breakwater_cache_entries',
+    help: 'Responses held by the response cache.',
+    registers: [registry],
+  });
+  const cacheLookups = new Counter({
+    name: 'breakwater_cache_lookups_total',
+    help: 'Response-cache lookups by fallbacks, by result (hit, miss, stale).',
+    labelNames: ['upstream', 'result'] as const,
+    registers: [registry],
+  });
+  const cacheEvictions = new Counter({
+    name: 'breakwater_cache_evictions_total',
+    help: 'Responses evicted from the cache to stay within cache.max_bytes.',
+    registers: [registry],
+  });
+
   /** Gauges that read live state are set by these just before each scrape. */
   const collectors: (() => void)[] = [];
   const scrape = async (): Promise<string> => {
@@ -177,5 +211,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     bulkheadInFlight,
     bulkheadQueue,
     bulkheadRejected,
+    fallbacks,
+    degraded,
+    cacheBytes,
+    cacheEntries,
+    cacheLookups,
+    cacheEvictions,
   };
 }

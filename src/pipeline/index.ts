@@ -2,6 +2,8 @@
  * The policy stack of a route, outermost first. This file is the architecture: reading
  * `buildPipeline` tells what happens to a request and in which order.
  *
+ *   fallback / degradation  outermost: answers from a fallback when anything below fails (or
+ *                           at once while the upstream is degraded)
  *   rate limiter / shaper   per upstream: 429, or wait in the shaper queue
  *   bulkhead                per upstream: a concurrency slot held until the response is over
  *   deadline                request_timeout over everything below (attempts, waits, retries)
@@ -12,13 +14,17 @@
  * Per-upstream state (breaker, limiter, bulkhead, retry budget) lives in UpstreamPolicies, shared
  * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
  */
-import type { RouteModel, UpstreamModel } from '../config/resolve.js';
+import type { ResponseCache } from '../cache/response-cache.js';
+import type { FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
+import type { DegradationInput } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { Bulkhead } from './bulkhead.js';
 import { BREAKER_STATES, CircuitBreaker } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
+import { DegradationMonitor } from './degradation.js';
+import { type DegradationPlan, FallbackChain, type FallbackServices, fallbackLayer } from './fallback.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
 import type { Clock, Handler, Layer } from './types.js';
@@ -31,19 +37,99 @@ export interface PipelineServices {
   readonly random: () => number;
 }
 
+/** What the fallback layer needs from the whole process: fallbacks, cache, other upstreams. */
+export interface FallbackContext {
+  readonly fallbacks: Readonly<Record<string, FallbackModel>>;
+  readonly cache: ResponseCache;
+  readonly degradation: DegradationInput | undefined;
+  /** The fallback-free pipeline of an upstream, for fallbacks of type upstream. */
+  readonly pipelineOf: FallbackServices['pipelineOf'];
+}
+
+export const DEGRADATION_DEFAULTS = {
+  window: 10_000,
+  minimumRequests: 20,
+  recovery: 10_000,
+  probeRatio: 0.05,
+};
+
 /** The state one upstream's policies share across routes (and, later, across reloads). */
 export class UpstreamPolicies {
   readonly breaker: CircuitBreaker | undefined;
   readonly limiter: RateLimiter | undefined;
   readonly bulkhead: Bulkhead | undefined;
   readonly budget: RetryBudget;
+  readonly chain: FallbackChain;
+  readonly degradation: DegradationPlan | undefined;
+  /** Whether this upstream's responses are teed into the response cache. */
+  readonly caches: boolean;
 
   constructor(
     readonly model: UpstreamModel,
     services: PipelineServices,
+    fallback: FallbackContext,
   ) {
     const { clock, metrics, logger } = services;
     const name = model.name;
+    this.chain = new FallbackChain(name, model.fallback, {
+      fallbacks: fallback.fallbacks,
+      cache: fallback.cache,
+      clock,
+      pipelineOf: fallback.pipelineOf,
+      served: (u, f, reason) => metrics.fallbacks.labels(u, f, reason).inc(),
+      looked: (u, result) => metrics.cacheLookups.labels(u, result).inc(),
+    });
+    const d = fallback.degradation;
+    const svc = d && d.enabled !== false ? d.services.find((x) => x.name === name) : undefined;
+    if (svc && d) {
+      const monitor = new DegradationMonitor(
+        svc.conditions,
+        {
+          window: d.window ?? DEGRADATION_DEFAULTS.window,
+          minimumRequests: d.minimum_requests ?? DEGRADATION_DEFAULTS.minimumRequests,
+          recovery: d.recovery ?? DEGRADATION_DEFAULTS.recovery,
+          probeRatio: d.probe_ratio ?? DEGRADATION_DEFAULTS.probeRatio,
+        },
+        clock,
+        services.random,
+      );
+      metrics.degraded.labels(name).set(0);
+      monitor.onChange((c) => {
+        metrics.degraded.labels(name).set(c.degraded ? 1 : 0);
+        const fields = {
+          event: 'degradation',
+          upstream: name,
+          degraded: c.degraded,
+          condition: c.condition,
+          value: c.value,
+          threshold: c.threshold,
+          requests: c.requests,
+        };
+        if (c.degraded)
+          logger.warn(
+            fields,
+            `upstream ${name} degraded: ${c.condition} ${c.value} against threshold ${c.threshold}`,
+          );
+        else logger.info(fields, `upstream ${name} recovered from degradation`);
+      });
+      this.degradation = { monitor, fallback: svc.fallback };
+    }
+    let caches = false;
+    for (const f of this.chain.names(model.fallback))
+      if (fallback.fallbacks[f]?.type === 'cache') caches = true;
+    if (svc?.fallback === 'cache_only') caches = true;
+    if (svc && fallback.fallbacks[svc.fallback]?.type === 'cache') caches = true;
+    this.caches = caches;
+    if (
+      svc &&
+      svc.fallback === 'static_response' &&
+      ![...this.chain.names(model.fallback)].some((f) => fallback.fallbacks[f]?.type === 'static_response')
+    ) {
+      logger.warn(
+        { upstream: name },
+        `degradation of ${name} names static_response, but its fallbacks have none: while degraded, requests still go upstream`,
+      );
+    }
     this.breaker = model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined;
     this.limiter = model.rateLimiter ? new RateLimiter(model.rateLimiter, clock) : undefined;
     this.bulkhead = model.bulkhead ? new Bulkhead(model.bulkhead, clock) : undefined;
@@ -99,10 +185,14 @@ export function buildPipeline(
   route: RouteModel,
   policies: UpstreamPolicies,
   services: PipelineServices,
+  options: { withFallback?: boolean } = {},
 ): Handler {
   const { clock, metrics, random } = services;
   const name = policies.model.name;
   const layers: Layer[] = [];
+  if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {
+    layers.push(fallbackLayer(policies.chain, policies.degradation, clock));
+  }
   const limiter = policies.limiter;
   if (limiter) {
     const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);

@@ -48,5 +48,6 @@ export function classifyOutcome(o: Outcome): Classified {
     if (cause === undefined) return { status: 502, cause: undefined, label: 'protocol_error' };
     return { status: undefined, cause, label: cause.replace('-', '_') };
   }
+  if (o.type === 'local') return { status: o.status, cause: undefined, label: 'fallback' };
   return { status: o.problem.status, cause: undefined, label: 'local' };
 }

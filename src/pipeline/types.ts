@@ -53,6 +53,18 @@ export type Outcome =
       readonly attempt: Attempt;
       readonly head: ResponseHead;
       readonly endpoint: Endpoint;
+      /** Set when a fallback of type upstream answered. */
+      readonly fallback?: string;
+    }
+  | {
+      /** An answer breakwater makes itself: a static or cached fallback. */
+      readonly type: 'local';
+      readonly status: number;
+      readonly headers: readonly string[];
+      readonly body: Buffer;
+      readonly fallback: string;
+      /** Seconds since a cached response was stored. */
+      readonly age: number | undefined;
     }
   | { readonly type: 'failure'; readonly error: AttemptError; readonly endpoint: Endpoint | undefined }
   | { readonly type: 'problem'; readonly problem: Problem };

@@ -57,6 +57,12 @@ export interface AttemptOptions {
   readonly onSettled?: (() => void) | undefined;
 }
 
+/** Receives a copy of the body as it streams (the response cache); `end` only when it was whole. */
+export interface BodyTee {
+  data(chunk: Buffer): void;
+  end(): void;
+}
+
 export interface StreamResult {
   /** True when the whole body reached the client. */
   readonly complete: boolean;
@@ -151,6 +157,7 @@ export class Attempt implements Dispatcher.DispatchHandler {
   private ended: string[] | null | undefined;
   private failure: AttemptError | undefined;
   private settled = false;
+  private tee: BodyTee | undefined;
 
   constructor(private readonly opts: AttemptOptions) {
     this.head = new Promise<ResponseHead>((resolve, reject) => {
@@ -213,12 +220,13 @@ export class Attempt implements Dispatcher.DispatchHandler {
   }
 
   /** Relays status, headers and body to the client; resolves when the body is done or broken. */
-  stream(res: ServerResponse, status: number, headers: string[]): Promise<StreamResult> {
+  stream(res: ServerResponse, status: number, headers: string[], tee?: BodyTee): Promise<StreamResult> {
     if (this.state !== State.Headers) {
       return Promise.resolve({ complete: false, bytes: 0, error: this.failure });
     }
     this.state = State.Streaming;
     this.res = res;
+    this.tee = tee;
     res.writeHead(status, headers);
     const done = new Promise<StreamResult>((resolve) => {
       this.finish = resolve;
@@ -272,6 +280,7 @@ export class Attempt implements Dispatcher.DispatchHandler {
     }
     if (this.state !== State.Streaming || !this.res) return true;
     this.bytes += chunk.length;
+    this.tee?.data(chunk);
     return this.res.write(chunk);
   }
 
@@ -289,6 +298,7 @@ export class Attempt implements Dispatcher.DispatchHandler {
       }
       res.off('drain', this.onDrain);
       res.end();
+      this.tee?.end();
       this.settle();
       this.finish?.({ complete: true, bytes: this.bytes });
       return;

@@ -15,7 +15,8 @@ export type ProblemKind =
   | 'bad-request'
   | 'circuit-open'
   | 'rate-limited'
-  | 'bulkhead-full';
+  | 'bulkhead-full'
+  | 'degraded';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -29,6 +30,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'circuit-open': [503, 'The circuit breaker for this upstream is open'],
   'rate-limited': [429, 'Too many requests'],
   'bulkhead-full': [503, 'The upstream is at its concurrency limit'],
+  degraded: [503, 'The upstream is degraded and this request has no fallback answer'],
 };
 
 export interface Problem {

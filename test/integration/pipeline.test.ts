@@ -230,31 +230,46 @@ describe('circuit breaker', () => {
     expect(logged).toEqual(['closed->open', 'open->half_open', 'half_open->closed']);
   });
 
-  it('the e-commerce seed block: 10 failures open the breaker, which then answers Retry-After: 60', async () => {
+  it('the e-commerce seed block: 10 failures open the breaker; recommendation falls back to static_top_items', async () => {
     const up = await upstream((_n, _req, res) => {
       res.statusCode = 503;
       res.end();
     });
-    const seed = readFileSync(
-      join(import.meta.dirname, '../../../shared/seed-examples/ecommerce-promo.yaml'),
-      'utf8',
-    );
+    const seed = readFileSync(join(import.meta.dirname, '../../../shared/seed-examples/ecommerce-promo.yaml'), 'utf8');
     const bw = await proxy(
       `  recommendation: { endpoints: ["${up.url}"], retry: { enabled: false } }\n  inventory: { endpoints: ["${up.url}"] }`,
       '[{ upstream: recommendation }]',
-      `fallbacks:\n  static_top_items: { type: static_response, body: '[]' }\n  estimated_stock: { type: static_response, body: '{}' }\n${seed}`,
+      `fallbacks:\n  static_top_items: { type: static_response, headers: { content-type: application/json }, body: '["top-1","top-2"]' }\n  estimated_stock: { type: static_response, body: '{}' }\n${seed}`,
     );
-    const statuses: number[] = [];
-    let retryAfter: string | undefined;
+    const answers: string[] = [];
     for (let i = 0; i < 12; i++) {
       const res = await request(`${bw.url()}/top`);
-      statuses.push(res.statusCode);
-      retryAfter = res.headers['retry-after'] as string | undefined;
+      answers.push(`${res.statusCode} ${res.headers['x-breakwater-fallback']} ${await res.body.text()}`);
+    }
+    expect(up.received).toHaveLength(10);
+    expect(new Set(answers)).toEqual(new Set(['200 static_top_items ["top-1","top-2"]']));
+    const text = await metrics(bw);
+    expect(text).toMatch(/breakwater_circuit_breaker_state\{upstream="recommendation",state="open"\} 1/);
+    expect(text).toMatch(/breakwater_fallbacks_total\{upstream="recommendation",fallback="static_top_items",reason="error"\} 10/);
+    expect(text).toMatch(/breakwater_fallbacks_total\{upstream="recommendation",fallback="static_top_items",reason="breaker_open"\} 2/);
+  });
+
+  it('without a fallback, an open breaker answers 503 with Retry-After until reset_timeout', async () => {
+    const up = await upstream((_n, _req, res) => {
+      res.statusCode = 503;
+      res.end();
+    });
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], retry: { enabled: false }, circuit_breaker: { failure_threshold: 10, reset_timeout: 60 } }`,
+    );
+    let last: { status: number; retryAfter: unknown } = { status: 0, retryAfter: undefined };
+    for (let i = 0; i < 11; i++) {
+      const res = await request(`${bw.url()}/x`);
+      last = { status: res.statusCode, retryAfter: res.headers['retry-after'] };
       await res.body.dump();
     }
     expect(up.received).toHaveLength(10);
-    expect(statuses.slice(10)).toEqual([503, 503]);
-    expect(retryAfter).toBe('60');
+    expect(last).toEqual({ status: 503, retryAfter: '60' });
   });
 });
 
