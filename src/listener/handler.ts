@@ -7,7 +7,7 @@ import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
-import type { AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
+import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
@@ -31,6 +31,7 @@ export interface HandlerDeps {
 }
 
 const CONNECTION_CLOSE = ['connection', 'close'];
+const CLIENT_GONE = new AttemptError('client-aborted', 'the client closed the connection', true);
 
 function withHeaders(p: Problem, extra: readonly string[] | undefined): Problem {
   return extra ? { ...p, headers: [...(p.headers ?? []), ...extra] } : p;
@@ -111,14 +112,16 @@ export class ProxyHandler {
       deadline: Number.POSITIVE_INFINITY,
       expired: false,
       finishers: undefined,
+      finished: false,
       retrySkipped: undefined,
     };
     let bytes = 0;
     res.once('close', () => {
       if (!res.writableFinished) {
         ctx.clientGone = true;
-        ctx.current?.abort(new Error('client closed the connection'));
+        ctx.current?.abort(CLIENT_GONE);
       }
+      ctx.finished = true;
       if (ctx.finishers) for (const f of ctx.finishers) f();
       this.record(req, res, route, requestId, start, bytes, ctx);
     });

@@ -67,6 +67,11 @@ export class Bulkhead {
 
   layer(upstream: string, onRejected: () => void): Layer {
     const admit = (ctx: RequestContext, next: Handler): Promise<Outcome> => {
+      // A request whose client left while it queued gives its slot straight back.
+      if (ctx.clientGone) {
+        this.release();
+        return Promise.resolve(refuse(ctx));
+      }
       let released = false;
       onFinish(ctx, () => {
         if (!released) {

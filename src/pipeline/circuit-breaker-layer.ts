@@ -33,7 +33,7 @@ export function circuitBreakerLayer(
     const outcome = await next(ctx);
     const c = classifyOutcome(outcome);
     const result =
-      c.cause === 'aborted' || outcome.type === 'problem'
+      c.cause === 'aborted' || ctx.clientGone || outcome.type === 'problem'
         ? 'ignored'
         : isFailure(failureOn, c.status, c.cause)
           ? 'failure'

@@ -219,10 +219,12 @@ export class CircuitBreaker {
       return;
     }
     if (p.failureRateThreshold === undefined && p.slowCallRateThreshold === undefined) return;
-    const slow = p.slowCallDuration !== undefined && durationMs >= p.slowCallDuration;
+    const slow = p.slowCallDuration !== undefined && durationMs > p.slowCallDuration;
     this.window.record(this.clock.now(), failed, slow);
     const c = this.stats();
-    if (c.calls < p.minimumCalls) return;
+    // As resilience4j: a count window smaller than minimum_calls is judged once it is full.
+    const minimum = p.window.type === 'count' ? Math.min(p.minimumCalls, p.window.size) : p.minimumCalls;
+    if (c.calls < minimum) return;
     if (p.failureRateThreshold !== undefined && c.failureRate >= p.failureRateThreshold) {
       this.transition('open', `failure rate ${(c.failureRate * 100).toFixed(1)}% over ${c.calls} calls`);
     } else if (p.slowCallRateThreshold !== undefined && c.slowRate >= p.slowCallRateThreshold) {

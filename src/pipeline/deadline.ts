@@ -4,6 +4,7 @@
  * anything the inner layers produce later is discarded. Inner layers read `ctx.deadline` to cap
  * each attempt and to skip retries that could not finish in time.
  */
+import { AttemptError } from '../proxy/attempt.js';
 import { problem } from '../proxy/problem.js';
 import type { Clock, Layer, Outcome } from './types.js';
 
@@ -16,7 +17,9 @@ export function deadlineLayer(requestTimeout: number, clock: Clock): Layer {
         if (settled) return;
         settled = true;
         ctx.expired = true;
-        ctx.current?.abort(new Error('request deadline passed'));
+        ctx.current?.abort(
+          new AttemptError('timeout', `the request deadline (${requestTimeout} ms) passed`, true),
+        );
         resolve({
           type: 'problem',
           problem: problem(

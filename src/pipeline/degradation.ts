@@ -9,7 +9,9 @@
  *   availability  succeeded / all is below `threshold`
  * While any condition holds the upstream is degraded: the fallback answers, except a `probe_ratio`
  * share of requests (and at least one a second) that still go upstream to measure recovery. It
- * returns to normal only after every condition stayed clear for `recovery` (hysteresis).
+ * returns to normal only after every condition stayed clear for `recovery` (hysteresis). While
+ * degraded only probes are measured, so a smaller sample is judged (min(minimum_requests, 5));
+ * with fewer probes than that in the window the upstream stays degraded.
  */
 import type { DegradationInput } from '../config/schema.js';
 import type { Clock } from './types.js';
@@ -45,6 +47,8 @@ export class DegradationMonitor {
   private clearSince: number | undefined;
   private lastProbe = Number.NEGATIVE_INFINITY;
   private lastJudged = Number.NEGATIVE_INFINITY;
+  private cachedQuantile: number | undefined;
+  private quantileAt = Number.NEGATIVE_INFINITY;
   private readonly listeners: ((c: DegradationChange) => void)[] = [];
   /** The last judgement, for /state and logs. */
   last: DegradationChange | undefined;
@@ -84,8 +88,7 @@ export class DegradationMonitor {
     this.failed[i] = failed ? 1 : 0;
     this.length++;
     if (failed) this.failures++;
-    // Judging sorts latencies; do it at most every 100 ms.
-    if (now - this.lastJudged >= 100) this.judge(now);
+    this.judge(now);
   }
 
   /** Re-judges if the last judgement is older than 100 ms (lets a degraded, idle upstream recover). */
@@ -99,11 +102,13 @@ export class DegradationMonitor {
     this.lastJudged = now;
     this.expire(now);
     const holding = this.holdingCondition();
+    if (holding === 'unknown') return;
     if (holding) {
       this.clearSince = undefined;
       this.last = holding;
       if (!this.degradedValue) {
         this.degradedValue = true;
+        this.lastProbe = now; // the first probe comes a second (or a probe_ratio draw) later
         for (const fn of this.listeners) fn(holding);
       }
       return;
@@ -125,9 +130,17 @@ export class DegradationMonitor {
     }
   }
 
-  private holdingCondition(): DegradationChange | undefined {
+  /**
+   * The condition that holds now, 'unknown' when there are too few requests to judge, or undefined.
+   * Normally fewer than `minimum_requests` count as clear; while degraded only probes arrive, so
+   * a smaller sample (up to 5) is judged, and with less than that the state stays as it is.
+   */
+  private holdingCondition(): DegradationChange | 'unknown' | undefined {
     const n = this.length;
-    if (n < this.settings.minimumRequests) return undefined;
+    const minimum = this.degradedValue
+      ? Math.min(this.settings.minimumRequests, 5)
+      : this.settings.minimumRequests;
+    if (n < minimum) return this.degradedValue ? 'unknown' : undefined;
     for (const c of this.conditions) {
       if (c.type === 'latency') {
         const q = this.quantile(c.quantile ?? 0.99);
@@ -164,7 +177,17 @@ export class DegradationMonitor {
     return undefined;
   }
 
+  /** The latency quantile; re-sorted at most every 100 ms once the window is large. */
   private quantile(q: number): number {
+    const now = this.clock.now();
+    if (this.length > 256 && this.cachedQuantile !== undefined && now - this.quantileAt < 100)
+      return this.cachedQuantile;
+    this.quantileAt = now;
+    this.cachedQuantile = this.computeQuantile(q);
+    return this.cachedQuantile;
+  }
+
+  private computeQuantile(q: number): number {
     const values = new Float64Array(this.length);
     for (let k = 0; k < this.length; k++) values[k] = this.latency[(this.head + k) % MAX_SAMPLES] as number;
     values.sort();

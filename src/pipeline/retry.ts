@@ -75,13 +75,17 @@ export class RetryBudget {
     this.requests[i] = (this.requests[i] as number) + 1;
   }
 
-  /** Takes a retry from the budget if one is left. */
+  /**
+   * Takes a retry from the budget if one is left: retries over the window may reach `ratio` of the
+   * requests over the window, and beyond that `min_per_second` more are allowed in any second.
+   */
   tryRetry(): boolean {
     const { requests, retries } = this.totals();
-    const allowed = Math.max(this.budget.minPerSecond * this.seconds, this.budget.ratio * requests);
-    if (retries + 1 > allowed) return false;
     const i = this.slot();
-    this.retries[i] = (this.retries[i] as number) + 1;
+    const inThisSecond = this.retries[i] as number;
+    if (retries + 1 > this.budget.ratio * requests && inThisSecond + 1 > this.budget.minPerSecond)
+      return false;
+    this.retries[i] = inThisSecond + 1;
     return true;
   }
 }
@@ -183,6 +187,9 @@ export function retryLayer(
       policy.retryNonIdempotent ||
       ctx.req.headers['idempotency-key'] !== undefined;
     for (let retries = 0; ; retries++) {
+      // Nothing is sent for a request that is already over (client gone, deadline passed, e.g.
+      // while a slow client's body was being read).
+      if (ctx.clientGone || ctx.expired) return ended(ctx);
       const outcome: Outcome = await next(ctx);
       if (outcome.type === 'problem' || ctx.clientGone || ctx.expired) return outcome;
       const c = classifyOutcome(outcome);
@@ -208,15 +215,17 @@ export function retryLayer(
       if (outcome.type === 'response') outcome.attempt.discard();
       events.retried(reason);
       if (wait > 0) await new Promise<void>((resolve) => clock.setTimeout(resolve, wait));
-      if (ctx.clientGone || ctx.expired) {
-        return {
-          type: 'problem',
-          problem: problem('request-timeout', 'the request ended while waiting to retry', {
-            upstream: ctx.upstream.name,
-          }),
-        };
-      }
     }
+  };
+}
+
+function ended(ctx: RequestContext): Outcome {
+  const detail = ctx.clientGone
+    ? 'the client left before the request was sent'
+    : 'the request deadline passed before an attempt could start';
+  return {
+    type: 'problem',
+    problem: problem('request-timeout', detail, { upstream: ctx.upstream.name, requestId: ctx.requestId }),
   };
 }
 

@@ -5,6 +5,12 @@
  */
 import type { Clock } from './types.js';
 
+/**
+ * Refill adds fractions of a token per call; their float sum can land a hair under a whole token
+ * (ten 0.1s make 0.9999999999999999). Balances this close to a whole number count as whole.
+ */
+const EPSILON = 1e-9;
+
 export class TokenBucket {
   private balance: number;
   private last: number;
@@ -35,8 +41,8 @@ export class TokenBucket {
   /** Takes one token if there is a whole one. */
   tryTake(): boolean {
     this.refill();
-    if (this.balance >= 1) {
-      this.balance -= 1;
+    if (this.balance >= 1 - EPSILON) {
+      this.balance = Math.max(0, this.balance - 1);
       return true;
     }
     return false;
@@ -45,7 +51,7 @@ export class TokenBucket {
   /** Milliseconds until one whole token is available (0 if now). */
   msUntilToken(): number {
     this.refill();
-    return this.balance >= 1 ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond);
+    return this.balance >= 1 - EPSILON ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond - EPSILON);
   }
 
   /**
@@ -54,7 +60,7 @@ export class TokenBucket {
    */
   reserve(maxWaitMs: number): number | undefined {
     this.refill();
-    const wait = this.balance >= 1 ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond);
+    const wait = this.balance >= 1 - EPSILON ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond - EPSILON);
     if (wait > maxWaitMs) return undefined;
     this.balance -= 1;
     return wait;

@@ -37,13 +37,16 @@ export interface RequestContext {
   expired: boolean;
   /** Run once when the response to the client is finished or aborted (bulkhead release, ...). */
   finishers: (() => void)[] | undefined;
+  /** Set when the client response is over; later finishers run at once. */
+  finished: boolean;
   /** Retries skipped, and why (for logs). */
   retrySkipped: string | undefined;
 }
 
 /** Registers `fn` to run when the client response is over. */
 export function onFinish(ctx: RequestContext, fn: () => void): void {
-  if (ctx.finishers) ctx.finishers.push(fn);
+  if (ctx.finished) fn();
+  else if (ctx.finishers) ctx.finishers.push(fn);
   else ctx.finishers = [fn];
 }
 

@@ -261,6 +261,8 @@ export class Attempt implements Dispatcher.DispatchHandler {
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText: string): boolean {
+    // Interim responses (102, 103) are not the answer: wait for the final one.
+    if (statusCode < 200) return true;
     if (this.state !== State.Waiting) return true;
     if (this.timer) {
       clearTimeout(this.timer);

@@ -28,7 +28,11 @@ const REQUEST_OWNED = new Set([
   'x-forwarded-proto',
   'x-forwarded-host',
   'x-request-id',
+  'x-breakwater-timeout-ms',
 ]);
+
+/** Response headers breakwater sets itself: an upstream's copies are not passed on. */
+const RESPONSE_OWNED = new Set(['x-breakwater-attempts', 'x-breakwater-fallback']);
 
 const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const REQUEST_ID_RE = /^[\x21-\x7e]{1,200}$/;
@@ -120,7 +124,9 @@ export function clientResponseHeaders(
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as Buffer;
     if (name.length === 10 && name.toString('latin1').toLowerCase() === 'connection') {
-      connection = connectionTokens((raw[i + 1] as Buffer).toString('latin1'));
+      // Several Connection headers: every one's listed names go.
+      const tokens = connectionTokens((raw[i + 1] as Buffer).toString('latin1'));
+      if (tokens) connection = connection ? new Set([...connection, ...tokens]) : tokens;
     }
   }
   const out: string[] = [];
@@ -128,7 +134,7 @@ export function clientResponseHeaders(
   for (let i = 0; i < raw.length; i += 2) {
     const name = (raw[i] as Buffer).toString('latin1');
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || (connection?.has(lower) ?? false)) continue;
+    if (HOP_BY_HOP.has(lower) || RESPONSE_OWNED.has(lower) || (connection?.has(lower) ?? false)) continue;
     if (lower === 'x-request-id') sawRequestId = true;
     out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
   }

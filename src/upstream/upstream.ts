@@ -17,7 +17,7 @@ export class Endpoint {
       connections: upstream.maxConnections,
       pipelining: 1,
       keepAliveTimeout: upstream.keepaliveTimeout,
-      keepAliveMaxTimeout: Math.max(upstream.keepaliveTimeout, 600_000),
+      keepAliveMaxTimeout: upstream.keepaliveTimeout,
       connect: { timeout: upstream.timeouts.connect },
       headersTimeout: 0,
       bodyTimeout: upstream.timeouts.body,

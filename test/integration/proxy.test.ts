@@ -80,6 +80,12 @@ describe('forwarding', () => {
     expect(r.text).toMatch(/\r\nx-request-id: req-abc-123\r\n/i);
   });
 
+  it('owns its own headers: a client cannot set x-breakwater-timeout-ms', async () => {
+    const res = await request(`${bw.url()}/own`, { headers: { 'x-breakwater-timeout-ms': '999999' } });
+    await res.body.dump();
+    expect(up.received.at(-1)?.headers['x-breakwater-timeout-ms']).toBe('5000');
+  });
+
   it('generates an x-request-id when the client sends none, and returns it', async () => {
     const res = await request(`${bw.url()}/id`);
     await res.body.dump();
@@ -121,6 +127,9 @@ describe('response framing', () => {
         res.writeHead(200, { 'content-type': 'text/plain', 'x-hop': 'drop-me', connection: 'x-hop' });
         res.write('part1-');
         setTimeout(() => res.end('part2'), 20);
+      } else if (url === '/early-hints') {
+        res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+        setTimeout(() => res.end('final answer'), 20);
       } else if (url === '/trailers') {
         res.writeHead(200, { trailer: 'x-checksum' });
         res.write('data');
@@ -163,6 +172,12 @@ describe('response framing', () => {
     expect(r.text).not.toMatch(/x-hop/i);
     expect(r.text).toMatch(/6\r\npart1-\r\n/);
     expect(r.text).toMatch(/5\r\npart2\r\n0\r\n\r\n$/);
+  });
+
+  it('waits past interim 1xx responses (103 Early Hints) for the final response', async () => {
+    const res = await request(`${bw.url()}/early-hints`);
+    expect(res.statusCode).toBe(200);
+    expect(await res.body.text()).toBe('final answer');
   });
 
   it('relays response trailers on a chunked response', async () => {

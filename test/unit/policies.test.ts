@@ -34,6 +34,7 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     deadline: Number.POSITIVE_INFINITY,
     expired: false,
     finishers: undefined,
+    finished: false,
     retrySkipped: undefined,
   };
 }
@@ -87,21 +88,21 @@ describe('backoff and Retry-After', () => {
 });
 
 describe('retry budget', () => {
-  it('allows min_per_second retries, then ratio x requests over the sliding window', () => {
+  it('allows ratio x requests over the sliding window, plus min_per_second in any second', () => {
     const clock = new ManualClock();
-    const budget = new RetryBudget({ ratio: 0.2, minPerSecond: 1, window: 10_000 }, clock);
-    // 10 retries always allowed in a 10 s window (1/s); with 100 requests, 20 are.
-    let granted = 0;
-    for (let i = 0; i < 30; i++) if (budget.tryRetry()) granted++;
-    expect(granted).toBe(10);
+    const budget = new RetryBudget({ ratio: 0.2, minPerSecond: 2, window: 10_000 }, clock);
+    const take = (n: number) => {
+      let granted = 0;
+      for (let i = 0; i < n; i++) if (budget.tryRetry()) granted++;
+      return granted;
+    };
+    expect(take(30)).toBe(2); // no requests yet: only the per-second minimum
+    clock.advance(1000);
+    expect(take(30)).toBe(2); // a new second, two more
     for (let i = 0; i < 100; i++) budget.recordRequest();
-    for (let i = 0; i < 30; i++) if (budget.tryRetry()) granted++;
-    expect(granted).toBe(20);
-    // After the window slides past, the old counts are gone.
-    clock.advance(11_000);
-    let later = 0;
-    for (let i = 0; i < 30; i++) if (budget.tryRetry()) later++;
-    expect(later).toBe(10);
+    expect(take(30)).toBe(16); // 20% of 100 = 20 over the window, 4 already taken
+    clock.advance(11_000); // the window slid past everything
+    expect(take(30)).toBe(2);
   });
 });
 
