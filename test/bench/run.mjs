@@ -431,6 +431,15 @@ const SCENARIOS = [
     `,
   }),
   breakwaterScenario({
+    name: 'breakwater-cache-tee',
+    description: 'a cache fallback on the upstream: every 200 is teed into the response cache',
+    upstream: 'fallback: cached',
+    extra: `
+      fallbacks:
+        cached: { type: cache, max_stale: 5m }
+    `,
+  }),
+  breakwaterScenario({
     name: 'breakwater-plain-accesslog',
     description: 'as breakwater-plain with logging.access_log: true (stdout to /dev/null)',
     accessLog: true,

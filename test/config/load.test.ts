@@ -289,9 +289,26 @@ describe('breakwater validate', () => {
 
 describe('shipped configs', () => {
   const root = join(import.meta.dirname, '../..');
-  it.each(['config/breakwater.yaml', 'config/compose.yaml'])('%s is valid', async (file) => {
-    const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), file, { env: {} });
-    expect(cfg.listeners[0]?.port).toBe(15001);
+  it.each(['config/breakwater.yaml', 'config/compose.yaml', 'config/examples/ecommerce.yaml'])(
+    '%s is valid',
+    async (file) => {
+      const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), join(root, file), {
+        env: {},
+      });
+      expect(cfg.listeners[0]?.port).toBe(15001);
+    },
+  );
+
+  it('the e-commerce example holds both seed blocks unchanged', () => {
+    const example = readFileSync(join(root, 'config/examples/ecommerce.yaml'), 'utf8');
+    for (const seed of ['ecommerce-promo.yaml', 'degradation.yaml']) {
+      const block = readFileSync(join(SEEDS, seed), 'utf8')
+        .split('\n')
+        .filter((l) => !l.startsWith('#'))
+        .join('\n')
+        .trim();
+      expect(example).toContain(block);
+    }
   });
 
   it('the ConfigMap in k8s/deployment.yaml holds a valid config', async () => {
