@@ -299,6 +299,13 @@ describe('shipped configs', () => {
     },
   );
 
+  it("the README's minimal config is valid", async () => {
+    const readme = readFileSync(join(root, 'README.md'), 'utf8');
+    const block = /## A minimal config\s+```yaml\n([\s\S]*?)```/.exec(readme)?.[1] ?? '';
+    const cfg = await parseConfigText(block, 'README.md', { env: {} });
+    expect(cfg.upstreams.payments?.fallback).toBe('payments_busy');
+  });
+
   it('the e-commerce example holds both seed blocks unchanged', () => {
     const example = readFileSync(join(root, 'config/examples/ecommerce.yaml'), 'utf8');
     for (const seed of ['ecommerce-promo.yaml', 'degradation.yaml']) {
