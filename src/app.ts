@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
+import { MemoryIdempotencyStore } from './idempotency/store.js';
 import { ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
@@ -31,6 +32,7 @@ export class Breakwater {
   readonly upstreams = new Map<string, Upstream>();
   readonly policies = new Map<string, UpstreamPolicies>();
   cache: ResponseCache | undefined;
+  readonly idempotencyStore = new MemoryIdempotencyStore();
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
 
@@ -105,6 +107,7 @@ export class Breakwater {
       cache,
       degradation: config.degradation,
       pipelineOf,
+      idempotency: this.idempotencyStore,
     };
     for (const [name, model] of Object.entries(config.upstreams)) {
       this.upstreams.set(name, new Upstream(model));
@@ -215,6 +218,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     stripPrefix: undefined,
     timeouts: model.timeouts,
     retry: model.retry,
+    idempotency: undefined,
   };
 }
 

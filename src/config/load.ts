@@ -267,6 +267,12 @@ const KNOWN_KEYS = [
   'max_bytes',
   'max_entry_bytes',
   'statuses',
+  'idempotency',
+  'required',
+  'ttl',
+  'key_scope',
+  'conflict',
+  'store_server_errors',
   'size',
 ];
 

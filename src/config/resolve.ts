@@ -13,6 +13,7 @@ import type {
   FallbackInput,
   RateLimiterInput,
   RetryInput,
+  RouteInput,
 } from './schema.js';
 
 export type RetryOutcome = 'connect-failure' | 'reset' | 'timeout' | '5xx' | 'gateway-error' | number;
@@ -113,6 +114,20 @@ export interface RouteModel {
   readonly stripPrefix: string | undefined;
   readonly timeouts: Timeouts;
   readonly retry: RetryPolicy;
+  readonly idempotency: IdempotencyPolicy | undefined;
+}
+
+export interface IdempotencyPolicy {
+  readonly methods: ReadonlySet<string>;
+  readonly required: boolean;
+  readonly ttl: number;
+  readonly maxBodyBytes: number;
+  readonly keyScope:
+    | { readonly kind: 'client_ip' }
+    | { readonly kind: 'global' }
+    | { readonly kind: 'header'; readonly header: string };
+  readonly conflict: 'reject' | 'wait';
+  readonly storeServerErrors: boolean;
 }
 
 export interface ListenerModel {
@@ -284,6 +299,23 @@ function bulkheadOf(layers: readonly (BulkheadInput | undefined)[]): BulkheadPol
   };
 }
 
+function idempotencyOf(i: RouteInput['idempotency']): IdempotencyPolicy | undefined {
+  if (i === undefined || i.enabled === false) return undefined;
+  const scope = i.key_scope ?? 'client_ip';
+  return {
+    methods: new Set(i.methods ?? ['POST', 'PATCH']),
+    required: i.required ?? false,
+    ttl: i.ttl ?? 86_400_000,
+    maxBodyBytes: i.max_body_bytes ?? 1024 * 1024,
+    keyScope:
+      scope === 'client_ip' || scope === 'global'
+        ? { kind: scope }
+        : { kind: 'header', header: scope.slice('header:'.length).toLowerCase() },
+    conflict: i.conflict ?? 'reject',
+    storeServerErrors: i.store_server_errors ?? true,
+  };
+}
+
 function endpointOf(url: string): EndpointModel {
   const u = new URL(url);
   const port = u.port || (u.protocol === 'https:' ? '443' : '80');
@@ -360,6 +392,7 @@ export async function resolveConfig(
               : rt.strip_prefix,
         timeouts,
         retry: retryOf([r.retry, u?.retry, rt.retry]),
+        idempotency: idempotencyOf(rt.idempotency),
       };
     }),
   }));

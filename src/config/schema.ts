@@ -311,6 +311,40 @@ const routeMatch = z.strictObject({
   headers: z.record(headerName, z.string()).optional().describe('Header name -> exact value.'),
 });
 
+export const idempotencySchema = z
+  .strictObject({
+    enabled: z.boolean().optional().describe('Default: true when the block is present.'),
+    methods: z
+      .array(z.string().regex(/^[A-Z]+$/))
+      .optional()
+      .describe('Methods it applies to. Default: [POST, PATCH].'),
+    required: z
+      .boolean()
+      .optional()
+      .describe('Refuse requests without an Idempotency-Key (400). Default: false.'),
+    ttl: duration.optional().describe('How long a stored response is replayed. Default: 24h.'),
+    max_body_bytes: byteSize
+      .optional()
+      .describe('Largest request body (fingerprinted) and stored response body. Default: 1MiB.'),
+    key_scope: z
+      .union([z.enum(['client_ip', 'global']), z.string().regex(/^header:[!#$%&'*+.^_`|~0-9A-Za-z-]+$/)], {
+        error: 'expected client_ip, global or header:<name>',
+      })
+      .optional()
+      .describe(
+        'Whose keys are separate: client_ip, header:<client-identity header>, or global. Default: client_ip.',
+      ),
+    conflict: z
+      .enum(['reject', 'wait'])
+      .optional()
+      .describe('Same key while the first is in flight: 409, or wait and replay. Default: reject.'),
+    store_server_errors: z
+      .boolean()
+      .optional()
+      .describe('Store and replay 5xx responses too. Default: true.'),
+  })
+  .describe('Idempotency-Key handling (draft-ietf-httpapi-idempotency-key-header).');
+
 export const routeSchema = z.strictObject({
   name: name.optional().describe('Used in metrics and logs. Default: <listener>-<index>.'),
   match: routeMatch.optional(),
@@ -322,6 +356,7 @@ export const routeSchema = z.strictObject({
   timeout: timeoutKeys.timeout,
   request_timeout: timeoutKeys.request_timeout,
   retry: retrySchema.optional(),
+  idempotency: idempotencySchema.optional(),
 });
 
 export const listenerSchema = z.strictObject({

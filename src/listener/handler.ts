@@ -33,6 +33,19 @@ export interface HandlerDeps {
 const CONNECTION_CLOSE = ['connection', 'close'];
 const CLIENT_GONE = new AttemptError('client-aborted', 'the client closed the connection', true);
 
+function bothTees(a: BodyTee, b: BodyTee): BodyTee {
+  return {
+    data: (chunk) => {
+      a.data(chunk);
+      b.data(chunk);
+    },
+    end: () => {
+      a.end();
+      b.end();
+    },
+  };
+}
+
 function withHeaders(p: Problem, extra: readonly string[] | undefined): Problem {
   return extra ? { ...p, headers: [...(p.headers ?? []), ...extra] } : p;
 }
@@ -113,6 +126,7 @@ export class ProxyHandler {
       expired: false,
       finishers: undefined,
       finished: false,
+      responseTee: undefined,
       retrySkipped: undefined,
     };
     let bytes = 0;
@@ -162,8 +176,10 @@ export class ProxyHandler {
     try {
       const headers = clientResponseHeaders(head.rawHeaders, ctx.requestId, extra);
       if (outcome.fallback !== undefined) headers.push('x-breakwater-fallback', outcome.fallback);
-      const tee = this.deps.teeFor?.(ctx, head);
-      const result = await attempt.stream(res, head.status, headers, tee?.(headers));
+      const cacheTee = this.deps.teeFor?.(ctx, head)?.(headers);
+      const storeTee = ctx.responseTee?.(head.status, headers);
+      const tee = cacheTee && storeTee ? bothTees(cacheTee, storeTee) : (cacheTee ?? storeTee);
+      const result = await attempt.stream(res, head.status, headers, tee);
       if (result.error && !res.headersSent) {
         sendProblem(res, withHeaders(failureProblem(result.error, ctx.upstream.name, ctx.requestId), extra));
       }
@@ -199,14 +215,9 @@ export class ProxyHandler {
       if (name !== 'content-length' && name !== 'x-request-id' && name !== 'age')
         headers.push(h[i] as string, h[i + 1] as string);
     }
-    headers.push(
-      'content-length',
-      String(local.body.length),
-      'x-breakwater-fallback',
-      local.fallback,
-      'x-request-id',
-      ctx.requestId,
-    );
+    headers.push('content-length', String(local.body.length), 'x-request-id', ctx.requestId);
+    if (local.fallback !== undefined) headers.push('x-breakwater-fallback', local.fallback);
+    if (local.replayed) headers.push('idempotent-replayed', 'true');
     if (local.age !== undefined) headers.push('age', String(local.age));
     if (extra) headers.push(...extra);
     res.writeHead(local.status, headers);

@@ -182,6 +182,13 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
+  const idempotency = new Counter({
+    name: 'breakwater_idempotency_total',
+    help: 'Requests with an Idempotency-Key, by result (stored, replayed, conflict, mismatch, missing, malformed, released).',
+    labelNames: ['route', 'result'] as const,
+    registers: [registry],
+  });
+
   /** Gauges that read live state are set by these just before each scrape. */
   const collectors: (() => void)[] = [];
   const scrape = async (): Promise<string> => {
@@ -217,5 +224,6 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     cacheEntries,
     cacheLookups,
     cacheEvictions,
+    idempotency,
   };
 }

@@ -2,6 +2,7 @@
  * The policy stack of a route, outermost first. This file is the architecture: reading
  * `buildPipeline` tells what happens to a request and in which order.
  *
+ *   idempotency             per route: replay, 409/422/400, or forward and store the response
  *   fallback / degradation  outermost: answers from a fallback when anything below fails (or
  *                           at once while the upstream is degraded)
  *   rate limiter / shaper   per upstream: 429, or wait in the shaper queue
@@ -17,6 +18,7 @@
 import type { ResponseCache } from '../cache/response-cache.js';
 import type { FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
 import type { DegradationInput } from '../config/schema.js';
+import type { IdempotencyStore } from '../idempotency/store.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { Bulkhead } from './bulkhead.js';
@@ -25,6 +27,7 @@ import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
 import { DegradationMonitor } from './degradation.js';
 import { type DegradationPlan, FallbackChain, type FallbackServices, fallbackLayer } from './fallback.js';
+import { idempotencyLayer } from './idempotency.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
 import type { Clock, Handler, Layer } from './types.js';
@@ -39,6 +42,8 @@ export interface PipelineServices {
 
 /** What the fallback layer needs from the whole process: fallbacks, cache, other upstreams. */
 export interface FallbackContext {
+  /** Where Idempotency-Key records are kept. */
+  readonly idempotency: IdempotencyStore;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
   readonly cache: ResponseCache;
   readonly degradation: DegradationInput | undefined;
@@ -63,6 +68,7 @@ export class UpstreamPolicies {
   readonly degradation: DegradationPlan | undefined;
   /** Whether this upstream's responses are teed into the response cache. */
   readonly caches: boolean;
+  readonly idempotencyStore: IdempotencyStore | undefined;
 
   constructor(
     readonly model: UpstreamModel,
@@ -71,6 +77,7 @@ export class UpstreamPolicies {
   ) {
     const { clock, metrics, logger } = services;
     const name = model.name;
+    this.idempotencyStore = fallback.idempotency;
     this.chain = new FallbackChain(name, model.fallback, {
       fallbacks: fallback.fallbacks,
       cache: fallback.cache,
@@ -190,6 +197,19 @@ export function buildPipeline(
   const { clock, metrics, random } = services;
   const name = policies.model.name;
   const layers: Layer[] = [];
+  if (route.idempotency && policies.idempotencyStore) {
+    const counters = new Map<string, { inc(): void }>();
+    layers.push(
+      idempotencyLayer(route.idempotency, policies.idempotencyStore, route.name, (result) => {
+        let c = counters.get(result);
+        if (!c) {
+          c = metrics.idempotency.labels(route.name, result);
+          counters.set(result, c);
+        }
+        c.inc();
+      }),
+    );
+  }
   if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {
     layers.push(fallbackLayer(policies.chain, policies.degradation, clock));
   }

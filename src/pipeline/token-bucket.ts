@@ -51,7 +51,9 @@ export class TokenBucket {
   /** Milliseconds until one whole token is available (0 if now). */
   msUntilToken(): number {
     this.refill();
-    return this.balance >= 1 - EPSILON ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond - EPSILON);
+    return this.balance >= 1 - EPSILON
+      ? 0
+      : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond - EPSILON);
   }
 
   /**
@@ -60,7 +62,8 @@ export class TokenBucket {
    */
   reserve(maxWaitMs: number): number | undefined {
     this.refill();
-    const wait = this.balance >= 1 - EPSILON ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond - EPSILON);
+    const wait =
+      this.balance >= 1 - EPSILON ? 0 : Math.ceil(((1 - this.balance) * 1000) / this.ratePerSecond - EPSILON);
     if (wait > maxWaitMs) return undefined;
     this.balance -= 1;
     return wait;

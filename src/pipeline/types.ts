@@ -6,7 +6,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { RouteModel } from '../config/resolve.js';
-import type { Attempt, AttemptError, ResponseHead } from '../proxy/attempt.js';
+import type { Attempt, AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
 import type { Problem } from '../proxy/problem.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
 
@@ -39,6 +39,8 @@ export interface RequestContext {
   finishers: (() => void)[] | undefined;
   /** Set when the client response is over; later finishers run at once. */
   finished: boolean;
+  /** Whoever wants a copy of the response body as it streams (the Idempotency-Key store). */
+  responseTee: ((status: number, headers: readonly string[]) => BodyTee | undefined) | undefined;
   /** Retries skipped, and why (for logs). */
   retrySkipped: string | undefined;
 }
@@ -65,9 +67,12 @@ export type Outcome =
       readonly status: number;
       readonly headers: readonly string[];
       readonly body: Buffer;
-      readonly fallback: string;
+      /** The fallback that made it (x-breakwater-fallback), if one did. */
+      readonly fallback: string | undefined;
       /** Seconds since a cached response was stored. */
       readonly age: number | undefined;
+      /** A stored response replayed for a repeated Idempotency-Key (Idempotent-Replayed: true). */
+      readonly replayed?: boolean;
     }
   | { readonly type: 'failure'; readonly error: AttemptError; readonly endpoint: Endpoint | undefined }
   | { readonly type: 'problem'; readonly problem: Problem };

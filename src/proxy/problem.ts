@@ -16,7 +16,12 @@ export type ProblemKind =
   | 'circuit-open'
   | 'rate-limited'
   | 'bulkhead-full'
-  | 'degraded';
+  | 'degraded'
+  | 'idempotency-key-missing'
+  | 'idempotency-key-malformed'
+  | 'idempotency-key-mismatch'
+  | 'idempotency-conflict'
+  | 'payload-too-large';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -31,6 +36,11 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'rate-limited': [429, 'Too many requests'],
   'bulkhead-full': [503, 'The upstream is at its concurrency limit'],
   degraded: [503, 'The upstream is degraded and this request has no fallback answer'],
+  'idempotency-key-missing': [400, 'An Idempotency-Key header is required'],
+  'idempotency-key-malformed': [400, 'The Idempotency-Key header is malformed'],
+  'idempotency-key-mismatch': [422, 'The Idempotency-Key was used with a different request'],
+  'idempotency-conflict': [409, 'A request with this Idempotency-Key is in progress'],
+  'payload-too-large': [413, 'The request body is too large'],
 };
 
 export interface Problem {

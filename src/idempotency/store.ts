@@ -1,0 +1,99 @@
+/**
+ * Where Idempotency-Key records live. The interface is what a shared store (Redis, in the
+ * distributed mode) implements too; `begin` is the atomic step: it either takes the key for this
+ * request or reports what holds it.
+ */
+import { LRUCache } from 'lru-cache';
+
+export interface StoredResponse {
+  readonly status: number;
+  /** Flat [name, value, ...] as sent to the client the first time, minus per-request headers. */
+  readonly headers: readonly string[];
+  readonly body: Buffer;
+}
+
+export type BeginResult =
+  | { readonly kind: 'acquired' }
+  | { readonly kind: 'in_flight'; readonly fingerprint: string }
+  | { readonly kind: 'completed'; readonly fingerprint: string; readonly response: StoredResponse };
+
+export interface IdempotencyStore {
+  /** Takes `key` for a new request unless a record holds it; atomic. */
+  begin(key: string, fingerprint: string, ttlMs: number): Promise<BeginResult>;
+  /** Stores the final response under `key` (replayed until the TTL passes). */
+  complete(key: string, response: StoredResponse, ttlMs: number): Promise<void>;
+  /** Gives `key` up: the request did not produce a response worth replaying. */
+  release(key: string): Promise<void>;
+  /** Resolves when `key` is completed or released, or after `timeoutMs`. */
+  settled(key: string, timeoutMs: number): Promise<void>;
+}
+
+interface Entry {
+  fingerprint: string;
+  response: StoredResponse | undefined;
+}
+
+/** The in-memory store: bounded by entries and bytes, records expire after their TTL. */
+export class MemoryIdempotencyStore implements IdempotencyStore {
+  private readonly lru: LRUCache<string, Entry>;
+  private readonly waiters = new Map<string, (() => void)[]>();
+
+  constructor(options: { maxEntries?: number; maxBytes?: number } = {}) {
+    this.lru = new LRUCache<string, Entry>({
+      max: options.maxEntries ?? 100_000,
+      maxSize: options.maxBytes ?? 64 * 1024 * 1024,
+      sizeCalculation: (e, k) =>
+        k.length + 128 + (e.response ? e.response.body.length + 64 * (e.response.headers.length / 2) : 0),
+      ttlAutopurge: false,
+    });
+  }
+
+  async begin(key: string, fingerprint: string, ttlMs: number): Promise<BeginResult> {
+    const e = this.lru.get(key);
+    if (e) {
+      return e.response
+        ? { kind: 'completed', fingerprint: e.fingerprint, response: e.response }
+        : { kind: 'in_flight', fingerprint: e.fingerprint };
+    }
+    this.lru.set(key, { fingerprint, response: undefined }, { ttl: ttlMs });
+    return { kind: 'acquired' };
+  }
+
+  async complete(key: string, response: StoredResponse, ttlMs: number): Promise<void> {
+    const e = this.lru.get(key);
+    if (e) this.lru.set(key, { fingerprint: e.fingerprint, response }, { ttl: ttlMs });
+    this.wake(key);
+  }
+
+  async release(key: string): Promise<void> {
+    this.lru.delete(key);
+    this.wake(key);
+  }
+
+  settled(key: string, timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      const list = this.waiters.get(key) ?? [];
+      let done = false;
+      const finish = () => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(finish, timeoutMs);
+      list.push(finish);
+      this.waiters.set(key, list);
+    });
+  }
+
+  get size(): number {
+    return this.lru.size;
+  }
+
+  private wake(key: string): void {
+    const list = this.waiters.get(key);
+    if (!list) return;
+    this.waiters.delete(key);
+    for (const fn of list) fn();
+  }
+}

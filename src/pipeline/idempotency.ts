@@ -1,0 +1,196 @@
+/**
+ * Idempotency-Key at the proxy (draft-ietf-httpapi-idempotency-key-header), per route.
+ *
+ * - First request with a key: it is forwarded, and its final response (status, headers, body) is
+ *   stored with a fingerprint of the request (method, path and query, SHA-256 of the body) for `ttl`.
+ * - The same key again, completed: the stored response is replayed without calling the upstream,
+ *   byte for byte, with `Idempotent-Replayed: true`.
+ * - The same key while the first is in flight: 409 (or, with `conflict: wait`, wait and replay).
+ * - The same key with another fingerprint: 422. No key where `required`: 400. A malformed key: 400.
+ * - A request that produced no upstream response to replay (connect failure, open breaker, a
+ *   fallback, a client that left) releases its key: the next try runs for real.
+ * - Keys are scoped by `key_scope` (the client address by default), so clients cannot collide.
+ */
+import { createHash } from 'node:crypto';
+import type { IdempotencyPolicy } from '../config/resolve.js';
+import type { IdempotencyStore } from '../idempotency/store.js';
+import type { BodyTee } from '../proxy/attempt.js';
+import { problem } from '../proxy/problem.js';
+import { type Layer, type Outcome, onFinish, type RequestContext } from './types.js';
+
+export type IdempotencyResult =
+  | 'stored'
+  | 'replayed'
+  | 'conflict'
+  | 'mismatch'
+  | 'missing'
+  | 'malformed'
+  | 'released';
+
+const BARE_KEY = /^[\x21-\x7e]{1,255}$/;
+const QUOTED_KEY = /^"([\x20\x21\x23-\x5b\x5d-\x7e]{1,255})"$/;
+const PER_REQUEST = new Set([
+  'x-request-id',
+  'x-breakwater-attempts',
+  'connection',
+  'date',
+  'idempotent-replayed',
+]);
+
+/** The key's value: an sf-string (`"abc"`, as the draft writes it) or a bare token (as most clients send). */
+export function parseIdempotencyKey(raw: string | string[]): string | undefined {
+  if (Array.isArray(raw)) return undefined;
+  const v = raw.trim();
+  const quoted = QUOTED_KEY.exec(v);
+  if (quoted) return quoted[1];
+  return v.startsWith('"') || !BARE_KEY.test(v) ? undefined : v;
+}
+
+async function readBody(ctx: RequestContext, max: number): Promise<Buffer | 'too_large'> {
+  const body = ctx.body;
+  if (body === null) return Buffer.alloc(0);
+  if (Buffer.isBuffer(body)) return body;
+  const declared = body.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) return 'too_large';
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) return 'too_large';
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+function scopeOf(policy: IdempotencyPolicy, ctx: RequestContext): string {
+  const s = policy.keyScope;
+  if (s.kind === 'global') return '*';
+  if (s.kind === 'header') {
+    const v = ctx.req.headers[s.header];
+    if (typeof v === 'string' && v !== '') return `h:${v}`;
+  }
+  return `ip:${ctx.req.socket.remoteAddress ?? ''}`;
+}
+
+export function idempotencyLayer(
+  policy: IdempotencyPolicy,
+  store: IdempotencyStore,
+  route: string,
+  count: (result: IdempotencyResult) => void,
+): Layer {
+  return (next) => async (ctx) => {
+    if (!policy.methods.has(ctx.method)) return next(ctx);
+    const raw = ctx.req.headers['idempotency-key'];
+    const answer = (kind: Parameters<typeof problem>[0], detail: string, status?: number): Outcome => ({
+      type: 'problem',
+      problem: problem(kind, detail, {
+        upstream: ctx.upstream.name,
+        requestId: ctx.requestId,
+        ...(status ? { status } : {}),
+      }),
+    });
+    if (raw === undefined) {
+      if (!policy.required) return next(ctx);
+      count('missing');
+      return answer('idempotency-key-missing', `${ctx.method} on this route needs an Idempotency-Key header`);
+    }
+    const key = parseIdempotencyKey(raw);
+    if (key === undefined) {
+      count('malformed');
+      return answer(
+        'idempotency-key-malformed',
+        'the Idempotency-Key must be one string of 1-255 visible characters, e.g. "8e03978e-40d5-43e8-bc93-6894a57f9324"',
+      );
+    }
+    let body: Buffer | 'too_large';
+    try {
+      body = await readBody(ctx, policy.maxBodyBytes);
+    } catch {
+      ctx.clientGone = true;
+      return answer('bad-request', 'the request body could not be read');
+    }
+    if (body === 'too_large') {
+      return answer(
+        'payload-too-large',
+        `requests with an Idempotency-Key may carry at most ${policy.maxBodyBytes} bytes`,
+      );
+    }
+    ctx.body = body.length || ctx.body !== null ? body : null;
+    const fingerprint = createHash('sha256')
+      .update(`${ctx.method}\n${ctx.path}\n`)
+      .update(createHash('sha256').update(body).digest())
+      .digest('base64');
+    const storeKey = `${route}\n${scopeOf(policy, ctx)}\n${key}`;
+
+    let r = await store.begin(storeKey, fingerprint, policy.ttl);
+    if (r.kind === 'in_flight' && r.fingerprint === fingerprint && policy.conflict === 'wait') {
+      await store.settled(storeKey, ctx.route.timeouts.request);
+      r = await store.begin(storeKey, fingerprint, policy.ttl);
+    }
+    if (r.kind !== 'acquired') {
+      if (r.fingerprint !== fingerprint) {
+        count('mismatch');
+        return answer(
+          'idempotency-key-mismatch',
+          'this Idempotency-Key was used with a different request (method, path or body)',
+        );
+      }
+      if (r.kind === 'in_flight') {
+        count('conflict');
+        return answer('idempotency-conflict', 'a request with this Idempotency-Key is still being processed');
+      }
+      count('replayed');
+      const res = r.response;
+      return {
+        type: 'local',
+        status: res.status,
+        headers: res.headers,
+        body: res.body,
+        fallback: undefined,
+        age: undefined,
+        replayed: true,
+      };
+    }
+
+    let stored = false;
+    ctx.responseTee = (status, headers) => {
+      if (status >= 500 && !policy.storeServerErrors) return undefined;
+      return new StoreTee(policy.maxBodyBytes, (b) => {
+        stored = true;
+        count('stored');
+        const kept: string[] = [];
+        for (let i = 0; i < headers.length; i += 2) {
+          if (!PER_REQUEST.has((headers[i] as string).toLowerCase()))
+            kept.push(headers[i] as string, headers[i + 1] as string);
+        }
+        void store.complete(storeKey, { status, headers: kept, body: b }, policy.ttl);
+      });
+    };
+    onFinish(ctx, () => {
+      if (stored) return;
+      count('released');
+      void store.release(storeKey);
+    });
+    return next(ctx);
+  };
+}
+
+/** Collects a response body up to `max` bytes; hands it over only when it arrived whole. */
+class StoreTee implements BodyTee {
+  private chunks: Buffer[] | undefined = [];
+  private size = 0;
+  constructor(
+    private readonly max: number,
+    private readonly onWhole: (body: Buffer) => void,
+  ) {}
+  data(chunk: Buffer): void {
+    if (!this.chunks) return;
+    this.size += chunk.length;
+    if (this.size > this.max) this.chunks = undefined;
+    else this.chunks.push(chunk);
+  }
+  end(): void {
+    if (this.chunks) this.onWhole(Buffer.concat(this.chunks, this.size));
+    this.chunks = undefined;
+  }
+}
