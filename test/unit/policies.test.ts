@@ -35,6 +35,7 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     expired: false,
     finishers: undefined,
     finished: false,
+    responseTee: undefined,
     retrySkipped: undefined,
   };
 }
