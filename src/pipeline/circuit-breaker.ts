@@ -193,9 +193,11 @@ export class CircuitBreaker {
 
   /** Operator control: `open` and `close` force a state until `auto`. */
   force(mode: 'open' | 'close' | 'auto'): void {
-    if (mode === 'open' && this.stateValue !== 'forced_open') this.transition('forced_open', 'forced by operator');
-    else if (mode === 'close' && this.stateValue !== 'forced_closed') this.transition('forced_closed', 'forced by operator');
-    else if (this.stateValue === 'forced_open' || this.stateValue === 'forced_closed')
+    if (mode === 'open') {
+      if (this.stateValue !== 'forced_open') this.transition('forced_open', 'forced by operator');
+    } else if (mode === 'close') {
+      if (this.stateValue !== 'forced_closed') this.transition('forced_closed', 'forced by operator');
+    } else if (this.stateValue === 'forced_open' || this.stateValue === 'forced_closed')
       this.transition('closed', 'returned to automatic by operator');
   }
 

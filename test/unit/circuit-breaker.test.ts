@@ -400,6 +400,19 @@ describe('CircuitBreaker: operator control', () => {
     expect(cb.state).toBe('open');
   });
 
+  it('forcing the state it is already forced into publishes no transition', () => {
+    const { cb, transitions } = (() => {
+      const clock = new ManualClock();
+      const b = new CircuitBreaker({ ...DEFAULTS.circuitBreaker }, clock);
+      const seen: string[] = [];
+      b.onTransition((t) => seen.push(`${t.from}->${t.to}`));
+      return { cb: b, transitions: seen };
+    })();
+    cb.force('open');
+    cb.force('open');
+    expect(transitions).toEqual(['closed->forced_open']);
+  });
+
   it("force('open') overrides an automatic state; 'auto' outside a forced state changes nothing", () => {
     const { cb, transitions } = breaker({ failureThreshold: 1, resetTimeout: 1000 });
     cb.force('auto');
@@ -615,9 +628,12 @@ class Model {
   }
 
   force(mode: 'open' | 'close' | 'auto'): void {
-    if (mode === 'open') this.go('forced_open');
-    else if (mode === 'close') this.go('forced_closed');
-    else if (this.state === 'forced_open' || this.state === 'forced_closed') this.go('closed');
+    // Forcing the state it is already forced into changes nothing (no transition is published).
+    if (mode === 'open') {
+      if (this.state !== 'forced_open') this.go('forced_open');
+    } else if (mode === 'close') {
+      if (this.state !== 'forced_closed') this.go('forced_closed');
+    } else if (this.state === 'forced_open' || this.state === 'forced_closed') this.go('closed');
   }
 
   retryAfterMs(): number {
