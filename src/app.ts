@@ -3,11 +3,15 @@
  * from a resolved config, and the shutdown sequence (readiness off, stop accepting, drain, exit).
  */
 import { createHash } from 'node:crypto';
+import { type FSWatcher, watch } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
+import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
 import { MemoryIdempotencyStore } from './idempotency/store.js';
-import { ProxyHandler } from './listener/handler.js';
+import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
@@ -26,18 +30,45 @@ export interface StartOptions {
 
 type Phase = 'starting' | 'serving' | 'draining' | 'stopped';
 
+export interface ReloadStatus {
+  readonly ok: boolean;
+  readonly trigger: string;
+  readonly at: string;
+  /** Hash of the config that is live after this attempt. */
+  readonly hash: string;
+  readonly problems: readonly ConfigProblem[];
+}
+
+/** Everything built from one config. */
+interface Generation {
+  readonly config: ResolvedConfig;
+  readonly upstreams: Map<string, Upstream>;
+  readonly policies: Map<string, UpstreamPolicies>;
+  readonly cache: ResponseCache;
+}
+
+/** What decides whether an upstream's connection pools can be kept across a reload. */
+function poolSettings(m: UpstreamModel): unknown {
+  return [m.endpoints, m.maxConnections, m.keepaliveTimeout, m.timeouts.connect, m.timeouts.body];
+}
+
 export class Breakwater {
   readonly listeners: DataListener[] = [];
   admin: AdminListener | undefined;
-  readonly upstreams = new Map<string, Upstream>();
-  readonly policies = new Map<string, UpstreamPolicies>();
+  upstreams = new Map<string, Upstream>();
+  policies = new Map<string, UpstreamPolicies>();
   cache: ResponseCache | undefined;
+  configHash = '';
+  lastReload: ReloadStatus | undefined;
+  private current: Generation | undefined;
+  private reloading: Promise<unknown> = Promise.resolve();
+  private watcher: FSWatcher | undefined;
   readonly idempotencyStore = new MemoryIdempotencyStore();
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
 
   private constructor(
-    readonly config: ResolvedConfig,
+    public config: ResolvedConfig,
     readonly logger: Logger,
     readonly metrics: Metrics,
     private readonly clock: Clock,
@@ -59,45 +90,62 @@ export class Breakwater {
   private async bind(source: string | undefined): Promise<void> {
     const { config, metrics, logger } = this;
     metrics.ready.set(0);
-    if (source !== undefined) {
-      metrics.configInfo.labels(createHash('sha256').update(source).digest('hex').slice(0, 16)).set(1);
-    }
-    metrics.configLoaded.set(Date.now() / 1000);
     this.admin = await AdminListener.start({
       host: config.admin.host,
       port: config.admin.port,
       metrics,
       readiness: { ready: () => this.readiness() },
+      runtime: this,
+      adminToken: process.env[config.admin.token_env],
     });
+    await this.apply(config, source);
+    this.phase = 'serving';
+    metrics.ready.set(1);
+    logger.info({ admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
+  }
+
+  /**
+   * Makes `config` live: upstreams, policies, cache and pipelines are built for it, carrying over
+   * the state of whatever did not change; each listener gets the new routes in one swap (requests
+   * in flight finish on what they started with); listeners that are new or moved are bound before
+   * the old ones close. Used at start and by every reload.
+   */
+  private async apply(config: ResolvedConfig, source: string | undefined): Promise<void> {
+    const { metrics, logger } = this;
+    const previous = this.current;
     const services = { clock: this.clock, metrics, logger, random: Math.random };
-    const cache = new ResponseCache(
-      config.cache.max_bytes,
-      config.cache.max_entry_bytes,
-      new Set(config.cache.statuses),
-      {
-        evicted: () => metrics.cacheEvictions.inc(),
-      },
-    );
-    this.cache = cache;
-    metrics.collectors.push(() => {
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+    const cache =
+      previous && same(previous.config.cache, config.cache)
+        ? previous.cache
+        : new ResponseCache(
+            config.cache.max_bytes,
+            config.cache.max_entry_bytes,
+            new Set(config.cache.statuses),
+            {
+              evicted: () => metrics.cacheEvictions.inc(),
+            },
+          );
+    metrics.collectors.set('cache', () => {
       metrics.cacheBytes.set(cache.bytes);
       metrics.cacheEntries.set(cache.entries);
     });
+
+    const upstreams = new Map<string, Upstream>();
+    const policies = new Map<string, UpstreamPolicies>();
     // Fallbacks of type upstream call another upstream through its own policies, minus its
     // fallbacks (so two upstreams naming each other cannot loop).
     const fallbackPipelines = new Map<string, { handler: Handler; upstream: Upstream; route: RouteModel }>();
     const pipelineOf = (name: string) => {
       let p = fallbackPipelines.get(name);
       if (!p) {
-        const upstream = this.upstreams.get(name) as Upstream;
+        const upstream = upstreams.get(name) as Upstream;
         const route = fallbackRoute(upstream.model);
-        p = {
-          handler: buildPipeline(route, this.policies.get(name) as UpstreamPolicies, services, {
-            withFallback: false,
-          }),
-          upstream,
-          route,
-        };
+        const handler = buildPipeline(route, policies.get(name) as UpstreamPolicies, services, {
+          withFallback: false,
+        });
+        p = { handler, upstream, route };
         fallbackPipelines.set(name, p);
       }
       return p;
@@ -110,22 +158,34 @@ export class Breakwater {
       idempotency: this.idempotencyStore,
     };
     for (const [name, model] of Object.entries(config.upstreams)) {
-      this.upstreams.set(name, new Upstream(model));
-      this.policies.set(name, new UpstreamPolicies(model, services, fallbackContext));
+      const old = previous?.upstreams.get(name);
+      upstreams.set(
+        name,
+        old && same(poolSettings(old.model), poolSettings(model))
+          ? old.withModel(model)
+          : new Upstream(model),
+      );
+      policies.set(
+        name,
+        new UpstreamPolicies(model, services, fallbackContext, previous?.policies.get(name)),
+      );
     }
     const teeFor = (ctx: RequestContext, head: ResponseHead) => {
-      if (ctx.method !== 'GET' || !this.policies.get(ctx.upstream.name)?.caches) return undefined;
-      if (!cache.cacheable(head.status, head.rawHeaders)) return undefined;
-      const key = (this.policies.get(ctx.upstream.name) as UpstreamPolicies).chain.cacheKey(ctx);
+      const p = policies.get(ctx.upstream.name);
+      if (ctx.method !== 'GET' || !p?.caches || !cache.cacheable(head.status, head.rawHeaders))
+        return undefined;
+      const key = p.chain.cacheKey(ctx);
       return (headers: readonly string[]) => cache.tee(key, head.status, headers, () => this.clock.wall());
     };
+
+    const handlers = new Map<string, HandlerDeps>();
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
       for (const r of l.routes)
-        pipelines.set(r, buildPipeline(r, this.policies.get(r.upstream) as UpstreamPolicies, services));
-      const handler = new ProxyHandler({
+        pipelines.set(r, buildPipeline(r, policies.get(r.upstream) as UpstreamPolicies, services));
+      handlers.set(l.name, {
         listener: l,
-        upstreams: this.upstreams,
+        upstreams,
         pipelines,
         metrics,
         logger,
@@ -134,16 +194,195 @@ export class Breakwater {
         draining: () => this.phase === 'draining',
         teeFor,
       });
-      const listener = await DataListener.start(l, handler);
-      this.listeners.push(listener);
-      logger.info(
-        { listener: l.name, host: l.host, port: listener.port, routes: l.routes.length },
-        'listener bound',
-      );
     }
-    this.phase = 'serving';
-    metrics.ready.set(1);
-    logger.info({ admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
+
+    // Listeners: keep those whose address did not change; bind new and moved ones first.
+    const keep: DataListener[] = [];
+    const bound: DataListener[] = [];
+    try {
+      for (const l of config.listeners) {
+        const deps = handlers.get(l.name) as HandlerDeps;
+        const existing = this.listeners.find(
+          (x) =>
+            x.model.name === l.name && x.model.host === l.host && x.model.port === l.port && l.port !== 0,
+        );
+        if (existing) {
+          existing.update(l, deps);
+          keep.push(existing);
+        } else {
+          const listener = await DataListener.start(l, new ProxyHandler(deps));
+          bound.push(listener);
+          logger.info(
+            { listener: l.name, host: l.host, port: listener.port, routes: l.routes.length },
+            'listener bound',
+          );
+        }
+      }
+    } catch (err) {
+      await Promise.all(bound.map((l) => l.close()));
+      throw err;
+    }
+    const retired = this.listeners.filter((l) => !keep.includes(l));
+    this.listeners.splice(0, this.listeners.length, ...keep, ...bound);
+    for (const l of retired) {
+      logger.info(
+        { listener: l.model.name, port: l.port },
+        'listener closing (removed or moved by the new config)',
+      );
+      void l.close();
+    }
+    // Pools no longer used finish their requests in flight, then close.
+    if (previous) {
+      const live = new Set(upstreams.values());
+      for (const u of previous.upstreams.values()) if (!live.has(u)) void u.close();
+    }
+
+    this.current = { config, upstreams, policies, cache };
+    this.config = config;
+    this.upstreams = upstreams;
+    this.policies = policies;
+    this.cache = cache;
+    if (source !== undefined) {
+      this.configHash = createHash('sha256').update(source).digest('hex').slice(0, 16);
+      metrics.configInfo.reset();
+      metrics.configInfo.labels(this.configHash).set(1);
+    }
+    metrics.configLoaded.set(Date.now() / 1000);
+  }
+
+  /**
+   * Reads the config file again and makes it live if it is valid. An invalid file changes nothing:
+   * the last good config keeps serving, and the problems are logged, counted and kept for
+   * `GET /config/status`. Reloads run one at a time.
+   */
+  reload(trigger: string): Promise<ReloadStatus> {
+    const run = async (): Promise<ReloadStatus> => {
+      const at = new Date().toISOString();
+      try {
+        const loaded = await loadConfigFile(this.config.file);
+        await this.apply(loaded.config, loaded.source);
+        this.metrics.configReloads.labels('success').inc();
+        this.lastReload = { ok: true, trigger, at, hash: this.configHash, problems: [] };
+        this.logger.info(
+          { event: 'config_reload', trigger, result: 'success', hash: this.configHash },
+          'config reloaded',
+        );
+      } catch (err) {
+        const problems =
+          err instanceof ConfigError
+            ? err.problems
+            : [{ file: this.config.file, line: 0, column: 0, key: '', message: String(err) }];
+        this.metrics.configReloads.labels('failure').inc();
+        this.lastReload = { ok: false, trigger, at, hash: this.configHash, problems };
+        this.logger.error(
+          { event: 'config_reload', trigger, result: 'failure', problems },
+          `config reload rejected, the last good config keeps serving:\n${problems.map(formatProblem).join('\n')}`,
+        );
+      }
+      return this.lastReload;
+    };
+    const next = this.reloading.then(run, run);
+    this.reloading = next;
+    return next;
+  }
+
+  /** Per upstream: breaker, limiter, bulkhead, degradation, endpoints; and the cache (GET /state). */
+  state(): unknown {
+    const now = this.clock.now();
+    const upstreams: Record<string, unknown> = {};
+    for (const [name, p] of this.policies) {
+      const u = this.upstreams.get(name);
+      const b = p.breaker;
+      upstreams[name] = {
+        breaker: b
+          ? {
+              state: b.state,
+              ...b.stats(),
+              retry_after_ms: Math.round(b.retryAfterMs()),
+              recent_transitions: b.recent.map((t) => ({
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+                ago_ms: Math.round(now - t.at),
+              })),
+            }
+          : null,
+        rate_limiter: p.limiter
+          ? {
+              mode: p.limiter.policy.mode,
+              rate_per_second: p.limiter.policy.ratePerSecond,
+              burst: p.limiter.policy.burst,
+              tokens: p.limiter.tokens(),
+              queued: p.limiter.queueLength,
+            }
+          : null,
+        bulkhead: p.bulkhead
+          ? {
+              max_concurrent: p.bulkhead.policy.maxConcurrent,
+              in_flight: p.bulkhead.inFlight,
+              queued: p.bulkhead.queueLength,
+            }
+          : null,
+        degradation: p.degradation
+          ? { degraded: p.degradation.monitor.degraded, last: p.degradation.monitor.last ?? null }
+          : null,
+        fallback: p.chain.head ?? null,
+        endpoints: u?.endpoints.map((e) => ({ url: e.model.url, in_flight: e.inflight })) ?? [],
+      };
+    }
+    const cache = this.cache;
+    return {
+      phase: this.phase,
+      config_hash: this.configHash,
+      upstreams,
+      cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
+    };
+  }
+
+  /** Operator control of an upstream's breaker (POST /upstreams/<name>/breaker). */
+  forceBreaker(
+    upstream: string,
+    mode: 'open' | 'close' | 'auto',
+  ): { ok: true; state: string } | { ok: false; status: number; error: string } {
+    const p = this.policies.get(upstream);
+    if (!p) return { ok: false, status: 404, error: `no upstream ${upstream}` };
+    if (!p.breaker)
+      return { ok: false, status: 409, error: `upstream ${upstream} has no circuit_breaker configured` };
+    p.breaker.force(mode);
+    return { ok: true, state: p.breaker.state };
+  }
+
+  /** Watches the config file's directory (a Kubernetes ConfigMap swaps its `..data` symlink). */
+  watchConfig(debounceMs = 300): void {
+    const dir = dirname(this.config.file);
+    const base = basename(this.config.file);
+    let timer: NodeJS.Timeout | undefined;
+    let lastSeen = '';
+    const check = async () => {
+      try {
+        const text = await readFile(this.config.file, 'utf8');
+        if (text === lastSeen) return;
+        lastSeen = text;
+        if (createHash('sha256').update(text).digest('hex').slice(0, 16) !== this.configHash)
+          await this.reload('file change');
+      } catch {
+        // the file is being replaced; the next event will tell
+      }
+    };
+    void readFile(this.config.file, 'utf8').then(
+      (t) => {
+        lastSeen = t;
+      },
+      () => undefined,
+    );
+    this.watcher = watch(dir, (_event, name) => {
+      if (name !== null && name !== base && !name.startsWith('..')) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => void check(), debounceMs);
+    });
+    this.watcher.on('error', (err) =>
+      this.logger.warn({ err }, 'config watch failed; SIGHUP and POST /config/reload still work'),
+    );
   }
 
   readiness(): { ready: boolean; reason: string } {
@@ -200,6 +439,7 @@ export class Breakwater {
       for (const l of this.listeners) l.forceClose();
       await closing;
     }
+    this.watcher?.close();
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
     await this.admin?.close();
     this.phase = 'stopped';

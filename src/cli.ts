@@ -19,6 +19,8 @@ const USAGE = `Usage:
   breakwater schema                   print the JSON Schema of the config file
 Options:
   -c, --config FILE   config file (default: $BREAKWATER_CONFIG, else config/breakwater.yaml)
+  --no-watch          do not reload when the config file changes (SIGHUP and
+                      POST /config/reload on the admin port still reload it)
   -v, --version       print the version
   -h, --help          print this help
 Docs: docs/configuration.md`;
@@ -71,7 +73,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${file}: valid\n`);
     return 0;
   }
-  return run(loaded.config, loaded.source);
+  return run(loaded.config, loaded.source, !values['no-watch']);
 }
 
 function parse(argv: string[]) {
@@ -83,6 +85,7 @@ function parse(argv: string[]) {
       config: { type: 'string', short: 'c' },
       version: { type: 'boolean', short: 'v' },
       help: { type: 'boolean', short: 'h' },
+      'no-watch': { type: 'boolean' },
     },
   });
 }
@@ -90,6 +93,7 @@ function parse(argv: string[]) {
 async function run(
   config: Awaited<ReturnType<typeof loadConfigFile>>['config'],
   source: string,
+  watchConfig: boolean,
 ): Promise<number> {
   let bw: Breakwater;
   try {
@@ -111,6 +115,10 @@ async function run(
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    process.on('SIGHUP', () => {
+      void bw.reload('SIGHUP');
+    });
+    if (watchConfig) bw.watchConfig();
   });
 }
 

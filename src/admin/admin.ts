@@ -4,15 +4,35 @@
  */
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
+import type { ReloadStatus } from '../app.js';
+import type { ResolvedConfig } from '../config/resolve.js';
 import type { Metrics } from '../observability/metrics.js';
+import { configRoutes } from './config-routes.js';
 import { healthRoutes, type Readiness } from './health.js';
 import { metricsRoute } from './metrics.js';
+import { stateRoutes } from './state-routes.js';
+
+/** What the admin endpoints need from the running breakwater. */
+export interface AdminRuntime {
+  readonly config: ResolvedConfig;
+  readonly configHash: string;
+  readonly lastReload: ReloadStatus | undefined;
+  reload(trigger: string): Promise<ReloadStatus>;
+  state(): unknown;
+  forceBreaker(
+    upstream: string,
+    mode: 'open' | 'close' | 'auto',
+  ): { ok: true; state: string } | { ok: false; status: number; error: string };
+}
 
 export interface AdminDeps {
   readonly host: string;
   readonly port: number;
   readonly metrics: Metrics;
   readonly readiness: Readiness;
+  readonly runtime: AdminRuntime;
+  /** Bearer token for mutating calls from outside loopback (from admin.token_env). */
+  readonly adminToken: string | undefined;
 }
 
 export class AdminListener {
@@ -22,6 +42,8 @@ export class AdminListener {
     const app = Fastify({ logger: false, forceCloseConnections: true });
     await app.register(healthRoutes(deps.readiness));
     await app.register(metricsRoute(deps.metrics));
+    await app.register(configRoutes(deps.runtime, deps.adminToken));
+    await app.register(stateRoutes(deps.runtime, deps.adminToken));
     await app.listen({ host: deps.host, port: deps.port });
     return new AdminListener(app);
   }

@@ -273,6 +273,7 @@ const KNOWN_KEYS = [
   'key_scope',
   'conflict',
   'store_server_errors',
+  'token_env',
   'size',
 ];
 

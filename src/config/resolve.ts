@@ -145,7 +145,7 @@ export type FallbackModel =
 export interface ResolvedConfig {
   readonly file: string;
   readonly listeners: readonly ListenerModel[];
-  readonly admin: { readonly host: string; readonly port: number };
+  readonly admin: { readonly host: string; readonly port: number; readonly token_env: string };
   readonly upstreams: Readonly<Record<string, UpstreamModel>>;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
   readonly degradation: DegradationInput | undefined;

@@ -416,6 +416,13 @@ export const configSchema = z
       .strictObject({
         host: z.string().default('127.0.0.1'),
         port: port.default(9901),
+        token_env: z
+          .string()
+          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
+          .default('BREAKWATER_ADMIN_TOKEN')
+          .describe(
+            'Environment variable holding the bearer token that mutating admin calls from outside loopback must carry.',
+          ),
       })
       .prefault({}),
     upstreams: z.record(name, upstreamSchema),

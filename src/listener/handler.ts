@@ -77,13 +77,23 @@ interface RouteStats {
 }
 
 export class ProxyHandler {
-  private readonly router: Router;
-  private readonly stats = new Map<RouteModel | undefined, RouteStats>();
+  private router: Router;
+  private stats = new Map<RouteModel | undefined, RouteStats>();
   private readonly inflight: { inc(): void; dec(): void };
 
-  constructor(private readonly deps: HandlerDeps) {
+  constructor(private deps: HandlerDeps) {
     this.router = new Router(deps.listener.routes);
     this.inflight = deps.metrics.inflight.labels(deps.listener.name);
+  }
+
+  /**
+   * Swaps in a new config's routes and pipelines. Requests that already started keep the route,
+   * pipeline and upstream they started with; the next request sees the new ones.
+   */
+  update(deps: HandlerDeps): void {
+    this.deps = deps;
+    this.router = new Router(deps.listener.routes);
+    this.stats = new Map();
   }
 
   handle(req: IncomingMessage, res: ServerResponse): void {

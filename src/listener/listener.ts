@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { ListenerModel } from '../config/resolve.js';
 import { problem, sendProblem } from '../proxy/problem.js';
-import type { ProxyHandler } from './handler.js';
+import type { HandlerDeps, ProxyHandler } from './handler.js';
 
 export interface ListenerOptions {
   /** Keep-alive idle time of client connections (ms). */
@@ -17,9 +17,16 @@ export interface ListenerOptions {
 
 export class DataListener {
   private constructor(
-    readonly model: ListenerModel,
+    public model: ListenerModel,
     readonly app: FastifyInstance,
+    private readonly handler: ProxyHandler,
   ) {}
+
+  /** A reload kept this listener's address: new routes and pipelines, same socket. */
+  update(model: ListenerModel, deps: HandlerDeps): void {
+    this.model = model;
+    this.handler.update(deps);
+  }
 
   static async start(
     model: ListenerModel,
@@ -47,7 +54,7 @@ export class DataListener {
       sendProblem(reply.raw, problem('no-route', `no route matches ${request.method} ${request.url}`));
     });
     await app.listen({ host: model.host, port: model.port });
-    return new DataListener(model, app);
+    return new DataListener(model, app, handler);
   }
 
   get port(): number {

@@ -189,10 +189,17 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
-  /** Gauges that read live state are set by these just before each scrape. */
-  const collectors: (() => void)[] = [];
+  const configReloads = new Counter({
+    name: 'breakwater_config_reloads_total',
+    help: 'Config reloads (SIGHUP, POST /config/reload, file change), by result.',
+    labelNames: ['result'] as const,
+    registers: [registry],
+  });
+
+  /** Gauges that read live state are set by these just before each scrape (keyed, so a reload replaces its own). */
+  const collectors = new Map<string, () => void>();
   const scrape = async (): Promise<string> => {
-    for (const c of collectors) c();
+    for (const c of collectors.values()) c();
     return registry.metrics();
   };
 
@@ -225,5 +232,6 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     cacheLookups,
     cacheEvictions,
     idempotency,
+    configReloads,
   };
 }

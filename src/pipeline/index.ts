@@ -69,14 +69,23 @@ export class UpstreamPolicies {
   /** Whether this upstream's responses are teed into the response cache. */
   readonly caches: boolean;
   readonly idempotencyStore: IdempotencyStore | undefined;
+  /** The degradation settings this upstream was built with (compared on reload). */
+  readonly degradationSettings: unknown;
 
+  /**
+   * `previous` is the same upstream's policies under the config being replaced: each piece of state
+   * (breaker, limiter, bulkhead, retry budget, degradation monitor) whose settings did not change
+   * is carried over, so a reload does not close an open breaker or refill a drained bucket.
+   */
   constructor(
     readonly model: UpstreamModel,
     services: PipelineServices,
     fallback: FallbackContext,
+    previous?: UpstreamPolicies,
   ) {
     const { clock, metrics, logger } = services;
     const name = model.name;
+    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     this.idempotencyStore = fallback.idempotency;
     this.chain = new FallbackChain(name, model.fallback, {
       fallbacks: fallback.fallbacks,
@@ -88,7 +97,14 @@ export class UpstreamPolicies {
     });
     const d = fallback.degradation;
     const svc = d && d.enabled !== false ? d.services.find((x) => x.name === name) : undefined;
-    if (svc && d) {
+    const degradationSettings =
+      svc && d
+        ? { svc, window: d.window, min: d.minimum_requests, recovery: d.recovery, probe: d.probe_ratio }
+        : undefined;
+    const prevMonitor = previous?.degradation?.monitor;
+    if (svc && prevMonitor && same(previous?.degradationSettings, degradationSettings)) {
+      this.degradation = { monitor: prevMonitor, fallback: svc.fallback };
+    } else if (svc && d) {
       const monitor = new DegradationMonitor(
         svc.conditions,
         {
@@ -121,6 +137,7 @@ export class UpstreamPolicies {
       });
       this.degradation = { monitor, fallback: svc.fallback };
     }
+    this.degradationSettings = degradationSettings;
     let caches = false;
     for (const f of this.chain.names(model.fallback))
       if (fallback.fallbacks[f]?.type === 'cache') caches = true;
@@ -137,13 +154,24 @@ export class UpstreamPolicies {
         `degradation of ${name} names static_response, but its fallbacks have none: while degraded, requests still go upstream`,
       );
     }
-    this.breaker = model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined;
-    this.limiter = model.rateLimiter ? new RateLimiter(model.rateLimiter, clock) : undefined;
-    this.bulkhead = model.bulkhead ? new Bulkhead(model.bulkhead, clock) : undefined;
-    this.budget = new RetryBudget(model.retry.budget, clock);
+    const keep = <T>(prev: T | undefined, prevSettings: unknown, settings: unknown): T | undefined =>
+      prev !== undefined && same(prevSettings, settings) ? prev : undefined;
+    const keptBreaker = keep(previous?.breaker, previous?.model.circuitBreaker, model.circuitBreaker);
+    this.breaker =
+      keptBreaker ?? (model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined);
+    this.limiter =
+      keep(previous?.limiter, previous?.model.rateLimiter, model.rateLimiter) ??
+      (model.rateLimiter ? new RateLimiter(model.rateLimiter, clock) : undefined);
+    this.bulkhead =
+      keep(previous?.bulkhead, previous?.model.bulkhead, model.bulkhead) ??
+      (model.bulkhead ? new Bulkhead(model.bulkhead, clock) : undefined);
+    this.budget =
+      keep(previous?.budget, previous?.model.retry.budget, model.retry.budget) ??
+      new RetryBudget(model.retry.budget, clock);
 
     const breaker = this.breaker;
-    if (breaker) {
+    if (!breaker) for (const st of BREAKER_STATES) metrics.breakerState.remove(name, st);
+    if (breaker && !keptBreaker) {
       const setState = () => {
         for (const s of BREAKER_STATES) metrics.breakerState.labels(name, s).set(s === breaker.state ? 1 : 0);
       };
@@ -167,7 +195,7 @@ export class UpstreamPolicies {
       });
     }
     const { limiter, bulkhead } = this;
-    metrics.collectors.push(() => {
+    metrics.collectors.set(`upstream:${name}`, () => {
       if (limiter) metrics.limiterQueue.labels(name).set(limiter.queueLength);
       if (bulkhead) {
         metrics.bulkheadInFlight.labels(name).set(bulkhead.inFlight);

@@ -31,9 +31,17 @@ export class Upstream {
   readonly endpoints: readonly Endpoint[];
   private next = 0;
 
-  constructor(readonly model: UpstreamModel) {
+  constructor(
+    readonly model: UpstreamModel,
+    endpoints?: readonly Endpoint[],
+  ) {
     this.name = model.name;
-    this.endpoints = model.endpoints.map((e) => new Endpoint(e, model));
+    this.endpoints = endpoints ?? model.endpoints.map((e) => new Endpoint(e, model));
+  }
+
+  /** The same endpoints and connection pools under a changed model (a reload that kept them). */
+  withModel(model: UpstreamModel): Upstream {
+    return new Upstream(model, this.endpoints);
   }
 
   /** Round robin over the endpoints; `avoid` (already tried) is skipped when another is left. */

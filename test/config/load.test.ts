@@ -110,7 +110,7 @@ upstreams:
 
   it('fills every default and freezes the model', async () => {
     const cfg = await parseConfigText(BASE, 't.yaml', { env: {} });
-    expect(cfg.admin).toEqual({ host: '127.0.0.1', port: 9901 });
+    expect(cfg.admin).toEqual({ host: '127.0.0.1', port: 9901, token_env: 'BREAKWATER_ADMIN_TOKEN' });
     expect(cfg.listeners[0]?.host).toBe('127.0.0.1');
     expect(cfg.listeners[0]?.routes[0]?.name).toBe('main-0');
     expect(cfg.upstreams.inventory?.timeouts).toEqual({

@@ -1,0 +1,42 @@
+/**
+ * `GET /config` (the effective config, every default filled in, secrets redacted),
+ * `GET /config/status` (which config is live, and how the last reload went) and
+ * `POST /config/reload`.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { AdminRuntime } from './admin.js';
+import { requireOperator } from './auth.js';
+
+const SECRET_KEY = /token|secret|password|passwd|authorization|api[-_]?key|cookie/i;
+
+/** JSON for the config model: Sets as lists, Buffers as their length, secret-looking keys redacted. */
+export function redactedConfig(value: unknown, key = ''): unknown {
+  if (SECRET_KEY.test(key) && key !== 'token_env') return '[REDACTED]';
+  if (value instanceof Set) return [...value];
+  if (Buffer.isBuffer(value)) return `<${value.length} bytes>`;
+  if (Array.isArray(value)) return value.map((v) => redactedConfig(v));
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = redactedConfig(v, k);
+    return out;
+  }
+  return value;
+}
+
+export function configRoutes(runtime: AdminRuntime, token: string | undefined) {
+  return async (app: FastifyInstance) => {
+    app.get('/config', async (_req, reply) => {
+      reply.header('cache-control', 'no-store');
+      return { hash: runtime.configHash, config: redactedConfig(runtime.config) };
+    });
+    app.get('/config/status', async (_req, reply) => {
+      reply.header('cache-control', 'no-store');
+      return { file: runtime.config.file, hash: runtime.configHash, last_reload: runtime.lastReload ?? null };
+    });
+    app.post('/config/reload', { preHandler: requireOperator(token) }, async (_req, reply) => {
+      const status = await runtime.reload('POST /config/reload');
+      reply.code(status.ok ? 200 : 422);
+      return status;
+    });
+  };
+}
