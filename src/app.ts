@@ -233,8 +233,10 @@ export class Breakwater {
     }
     // Pools no longer used finish their requests in flight, then close.
     if (previous) {
-      const live = new Set(upstreams.values());
-      for (const u of previous.upstreams.values()) if (!live.has(u)) void u.close();
+      const live = new Set([...upstreams.values()].flatMap((u) => u.endpoints));
+      for (const u of previous.upstreams.values()) {
+        for (const e of u.endpoints) if (!live.has(e)) void e.pool.close();
+      }
     }
 
     this.current = { config, upstreams, policies, cache };

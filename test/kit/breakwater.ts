@@ -21,11 +21,13 @@ export interface Running {
 
 export async function startBreakwater(
   yaml: string,
-  options: { env?: Record<string, string> } = {},
+  options: { env?: Record<string, string>; file?: string } = {},
 ): Promise<Running> {
-  const dir = mkdtempSync(join(tmpdir(), 'bw-test-'));
-  const file = join(dir, 'breakwater.yaml');
-  writeFileSync(file, yaml);
+  let file = options.file;
+  if (file === undefined) {
+    file = join(mkdtempSync(join(tmpdir(), 'bw-test-')), 'breakwater.yaml');
+    writeFileSync(file, yaml);
+  }
   const config = await parseConfigText(yaml, file, { env: { ...process.env, ...options.env } });
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({

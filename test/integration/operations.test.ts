@@ -1,0 +1,245 @@
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { isLoopback } from '../../src/admin/auth.js';
+import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { freePort, spawnBreakwater, waitFor } from '../kit/process.js';
+import { startUpstream, type TestUpstream } from '../kit/upstream.js';
+
+const cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+async function named(name: string): Promise<TestUpstream> {
+  const up = await startUpstream((_req, res) => res.end(name));
+  cleanup.push(() => up.close());
+  return up;
+}
+
+const config = (port: number, endpoint: string, extra = '') => `
+listeners:
+  - name: main
+    port: ${port}
+    routes: [{ upstream: app }]
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${endpoint}"] ${extra} }
+  other: { endpoints: ["http://127.0.0.1:1"] }
+`;
+
+async function startWithFile(yaml: string): Promise<{ bw: Running; file: string }> {
+  const file = join(mkdtempSync(join(tmpdir(), 'bw-ops-')), 'breakwater.yaml');
+  writeFileSync(file, yaml);
+  const bw = await startBreakwater(yaml, { file });
+  cleanup.push(() => bw.stop());
+  return { bw, file };
+}
+
+async function json(url: string, init: Parameters<typeof request>[1] = {}) {
+  const res = await request(url, init);
+  return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
+}
+
+describe('hot reload', () => {
+  it('a reload under load fails no request, and new requests go where the new config says', async () => {
+    const a = await named('A');
+    const b = await named('B');
+    const port = await freePort();
+    const { bw, file } = await startWithFile(config(port, a.url));
+    const statuses = new Map<number, number>();
+    const bodies = new Set<string>();
+    const stopAt = performance.now() + 1500;
+    const worker = async () => {
+      while (performance.now() < stopAt) {
+        const res = await request(`http://127.0.0.1:${port}/x`);
+        bodies.add(await res.body.text());
+        statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1);
+      }
+    };
+    const load = Promise.all(Array.from({ length: 20 }, worker));
+    await new Promise((r) => setTimeout(r, 500));
+    writeFileSync(file, config(port, b.url));
+    const status = await bw.bw.reload('test');
+    expect(status.ok).toBe(true);
+    await load;
+    expect([...statuses.keys()]).toEqual([200]);
+    expect(bodies).toEqual(new Set(['A', 'B']));
+    expect(await (await request(`http://127.0.0.1:${port}/after`)).body.text()).toBe('B');
+  });
+
+  it('an invalid config changes nothing: the last good one serves, the error is visible and counted', async () => {
+    const a = await named('A');
+    const port = await freePort();
+    const { bw, file } = await startWithFile(config(port, a.url));
+    const hash = bw.bw.configHash;
+    writeFileSync(
+      file,
+      config(port, a.url).replace('routes: [{ upstream: app }]', 'routes: [{ upstream: nowhere }]'),
+    );
+    const reload = await json(`${bw.adminUrl}/config/reload`, { method: 'POST' });
+    expect(reload.status).toBe(422);
+    const status = await json(`${bw.adminUrl}/config/status`);
+    expect(status.body.hash).toBe(hash);
+    expect(status.body.last_reload).toMatchObject({
+      ok: false,
+      problems: [expect.objectContaining({ line: 5, column: 26, key: 'listeners[0].routes[0].upstream' })],
+    });
+    expect(await (await request(`http://127.0.0.1:${port}/still`)).body.text()).toBe('A');
+    const metrics = await (await request(`${bw.adminUrl}/metrics`)).body.text();
+    expect(metrics).toMatch(/breakwater_config_reloads_total\{result="failure"\} 1/);
+    expect(metrics).toMatch(new RegExp(`breakwater_config_info\\{hash="${hash}"\\} 1`));
+    expect(bw.logs.some((l) => l.event === 'config_reload' && l.result === 'failure')).toBe(true);
+  });
+
+  it('keeps the breaker state of an upstream whose settings did not change', async () => {
+    const port = await freePort();
+    const failing = await startUpstream((_req, res) => {
+      res.statusCode = 500;
+      res.end();
+    });
+    cleanup.push(() => failing.close());
+    const breaker =
+      ', retry: { enabled: false }, circuit_breaker: { failure_threshold: 2, reset_timeout: 1m }';
+    const { bw, file } = await startWithFile(config(port, failing.url, breaker));
+    for (let i = 0; i < 2; i++) await (await request(`http://127.0.0.1:${port}/f`)).body.dump();
+    expect((await json(`${bw.adminUrl}/state`)).body).toMatchObject({
+      upstreams: { app: { breaker: { state: 'open' } } },
+    });
+    writeFileSync(file, `${config(port, failing.url, breaker)}\nlogging: { level: warn }\n`);
+    expect((await bw.bw.reload('test')).ok).toBe(true);
+    expect((await json(`${bw.adminUrl}/state`)).body).toMatchObject({
+      upstreams: { app: { breaker: { state: 'open' } } },
+    });
+    expect((await request(`http://127.0.0.1:${port}/f`)).statusCode).toBe(503);
+  });
+
+  it('SIGHUP reloads the running CLI', async () => {
+    const a = await named('A');
+    const b = await named('B');
+    const [port, admin] = [await freePort(), await freePort()];
+    const dir = mkdtempSync(join(tmpdir(), 'bw-hup-'));
+    const yaml = (u: string) => config(port, u).replace('admin: { port: 0 }', `admin: { port: ${admin} }`);
+    const child = spawnBreakwater(yaml(a.url));
+    cleanup.push(async () => child.kill('SIGKILL'));
+    await waitFor(`http://127.0.0.1:${admin}/health/ready`);
+    const status = (await json(`http://127.0.0.1:${admin}/config/status`)).body;
+    writeFileSync(String(status.file), yaml(b.url));
+    child.kill('SIGHUP');
+    const end = Date.now() + 5000;
+    let body = '';
+    while (Date.now() < end && body !== 'B') {
+      body = await (await request(`http://127.0.0.1:${port}/x`)).body.text();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(body).toBe('B');
+    void dir;
+  });
+
+  it('follows a Kubernetes ConfigMap update (the ..data symlink swapped in the directory)', async () => {
+    const a = await named('A');
+    const b = await named('B');
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), 'bw-cm-'));
+    mkdirSync(join(dir, '..2026_11_27_a'));
+    writeFileSync(join(dir, '..2026_11_27_a', 'breakwater.yaml'), config(port, a.url));
+    symlinkSync('..2026_11_27_a', join(dir, '..data'));
+    symlinkSync('..data/breakwater.yaml', join(dir, 'breakwater.yaml'));
+    const file = join(dir, 'breakwater.yaml');
+    const bw = await startBreakwater(readFileSync(file, 'utf8'), { file });
+    cleanup.push(() => bw.stop());
+    bw.bw.watchConfig(100);
+    expect(await (await request(`http://127.0.0.1:${port}/x`)).body.text()).toBe('A');
+    // What the kubelet does: write a new timestamped dir, point a temp link at it, rename over ..data.
+    mkdirSync(join(dir, '..2026_11_27_b'));
+    writeFileSync(join(dir, '..2026_11_27_b', 'breakwater.yaml'), config(port, b.url));
+    symlinkSync('..2026_11_27_b', join(dir, '..data_tmp'));
+    renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    const end = Date.now() + 5000;
+    let body = '';
+    while (Date.now() < end && body !== 'B') {
+      await new Promise((r) => setTimeout(r, 100));
+      body = await (await request(`http://127.0.0.1:${port}/x`)).body.text();
+    }
+    expect(body).toBe('B');
+    expect(bw.logs.some((l) => l.event === 'config_reload' && l.trigger === 'file change')).toBe(true);
+  });
+});
+
+describe('admin API', () => {
+  it('GET /config shows the effective config with every default filled in', async () => {
+    const a = await named('A');
+    const { bw } = await startWithFile(config(0, a.url));
+    const body = (await json(`${bw.adminUrl}/config`)).body as {
+      config: { upstreams: { app: { timeouts: unknown; retry: unknown } } };
+    };
+    expect(body.config.upstreams.app.timeouts).toEqual({
+      attempt: 5000,
+      request: 15000,
+      connect: 2000,
+      body: 30000,
+    });
+    expect(body.config.upstreams.app.retry).toMatchObject({ maxAttempts: 3 });
+  });
+
+  it('forces a breaker open and back to automatic; GET /state shows it', async () => {
+    const a = await named('A');
+    const port = await freePort();
+    const { bw } = await startWithFile(config(port, a.url, ', circuit_breaker: {}'));
+    const forced = await json(`${bw.adminUrl}/upstreams/app/breaker`, {
+      method: 'POST',
+      body: JSON.stringify({ mode: 'open' }),
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(forced).toEqual({ status: 200, body: { ok: true, state: 'forced_open' } });
+    expect((await request(`http://127.0.0.1:${port}/x`)).statusCode).toBe(503);
+    const state = (await json(`${bw.adminUrl}/state`)).body as {
+      upstreams: { app: { breaker: { state: string; recent_transitions: unknown[] } } };
+    };
+    expect(state.upstreams.app.breaker.state).toBe('forced_open');
+    expect(state.upstreams.app.breaker.recent_transitions).toEqual([
+      expect.objectContaining({ from: 'closed', to: 'forced_open', reason: 'forced by operator' }),
+    ]);
+    await json(`${bw.adminUrl}/upstreams/app/breaker?mode=auto`, { method: 'POST' });
+    expect(await (await request(`http://127.0.0.1:${port}/x`)).body.text()).toBe('A');
+    expect((await json(`${bw.adminUrl}/upstreams/other/breaker?mode=open`, { method: 'POST' })).status).toBe(
+      409,
+    );
+    expect((await json(`${bw.adminUrl}/upstreams/ghost/breaker?mode=open`, { method: 'POST' })).status).toBe(
+      404,
+    );
+  });
+
+  it('refuses mutating calls from outside loopback without the bearer token', async () => {
+    expect(isLoopback('127.0.0.1')).toBe(true);
+    expect(isLoopback('::ffff:127.0.0.1')).toBe(true);
+    expect(isLoopback('10.0.0.5')).toBe(false);
+    const a = await named('A');
+    const yaml = config(0, a.url, ', circuit_breaker: {}');
+    const file = join(mkdtempSync(join(tmpdir(), 'bw-auth-')), 'breakwater.yaml');
+    writeFileSync(file, yaml);
+    process.env.BREAKWATER_ADMIN_TOKEN = 's3cret-token';
+    const bw = await startBreakwater(yaml, { file });
+    delete process.env.BREAKWATER_ADMIN_TOKEN;
+    cleanup.push(() => bw.stop());
+    const app = bw.bw.admin?.app;
+    // fastify's inject stands in for a remote client (no packet leaves the process).
+    const remote = {
+      method: 'POST' as const,
+      url: '/upstreams/app/breaker?mode=open',
+      remoteAddress: '10.0.0.5',
+    };
+    expect((await app?.inject(remote))?.statusCode).toBe(403);
+    expect((await app?.inject({ ...remote, headers: { authorization: 'Bearer wrong' } }))?.statusCode).toBe(
+      403,
+    );
+    expect(
+      (await app?.inject({ ...remote, headers: { authorization: 'Bearer s3cret-token' } }))?.statusCode,
+    ).toBe(200);
+    expect((await app?.inject({ method: 'GET', url: '/state', remoteAddress: '10.0.0.5' }))?.statusCode).toBe(
+      200,
+    );
+  });
+});
