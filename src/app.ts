@@ -193,6 +193,7 @@ export class Breakwater {
         accessLogHeaders: config.logging.access_log_headers.map((h) => h.toLowerCase()),
         draining: () => this.phase === 'draining',
         teeFor,
+        statsOf: (name) => policies.get(name)?.stats,
       });
     }
 
@@ -329,6 +330,7 @@ export class Breakwater {
           ? { degraded: p.degradation.monitor.degraded, last: p.degradation.monitor.last ?? null }
           : null,
         fallback: p.chain.head ?? null,
+        traffic: p.stats.snapshot(now),
         endpoints: u?.endpoints.map((e) => ({ url: e.model.url, in_flight: e.inflight })) ?? [],
       };
     }

@@ -11,6 +11,7 @@ import { configRoutes } from './config-routes.js';
 import { healthRoutes, type Readiness } from './health.js';
 import { metricsRoute } from './metrics.js';
 import { stateRoutes } from './state-routes.js';
+import { statusPage } from './status-page.js';
 
 /** What the admin endpoints need from the running breakwater. */
 export interface AdminRuntime {
@@ -44,6 +45,7 @@ export class AdminListener {
     await app.register(metricsRoute(deps.metrics));
     await app.register(configRoutes(deps.runtime, deps.adminToken));
     await app.register(stateRoutes(deps.runtime, deps.adminToken));
+    await app.register(statusPage());
     await app.listen({ host: deps.host, port: deps.port });
     return new AdminListener(app);
   }

@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
+import type { UpstreamStats } from '../observability/upstream-stats.js';
 import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
 import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
@@ -23,6 +24,8 @@ export interface HandlerDeps {
   readonly accessLogHeaders: readonly string[];
   /** True once shutdown began: responses carry Connection: close. */
   readonly draining: () => boolean;
+  /** Live traffic figures of an upstream (GET /state, the status page). */
+  readonly statsOf?: (upstream: string) => UpstreamStats | undefined;
   /** The response cache's tee for this response, when it should be stored. */
   readonly teeFor?: (
     ctx: RequestContext,
@@ -255,10 +258,12 @@ export class ProxyHandler {
     ctx?: RequestContext,
   ): void {
     this.inflight.dec();
-    const seconds = (performance.now() - start) / 1000;
+    const now = performance.now();
+    const seconds = (now - start) / 1000;
     const complete = res.writableFinished;
     // 499 (as nginx): the client went away before the response started.
     const status = res.headersSent ? res.statusCode : 499;
+    if (route) this.deps.statsOf?.(route.upstream)?.record(now, seconds * 1000, status);
     const stats = this.routeStats(route);
     stats.duration.observe(seconds);
     const codeKey = `${methodLabel(req.method ?? '')} ${status}`;

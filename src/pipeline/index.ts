@@ -21,6 +21,7 @@ import type { DegradationInput } from '../config/schema.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
+import { UpstreamStats } from '../observability/upstream-stats.js';
 import { Bulkhead } from './bulkhead.js';
 import { BREAKER_STATES, CircuitBreaker } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
@@ -69,6 +70,8 @@ export class UpstreamPolicies {
   /** Whether this upstream's responses are teed into the response cache. */
   readonly caches: boolean;
   readonly idempotencyStore: IdempotencyStore | undefined;
+  /** Live traffic figures (carried across reloads). */
+  readonly stats: UpstreamStats;
   /** The degradation settings this upstream was built with (compared on reload). */
   readonly degradationSettings: unknown;
 
@@ -86,13 +89,18 @@ export class UpstreamPolicies {
     const { clock, metrics, logger } = services;
     const name = model.name;
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    this.stats = previous?.stats ?? new UpstreamStats();
+    const stats = this.stats;
     this.idempotencyStore = fallback.idempotency;
     this.chain = new FallbackChain(name, model.fallback, {
       fallbacks: fallback.fallbacks,
       cache: fallback.cache,
       clock,
       pipelineOf: fallback.pipelineOf,
-      served: (u, f, reason) => metrics.fallbacks.labels(u, f, reason).inc(),
+      served: (u, f, reason) => {
+        stats.fallbacks++;
+        metrics.fallbacks.labels(u, f, reason).inc();
+      },
       looked: (u, result) => metrics.cacheLookups.labels(u, result).inc(),
     });
     const d = fallback.degradation;
