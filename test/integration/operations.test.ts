@@ -94,6 +94,38 @@ describe('hot reload', () => {
     expect(bw.logs.some((l) => l.event === 'config_reload' && l.result === 'failure')).toBe(true);
   });
 
+  it('rebinds a listener whose port changed; the other listener keeps its socket and serves throughout', async () => {
+    const a = await named('A');
+    const [p1, p2, p3] = [await freePort(), await freePort(), await freePort()];
+    const two = (second: number) => `
+listeners:
+  - { name: one, port: ${p1}, routes: [{ upstream: app }] }
+  - { name: two, port: ${second}, routes: [{ upstream: app }] }
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${a.url}"] }
+`;
+    const { bw, file } = await startWithFile(two(p2));
+    const { Agent } = await import('undici');
+    const keepAlive = new Agent({ connections: 1 });
+    cleanup.push(() => keepAlive.close());
+    const first = await request(`http://127.0.0.1:${p1}/x`, { dispatcher: keepAlive });
+    await first.body.dump();
+    writeFileSync(file, two(p3));
+    expect((await bw.bw.reload('test')).ok).toBe(true);
+    // Listener one kept its socket: the kept-alive connection still works.
+    expect(await (await request(`http://127.0.0.1:${p1}/x`, { dispatcher: keepAlive })).body.text()).toBe(
+      'A',
+    );
+    expect(await (await request(`http://127.0.0.1:${p3}/x`)).body.text()).toBe('A');
+    await new Promise((r) => setTimeout(r, 100));
+    const old = await request(`http://127.0.0.1:${p2}/x`).then(
+      () => 'open',
+      (e: { code?: string }) => e.code,
+    );
+    expect(old).toBe('ECONNREFUSED');
+  });
+
   it('keeps the breaker state of an upstream whose settings did not change', async () => {
     const port = await freePort();
     const failing = await startUpstream((_req, res) => {
