@@ -18,7 +18,7 @@ import { createMetrics, type Metrics } from './observability/metrics.js';
 import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
-import { Upstream } from './upstream/upstream.js';
+import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
 export interface StartOptions {
   readonly logger?: Logger;
@@ -49,7 +49,18 @@ interface Generation {
 
 /** What decides whether an upstream's connection pools can be kept across a reload. */
 function poolSettings(m: UpstreamModel): unknown {
-  return [m.endpoints, m.maxConnections, m.keepaliveTimeout, m.timeouts.connect, m.timeouts.body];
+  const hc = m.healthCheck
+    ? { ...m.healthCheck, expectedStatuses: [...(m.healthCheck.expectedStatuses ?? [])] }
+    : undefined;
+  return [
+    m.endpoints,
+    m.maxConnections,
+    m.keepaliveTimeout,
+    m.timeouts.connect,
+    m.timeouts.body,
+    hc,
+    m.outlierDetection,
+  ];
 }
 
 export class Breakwater {
@@ -159,12 +170,12 @@ export class Breakwater {
     };
     for (const [name, model] of Object.entries(config.upstreams)) {
       const old = previous?.upstreams.get(name);
-      upstreams.set(
-        name,
+      const upstream =
         old && same(poolSettings(old.model), poolSettings(model))
           ? old.withModel(model)
-          : new Upstream(model),
-      );
+          : new Upstream(model, { now: () => this.clock.now(), random: Math.random });
+      upstream.startHealthChecks(this.endpointEvents(name));
+      upstreams.set(name, upstream);
       policies.set(
         name,
         new UpstreamPolicies(model, services, fallbackContext, previous?.policies.get(name)),
@@ -289,6 +300,42 @@ export class Breakwater {
     return next;
   }
 
+  /** Metrics and log lines for endpoint health changes and ejections. */
+  private endpointEvents(upstream: string): EndpointEvents {
+    const { metrics, logger } = this;
+    const u = () => this.upstreams.get(upstream);
+    metrics.collectors.set(`endpoints:${upstream}`, () => {
+      const now = this.clock.now();
+      for (const e of u()?.endpoints ?? []) {
+        metrics.endpointHealthy.labels(upstream, e.model.url).set(e.available(now) ? 1 : 0);
+        metrics.endpointInFlight.labels(upstream, e.model.url).set(e.inflight);
+      }
+    });
+    return {
+      healthChanged: (e, health) => {
+        const fields = { event: 'endpoint_health', upstream, endpoint: e.model.url, health };
+        if (health === 'unhealthy')
+          logger.warn(fields, `endpoint ${e.model.url} of ${upstream} failed its health check`);
+        else logger.info(fields, `endpoint ${e.model.url} of ${upstream} is ${health}`);
+      },
+      ejected: (e, forMs) => {
+        metrics.endpointEjections.labels(upstream, e.model.url).inc();
+        logger.warn(
+          {
+            event: 'endpoint_ejected',
+            upstream,
+            endpoint: e.model.url,
+            for_ms: forMs,
+            ejections: e.ejections,
+          },
+          `endpoint ${e.model.url} of ${upstream} ejected for ${forMs} ms (outlier detection)`,
+        );
+      },
+      readmitted: (e) =>
+        logger.info({ event: 'endpoint_readmitted', upstream, endpoint: e.model.url }, 'endpoint readmitted'),
+    };
+  }
+
   /** Per upstream: breaker, limiter, bulkhead, degradation, endpoints; and the cache (GET /state). */
   state(): unknown {
     const now = this.clock.now();
@@ -331,7 +378,16 @@ export class Breakwater {
           : null,
         fallback: p.chain.head ?? null,
         traffic: p.stats.snapshot(now),
-        endpoints: u?.endpoints.map((e) => ({ url: e.model.url, in_flight: e.inflight })) ?? [],
+        endpoints:
+          u?.endpoints.map((e) => ({
+            url: e.model.url,
+            weight: e.weight,
+            priority: e.model.priority,
+            group: e.model.group ?? null,
+            health: e.health,
+            ejected_for_ms: Math.max(0, Math.round(e.ejectedUntil - now)),
+            in_flight: e.inflight,
+          })) ?? [],
       };
     }
     const cache = this.cache;
@@ -391,8 +447,14 @@ export class Breakwater {
 
   readiness(): { ready: boolean; reason: string } {
     switch (this.phase) {
-      case 'serving':
+      case 'serving': {
+        const waiting = this.config.readiness.require_upstreams.filter(
+          (u) => !this.upstreams.get(u)?.hasHealthyEndpoint(),
+        );
+        if (waiting.length)
+          return { ready: false, reason: `waiting for a healthy endpoint of ${waiting.join(', ')}` };
         return { ready: true, reason: 'config loaded, listeners bound' };
+      }
       case 'starting':
         return { ready: false, reason: 'starting' };
       default:

@@ -59,7 +59,7 @@ const PAGE = `<!doctype html>
     if (b) rows.push(['breaker', state + (b.retry_after_ms ? ', probe in ' + fmt(b.retry_after_ms / 1000, 1) + ' s' : '') + (state === 'closed' ? ', ' + b.consecutiveFailures + ' consecutive failures' : '')]);
     if (u.degradation) rows.push(['degradation', degraded ? 'DEGRADED' + (u.degradation.last ? ' (' + u.degradation.last.condition + ')' : '') : 'normal']);
     rows.push(['fallback', u.fallback ? u.fallback + ', ' + u.traffic.fallbacks + ' served' : 'none']);
-    for (const e of u.endpoints) rows.push(['endpoint', e.url + ' (' + e.in_flight + ' in flight)']);
+    for (const e of u.endpoints) rows.push(['endpoint', e.url + ' (' + e.health + (e.ejected_for_ms ? ', ejected ' + fmt(e.ejected_for_ms / 1000, 0) + ' s' : '') + ', ' + e.in_flight + ' in flight)']);
     const transitions = b && b.recent_transitions.length
       ? '<ul>' + b.recent_transitions.slice(-5).reverse().map((t) => '<li>' + esc(t.from) + ' → ' + esc(t.to) + ': ' + esc(t.reason) + ', ' + fmt(t.ago_ms / 1000, 0) + ' s ago</li>').join('') + '</ul>'
       : '';

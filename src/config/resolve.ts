@@ -14,6 +14,7 @@ import type {
   RateLimiterInput,
   RetryInput,
   RouteInput,
+  UpstreamInput,
 } from './schema.js';
 
 export type RetryOutcome = 'connect-failure' | 'reset' | 'timeout' | '5xx' | 'gateway-error' | number;
@@ -80,6 +81,26 @@ export interface EndpointModel {
   /** `http://host:port`, the key of the connection pool. */
   readonly origin: string;
   readonly authority: string;
+  readonly weight: number;
+  readonly priority: number;
+  readonly group: string | undefined;
+}
+
+export interface HealthCheckPolicy {
+  readonly path: string;
+  readonly interval: number;
+  readonly timeout: number;
+  readonly healthyThreshold: number;
+  readonly unhealthyThreshold: number;
+  readonly expectedStatuses: ReadonlySet<number> | undefined;
+  readonly jitter: number;
+}
+
+export interface OutlierPolicy {
+  readonly consecutiveFailures: number;
+  readonly baseEjectionTime: number;
+  readonly maxEjectionTime: number;
+  readonly maxEjectionPercent: number;
 }
 
 export interface UpstreamModel {
@@ -91,6 +112,12 @@ export interface UpstreamModel {
     | { readonly kind: 'literal'; readonly value: string };
   readonly maxConnections: number;
   readonly keepaliveTimeout: number;
+  readonly loadBalancing: 'round_robin' | 'least_conn' | 'random' | 'p2c_ewma';
+  readonly groupWeights: Readonly<Record<string, number>> | undefined;
+  readonly failoverThreshold: number;
+  readonly panic: boolean;
+  readonly healthCheck: HealthCheckPolicy | undefined;
+  readonly outlierDetection: OutlierPolicy | undefined;
   readonly timeouts: Timeouts;
   readonly retry: RetryPolicy;
   readonly circuitBreaker: CircuitBreakerPolicy | undefined;
@@ -152,6 +179,7 @@ export interface ResolvedConfig {
   readonly cache: Config['cache'];
   readonly logging: Config['logging'];
   readonly shutdown: Config['shutdown'];
+  readonly readiness: Config['readiness'];
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -316,13 +344,17 @@ function idempotencyOf(i: RouteInput['idempotency']): IdempotencyPolicy | undefi
   };
 }
 
-function endpointOf(url: string): EndpointModel {
+function endpointOf(e: UpstreamInput['endpoints'][number]): EndpointModel {
+  const url = typeof e === 'string' ? e : e.url;
   const u = new URL(url);
   const port = u.port || (u.protocol === 'https:' ? '443' : '80');
   return {
     url,
     origin: `${u.protocol}//${u.hostname}:${port}`,
     authority: u.port ? `${u.hostname}:${u.port}` : u.hostname,
+    weight: typeof e === 'string' ? 1 : (e.weight ?? 1),
+    priority: typeof e === 'string' ? 0 : (e.priority ?? 0),
+    group: typeof e === 'string' ? undefined : e.group,
   };
 }
 
@@ -350,6 +382,31 @@ export async function resolveConfig(
       hostHeader: hh === 'endpoint' || hh === 'preserve' ? { kind: hh } : { kind: 'literal', value: hh },
       maxConnections: u.max_connections ?? DEFAULTS.maxConnections,
       keepaliveTimeout: u.keepalive_timeout ?? DEFAULTS.keepaliveTimeout,
+      loadBalancing: u.load_balancing ?? 'round_robin',
+      groupWeights: u.group_weights,
+      failoverThreshold: u.failover_threshold ?? 0.5,
+      panic: u.panic ?? false,
+      healthCheck: u.health_check
+        ? {
+            path: u.health_check.path ?? '/health',
+            interval: u.health_check.interval ?? 10_000,
+            timeout: u.health_check.timeout ?? 2_000,
+            healthyThreshold: u.health_check.healthy_threshold ?? 2,
+            unhealthyThreshold: u.health_check.unhealthy_threshold ?? 3,
+            expectedStatuses: u.health_check.expected_statuses
+              ? new Set(u.health_check.expected_statuses)
+              : undefined,
+            jitter: u.health_check.jitter ?? 0.1,
+          }
+        : undefined,
+      outlierDetection: u.outlier_detection
+        ? {
+            consecutiveFailures: u.outlier_detection.consecutive_failures ?? 5,
+            baseEjectionTime: u.outlier_detection.base_ejection_time ?? 30_000,
+            maxEjectionTime: u.outlier_detection.max_ejection_time ?? 300_000,
+            maxEjectionPercent: u.outlier_detection.max_ejection_percent ?? 0.5,
+          }
+        : undefined,
       timeouts: timeoutsOf([u, r]),
       retry: retryOf([r.retry, u.retry]),
       circuitBreaker: breakerOf([r.circuit_breaker, u.circuit_breaker]),
@@ -431,6 +488,7 @@ export async function resolveConfig(
     cache: cfg.cache,
     logging: cfg.logging,
     shutdown: cfg.shutdown,
+    readiness: cfg.readiness,
     fallbackOf,
   };
   return { config: deepFreeze(config), problems };

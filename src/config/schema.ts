@@ -281,8 +281,70 @@ const policyKeys = {
   bulkhead: bulkheadSchema.optional(),
 };
 
+const endpointSchema = z.union(
+  [
+    httpUrl,
+    z.strictObject({
+      url: httpUrl,
+      weight: z.number().positive().max(1000).optional().describe('Relative share of traffic. Default: 1.'),
+      priority: nonNegativeInt
+        .max(10)
+        .optional()
+        .describe('0 is used first; higher levels take over when it fails. Default: 0.'),
+      group: name
+        .optional()
+        .describe('A named set of endpoints (blue, green) that group_weights splits traffic between.'),
+    }),
+  ],
+  { error: 'expected an endpoint URL, or { url, weight, priority, group }' },
+);
+
+export const healthCheckSchema = z.strictObject({
+  path: z.string().regex(/^\//).optional().describe('Default: /health.'),
+  interval: duration.optional().describe('Default: 10s.'),
+  timeout: duration.optional().describe('Default: 2s.'),
+  healthy_threshold: positiveInt
+    .optional()
+    .describe('Passing checks in a row to become healthy. Default: 2.'),
+  unhealthy_threshold: positiveInt
+    .optional()
+    .describe('Failing checks in a row to become unhealthy. Default: 3.'),
+  expected_statuses: z.array(z.number().int().min(100).max(599)).optional().describe('Default: 200-399.'),
+  jitter: ratio.optional().describe('Random spread of the interval. Default: 10%.'),
+});
+
+export const outlierDetectionSchema = z.strictObject({
+  consecutive_failures: positiveInt
+    .optional()
+    .describe('Failures in a row that eject an endpoint. Default: 5.'),
+  base_ejection_time: duration
+    .optional()
+    .describe('First ejection; each next one is longer by this much. Default: 30s.'),
+  max_ejection_time: duration.optional().describe('Default: 5m.'),
+  max_ejection_percent: ratio
+    .optional()
+    .describe('Share of endpoints that may be ejected at once. Default: 50%.'),
+});
+
 export const upstreamSchema = z.strictObject({
-  endpoints: z.array(httpUrl).min(1, { error: 'an upstream needs at least one endpoint' }),
+  endpoints: z.array(endpointSchema).min(1, { error: 'an upstream needs at least one endpoint' }),
+  load_balancing: z
+    .enum(['round_robin', 'least_conn', 'random', 'p2c_ewma'])
+    .optional()
+    .describe('Default: round_robin.'),
+  group_weights: z
+    .record(name, z.number().min(0))
+    .optional()
+    .describe('Traffic split between endpoint groups, e.g. { blue: 100, green: 0 }.'),
+  failover_threshold: ratio
+    .optional()
+    .describe('A priority level keeps traffic while this share of it is healthy. Default: 50%.'),
+  panic: z
+    .boolean()
+    .optional()
+    .describe('When no endpoint is healthy, try them all anyway. Default: false (503 or the fallback).'),
+  health_check: healthCheckSchema.optional(),
+  outlier_detection: outlierDetectionSchema.optional(),
   host_header: z
     .union([z.enum(['endpoint', 'preserve']), z.string().regex(/^[A-Za-z0-9.:[\]-]+$/)])
     .optional()
@@ -429,6 +491,14 @@ export const configSchema = z
     resilience: resilienceSchema.prefault({}),
     fallbacks: z.record(name, fallbackSchema).default({}),
     degradation: degradationSchema.optional(),
+    readiness: z
+      .strictObject({
+        require_upstreams: z
+          .array(name)
+          .default([])
+          .describe('Not ready until each has a healthy endpoint (by health_check).'),
+      })
+      .prefault({}),
     cache: z
       .strictObject({
         max_bytes: byteSize
@@ -556,6 +626,21 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
       }
       seen.add(next);
       next = cfg.fallbacks[next]?.then;
+    }
+  }
+  cfg.readiness.require_upstreams.forEach((u, i) => {
+    if (!upstreams.has(u))
+      issue(['readiness', 'require_upstreams', i], `upstream "${u}" is not defined${known(upstreams)}`);
+    else if (!cfg.upstreams[u]?.health_check)
+      issue(['readiness', 'require_upstreams', i], `upstream "${u}" needs a health_check to gate readiness`);
+  });
+  for (const [un, u] of Object.entries(cfg.upstreams)) {
+    const groups = new Set(
+      u.endpoints.map((e) => (typeof e === 'string' ? undefined : e.group)).filter((g) => g !== undefined),
+    );
+    for (const g of Object.keys(u.group_weights ?? {})) {
+      if (!groups.has(g))
+        issue(['upstreams', un, 'group_weights', g], `no endpoint of ${un} is in group "${g}"`);
     }
   }
   cfg.degradation?.services.forEach((s, i) => {

@@ -196,6 +196,25 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
+  const endpointHealthy = new Gauge({
+    name: 'breakwater_endpoint_healthy',
+    help: '1 when an endpoint may get traffic (not failing its health check, not ejected), else 0.',
+    labelNames: ['upstream', 'endpoint'] as const,
+    registers: [registry],
+  });
+  const endpointInFlight = new Gauge({
+    name: 'breakwater_endpoint_in_flight',
+    help: 'Attempts in flight to an endpoint.',
+    labelNames: ['upstream', 'endpoint'] as const,
+    registers: [registry],
+  });
+  const endpointEjections = new Counter({
+    name: 'breakwater_endpoint_ejections_total',
+    help: 'Times outlier detection ejected an endpoint.',
+    labelNames: ['upstream', 'endpoint'] as const,
+    registers: [registry],
+  });
+
   /** Gauges that read live state are set by these just before each scrape (keyed, so a reload replaces its own). */
   const collectors = new Map<string, () => void>();
   const scrape = async (): Promise<string> => {
@@ -233,5 +252,8 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     cacheEvictions,
     idempotency,
     configReloads,
+    endpointHealthy,
+    endpointInFlight,
+    endpointEjections,
   };
 }

@@ -44,6 +44,8 @@ export function triggerOf(o: Outcome): Trigger | undefined {
           return 'rate_limited';
         case 'bulkhead-full':
           return 'bulkhead_full';
+        case 'no-healthy-endpoint':
+          return 'error';
         default:
           return undefined;
       }

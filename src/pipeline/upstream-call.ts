@@ -3,6 +3,7 @@
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
+import { problem } from '../proxy/problem.js';
 import { classifyOutcome, statusLabel } from './outcome.js';
 import type { Clock, Handler, Outcome, RequestContext } from './types.js';
 
@@ -16,7 +17,18 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
     const timeout = Math.max(1, Math.min(ctx.route.timeouts.attempt, Math.floor(ctx.deadline - clock.now())));
     const { req, upstream, route } = ctx;
     const endpoint = upstream.pick(ctx.tried);
+    if (endpoint === undefined) {
+      onOutcome?.('no_endpoint');
+      return Promise.resolve({
+        type: 'problem',
+        problem: problem('no-healthy-endpoint', `no endpoint of upstream ${upstream.name} is healthy`, {
+          upstream: upstream.name,
+          requestId: ctx.requestId,
+        }),
+      });
+    }
     ctx.tried = endpoint;
+    const sentAt = clock.now();
     ctx.attempts++;
     const headers = upstreamRequestHeaders(req, {
       host: upstream.hostFor(endpoint, req.headers.host),
@@ -43,11 +55,14 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
     return attempt.head.then(
       (head): Outcome => {
         onOutcome?.(statusLabel(head.status));
+        upstream.recordResult(endpoint, head.status >= 500, clock.now() - sentAt);
         return { type: 'response', attempt, head, endpoint };
       },
       (err: AttemptError): Outcome => {
         const outcome: Outcome = { type: 'failure', error: err, endpoint };
-        onOutcome?.(classifyOutcome(outcome).label);
+        const c = classifyOutcome(outcome);
+        onOutcome?.(c.label);
+        if (c.cause !== 'aborted' && !ctx.clientGone) upstream.recordResult(endpoint, true, undefined);
         return outcome;
       },
     );

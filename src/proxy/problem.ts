@@ -17,6 +17,7 @@ export type ProblemKind =
   | 'rate-limited'
   | 'bulkhead-full'
   | 'degraded'
+  | 'no-healthy-endpoint'
   | 'idempotency-key-missing'
   | 'idempotency-key-malformed'
   | 'idempotency-key-mismatch'
@@ -35,6 +36,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'circuit-open': [503, 'The circuit breaker for this upstream is open'],
   'rate-limited': [429, 'Too many requests'],
   'bulkhead-full': [503, 'The upstream is at its concurrency limit'],
+  'no-healthy-endpoint': [503, 'No endpoint of the upstream is healthy'],
   degraded: [503, 'The upstream is degraded and this request has no fallback answer'],
   'idempotency-key-missing': [400, 'An Idempotency-Key header is required'],
   'idempotency-key-malformed': [400, 'The Idempotency-Key header is malformed'],

@@ -1,18 +1,48 @@
 /**
- * An upstream: its endpoints, a bounded keep-alive connection pool per endpoint (undici Pool), and
- * the choice of endpoint for each attempt.
+ * An upstream: its endpoints, a bounded keep-alive connection pool per endpoint (undici Pool), each
+ * endpoint's health (active checks and passive outlier ejection), and the choice of endpoint for
+ * each attempt:
+ *
+ *   1. the endpoints that are not unhealthy and not ejected (all of them in panic mode when none is);
+ *   2. the lowest priority level whose healthy share is at least `failover_threshold` (else the
+ *      lowest level with any healthy endpoint);
+ *   3. a group by `group_weights` (blue-green), among the groups present there;
+ *   4. one endpoint by the balancer (round_robin, least_conn, random, p2c_ewma), preferring one a
+ *      retry has not tried yet.
  */
 import { Pool } from 'undici';
 import type { EndpointModel, UpstreamModel } from '../config/resolve.js';
+import { type Balancer, createBalancer, PeakEwma } from './balancer.js';
+
+export type Health = 'unknown' | 'healthy' | 'unhealthy';
+
+export interface EndpointEvents {
+  healthChanged(e: Endpoint, health: Health): void;
+  ejected(e: Endpoint, forMs: number): void;
+  readmitted(e: Endpoint): void;
+}
 
 export class Endpoint {
   readonly pool: Pool;
   /** Attempts in flight to this endpoint. */
   inflight = 0;
+  readonly weight: number;
+  readonly latency: PeakEwma;
+  /** From active health checks; `unknown` until the first check (routable, not yet ready). */
+  health: Health = 'unknown';
+  healthRun = 0;
+  /** Passive outlier detection. */
+  consecutiveFailures = 0;
+  ejections = 0;
+  ejectedUntil = 0;
+
   constructor(
     readonly model: EndpointModel,
     upstream: UpstreamModel,
+    now: () => number,
   ) {
+    this.weight = model.weight;
+    this.latency = new PeakEwma(10_000, now);
     this.pool = new Pool(model.origin, {
       connections: upstream.maxConnections,
       pipelining: 1,
@@ -24,37 +54,133 @@ export class Endpoint {
       strictContentLength: true,
     });
   }
+
+  available(now: number): boolean {
+    return this.health !== 'unhealthy' && now >= this.ejectedUntil;
+  }
 }
 
 export class Upstream {
   readonly name: string;
   readonly endpoints: readonly Endpoint[];
-  private next = 0;
+  private readonly balancer: Balancer<Endpoint>;
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private events: EndpointEvents | undefined;
+  private checker: HealthChecker | undefined;
 
   constructor(
     readonly model: UpstreamModel,
-    endpoints?: readonly Endpoint[],
+    options: {
+      now?: () => number;
+      random?: () => number;
+      endpoints?: readonly Endpoint[];
+      events?: EndpointEvents;
+    } = {},
   ) {
     this.name = model.name;
-    this.endpoints = endpoints ?? model.endpoints.map((e) => new Endpoint(e, model));
+    this.now = options.now ?? (() => performance.now());
+    this.random = options.random ?? Math.random;
+    this.events = options.events;
+    this.endpoints = options.endpoints ?? model.endpoints.map((e) => new Endpoint(e, model, this.now));
+    this.balancer = createBalancer<Endpoint>(model.loadBalancing, this.random);
   }
 
-  /** The same endpoints and connection pools under a changed model (a reload that kept them). */
+  /** The same endpoints, pools and health under a changed model (a reload that kept them). */
   withModel(model: UpstreamModel): Upstream {
-    return new Upstream(model, this.endpoints);
+    const next = new Upstream(model, {
+      now: this.now,
+      random: this.random,
+      endpoints: this.endpoints,
+      events: this.events,
+    });
+    next.checker = this.checker;
+    this.checker = undefined;
+    return next;
   }
 
-  /** Round robin over the endpoints; `avoid` (already tried) is skipped when another is left. */
-  pick(avoid?: Endpoint): Endpoint {
-    const eps = this.endpoints;
-    const n = eps.length;
-    let ep = eps[this.next % n] as Endpoint;
-    this.next = (this.next + 1) % n;
-    if (ep === avoid && n > 1) {
-      ep = eps[this.next % n] as Endpoint;
-      this.next = (this.next + 1) % n;
+  /** Picks an endpoint for an attempt; undefined when none is available (and panic is off). */
+  pick(avoid?: Endpoint): Endpoint | undefined {
+    const now = this.now();
+    let candidates = this.endpoints.filter((e) => e.available(now));
+    if (candidates.length === 0) {
+      if (!this.model.panic) return undefined;
+      candidates = [...this.endpoints];
     }
-    return ep;
+    candidates = this.byPriority(candidates);
+    candidates = this.byGroup(candidates);
+    return this.balancer.pick(candidates, avoid);
+  }
+
+  private byPriority(candidates: Endpoint[]): Endpoint[] {
+    const first = candidates[0] as Endpoint;
+    if (
+      candidates.every((e) => e.model.priority === first.model.priority) &&
+      this.endpoints.every((e) => e.model.priority === first.model.priority)
+    ) {
+      return candidates;
+    }
+    const levels = [...new Set(this.endpoints.map((e) => e.model.priority))].sort((a, b) => a - b);
+    let fallback: Endpoint[] | undefined;
+    for (const level of levels) {
+      const healthy = candidates.filter((e) => e.model.priority === level);
+      if (healthy.length === 0) continue;
+      const total = this.endpoints.filter((e) => e.model.priority === level).length;
+      if (healthy.length / total >= this.model.failoverThreshold) return healthy;
+      fallback ??= healthy;
+    }
+    return fallback ?? candidates;
+  }
+
+  private byGroup(candidates: Endpoint[]): Endpoint[] {
+    const weights = this.model.groupWeights;
+    if (!weights) return candidates;
+    const groups = new Map<string, number>();
+    for (const e of candidates) {
+      const g = e.model.group;
+      if (g !== undefined && (weights[g] ?? 0) > 0) groups.set(g, weights[g] ?? 0);
+    }
+    if (groups.size === 0) return candidates;
+    let total = 0;
+    for (const w of groups.values()) total += w;
+    let r = this.random() * total;
+    for (const [g, w] of groups) {
+      r -= w;
+      if (r < 0) return candidates.filter((e) => e.model.group === g);
+    }
+    return candidates;
+  }
+
+  /** Passive outlier detection: one attempt's result on `e`. */
+  recordResult(e: Endpoint, failed: boolean, latencyMs: number | undefined): void {
+    if (latencyMs !== undefined) e.latency.observe(latencyMs);
+    const od = this.model.outlierDetection;
+    if (!od) return;
+    if (!failed) {
+      e.consecutiveFailures = 0;
+      return;
+    }
+    e.consecutiveFailures++;
+    if (e.consecutiveFailures < od.consecutiveFailures) return;
+    const now = this.now();
+    const ejectedNow = this.endpoints.filter((x) => now < x.ejectedUntil).length;
+    if ((ejectedNow + 1) / this.endpoints.length > od.maxEjectionPercent) return;
+    e.ejections++;
+    const forMs = Math.min(od.baseEjectionTime * e.ejections, od.maxEjectionTime);
+    e.ejectedUntil = now + forMs;
+    e.consecutiveFailures = 0;
+    this.events?.ejected(e, forMs);
+  }
+
+  /** Whether at least one endpoint passed its health check (readiness gating). */
+  hasHealthyEndpoint(): boolean {
+    return this.endpoints.some((e) => e.health === 'healthy');
+  }
+
+  /** Starts active health checks, if the model asks for them. */
+  startHealthChecks(events: EndpointEvents): void {
+    this.events = events;
+    if (this.model.healthCheck && !this.checker) this.checker = new HealthChecker(this, events);
   }
 
   /** Host header for an attempt to `ep`. */
@@ -67,10 +193,82 @@ export class Upstream {
 
   /** Closes pools gracefully: requests in flight finish. */
   async close(): Promise<void> {
+    this.checker?.stop();
     await Promise.all(this.endpoints.map((e) => e.pool.close()));
   }
 
   async destroy(): Promise<void> {
+    this.checker?.stop();
     await Promise.all(this.endpoints.map((e) => e.pool.destroy()));
+  }
+}
+
+/** Active health checks: GET `path` on every endpoint every `interval` (with jitter). */
+class HealthChecker {
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private stopped = false;
+
+  constructor(
+    private readonly upstream: Upstream,
+    private readonly events: EndpointEvents,
+  ) {
+    for (const e of upstream.endpoints) void this.check(e);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+  }
+
+  private schedule(e: Endpoint): void {
+    const hc = this.upstream.model.healthCheck;
+    if (!hc || this.stopped) return;
+    const spread = hc.interval * hc.jitter * (Math.random() * 2 - 1);
+    const t = setTimeout(
+      () => {
+        this.timers.delete(t);
+        void this.check(e);
+      },
+      Math.max(10, hc.interval + spread),
+    );
+    t.unref();
+    this.timers.add(t);
+  }
+
+  private async check(e: Endpoint): Promise<void> {
+    const hc = this.upstream.model.healthCheck;
+    if (!hc || this.stopped) return;
+    let ok = false;
+    try {
+      const res = await e.pool.request({
+        path: hc.path,
+        method: 'GET',
+        headers: { host: e.model.authority, 'user-agent': 'breakwater-health-check' },
+        headersTimeout: hc.timeout,
+        bodyTimeout: hc.timeout,
+        signal: AbortSignal.timeout(hc.timeout),
+      });
+      await res.body.dump();
+      ok = hc.expectedStatuses
+        ? hc.expectedStatuses.has(res.statusCode)
+        : res.statusCode >= 200 && res.statusCode < 400;
+    } catch {
+      ok = false;
+    }
+    if (this.stopped) return;
+    const before = e.health;
+    if (ok) {
+      e.healthRun = e.healthRun > 0 ? e.healthRun + 1 : 1;
+      // The first pass makes an unknown endpoint healthy at once; an unhealthy one needs healthy_threshold.
+      if (before === 'unknown' || (before === 'unhealthy' && e.healthRun >= hc.healthyThreshold))
+        e.health = 'healthy';
+    } else {
+      e.healthRun = e.healthRun < 0 ? e.healthRun - 1 : -1;
+      if (before !== 'unhealthy' && -e.healthRun >= (before === 'unknown' ? 1 : hc.unhealthyThreshold))
+        e.health = 'unhealthy';
+    }
+    if (e.health !== before) this.events.healthChanged(e, e.health);
+    this.schedule(e);
   }
 }
