@@ -333,6 +333,16 @@ export class Breakwater {
       },
       readmitted: (e) =>
         logger.info({ event: 'endpoint_readmitted', upstream, endpoint: e.model.url }, 'endpoint readmitted'),
+      endpointsChanged: (urls) =>
+        logger.info(
+          { event: 'endpoints_resolved', upstream, endpoints: urls },
+          `endpoints of ${upstream} now ${urls.join(', ')}`,
+        ),
+      resolveFailed: (url, err) =>
+        logger.warn(
+          { event: 'endpoint_resolve_failed', upstream, endpoint: url, error: err.message },
+          `cannot resolve ${url}; keeping the last good addresses`,
+        ),
     };
   }
 

@@ -278,6 +278,7 @@ const KNOWN_KEYS = [
   'group_weights',
   'failover_threshold',
   'panic',
+  'dns_refresh',
   'health_check',
   'interval',
   'healthy_threshold',

@@ -84,6 +84,8 @@ export interface EndpointModel {
   readonly weight: number;
   readonly priority: number;
   readonly group: string | undefined;
+  /** For an endpoint found by resolving a host name: the configured URL it came from. */
+  readonly source?: string;
 }
 
 export interface HealthCheckPolicy {
@@ -116,6 +118,8 @@ export interface UpstreamModel {
   readonly groupWeights: Readonly<Record<string, number>> | undefined;
   readonly failoverThreshold: number;
   readonly panic: boolean;
+  /** Re-resolution interval of endpoint host names (ms); 0: off. */
+  readonly dnsRefresh: number;
   readonly healthCheck: HealthCheckPolicy | undefined;
   readonly outlierDetection: OutlierPolicy | undefined;
   readonly timeouts: Timeouts;
@@ -386,6 +390,7 @@ export async function resolveConfig(
       groupWeights: u.group_weights,
       failoverThreshold: u.failover_threshold ?? 0.5,
       panic: u.panic ?? false,
+      dnsRefresh: u.dns_refresh ?? 30_000,
       healthCheck: u.health_check
         ? {
             path: u.health_check.path ?? '/health',

@@ -343,6 +343,11 @@ export const upstreamSchema = z.strictObject({
     .boolean()
     .optional()
     .describe('When no endpoint is healthy, try them all anyway. Default: false (503 or the fallback).'),
+  dns_refresh: duration
+    .optional()
+    .describe(
+      'Re-resolve endpoint host names this often (one endpoint per address); 0 turns it off. Default: 30s.',
+    ),
   health_check: healthCheckSchema.optional(),
   outlier_detection: outlierDetectionSchema.optional(),
   host_header: z

@@ -10,6 +10,8 @@
  *   4. one endpoint by the balancer (round_robin, least_conn, random, p2c_ewma), preferring one a
  *      retry has not tried yet.
  */
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { Pool } from 'undici';
 import type { EndpointModel, UpstreamModel } from '../config/resolve.js';
 import { type Balancer, createBalancer, PeakEwma } from './balancer.js';
@@ -20,6 +22,8 @@ export interface EndpointEvents {
   healthChanged(e: Endpoint, health: Health): void;
   ejected(e: Endpoint, forMs: number): void;
   readmitted(e: Endpoint): void;
+  endpointsChanged?(urls: readonly string[]): void;
+  resolveFailed?(url: string, err: Error): void;
 }
 
 export class Endpoint {
@@ -60,14 +64,26 @@ export class Endpoint {
   }
 }
 
+/** Resolves a host name to its addresses (dns.lookup with all: true, by default). */
+export type Resolver = (host: string) => Promise<string[]>;
+
+const systemResolver: Resolver = async (host) => (await lookup(host, { all: true })).map((a) => a.address);
+
 export class Upstream {
   readonly name: string;
-  readonly endpoints: readonly Endpoint[];
+  private eps: readonly Endpoint[];
   private readonly balancer: Balancer<Endpoint>;
   private readonly now: () => number;
   private readonly random: () => number;
   private events: EndpointEvents | undefined;
   private checker: HealthChecker | undefined;
+  private dnsTimer: NodeJS.Timeout | undefined;
+  private resolver: Resolver = systemResolver;
+
+  /** The endpoints now: configured IP addresses, and one per address of each configured host name. */
+  get endpoints(): readonly Endpoint[] {
+    return this.eps;
+  }
 
   constructor(
     readonly model: UpstreamModel,
@@ -82,7 +98,7 @@ export class Upstream {
     this.now = options.now ?? (() => performance.now());
     this.random = options.random ?? Math.random;
     this.events = options.events;
-    this.endpoints = options.endpoints ?? model.endpoints.map((e) => new Endpoint(e, model, this.now));
+    this.eps = options.endpoints ?? model.endpoints.map((e) => new Endpoint(e, model, this.now));
     this.balancer = createBalancer<Endpoint>(model.loadBalancing, this.random);
   }
 
@@ -95,7 +111,14 @@ export class Upstream {
       events: this.events,
     });
     next.checker = this.checker;
+    next.checker?.retarget(next);
+    next.resolver = this.resolver;
     this.checker = undefined;
+    if (this.dnsTimer) {
+      clearTimeout(this.dnsTimer);
+      this.dnsTimer = undefined;
+      next.scheduleDns(model.dnsRefresh);
+    }
     return next;
   }
 
@@ -178,9 +201,72 @@ export class Upstream {
   }
 
   /** Starts active health checks, if the model asks for them. */
-  startHealthChecks(events: EndpointEvents): void {
+  startHealthChecks(events: EndpointEvents, resolver?: Resolver): void {
     this.events = events;
+    if (resolver) this.resolver = resolver;
     if (this.model.healthCheck && !this.checker) this.checker = new HealthChecker(this, events);
+    const named = this.model.endpoints.some(
+      (e) => isIP(new URL(e.url).hostname.replace(/^\[|\]$/g, '')) === 0,
+    );
+    if (!this.dnsTimer && this.model.dnsRefresh > 0 && named) this.scheduleDns(0);
+  }
+
+  private scheduleDns(delay: number): void {
+    this.dnsTimer = setTimeout(() => {
+      void this.refreshDns().finally(() => {
+        if (this.dnsTimer !== undefined) this.scheduleDns(this.model.dnsRefresh);
+      });
+    }, delay);
+    this.dnsTimer.unref();
+  }
+
+  /**
+   * Re-resolves the endpoints' host names: one endpoint per address (a Kubernetes headless service
+   * name gives one per pod), keeping the endpoints, pools and health of addresses that stay. A name
+   * that fails to resolve keeps the endpoints it had.
+   */
+  async refreshDns(): Promise<void> {
+    const next: Endpoint[] = [];
+    for (const m of this.model.endpoints) {
+      const u = new URL(m.url);
+      const host = u.hostname.replace(/^\[|\]$/g, '');
+      if (isIP(host) !== 0) {
+        next.push(...this.eps.filter((e) => e.model.url === m.url));
+        continue;
+      }
+      const current = this.eps.filter((e) => e.model.source === m.url || e.model.url === m.url);
+      let addresses: string[];
+      try {
+        addresses = [...new Set(await this.resolver(host))];
+      } catch (err) {
+        this.events?.resolveFailed?.(m.url, err as Error);
+        next.push(...current);
+        continue;
+      }
+      if (addresses.length === 0) {
+        next.push(...current);
+        continue;
+      }
+      const port = u.port || (u.protocol === 'https:' ? '443' : '80');
+      for (const address of addresses) {
+        const origin = `${u.protocol}//${isIP(address) === 6 ? `[${address}]` : address}:${port}`;
+        const kept = current.find((e) => e.model.origin === origin && e.model.source === m.url);
+        next.push(kept ?? new Endpoint({ ...m, url: origin, origin, source: m.url }, this.model, this.now));
+      }
+    }
+    const removed = this.eps.filter((e) => !next.includes(e));
+    const added = next.filter((e) => !this.eps.includes(e));
+    if (removed.length === 0 && added.length === 0) return;
+    this.eps = next;
+    for (const e of added) this.checker?.track(e);
+    for (const e of removed) void e.pool.close();
+    this.events?.endpointsChanged?.(next.map((e) => e.model.url));
+  }
+
+  private stopTimers(): void {
+    this.checker?.stop();
+    clearTimeout(this.dnsTimer);
+    this.dnsTimer = undefined;
   }
 
   /** Host header for an attempt to `ep`. */
@@ -193,12 +279,12 @@ export class Upstream {
 
   /** Closes pools gracefully: requests in flight finish. */
   async close(): Promise<void> {
-    this.checker?.stop();
+    this.stopTimers();
     await Promise.all(this.endpoints.map((e) => e.pool.close()));
   }
 
   async destroy(): Promise<void> {
-    this.checker?.stop();
+    this.stopTimers();
     await Promise.all(this.endpoints.map((e) => e.pool.destroy()));
   }
 }
@@ -209,10 +295,20 @@ class HealthChecker {
   private stopped = false;
 
   constructor(
-    private readonly upstream: Upstream,
+    private upstream: Upstream,
     private readonly events: EndpointEvents,
   ) {
     for (const e of upstream.endpoints) void this.check(e);
+  }
+
+  /** A reload kept the endpoints under a new Upstream object. */
+  retarget(upstream: Upstream): void {
+    this.upstream = upstream;
+  }
+
+  /** Starts checking an endpoint that DNS added. */
+  track(e: Endpoint): void {
+    void this.check(e);
   }
 
   stop(): void {
@@ -238,7 +334,8 @@ class HealthChecker {
 
   private async check(e: Endpoint): Promise<void> {
     const hc = this.upstream.model.healthCheck;
-    if (!hc || this.stopped) return;
+    // An endpoint DNS removed is no longer checked.
+    if (!hc || this.stopped || !this.upstream.endpoints.includes(e)) return;
     let ok = false;
     try {
       const res = await e.pool.request({

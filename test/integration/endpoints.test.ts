@@ -202,6 +202,20 @@ describe('health', () => {
   });
 });
 
+describe('host names', () => {
+  it('resolves an endpoint host name into one endpoint per address', async () => {
+    const ep = await endpoint('named');
+    const port = new URL(ep.url).port;
+    const bw = await proxy(`    endpoints: ["http://localhost:${port}"]\n    dns_refresh: 100ms`);
+    await sleep(250);
+    const state = (await (await request(`${bw.adminUrl}/state`)).body.json()) as {
+      upstreams: { app: { endpoints: { url: string }[] } };
+    };
+    expect(state.upstreams.app.endpoints.map((e) => e.url)).toContain(`http://127.0.0.1:${port}`);
+    expect(await send(bw, 3)).toEqual(['200 named', '200 named', '200 named']);
+  });
+});
+
 describe('blue-green', () => {
   it('switches traffic from blue to green by reload with no failed request', async () => {
     const [blue, green] = await Promise.all([
