@@ -7,7 +7,7 @@ import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
-import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
+import { type Handler, newContext, type Outcome, type RequestContext } from '../pipeline/types.js';
 import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
@@ -121,7 +121,7 @@ export class ProxyHandler {
     }
     const upstream = this.deps.upstreams.get(route.upstream) as Upstream;
     const pipeline = this.deps.pipelines.get(route) as Handler;
-    const ctx: RequestContext = {
+    const ctx = newContext({
       req,
       res,
       route,
@@ -131,17 +131,7 @@ export class ProxyHandler {
       path: upstreamPath(url, pathOnly.length, route.stripPrefix),
       start,
       body: hasBody(req) ? req : null,
-      attempts: 0,
-      current: undefined,
-      tried: undefined,
-      clientGone: false,
-      deadline: Number.POSITIVE_INFINITY,
-      expired: false,
-      finishers: undefined,
-      finished: false,
-      responseTee: undefined,
-      retrySkipped: undefined,
-    };
+    });
     let bytes = 0;
     res.once('close', () => {
       if (!res.writableFinished) {

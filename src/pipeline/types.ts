@@ -45,6 +45,28 @@ export interface RequestContext {
   retrySkipped: string | undefined;
 }
 
+/** What the listener knows when a request arrives; the rest of a context starts empty. */
+export type ContextInit = Pick<
+  RequestContext,
+  'req' | 'res' | 'route' | 'upstream' | 'requestId' | 'method' | 'path' | 'start' | 'body'
+>;
+
+export function newContext(init: ContextInit): RequestContext {
+  return {
+    ...init,
+    attempts: 0,
+    current: undefined,
+    tried: undefined,
+    clientGone: false,
+    deadline: Number.POSITIVE_INFINITY,
+    expired: false,
+    finishers: undefined,
+    finished: false,
+    responseTee: undefined,
+    retrySkipped: undefined,
+  };
+}
+
 /** Registers `fn` to run when the client response is over. */
 export function onFinish(ctx: RequestContext, fn: () => void): void {
   if (ctx.finished) fn();

@@ -8,14 +8,14 @@ import { Bulkhead } from '../../src/pipeline/bulkhead.js';
 import { deadlineLayer } from '../../src/pipeline/deadline.js';
 import { RateLimiter } from '../../src/pipeline/rate-limiter.js';
 import { backoff, RetryBudget, retryAfterMs, retryLayer } from '../../src/pipeline/retry.js';
-import type { Outcome, RequestContext } from '../../src/pipeline/types.js';
+import { newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
 import type { Attempt, ResponseHead } from '../../src/proxy/attempt.js';
 import { AttemptError } from '../../src/proxy/attempt.js';
 import { ManualClock } from '../kit/clock.js';
 
 function ctx(method = 'GET', headers: Record<string, string> = {}): RequestContext {
   const req = { headers, socket: { remoteAddress: '10.0.0.1' } } as unknown as IncomingMessage;
-  return {
+  return newContext({
     req,
     res: {} as RequestContext['res'],
     route: {
@@ -27,17 +27,7 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     path: '/',
     start: 0,
     body: null,
-    attempts: 0,
-    current: undefined,
-    tried: undefined,
-    clientGone: false,
-    deadline: Number.POSITIVE_INFINITY,
-    expired: false,
-    finishers: undefined,
-    finished: false,
-    responseTee: undefined,
-    retrySkipped: undefined,
-  };
+  });
 }
 
 function response(
