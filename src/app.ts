@@ -535,6 +535,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     timeouts: model.timeouts,
     retry: model.retry,
     idempotency: undefined,
+    maxBodyBytes: 0,
   };
 }
 

@@ -146,6 +146,8 @@ export interface RouteModel {
   readonly timeouts: Timeouts;
   readonly retry: RetryPolicy;
   readonly idempotency: IdempotencyPolicy | undefined;
+  /** Request bodies larger than this get 413 (0: no limit). */
+  readonly maxBodyBytes: number;
 }
 
 export interface IdempotencyPolicy {
@@ -161,10 +163,21 @@ export interface IdempotencyPolicy {
   readonly storeServerErrors: boolean;
 }
 
+export interface ListenerLimits {
+  readonly maxHeaderBytes: number;
+  readonly maxHeaders: number;
+  readonly maxBodyBytes: number;
+  readonly headerTimeout: number;
+  readonly keepaliveTimeout: number;
+  readonly maxRequestsPerConnection: number;
+  readonly maxConnections: number;
+}
+
 export interface ListenerModel {
   readonly name: string;
   readonly host: string;
   readonly port: number;
+  readonly limits: ListenerLimits;
   readonly routes: readonly RouteModel[];
 }
 
@@ -425,6 +438,15 @@ export async function resolveConfig(
     name: l.name,
     host: l.host ?? '127.0.0.1',
     port: l.port,
+    limits: {
+      maxHeaderBytes: l.limits?.max_header_bytes ?? 16 * 1024,
+      maxHeaders: l.limits?.max_headers ?? 100,
+      maxBodyBytes: l.limits?.max_body_bytes ?? 1024 * 1024,
+      headerTimeout: l.limits?.header_timeout ?? 60_000,
+      keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
+      maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 1000,
+      maxConnections: l.limits?.max_connections ?? 10_000,
+    },
     routes: l.routes.map((rt, ri) => {
       const u = cfg.upstreams[rt.upstream];
       const host = rt.match?.host?.toLowerCase();
@@ -455,6 +477,7 @@ export async function resolveConfig(
         timeouts,
         retry: retryOf([r.retry, u?.retry, rt.retry]),
         idempotency: idempotencyOf(rt.idempotency),
+        maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
       };
     }),
   }));

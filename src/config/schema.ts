@@ -424,12 +424,43 @@ export const routeSchema = z.strictObject({
   request_timeout: timeoutKeys.request_timeout,
   retry: retrySchema.optional(),
   idempotency: idempotencySchema.optional(),
+  max_body_bytes: byteSize
+    .optional()
+    .describe("Overrides the listener's limits.max_body_bytes for this route."),
+});
+
+export const limitsSchema = z.strictObject({
+  max_header_bytes: byteSize
+    .optional()
+    .describe('Request line and headers together at most (431 beyond). Default: 16KiB.'),
+  max_headers: positiveInt
+    .max(1000)
+    .optional()
+    .describe('Request headers at most (431 beyond). Default: 100.'),
+  max_body_bytes: byteSize
+    .optional()
+    .describe('Request body at most (413 beyond); 0: no limit. Default: 1MiB, as nginx.'),
+  header_timeout: duration
+    .optional()
+    .describe('Time to receive the request headers (408 beyond). Default: 60s.'),
+  keepalive_timeout: duration
+    .optional()
+    .describe('Idle time of a client connection between requests. Default: 75s.'),
+  max_requests_per_connection: positiveInt
+    .optional()
+    .describe('Then the connection is closed. Default: 1000.'),
+  max_connections: positiveInt
+    .optional()
+    .describe('Client connections at most; more are refused. Default: 10000.'),
 });
 
 export const listenerSchema = z.strictObject({
   name,
   host: z.string().optional().describe('Default: 127.0.0.1.'),
   port,
+  limits: limitsSchema
+    .optional()
+    .describe('Protection against hostile or broken clients; see docs/security.md.'),
   routes: z.array(routeSchema).min(1, { error: 'a listener needs at least one route' }),
 });
 

@@ -3,6 +3,7 @@
  * the outcome to the client, and record one access-log line and the request metrics.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Transform, type TransformCallback } from 'node:stream';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
@@ -12,7 +13,7 @@ import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
-import { Router, upstreamPath } from './router.js';
+import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
 
 export interface HandlerDeps {
   readonly listener: ListenerModel;
@@ -66,7 +67,9 @@ export function failureProblem(err: AttemptError, upstream: string, requestId: s
     case 'protocol':
       return problem('upstream-bad-response', err.message, extra);
     case 'request-body':
-      return problem('bad-request', err.message, extra);
+      return err.code === 'BW_BODY_TOO_LARGE'
+        ? problem('payload-too-large', err.message, { ...extra, headers: ['connection', 'close'] })
+        : problem('bad-request', err.message, extra);
     default:
       return problem('upstream-reset', err.message, extra);
   }
@@ -100,14 +103,52 @@ export class ProxyHandler {
   }
 
   handle(req: IncomingMessage, res: ServerResponse): void {
+    // A connection whose earlier request was refused is closing: a request pipelined behind it
+    // (possibly smuggled) is never forwarded.
+    if (REFUSED.has(req.socket)) {
+      res.destroy();
+      return;
+    }
+    // `OPTIONS *` asks about the server itself: breakwater answers, it is not a path to forward.
+    if (req.url === '*' && req.method === 'OPTIONS') {
+      res.writeHead(200, ['allow', 'GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH', 'content-length', '0']);
+      res.end();
+      return;
+    }
+    // Absolute-form (`GET http://host/path`) is served for the request's own Host only: any other
+    // host would make breakwater an open proxy.
+    const target = absoluteTarget(req.url ?? '/', req.headers.host);
+    if (target === 'foreign') {
+      const detail = 'absolute-form targets for other hosts are refused (breakwater is not an open proxy)';
+      refuseConnection(req);
+      sendProblem(res, problem('bad-request', detail, { headers: ['connection', 'close'] }));
+      return;
+    }
+    if (target !== undefined) req.url = target;
     const start = performance.now();
-    const url = req.url ?? '/';
+    let url = req.url ?? '/';
     const q = url.indexOf('?');
-    const pathOnly = q < 0 ? url : url.slice(0, q);
+    const rawPath = q < 0 ? url : url.slice(0, q);
     const method = req.method ?? 'GET';
     const requestId = incomingRequestId(req) ?? newRequestId();
-    const route = this.router.match(method, pathOnly, req.headers);
     this.inflight.inc();
+    // One reading of the path for matching and for the upstream, so no encoding trick bypasses a route.
+    const pathOnly = normalizePath(rawPath);
+    const refusal =
+      pathOnly === undefined
+        ? `the path ${rawPath} is not valid (backslash, or .. above the root)`
+        : this.refuse(req);
+    if (refusal !== undefined) {
+      res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
+      const [status, detail] = typeof refusal === 'string' ? [400, refusal] : refusal;
+      const kind =
+        status === 413 ? 'payload-too-large' : status === 431 ? 'headers-too-large' : 'bad-request';
+      refuseConnection(req);
+      sendProblem(res, problem(kind, detail, { status, requestId, headers: ['connection', 'close'] }));
+      return;
+    }
+    if (pathOnly !== rawPath) url = q < 0 ? (pathOnly as string) : `${pathOnly}${url.slice(q)}`;
+    const route = this.router.match(method, pathOnly as string, req.headers);
 
     if (!route) {
       res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
@@ -119,8 +160,18 @@ export class ProxyHandler {
       );
       return;
     }
+    const limit = route.maxBodyBytes;
+    const cl = req.headers['content-length'];
+    if (limit > 0 && cl !== undefined && Number(cl) > limit) {
+      res.once('close', () => this.record(req, res, route, requestId, start, 0));
+      const detail = `the request body (${cl} bytes) is over the limit of ${limit} bytes for route ${route.name}`;
+      refuseConnection(req);
+      sendProblem(res, problem('payload-too-large', detail, { requestId, headers: ['connection', 'close'] }));
+      return;
+    }
     const upstream = this.deps.upstreams.get(route.upstream) as Upstream;
     const pipeline = this.deps.pipelines.get(route) as Handler;
+    const chunked = cl === undefined && req.headers['transfer-encoding'] !== undefined;
     const ctx = newContext({
       req,
       res,
@@ -128,9 +179,10 @@ export class ProxyHandler {
       upstream,
       requestId,
       method,
-      path: upstreamPath(url, pathOnly.length, route.stripPrefix),
+      path: upstreamPath(url, (pathOnly as string).length, route.stripPrefix),
       start,
-      body: hasBody(req) ? req : null,
+      // A chunked body has no declared size: it is counted as it streams.
+      body: !hasBody(req) ? null : chunked && limit > 0 ? req.pipe(new BodyLimit(limit)) : req,
     });
     let bytes = 0;
     res.once('close', () => {
@@ -155,6 +207,34 @@ export class ProxyHandler {
         );
       },
     );
+  }
+
+  /**
+   * Requests refused before routing: more headers than `limits.max_headers` (431), a Host header
+   * twice or with a list (400, request smuggling and cache poisoning vectors), a declared body over
+   * `limits.max_body_bytes` (413). Returns [status, detail], or undefined to go on.
+   */
+  private refuse(req: IncomingMessage): [number, string] | undefined {
+    const limits = this.deps.listener.limits;
+    const raw = req.rawHeaders;
+    if (raw.length / 2 > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
+    let hosts = 0;
+    for (let i = 0; i < raw.length; i += 2) {
+      const name = raw[i] as string;
+      if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
+    }
+    if (hosts > 1) return [400, 'more than one Host header'];
+    if (req.headers.host?.includes(',')) return [400, 'a Host header with a list'];
+    const cl = req.headers['content-length'];
+    if (cl !== undefined && limits.maxBodyBytes > 0 && Number(cl) > limits.maxBodyBytes) {
+      // The route may allow more; checked again once the route is known.
+      const allowed = this.deps.listener.routes.some(
+        (r) => r.maxBodyBytes === 0 || r.maxBodyBytes >= Number(cl),
+      );
+      if (!allowed)
+        return [413, `the request body (${cl} bytes) is over the limit of ${limits.maxBodyBytes} bytes`];
+    }
+    return undefined;
   }
 
   /** Writes the outcome to the client; resolves with the body bytes relayed. */
@@ -307,6 +387,32 @@ export class ProxyHandler {
       this.stats.set(route, s);
     }
     return s;
+  }
+}
+
+/** Connections that got a refusal: nothing more is forwarded from them, and they close once answered. */
+const REFUSED = new WeakSet<object>();
+
+function refuseConnection(req: IncomingMessage): void {
+  REFUSED.add(req.socket);
+}
+
+/** Passes a body through, failing it once it is longer than `max` bytes. */
+class BodyLimit extends Transform {
+  private seen = 0;
+  constructor(private readonly max: number) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.seen += chunk.length;
+    if (this.seen > this.max) {
+      const err = Object.assign(new Error(`the request body is over the limit of ${this.max} bytes`), {
+        code: 'BW_BODY_TOO_LARGE',
+      });
+      done(err);
+      return;
+    }
+    done(null, chunk);
   }
 }
 

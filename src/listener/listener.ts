@@ -33,15 +33,38 @@ export class DataListener {
     handler: ProxyHandler,
     options: ListenerOptions = {},
   ): Promise<DataListener> {
+    const limits = model.limits;
     const app = Fastify({
       logger: false,
       return503OnClosing: false,
       forceCloseConnections: 'idle',
-      keepAliveTimeout: options.keepAliveTimeout ?? 65_000,
+      keepAliveTimeout: options.keepAliveTimeout ?? limits.keepaliveTimeout,
+      maxRequestsPerSocket: limits.maxRequestsPerConnection,
       requestTimeout: 0,
       connectionTimeout: 0,
       exposeHeadRoutes: false,
-      http: { headersTimeout: 60_000 },
+      // A percent-encoded byte that is not UTF-8 (`%80`) is still a valid URL for the upstream.
+      frameworkErrors: (error, request, reply) => {
+        if (error.code === 'FST_ERR_BAD_URL') {
+          reply.hijack();
+          handler.handle(request.raw, reply.raw);
+          return;
+        }
+        reply.hijack();
+        sendProblem(reply.raw, problem('bad-request', error.message, { headers: ['connection', 'close'] }));
+      },
+      http: {
+        headersTimeout: limits.headerTimeout,
+        maxHeaderSize: limits.maxHeaderBytes,
+        requireHostHeader: true,
+      },
+    });
+    // The request is taken over at onRequest, before fastify looks at its body or content type:
+    // a proxy forwards whatever media type it is given, byte for byte.
+    app.addHook('onRequest', async (request, reply) => {
+      reply.hijack();
+      handler.handle(request.raw, reply.raw);
+      return reply;
     });
     app.removeAllContentTypeParsers();
     app.addContentTypeParser('*', (_request, _payload, done) => done(null));
@@ -49,11 +72,22 @@ export class DataListener {
       reply.hijack();
       handler.handle(request.raw, reply.raw);
     });
+    // Whatever fastify's router does not take (methods it does not know, such as PURGE; `*`;
+    // absolute-form targets) goes to the same handler, which routes, refuses or answers 404 itself.
     app.setNotFoundHandler((request, reply) => {
       reply.hijack();
-      sendProblem(reply.raw, problem('no-route', `no route matches ${request.method} ${request.url}`));
+      handler.handle(request.raw, reply.raw);
     });
     await app.listen({ host: model.host, port: model.port });
+    app.server.maxConnections = limits.maxConnections;
+    // One more than the limit, so that the handler sees the overflow and answers 431.
+    app.server.maxHeadersCount = limits.maxHeaders + 1;
+    // CONNECT would tunnel anywhere: refused.
+    app.server.on('connect', (_req, socket) => {
+      socket.end(
+        'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
+      );
+    });
     return new DataListener(model, app, handler);
   }
 

@@ -58,3 +58,52 @@ export function upstreamPath(url: string, pathLength: number, strip: string | un
   if (rest === '' || rest.charCodeAt(0) === 63 /* ? */) return `/${rest}`;
   return rest.charCodeAt(0) === 47 ? rest : `/${rest}`;
 }
+
+/** The origin-form of an absolute-form target for `host`; 'foreign' for another host; undefined if not absolute. */
+export function absoluteTarget(url: string, host: string | undefined): string | 'foreign' | undefined {
+  if (!/^https?:\/\//i.test(url)) return undefined;
+  try {
+    const u = new URL(url);
+    if (host === undefined || u.host.toLowerCase() !== host.toLowerCase()) return 'foreign';
+    return `${u.pathname}${u.search}`;
+  } catch {
+    return 'foreign';
+  }
+}
+
+const ENCODED_DOT = /%2e/i;
+const ENCODED_DOTS = /%2e/gi;
+const ENCODED_BACKSLASH = /%5c/i;
+
+/**
+ * The one way paths are read, for matching and for the upstream alike (as Envoy's normalize_path
+ * and merge_slashes): `.` and `..` segments, written plainly or as `%2e`, are resolved, and `//` is
+ * one slash. Every other byte stays as it came, percent-encodings (`%2F`, `%0D%0A`, ...) included.
+ * A backslash (raw or `%5C`), or a `..` that climbs above the root, makes the path invalid:
+ * undefined (the listener answers 400).
+ */
+export function normalizePath(path: string): string | undefined {
+  if (path.charCodeAt(0) !== 47 /* / */) return undefined;
+  if (path.includes('\\') || ENCODED_BACKSLASH.test(path)) return undefined;
+  if (!path.includes('/.') && !ENCODED_DOT.test(path) && !path.includes('//')) return path;
+  const out: string[] = [];
+  const segments = path.split('/');
+  const last = segments.length - 1;
+  for (let i = 1; i <= last; i++) {
+    const seg = segments[i] as string;
+    if (seg === '' && i < last) continue; // '//' -> '/'
+    const dots = seg.length <= 6 ? seg.replace(ENCODED_DOTS, '.') : seg;
+    if (dots === '.') {
+      if (i === last) out.push('');
+      continue;
+    }
+    if (dots === '..') {
+      if (out.length === 0) return undefined;
+      out.pop();
+      if (i === last) out.push('');
+      continue;
+    }
+    out.push(seg);
+  }
+  return `/${out.join('/')}`;
+}

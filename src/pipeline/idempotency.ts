@@ -50,7 +50,7 @@ async function readBody(ctx: RequestContext, max: number): Promise<Buffer | 'too
   const body = ctx.body;
   if (body === null) return Buffer.alloc(0);
   if (Buffer.isBuffer(body)) return body;
-  const declared = body.headers['content-length'];
+  const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return 'too_large';
   const chunks: Buffer[] = [];
   let size = 0;
@@ -105,7 +105,9 @@ export function idempotencyLayer(
     let body: Buffer | 'too_large';
     try {
       body = await readBody(ctx, policy.maxBodyBytes);
-    } catch {
+    } catch (err) {
+      if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE')
+        return answer('payload-too-large', (err as Error).message);
       ctx.clientGone = true;
       return answer('bad-request', 'the request body could not be read');
     }

@@ -134,7 +134,7 @@ function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
 async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
   const body = ctx.body;
   if (body === null || Buffer.isBuffer(body)) return;
-  const declared = body.headers['content-length'];
+  const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
   const chunks: Buffer[] = [];
   let size = 0;
@@ -159,7 +159,7 @@ async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
           }
         })(),
         { objectMode: false },
-      ) as unknown as RequestContext['body'];
+      );
       return;
     }
   }
@@ -178,7 +178,16 @@ export function retryLayer(
     if (ctx.body !== null) {
       try {
         await bufferBody(ctx, policy.maxBodyBytes);
-      } catch {
+      } catch (err) {
+        if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE') {
+          return {
+            type: 'problem',
+            problem: problem('payload-too-large', (err as Error).message, {
+              requestId: ctx.requestId,
+              headers: ['connection', 'close'],
+            }),
+          };
+        }
         ctx.clientGone = true;
       }
     }

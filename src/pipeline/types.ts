@@ -5,6 +5,7 @@
  * returns a Layer: a function that wraps the next handler.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { RouteModel } from '../config/resolve.js';
 import type { Attempt, AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
 import type { Problem } from '../proxy/problem.js';
@@ -22,7 +23,7 @@ export interface RequestContext {
   /** performance.now() when the request arrived. */
   readonly start: number;
   /** The request body: the client stream, a replayable buffer, or none. */
-  body: IncomingMessage | Buffer | null;
+  body: Readable | Buffer | null;
   /** Attempts made so far. */
   attempts: number;
   /** The attempt in flight, aborted if the client goes away. */

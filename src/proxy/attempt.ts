@@ -111,6 +111,7 @@ export function classify(
       code,
     );
   }
+  if (code === 'BW_BODY_TOO_LARGE') return new AttemptError('request-body', err.message, sentHeaders, code);
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH')
     return new AttemptError(
       'request-body',

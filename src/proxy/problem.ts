@@ -22,7 +22,8 @@ export type ProblemKind =
   | 'idempotency-key-malformed'
   | 'idempotency-key-mismatch'
   | 'idempotency-conflict'
-  | 'payload-too-large';
+  | 'payload-too-large'
+  | 'headers-too-large';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -43,6 +44,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'idempotency-key-mismatch': [422, 'The Idempotency-Key was used with a different request'],
   'idempotency-conflict': [409, 'A request with this Idempotency-Key is in progress'],
   'payload-too-large': [413, 'The request body is too large'],
+  'headers-too-large': [431, 'The request headers are too large'],
 };
 
 export interface Problem {

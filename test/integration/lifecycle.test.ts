@@ -9,7 +9,7 @@ function config(upstream: string, port: number, admin: number, extra = '') {
 listeners:
   - name: main
     port: ${port}
-    routes: [{ upstream: app }]
+    routes: [{ upstream: app, max_body_bytes: 0 }]
 admin: { port: ${admin} }
 upstreams:
   app: { endpoints: ["${upstream}"], timeout: 10s }
