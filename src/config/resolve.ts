@@ -444,7 +444,7 @@ export async function resolveConfig(
       maxBodyBytes: l.limits?.max_body_bytes ?? 1024 * 1024,
       headerTimeout: l.limits?.header_timeout ?? 60_000,
       keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
-      maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 1000,
+      maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 0,
       maxConnections: l.limits?.max_connections ?? 10_000,
     },
     routes: l.routes.map((rt, ri) => {

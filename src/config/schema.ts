@@ -446,9 +446,11 @@ export const limitsSchema = z.strictObject({
   keepalive_timeout: duration
     .optional()
     .describe('Idle time of a client connection between requests. Default: 75s.'),
-  max_requests_per_connection: positiveInt
+  max_requests_per_connection: nonNegativeInt
     .optional()
-    .describe('Then the connection is closed. Default: 1000.'),
+    .describe(
+      'Then the connection is closed; 0: no limit. Node answers 503 to a request that races the close, so keep 0 unless clients honour Connection: close. Default: 0.',
+    ),
   max_connections: positiveInt
     .optional()
     .describe('Client connections at most; more are refused. Default: 10000.'),

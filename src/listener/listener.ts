@@ -39,7 +39,7 @@ export class DataListener {
       return503OnClosing: false,
       forceCloseConnections: 'idle',
       keepAliveTimeout: options.keepAliveTimeout ?? limits.keepaliveTimeout,
-      maxRequestsPerSocket: limits.maxRequestsPerConnection,
+      maxRequestsPerSocket: limits.maxRequestsPerConnection || 0,
       requestTimeout: 0,
       connectionTimeout: 0,
       exposeHeadRoutes: false,
@@ -61,10 +61,11 @@ export class DataListener {
     });
     // The request is taken over at onRequest, before fastify looks at its body or content type:
     // a proxy forwards whatever media type it is given, byte for byte.
-    app.addHook('onRequest', async (request, reply) => {
+    // Callback style, and `done` is never called: the request leaves fastify's lifecycle here
+    // (an async hook would cost a promise per request for nothing).
+    app.addHook('onRequest', (request, reply, _done) => {
       reply.hijack();
       handler.handle(request.raw, reply.raw);
-      return reply;
     });
     app.removeAllContentTypeParsers();
     app.addContentTypeParser('*', (_request, _payload, done) => done(null));

@@ -53,8 +53,18 @@ export type ContextInit = Pick<
 >;
 
 export function newContext(init: ContextInit): RequestContext {
+  // Every field written out, in one order: an object spread here makes V8 build a slower object
+  // (measured: about a third of the throughput on the plain route).
   return {
-    ...init,
+    req: init.req,
+    res: init.res,
+    route: init.route,
+    upstream: init.upstream,
+    requestId: init.requestId,
+    method: init.method,
+    path: init.path,
+    start: init.start,
+    body: init.body,
     attempts: 0,
     current: undefined,
     tried: undefined,
