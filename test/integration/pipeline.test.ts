@@ -46,6 +46,40 @@ const failTwice = (n: number, _req: http.IncomingMessage, res: http.ServerRespon
   res.end(n <= 2 ? 'boom' : 'ok');
 };
 
+describe('the order of the policies', () => {
+  it('limiter before bulkhead before the upstream; the fallback outside them all', async () => {
+    const hang = await startUpstream(() => undefined);
+    cleanup.push(() => hang.close());
+    const bw = await proxy(
+      `  app:
+    endpoints: ["${hang.url}"]
+    timeout: 2s
+    rate_limiter: { max_requests_per_second: 1, burst_limit: 2 }
+    bulkhead: { max_concurrent: 1, max_queue: 0 }
+    fallback: busy`,
+      '[{ upstream: app }]',
+      `fallbacks:\n  busy: { type: static_response, status: 503, body: busy, on: [bulkhead_full] }`,
+    );
+    const first = request(`${bw.url()}/1`).catch(() => undefined); // takes a token and the only slot, then hangs
+    await new Promise((r) => setTimeout(r, 100));
+    // Second: a token is left, the bulkhead is full -> bulkhead_full, answered by the fallback.
+    const second = await request(`${bw.url()}/2`);
+    expect(second.headers['x-breakwater-fallback']).toBe('busy');
+    await second.body.dump();
+    // Third: no token -> the limiter answers first, before the bulkhead is asked (429, not 503),
+    // and rate_limited is not in the fallback's `on` list.
+    const third = await request(`${bw.url()}/3`);
+    expect(third.statusCode).toBe(429);
+    await third.body.dump();
+    expect(hang.received).toHaveLength(1);
+    const text = await metrics(bw);
+    expect(text).toMatch(/breakwater_bulkhead_rejected_total\{upstream="app"\} 1/);
+    expect(text).toMatch(/breakwater_rate_limited_total\{upstream="app",mode="reject"\} 1/);
+    await bw.stop();
+    await first;
+  });
+});
+
 describe('retries', () => {
   it('retries a GET on 5xx: 3 attempts reach the upstream, the client gets the 200 and x-breakwater-attempts', async () => {
     const up = await upstream(failTwice);
