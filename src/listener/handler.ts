@@ -115,7 +115,7 @@ export class ProxyHandler {
       res.end();
       return;
     }
-    // Absolute-form (`GET http://host/path`) is served for the request's own Host only: any other
+    // Absolute-form (`GET http://host/path`) is served for the request's own Host only; every other
     // host would make breakwater an open proxy.
     const target = absoluteTarget(req.url ?? '/', req.headers.host);
     if (target === 'foreign') {
