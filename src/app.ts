@@ -331,8 +331,6 @@ export class Breakwater {
           `endpoint ${e.model.url} of ${upstream} ejected for ${forMs} ms (outlier detection)`,
         );
       },
-      readmitted: (e) =>
-        logger.info({ event: 'endpoint_readmitted', upstream, endpoint: e.model.url }, 'endpoint readmitted'),
       endpointsChanged: (urls) =>
         logger.info(
           { event: 'endpoints_resolved', upstream, endpoints: urls },

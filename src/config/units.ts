@@ -34,11 +34,3 @@ export function parseRatio(value: number | string): number | undefined {
   const n = Number(value);
   return value.trim() !== '' && Number.isFinite(n) && n >= 0 && n <= 1 ? n : undefined;
 }
-
-/** Formats milliseconds the way a user would write them in YAML. */
-export function formatDuration(ms: number): string {
-  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}

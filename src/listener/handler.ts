@@ -361,6 +361,7 @@ export class ProxyHandler {
         req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']),
       bytes_out: bytes,
       attempts: ctx?.attempts ?? 0,
+      retry_skipped: ctx?.retrySkipped,
       complete,
     };
     if (this.deps.accessLogHeaders.length)

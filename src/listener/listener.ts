@@ -10,11 +10,6 @@ import type { ListenerModel } from '../config/resolve.js';
 import { problem, sendProblem } from '../proxy/problem.js';
 import type { HandlerDeps, ProxyHandler } from './handler.js';
 
-export interface ListenerOptions {
-  /** Keep-alive idle time of client connections (ms). */
-  readonly keepAliveTimeout?: number;
-}
-
 export class DataListener {
   private constructor(
     public model: ListenerModel,
@@ -28,17 +23,13 @@ export class DataListener {
     this.handler.update(deps);
   }
 
-  static async start(
-    model: ListenerModel,
-    handler: ProxyHandler,
-    options: ListenerOptions = {},
-  ): Promise<DataListener> {
+  static async start(model: ListenerModel, handler: ProxyHandler): Promise<DataListener> {
     const limits = model.limits;
     const app = Fastify({
       logger: false,
       return503OnClosing: false,
       forceCloseConnections: 'idle',
-      keepAliveTimeout: options.keepAliveTimeout ?? limits.keepaliveTimeout,
+      keepAliveTimeout: limits.keepaliveTimeout,
       maxRequestsPerSocket: limits.maxRequestsPerConnection || 0,
       requestTimeout: 0,
       connectionTimeout: 0,

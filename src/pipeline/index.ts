@@ -257,7 +257,6 @@ export function buildPipeline(
       limiter.layer(name, {
         rejected: () => rejected.inc(),
         delayed: () => delayed.inc(),
-        queue: () => undefined,
       }),
     );
   }

@@ -16,7 +16,6 @@ import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js'
 export interface RateLimiterEvents {
   rejected(): void;
   delayed(): void;
-  queue(delta: number): void;
 }
 
 export class RateLimiter {
@@ -82,10 +81,8 @@ export class RateLimiter {
       if (wait !== undefined) {
         events.delayed();
         this.queued++;
-        events.queue(1);
         await new Promise<void>((resolve) => this.clock.setTimeout(resolve, wait));
         this.queued--;
-        events.queue(-1);
         if (ctx.clientGone)
           return {
             type: 'problem',

@@ -21,7 +21,6 @@ export type Health = 'unknown' | 'healthy' | 'unhealthy';
 export interface EndpointEvents {
   healthChanged(e: Endpoint, health: Health): void;
   ejected(e: Endpoint, forMs: number): void;
-  readmitted(e: Endpoint): void;
   endpointsChanged?(urls: readonly string[]): void;
   resolveFailed?(url: string, err: Error): void;
 }

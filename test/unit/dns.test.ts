@@ -32,7 +32,6 @@ describe('DNS re-resolution', () => {
       {
         healthChanged: () => undefined,
         ejected: () => undefined,
-        readmitted: () => undefined,
         endpointsChanged: (urls) => changes.push([...urls]),
         resolveFailed: (url) => failures.push(url),
       },
@@ -76,12 +75,9 @@ describe('DNS re-resolution', () => {
   it('leaves IP-literal endpoints alone', async () => {
     const model = await upstreamOf('http://127.0.0.9:8080');
     const up = new Upstream(model);
-    up.startHealthChecks(
-      { healthChanged: () => undefined, ejected: () => undefined, readmitted: () => undefined },
-      async () => {
-        throw new Error('must not be asked');
-      },
-    );
+    up.startHealthChecks({ healthChanged: () => undefined, ejected: () => undefined }, async () => {
+      throw new Error('must not be asked');
+    });
     await up.refreshDns();
     expect(up.endpoints.map((e) => e.model.url)).toEqual(['http://127.0.0.9:8080']);
     await up.destroy();

@@ -45,6 +45,8 @@ function response(
   return { type: 'response', attempt, head, endpoint: {} as never, discarded: () => discarded };
 }
 
+const NO_LIMITER_EVENTS = { rejected: () => undefined, delayed: () => undefined };
+
 const flush = () => new Promise((r) => setImmediate(r));
 
 describe('backoff and Retry-After', () => {
@@ -253,11 +255,7 @@ describe('rate limiter layer', () => {
       { ...DEFAULTS.rateLimiter, ratePerSecond: 10, burst: 2, key: { kind: 'none' } },
       clock,
     );
-    const layer = rl.layer('app', {
-      rejected: () => undefined,
-      delayed: () => undefined,
-      queue: () => undefined,
-    })(async () => response(200));
+    const layer = rl.layer('app', NO_LIMITER_EVENTS)(async () => response(200));
     expect((await layer(ctx())).type).toBe('response');
     expect((await layer(ctx())).type).toBe('response');
     const limited = await layer(ctx());
@@ -280,11 +278,7 @@ describe('rate limiter layer', () => {
       { ...DEFAULTS.rateLimiter, ratePerSecond: 1, burst: 1, key: { kind: 'header', header: 'x-tenant' } },
       clock,
     );
-    const layer = rl.layer('app', {
-      rejected: () => undefined,
-      delayed: () => undefined,
-      queue: () => undefined,
-    })(async () => response(200));
+    const layer = rl.layer('app', NO_LIMITER_EVENTS)(async () => response(200));
     expect((await layer(ctx('GET', { 'x-tenant': 'a' }))).type).toBe('response');
     expect((await layer(ctx('GET', { 'x-tenant': 'a' }))).type).toBe('problem');
     expect((await layer(ctx('GET', { 'x-tenant': 'b' }))).type).toBe('response');
@@ -305,11 +299,10 @@ describe('rate limiter layer', () => {
       clock,
     );
     let passed = 0;
-    const layer = rl.layer('app', {
-      rejected: () => undefined,
-      delayed: () => undefined,
-      queue: () => undefined,
-    })(async () => {
+    const layer = rl.layer(
+      'app',
+      NO_LIMITER_EVENTS,
+    )(async () => {
       passed++;
       return response(200);
     });
