@@ -534,6 +534,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     retry: model.retry,
     idempotency: undefined,
     maxBodyBytes: 0,
+    trust: undefined,
   };
 }
 

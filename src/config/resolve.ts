@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
+import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
 import type {
   BulkheadInput,
   CircuitBreakerInput,
@@ -19,6 +20,9 @@ import type {
 
 export type RetryOutcome = 'connect-failure' | 'reset' | 'timeout' | '5xx' | 'gateway-error' | number;
 export type FailureOutcome = RetryOutcome | '4xx';
+
+/** The app in the pod: loopback. */
+const DEFAULT_TRUSTED_PROXIES = ['127.0.0.0/8', '::1'];
 
 export interface Timeouts {
   /** Per attempt, until response headers (ms). */
@@ -148,6 +152,8 @@ export interface RouteModel {
   readonly idempotency: IdempotencyPolicy | undefined;
   /** Request bodies larger than this get 413 (0: no limit). */
   readonly maxBodyBytes: number;
+  /** The listener's trusted proxies (undefined: none). */
+  readonly trust: TrustCheck | undefined;
 }
 
 export interface IdempotencyPolicy {
@@ -168,6 +174,10 @@ export interface ListenerLimits {
   readonly maxHeaders: number;
   readonly maxBodyBytes: number;
   readonly headerTimeout: number;
+  /** Longest silence while a request body arrives (ms, 0: none). */
+  readonly bodyIdleTimeout: number;
+  /** Request bodies up to this size are read whole before the pipeline (0: none). */
+  readonly bodyBufferBytes: number;
   readonly keepaliveTimeout: number;
   readonly maxRequestsPerConnection: number;
   readonly maxConnections: number;
@@ -178,6 +188,8 @@ export interface ListenerModel {
   readonly host: string;
   readonly port: number;
   readonly limits: ListenerLimits;
+  /** CIDR blocks whose X-Forwarded-For is believed. */
+  readonly trustedProxies: readonly string[];
   readonly routes: readonly RouteModel[];
 }
 
@@ -434,53 +446,61 @@ export async function resolveConfig(
     };
   }
 
-  const listeners: ListenerModel[] = cfg.listeners.map((l, li) => ({
-    name: l.name,
-    host: l.host ?? '127.0.0.1',
-    port: l.port,
-    limits: {
-      maxHeaderBytes: l.limits?.max_header_bytes ?? 16 * 1024,
-      maxHeaders: l.limits?.max_headers ?? 100,
-      maxBodyBytes: l.limits?.max_body_bytes ?? 1024 * 1024,
-      headerTimeout: l.limits?.header_timeout ?? 60_000,
-      keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
-      maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 0,
-      maxConnections: l.limits?.max_connections ?? 10_000,
-    },
-    routes: l.routes.map((rt, ri) => {
-      const u = cfg.upstreams[rt.upstream];
-      const host = rt.match?.host?.toLowerCase();
-      const timeouts = timeoutsOf([rt, u, r]);
-      if (timeouts.attempt > timeouts.request) {
-        problems.push({
-          path: ['listeners', li, 'routes', ri, 'timeout'],
-          message: 'timeout (per attempt) must not exceed request_timeout',
-        });
-      }
-      return {
-        name: rt.name ?? `${l.name}-${ri}`,
-        listener: l.name,
-        match: {
-          pathPrefix: rt.match?.path_prefix,
-          host: host?.startsWith('*.') ? undefined : host,
-          hostSuffix: host?.startsWith('*.') ? host.slice(1) : undefined,
-          methods: rt.match?.methods ? new Set(rt.match.methods) : undefined,
-          headers: Object.entries(rt.match?.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const),
-        },
-        upstream: rt.upstream,
-        stripPrefix:
-          rt.strip_prefix === true
-            ? rt.match?.path_prefix
-            : rt.strip_prefix === false
-              ? undefined
-              : rt.strip_prefix,
-        timeouts,
-        retry: retryOf([r.retry, u?.retry, rt.retry]),
-        idempotency: idempotencyOf(rt.idempotency),
-        maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
-      };
-    }),
-  }));
+  const listeners: ListenerModel[] = cfg.listeners.map((l, li) => {
+    const trustedProxies = l.trusted_proxies ?? DEFAULT_TRUSTED_PROXIES;
+    const trust = trustCheck(trustedProxies);
+    return {
+      name: l.name,
+      trustedProxies,
+      host: l.host ?? '127.0.0.1',
+      port: l.port,
+      limits: {
+        maxHeaderBytes: l.limits?.max_header_bytes ?? 16 * 1024,
+        maxHeaders: l.limits?.max_headers ?? 100,
+        maxBodyBytes: l.limits?.max_body_bytes ?? 1024 * 1024,
+        headerTimeout: l.limits?.header_timeout ?? 60_000,
+        bodyIdleTimeout: l.limits?.body_idle_timeout ?? 60_000,
+        bodyBufferBytes: l.limits?.body_buffer_bytes ?? 64 * 1024,
+        keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
+        maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 0,
+        maxConnections: l.limits?.max_connections ?? 10_000,
+      },
+      routes: l.routes.map((rt, ri) => {
+        const u = cfg.upstreams[rt.upstream];
+        const host = rt.match?.host?.toLowerCase();
+        const timeouts = timeoutsOf([rt, u, r]);
+        if (timeouts.attempt > timeouts.request) {
+          problems.push({
+            path: ['listeners', li, 'routes', ri, 'timeout'],
+            message: 'timeout (per attempt) must not exceed request_timeout',
+          });
+        }
+        return {
+          name: rt.name ?? `${l.name}-${ri}`,
+          listener: l.name,
+          match: {
+            pathPrefix: rt.match?.path_prefix,
+            host: host?.startsWith('*.') ? undefined : host,
+            hostSuffix: host?.startsWith('*.') ? host.slice(1) : undefined,
+            methods: rt.match?.methods ? new Set(rt.match.methods) : undefined,
+            headers: Object.entries(rt.match?.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v] as const),
+          },
+          upstream: rt.upstream,
+          stripPrefix:
+            rt.strip_prefix === true
+              ? rt.match?.path_prefix
+              : rt.strip_prefix === false
+                ? undefined
+                : rt.strip_prefix,
+          timeouts,
+          retry: retryOf([r.retry, u?.retry, rt.retry]),
+          idempotency: idempotencyOf(rt.idempotency),
+          maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
+          trust,
+        };
+      }),
+    };
+  });
 
   const fallbacks: Record<string, FallbackModel> = {};
   const base = dirname(resolvePath(file));

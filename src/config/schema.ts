@@ -7,6 +7,7 @@
  * `resolve.ts`, and a default filled in at parse time would hide the layer below it.
  */
 import { z } from 'zod';
+import { parseCidr } from '../proxy/client-address.js';
 import { DURATION_PATTERN, parseDuration, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
@@ -443,6 +444,14 @@ export const limitsSchema = z.strictObject({
   header_timeout: duration
     .optional()
     .describe('Time to receive the request headers (408 beyond). Default: 60s.'),
+  body_buffer_bytes: byteSize
+    .optional()
+    .describe(
+      'Request bodies up to this size are read whole before the request goes on, so a slow uploader holds no bulkhead slot or upstream connection; larger ones stream. 0: stream all. Default: 64KiB.',
+    ),
+  body_idle_timeout: duration
+    .optional()
+    .describe('Longest silence while a request body arrives (408 beyond); 0: none. Default: 60s, as nginx.'),
   keepalive_timeout: duration
     .optional()
     .describe('Idle time of a client connection between requests. Default: 75s.'),
@@ -463,6 +472,16 @@ export const listenerSchema = z.strictObject({
   limits: limitsSchema
     .optional()
     .describe('Protection against hostile or broken clients; see docs/security.md.'),
+  trusted_proxies: z
+    .array(
+      z.string().refine((v) => parseCidr(v) !== undefined, {
+        error: 'expected an IP address or CIDR block, e.g. 10.0.0.0/8 or fd00::/8',
+      }),
+    )
+    .optional()
+    .describe(
+      'Peers whose X-Forwarded-For is believed (the client is the right-most untrusted entry); others have it replaced. Default: [127.0.0.0/8, ::1] (the app in the pod).',
+    ),
   routes: z.array(routeSchema).min(1, { error: 'a listener needs at least one route' }),
 });
 

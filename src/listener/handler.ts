@@ -3,7 +3,7 @@
  * the outcome to the client, and record one access-log line and the request metrics.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Transform, type TransformCallback } from 'node:stream';
+import { type Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
@@ -12,6 +12,7 @@ import { type Handler, newContext, type Outcome, type RequestContext } from '../
 import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
+import { readUpTo, watchBodyIdle } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
 
@@ -36,6 +37,7 @@ export interface HandlerDeps {
 
 const CONNECTION_CLOSE = ['connection', 'close'];
 const CLIENT_GONE = new AttemptError('client-aborted', 'the client closed the connection', true);
+const BODY_STALLED = new AttemptError('client-aborted', 'the client stopped sending the request body', true);
 
 function bothTees(a: BodyTee, b: BodyTee): BodyTee {
   return {
@@ -194,19 +196,81 @@ export class ProxyHandler {
       if (ctx.finishers) for (const f of ctx.finishers) f();
       this.record(req, res, route, requestId, start, bytes, ctx);
     });
-    pipeline(ctx).then(
-      (outcome) =>
-        this.commit(ctx, outcome).then((n) => {
-          bytes = n;
-        }),
-      (err: unknown) => {
-        this.deps.logger.error({ err, request_id: requestId }, 'pipeline failed');
+    const run = () => {
+      pipeline(ctx).then(
+        (outcome) =>
+          this.commit(ctx, outcome).then((n) => {
+            bytes = n;
+          }),
+        (err: unknown) => {
+          this.deps.logger.error({ err, request_id: requestId }, 'pipeline failed');
+          sendProblem(
+            res,
+            problem('upstream-bad-response', 'internal error while proxying', { status: 500, requestId }),
+          );
+        },
+      );
+    };
+    if (ctx.body === null) run();
+    else this.receiveBody(ctx, run);
+  }
+
+  /**
+   * A request with a body: silence while it arrives is 408 (`limits.body_idle_timeout`); a body up
+   * to `limits.body_buffer_bytes` is read whole before the pipeline runs (nginx's request
+   * buffering), so a slow uploader holds no limiter token, bulkhead slot or upstream connection,
+   * and must finish within the route's request_timeout. Larger bodies stream to the upstream.
+   */
+  private receiveBody(ctx: RequestContext, run: () => void): void {
+    const { req } = ctx;
+    const limits = this.deps.listener.limits;
+    watchBodyIdle(req, limits.bodyIdleTimeout, () =>
+      this.bodyTimedOut(ctx, `no byte of the request body arrived for ${limits.bodyIdleTimeout} ms`),
+    );
+    const max = limits.bodyBufferBytes;
+    const declared = req.headers['content-length'];
+    if (max === 0 || (declared !== undefined && Number(declared) > max)) {
+      run();
+      return;
+    }
+    const cap = ctx.route.timeouts.request;
+    const timer = setTimeout(
+      () => this.bodyTimedOut(ctx, `the request body did not arrive within ${cap} ms (request_timeout)`),
+      cap,
+    );
+    readUpTo(ctx.body as Readable, max).then(
+      (body) => {
+        clearTimeout(timer);
+        if (ctx.clientGone) return;
+        ctx.body = body;
+        run();
+      },
+      (err: { code?: string; message?: string }) => {
+        clearTimeout(timer);
+        if (ctx.clientGone || err.code !== 'BW_BODY_TOO_LARGE') return; // the client went away
+        refuseConnection(req);
         sendProblem(
-          res,
-          problem('upstream-bad-response', 'internal error while proxying', { status: 500, requestId }),
+          ctx.res,
+          problem('payload-too-large', err.message ?? 'request body too large', {
+            requestId: ctx.requestId,
+            headers: CONNECTION_CLOSE,
+          }),
         );
       },
     );
+  }
+
+  /** The client stopped sending its body: 408, the attempt (if any) aborted, the connection closed. */
+  private bodyTimedOut(ctx: RequestContext, detail: string): void {
+    if (ctx.clientGone || ctx.req.complete) return;
+    ctx.clientGone = true;
+    ctx.current?.abort(BODY_STALLED);
+    refuseConnection(ctx.req);
+    sendProblem(
+      ctx.res,
+      problem('body-timeout', detail, { requestId: ctx.requestId, headers: CONNECTION_CLOSE }),
+    );
+    ctx.res.once('finish', () => ctx.req.socket?.destroy());
   }
 
   /**
@@ -395,7 +459,7 @@ export class ProxyHandler {
 const REFUSED = new WeakSet<object>();
 
 function refuseConnection(req: IncomingMessage): void {
-  REFUSED.add(req.socket);
+  if (req.socket) REFUSED.add(req.socket);
 }
 
 /** Passes a body through, failing it once it is longer than `max` bytes. */

@@ -179,7 +179,9 @@ export class FallbackChain {
     const other: RequestContext = {
       ...ctx,
       upstream: target.upstream,
-      route: target.route,
+      // The listener's trusted proxies still decide what X-Forwarded-For means.
+      route:
+        ctx.route.trust === target.route.trust ? target.route : { ...target.route, trust: ctx.route.trust },
       deadline: Number.POSITIVE_INFINITY,
       expired: false,
       current: undefined,

@@ -11,10 +11,12 @@
  *   fallback, a client that left) releases its key: the next try runs for real.
  * - Keys are scoped by `key_scope` (the client address by default), so clients cannot collide.
  */
+
 import { createHash } from 'node:crypto';
 import type { IdempotencyPolicy } from '../config/resolve.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
 import type { BodyTee } from '../proxy/attempt.js';
+import { clientAddress } from '../proxy/client-address.js';
 import { problem } from '../proxy/problem.js';
 import { type Layer, type Outcome, onFinish, type RequestContext } from './types.js';
 
@@ -69,7 +71,7 @@ function scopeOf(policy: IdempotencyPolicy, ctx: RequestContext): string {
     const v = ctx.req.headers[s.header];
     if (typeof v === 'string' && v !== '') return `h:${v}`;
   }
-  return `ip:${ctx.req.socket.remoteAddress ?? ''}`;
+  return `ip:${clientAddress(ctx.req, ctx.route.trust)}`;
 }
 
 export function idempotencyLayer(

@@ -7,8 +7,10 @@
  *   design document's traffic shaper: excess waits, not fails), up to `max_delay` and `max_queue`;
  *   only past those is it answered 429.
  */
+
 import { LRUCache } from 'lru-cache';
 import type { RateLimiterPolicy } from '../config/resolve.js';
+import { clientAddress } from '../proxy/client-address.js';
 import { problem } from '../proxy/problem.js';
 import { TokenBucket } from './token-bucket.js';
 import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
@@ -47,7 +49,7 @@ export class RateLimiter {
     const k = this.policy.key;
     const key =
       k.kind === 'client_ip'
-        ? (ctx.req.socket.remoteAddress ?? '')
+        ? clientAddress(ctx.req, ctx.route.trust)
         : k.kind === 'header'
           ? String(ctx.req.headers[k.header] ?? '')
           : '';

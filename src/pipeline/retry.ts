@@ -14,9 +14,9 @@
  *   with `budget.min_per_second` always allowed, so retries cannot turn an outage into a storm.
  * - Each retry prefers an endpoint not tried yet (the balancer's `avoid`).
  */
-import { Readable } from 'node:stream';
 import type { RetryPolicy } from '../config/resolve.js';
 import { problem } from '../proxy/problem.js';
+import { readUpTo } from '../proxy/request-body.js';
 import { type Classified, classifyOutcome } from './outcome.js';
 import type { Clock, Layer, Outcome, RequestContext } from './types.js';
 
@@ -136,33 +136,7 @@ async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
   if (body === null || Buffer.isBuffer(body)) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
-  const chunks: Buffer[] = [];
-  let size = 0;
-  const iterator = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  for (;;) {
-    const { value, done } = await iterator.next();
-    if (done) {
-      ctx.body = Buffer.concat(chunks, size);
-      return;
-    }
-    chunks.push(value);
-    size += value.length;
-    if (size > max) {
-      // Too large to replay: send what was read, then the rest, as one stream.
-      ctx.body = Readable.from(
-        (async function* () {
-          yield* chunks;
-          for (;;) {
-            const r = await iterator.next();
-            if (r.done) return;
-            yield r.value;
-          }
-        })(),
-        { objectMode: false },
-      );
-      return;
-    }
-  }
+  ctx.body = await readUpTo(body, max);
 }
 
 export function retryLayer(
@@ -207,7 +181,8 @@ export function retryLayer(
       if (retries + 1 >= policy.maxAttempts) return outcome;
       // A connect failure reached nothing, so any method may go again; otherwise only idempotent ones.
       if (c.cause !== 'connect-failure' && !idempotent) return skipped(ctx, events, 'method', outcome);
-      if (ctx.body !== null && !Buffer.isBuffer(ctx.body))
+      // (A body the listener read whole may still be over this route's replay limit.)
+      if (ctx.body !== null && (!Buffer.isBuffer(ctx.body) || ctx.body.length > policy.maxBodyBytes))
         return skipped(ctx, events, 'body_too_large', outcome);
       let wait = backoff(policy, retries, random);
       if (outcome.type === 'response') {

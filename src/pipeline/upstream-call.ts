@@ -35,6 +35,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       requestId: ctx.requestId,
       proto: 'http',
       remoteAddress: req.socket.remoteAddress,
+      trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));
     endpoint.inflight++;

@@ -8,6 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { TrustCheck } from './client-address.js';
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -62,6 +63,8 @@ export interface RequestHeaderOptions {
   readonly requestId: string;
   readonly proto: string;
   readonly remoteAddress: string | undefined;
+  /** Trusted proxies: the client's X-Forwarded-For is passed on only from one of them. */
+  readonly trust: TrustCheck | undefined;
 }
 
 /**
@@ -100,10 +103,13 @@ export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeader
   }
   const clientHost = req.headers.host;
   out.push('host', opts.host);
-  if (opts.remoteAddress !== undefined) {
-    out.push('x-forwarded-for', xff === undefined ? opts.remoteAddress : `${xff}, ${opts.remoteAddress}`);
-  } else if (xff !== undefined) {
-    out.push('x-forwarded-for', xff);
+  const peer = opts.remoteAddress;
+  if (peer !== undefined) {
+    // Only a trusted proxy may speak for the client before it; anyone else's list is replaced.
+    out.push(
+      'x-forwarded-for',
+      xff === undefined || !(opts.trust?.(peer) ?? false) ? peer : `${xff}, ${peer}`,
+    );
   }
   out.push('x-forwarded-proto', opts.proto);
   if (clientHost !== undefined) out.push('x-forwarded-host', clientHost);

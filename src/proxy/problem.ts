@@ -12,6 +12,7 @@ export type ProblemKind =
   | 'upstream-timeout'
   | 'upstream-bad-response'
   | 'request-timeout'
+  | 'body-timeout'
   | 'bad-request'
   | 'circuit-open'
   | 'rate-limited'
@@ -33,6 +34,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'upstream-timeout': [504, 'The upstream did not answer in time'],
   'upstream-bad-response': [502, 'The upstream sent a malformed response'],
   'request-timeout': [504, 'The request deadline passed'],
+  'body-timeout': [408, 'The request body did not arrive in time'],
   'bad-request': [400, 'Bad request'],
   'circuit-open': [503, 'The circuit breaker for this upstream is open'],
   'rate-limited': [429, 'Too many requests'],

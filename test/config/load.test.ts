@@ -216,6 +216,26 @@ resilience:
     expect(problems.map((p) => p.key)).toContain('resilience.timeout');
   });
 
+  it('rejects a trusted_proxies entry that is not an address or CIDR block, naming where it is', async () => {
+    const problems = await problemsOf(`
+listeners:
+  - name: main
+    port: 9000
+    trusted_proxies: [10.0.0.0/8, 10.0.0.0/40]
+    routes: [{ upstream: app }]
+upstreams:
+  app: { endpoints: [http://127.0.0.1:9001] }
+`);
+    expect(problems).toEqual([
+      expect.objectContaining({
+        line: 5,
+        column: 35,
+        key: 'listeners[0].trusted_proxies[1]',
+        message: 'expected an IP address or CIDR block, e.g. 10.0.0.0/8 or fd00::/8',
+      }),
+    ]);
+  });
+
   it('rejects unknown fallbacks, upstreams and ports used twice', async () => {
     const problems = await problemsOf(`
 listeners:
