@@ -47,7 +47,10 @@ interface Generation {
   readonly cache: ResponseCache;
 }
 
-/** What decides whether an upstream's connection pools can be kept across a reload. */
+/**
+ * What decides whether an upstream's connection pools can be kept across a reload. The TLS model
+ * holds the certificate files' bytes (JSON-serialized by content), so a changed file makes new pools.
+ */
 function poolSettings(m: UpstreamModel): unknown {
   const hc = m.healthCheck
     ? { ...m.healthCheck, expectedStatuses: [...(m.healthCheck.expectedStatuses ?? [])] }
@@ -60,6 +63,7 @@ function poolSettings(m: UpstreamModel): unknown {
     m.timeouts.body,
     hc,
     m.outlierDetection,
+    m.tls,
   ];
 }
 
@@ -169,6 +173,12 @@ export class Breakwater {
       idempotency: this.idempotencyStore,
     };
     for (const [name, model] of Object.entries(config.upstreams)) {
+      if (model.tls?.insecureSkipVerify) {
+        logger.warn(
+          { event: 'tls_insecure_skip_verify', upstream: name },
+          `upstreams.${name}.tls.insecure_skip_verify is true: the certificates of ${name} are not verified, so anyone on the network path can read and change its traffic`,
+        );
+      }
       const old = previous?.upstreams.get(name);
       const upstream =
         old && same(poolSettings(old.model), poolSettings(model))

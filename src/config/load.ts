@@ -304,6 +304,13 @@ const KNOWN_KEYS = [
   'group',
   'url',
   'size',
+  'tls',
+  'ca_file',
+  'cert_file',
+  'key_file',
+  'server_name',
+  'insecure_skip_verify',
+  'min_version',
 ];
 
 function editDistance(a: string, b: string): number {

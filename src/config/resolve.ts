@@ -3,8 +3,10 @@
  * <- upstream <- route), names resolved, files read, everything frozen. After this, nothing on the
  * request path re-checks or re-reads configuration.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
+import { createSecureContext } from 'node:tls';
 import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
 import type {
   BulkheadInput,
@@ -15,6 +17,7 @@ import type {
   RateLimiterInput,
   RetryInput,
   RouteInput,
+  TlsInput,
   UpstreamInput,
 } from './schema.js';
 
@@ -82,7 +85,7 @@ export interface BulkheadPolicy {
 
 export interface EndpointModel {
   readonly url: string;
-  /** `http://host:port`, the key of the connection pool. */
+  /** `http://host:port` or `https://host:port` (default port filled in), the key of the connection pool. */
   readonly origin: string;
   readonly authority: string;
   readonly weight: number;
@@ -109,6 +112,23 @@ export interface OutlierPolicy {
   readonly maxEjectionPercent: number;
 }
 
+/**
+ * TLS towards an upstream's https endpoints. File contents are read at load (and at every reload)
+ * and kept as bytes: a reload compares them, so a changed file makes new connection pools.
+ */
+export interface TlsModel {
+  /** PEM CA certificates trusted in addition to Node's default roots (`ca_file`). */
+  readonly ca: Buffer | undefined;
+  /** PEM client certificate (chain) and its key, for mutual TLS. */
+  readonly cert: Buffer | undefined;
+  readonly key: Buffer | undefined;
+  /** SNI and the name the certificate must match, instead of the endpoint URL's host. */
+  readonly serverName: string | undefined;
+  /** Accept any certificate (warned about at every load). */
+  readonly insecureSkipVerify: boolean;
+  readonly minVersion: 'TLSv1.2' | 'TLSv1.3' | undefined;
+}
+
 export interface UpstreamModel {
   readonly name: string;
   readonly endpoints: readonly EndpointModel[];
@@ -132,6 +152,8 @@ export interface UpstreamModel {
   readonly rateLimiter: RateLimiterPolicy | undefined;
   readonly bulkhead: BulkheadPolicy | undefined;
   readonly fallback: string | undefined;
+  /** Set when the upstream has a `tls` block (its endpoints are then all https). */
+  readonly tls: TlsModel | undefined;
 }
 
 export interface RouteModel {
@@ -387,6 +409,72 @@ function endpointOf(e: UpstreamInput['endpoints'][number]): EndpointModel {
   };
 }
 
+/**
+ * Reads the files of a `tls` block (relative to the config file) and checks that they hold what
+ * they should, so a bad file is a config error naming its key rather than a failure at the first
+ * connection.
+ */
+async function tlsOf(
+  t: TlsInput,
+  base: string,
+  at: readonly (string | number)[],
+  problems: ResolveProblem[],
+): Promise<TlsModel> {
+  const read = async (key: 'ca_file' | 'cert_file' | 'key_file'): Promise<Buffer | undefined> => {
+    const file = t[key];
+    if (file === undefined) return undefined;
+    try {
+      return await readFile(resolvePath(base, file));
+    } catch (err) {
+      problems.push({ path: [...at, key], message: `cannot read ${file}: ${(err as Error).message}` });
+      return undefined;
+    }
+  };
+  const [ca, cert, key] = [await read('ca_file'), await read('cert_file'), await read('key_file')];
+  if (ca !== undefined) {
+    const problem = pemCertificatesProblem(ca);
+    if (problem) problems.push({ path: [...at, 'ca_file'], message: `${t.ca_file}: ${problem}` });
+  }
+  if (cert !== undefined && key !== undefined) {
+    const problem = pemCertificatesProblem(cert);
+    if (problem) problems.push({ path: [...at, 'cert_file'], message: `${t.cert_file}: ${problem}` });
+    else {
+      try {
+        createSecureContext({ cert, key });
+      } catch (err) {
+        problems.push({
+          path: [...at, 'key_file'],
+          message: `${t.key_file} is not the unencrypted PEM private key of ${t.cert_file}: ${(err as Error).message}`,
+        });
+      }
+    }
+  }
+  return {
+    ca,
+    cert,
+    key,
+    serverName: t.server_name,
+    insecureSkipVerify: t.insecure_skip_verify ?? false,
+    minVersion: t.min_version,
+  };
+}
+
+/** Why `pem` is not a list of PEM certificates, or undefined when it is one. */
+function pemCertificatesProblem(pem: Buffer): string | undefined {
+  const blocks = pem
+    .toString('latin1')
+    .match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g);
+  if (!blocks) return 'no PEM certificate (-----BEGIN CERTIFICATE-----) in it';
+  for (const [i, block] of blocks.entries()) {
+    try {
+      new X509Certificate(block);
+    } catch (err) {
+      return `certificate ${i + 1} cannot be parsed: ${(err as Error).message}`;
+    }
+  }
+  return undefined;
+}
+
 export function deepFreeze<T>(value: T): T {
   if (value && typeof value === 'object' && !Object.isFrozen(value) && !Buffer.isBuffer(value)) {
     for (const v of Object.values(value)) deepFreeze(v);
@@ -401,6 +489,7 @@ export async function resolveConfig(
 ): Promise<{ config: ResolvedConfig; problems: ResolveProblem[] }> {
   const problems: ResolveProblem[] = [];
   const r = cfg.resilience;
+  const base = dirname(resolvePath(file));
 
   const upstreams: Record<string, UpstreamModel> = {};
   for (const [name, u] of Object.entries(cfg.upstreams)) {
@@ -443,6 +532,7 @@ export async function resolveConfig(
       rateLimiter: limiterOf([r.rate_limiter, u.rate_limiter]),
       bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
       fallback: u.fallback ?? r.fallback?.services?.[name]?.fallback_strategy,
+      tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
     };
   }
 
@@ -503,7 +593,6 @@ export async function resolveConfig(
   });
 
   const fallbacks: Record<string, FallbackModel> = {};
-  const base = dirname(resolvePath(file));
   for (const [name, f] of Object.entries(cfg.fallbacks)) {
     if (f.type === 'static_response') {
       let bodyBytes = Buffer.from(f.body ?? '', 'utf8');

@@ -6,6 +6,7 @@
  * they are layered built-in defaults <- `resilience:` <- `upstreams.<name>` <- route, in
  * `resolve.ts`, and a default filled in at parse time would hide the layer below it.
  */
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy/client-address.js';
 import { DURATION_PATTERN, parseDuration, parseRatio, RATIO_PATTERN } from './units.js';
@@ -103,7 +104,10 @@ const httpUrl = z.string().refine(
       return false;
     }
   },
-  { error: 'expected an endpoint URL such as http://127.0.0.1:8080 (scheme, host and port, no path)' },
+  {
+    error:
+      'expected an endpoint URL such as http://127.0.0.1:8080 or https://api.example.com (scheme, host and port, no path)',
+  },
 );
 const port = z.number().int().min(0).max(65535);
 
@@ -327,6 +331,54 @@ export const outlierDetectionSchema = z.strictObject({
     .describe('Share of endpoints that may be ejected at once. Default: 50%.'),
 });
 
+const hostName = z
+  .string()
+  .regex(
+    /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/,
+    {
+      error: 'expected a host name such as api.internal',
+    },
+  )
+  .refine((v) => isIP(v) === 0, {
+    error:
+      'expected a host name, not an IP address (SNI cannot carry one; an IP endpoint is checked against the IP addresses in its certificate)',
+  });
+
+export const tlsSchema = z
+  .strictObject({
+    ca_file: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "PEM file of CA certificates trusted in addition to Node's default roots; relative to the config file, read at load and at every reload. Default: none.",
+      ),
+    server_name: hostName
+      .optional()
+      .describe("SNI and the name the certificate must match. Default: the endpoint URL's host."),
+    cert_file: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('PEM client certificate (chain) for mutual TLS; needs key_file. Default: none.'),
+    key_file: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('PEM private key of cert_file, unencrypted; needs cert_file. Default: none.'),
+    insecure_skip_verify: z
+      .boolean()
+      .optional()
+      .describe(
+        'Accept any certificate for any name. Dangerous: anyone on the path can read and change the traffic; logged as a warning at every load. Default: false.',
+      ),
+    min_version: z
+      .enum(['TLSv1.2', 'TLSv1.3'])
+      .optional()
+      .describe('Oldest TLS version accepted. Default: TLSv1.2.'),
+  })
+  .describe('TLS towards the https:// endpoints of the upstream (all its endpoints must be https://).');
+
 export const upstreamSchema = z.strictObject({
   endpoints: z.array(endpointSchema).min(1, { error: 'an upstream needs at least one endpoint' }),
   load_balancing: z
@@ -362,6 +414,7 @@ export const upstreamSchema = z.strictObject({
     .optional()
     .describe('Idle time before a pooled connection closes. Default: 4s.'),
   fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
+  tls: tlsSchema.optional(),
   ...policyKeys,
 });
 
@@ -639,6 +692,25 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
     if (u.fallback !== undefined && !fallbacks.has(u.fallback)) {
       issue(['upstreams', un, 'fallback'], `fallback "${u.fallback}" is not defined${known(fallbacks)}`);
     }
+    if (u.tls) {
+      if (u.tls.cert_file !== undefined && u.tls.key_file === undefined)
+        issue(
+          ['upstreams', un, 'tls', 'cert_file'],
+          "cert_file needs key_file (the client certificate's private key)",
+        );
+      if (u.tls.key_file !== undefined && u.tls.cert_file === undefined)
+        issue(['upstreams', un, 'tls', 'key_file'], 'key_file needs cert_file (the client certificate)');
+      u.endpoints.forEach((e, ei) => {
+        const url = typeof e === 'string' ? e : e.url;
+        if (new URL(url).protocol !== 'https:')
+          issue(
+            typeof e === 'string'
+              ? ['upstreams', un, 'endpoints', ei]
+              : ['upstreams', un, 'endpoints', ei, 'url'],
+            `${url} is not https://: an upstream with a tls block sends nothing in clear text`,
+          );
+      });
+    }
     const attempt = u.timeout ?? cfg.resilience.timeout;
     const total = u.request_timeout ?? cfg.resilience.request_timeout;
     if (attempt !== undefined && total !== undefined && attempt > total) {
@@ -720,6 +792,7 @@ export type RateLimiterInput = z.output<typeof rateLimiterSchema>;
 export type BulkheadInput = z.output<typeof bulkheadSchema>;
 export type FallbackInput = z.output<typeof fallbackSchema>;
 export type UpstreamInput = z.output<typeof upstreamSchema>;
+export type TlsInput = z.output<typeof tlsSchema>;
 export type RouteInput = z.output<typeof routeSchema>;
 export type DegradationInput = z.output<typeof degradationSchema>;
 

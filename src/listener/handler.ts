@@ -426,6 +426,7 @@ export class ProxyHandler {
       bytes_out: bytes,
       attempts: ctx?.attempts ?? 0,
       retry_skipped: ctx?.retrySkipped,
+      upstream_error: ctx?.upstreamError,
       complete,
     };
     if (this.deps.accessLogHeaders.length)

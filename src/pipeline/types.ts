@@ -44,6 +44,8 @@ export interface RequestContext {
   responseTee: ((status: number, headers: readonly string[]) => BodyTee | undefined) | undefined;
   /** Retries skipped, and why (for logs). */
   retrySkipped: string | undefined;
+  /** The error code (or cause) of the last attempt that failed, if one did (for logs). */
+  upstreamError: string | undefined;
 }
 
 /** What the listener knows when a request arrives; the rest of a context starts empty. */
@@ -75,6 +77,7 @@ export function newContext(init: ContextInit): RequestContext {
     finished: false,
     responseTee: undefined,
     retrySkipped: undefined,
+    upstreamError: undefined,
   };
 }
 

@@ -47,6 +47,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       body: ctx.body,
       timeout,
       bodyTimeout: route.timeouts.body,
+      servername: endpoint.servername,
       onSettled: () => {
         endpoint.inflight--;
       },
@@ -63,6 +64,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
         const outcome: Outcome = { type: 'failure', error: err, endpoint };
         const c = classifyOutcome(outcome);
         onOutcome?.(c.label);
+        if (c.cause !== 'aborted') ctx.upstreamError = err.code ?? err.kind;
         if (c.cause !== 'aborted' && !ctx.clientGone) upstream.recordResult(endpoint, true, undefined);
         return outcome;
       },

@@ -53,6 +53,8 @@ export interface AttemptOptions {
   readonly timeout: number;
   /** Longest silence while the response body streams (ms). */
   readonly bodyTimeout: number;
+  /** The endpoint's constant `servername` for undici (https); see Endpoint.servername. */
+  readonly servername?: string | undefined;
   /** Called once when the attempt is over: body relayed, failed, aborted or discarded. */
   readonly onSettled?: (() => void) | undefined;
 }
@@ -80,6 +82,50 @@ const CONNECT_FAILURES = new Set([
   'ECONNABORTED',
 ]);
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/** Certificate verification failures as Node names them (OpenSSL's X509_V_ERR_* without the prefix). */
+const CERTIFICATE_FAILURES = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_CRL',
+  'UNABLE_TO_DECRYPT_CERT_SIGNATURE',
+  'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
+  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY',
+  'CERT_SIGNATURE_FAILURE',
+  'CRL_SIGNATURE_FAILURE',
+  'CERT_NOT_YET_VALID',
+  'CERT_HAS_EXPIRED',
+  'CRL_NOT_YET_VALID',
+  'CRL_HAS_EXPIRED',
+  'ERROR_IN_CERT_NOT_BEFORE_FIELD',
+  'ERROR_IN_CERT_NOT_AFTER_FIELD',
+  'ERROR_IN_CRL_LAST_UPDATE_FIELD',
+  'ERROR_IN_CRL_NEXT_UPDATE_FIELD',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'CERT_CHAIN_TOO_LONG',
+  'CERT_REVOKED',
+  'INVALID_CA',
+  'PATH_LENGTH_EXCEEDED',
+  'INVALID_PURPOSE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'HOSTNAME_MISMATCH',
+]);
+
+/**
+ * Whether an error is a failed TLS handshake: the certificate was refused (unknown CA, wrong name,
+ * expired, ...), or OpenSSL failed or received an alert (no common version, the peer refused our
+ * client certificate, an http:// server behind an https:// URL). Before the connection was handed to
+ * the request, or an alert from the peer, no request reached the upstream's application.
+ */
+function isTlsHandshakeFailure(code: string, connected: boolean): boolean {
+  if (code.startsWith('ERR_SSL_') && code.includes('_ALERT_')) return true;
+  return (
+    !connected &&
+    (CERTIFICATE_FAILURES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_'))
+  );
+}
 
 /** Names the cause of an error undici reported. */
 export function classify(
@@ -93,6 +139,17 @@ export function classify(
     return new AttemptError('connect-timeout', 'connecting to the upstream timed out', false, code);
   if (CONNECT_FAILURES.has(code) && !connected)
     return new AttemptError('connect-failure', `could not connect to the upstream (${code})`, false, code);
+  if (isTlsHandshakeFailure(code, connected)) {
+    // OpenSSL's messages carry a long prefix; its `reason` is the readable part.
+    const why = (err as { reason?: unknown }).reason;
+    const detail = typeof why === 'string' && code.startsWith('ERR_SSL_') ? why : err.message;
+    return new AttemptError(
+      'connect-failure',
+      `upstream TLS handshake failed: ${code} (${detail})`,
+      false,
+      code,
+    );
+  }
   if (code === 'UND_ERR_HEADERS_TIMEOUT')
     return new AttemptError('timeout', 'the upstream did not send response headers in time', true, code);
   if (code === 'UND_ERR_BODY_TIMEOUT')
@@ -173,17 +230,16 @@ export class Attempt implements Dispatcher.DispatchHandler {
     const o = this.opts;
     this.timer = setTimeout(this.onTimeout, o.timeout);
     try {
-      o.dispatcher.dispatch(
-        {
-          path: o.path,
-          method: o.method,
-          headers: o.headers,
-          body: o.body as Dispatcher.DispatchOptions['body'],
-          headersTimeout: 0,
-          bodyTimeout: o.bodyTimeout,
-        },
-        this,
-      );
+      const options: Dispatcher.DispatchOptions & { servername?: string | undefined } = {
+        path: o.path,
+        method: o.method,
+        headers: o.headers,
+        body: o.body as Dispatcher.DispatchOptions['body'],
+        headersTimeout: 0,
+        bodyTimeout: o.bodyTimeout,
+        servername: o.servername,
+      };
+      o.dispatcher.dispatch(options, this);
     } catch (err) {
       this.onError(err as Error);
     }

@@ -12,8 +12,9 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { Pool } from 'undici';
-import type { EndpointModel, UpstreamModel } from '../config/resolve.js';
+import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
+import { buildConnector, type Dispatcher, Pool } from 'undici';
+import type { EndpointModel, TlsModel, UpstreamModel } from '../config/resolve.js';
 import { type Balancer, createBalancer, PeakEwma } from './balancer.js';
 
 export type Health = 'unknown' | 'healthy' | 'unhealthy';
@@ -25,8 +26,73 @@ export interface EndpointEvents {
   resolveFailed?(url: string, err: Error): void;
 }
 
+/** One secure context per TLS model, built once: Node would otherwise parse the CA list at every connect. */
+const secureContexts = new WeakMap<TlsModel, SecureContext>();
+
+function secureContextOf(t: TlsModel): SecureContext {
+  let ctx = secureContexts.get(t);
+  if (!ctx) {
+    ctx = createSecureContext({
+      // Added to the default roots, not replacing them (a `ca` option alone would replace them).
+      ...(t.ca ? { ca: [...rootCertificates, t.ca] } : {}),
+      ...(t.cert && t.key ? { cert: t.cert, key: t.key } : {}),
+      ...(t.minVersion ? { minVersion: t.minVersion } : {}),
+    });
+    secureContexts.set(t, ctx);
+  }
+  return ctx;
+}
+
+/**
+ * The name an https endpoint's certificate is checked against, also sent as SNI: `tls.server_name`,
+ * else the host name of the configured URL (an endpoint DNS expanded to an address keeps its name).
+ * Undefined for an IP address (the certificate must then hold that IP; SNI cannot carry one) and for
+ * http.
+ */
+export function tlsNameOf(model: EndpointModel, upstream: UpstreamModel): string | undefined {
+  if (!model.origin.startsWith('https:')) return undefined;
+  if (upstream.tls?.serverName !== undefined) return upstream.tls.serverName;
+  const host = new URL(model.source ?? model.url).hostname.replace(/^\[|\]$/g, '');
+  return isIP(host) === 0 ? host : undefined;
+}
+
+/**
+ * The undici Pool options of one endpoint: limits, timeouts and, for https, TLS. Every pool option
+ * is decided here (a protocol option such as `allowH2` belongs here too; for https it must also go
+ * into the connector's options, which undici no longer builds itself).
+ */
+export function poolOptions(model: EndpointModel, upstream: UpstreamModel): Pool.Options {
+  const options: Pool.Options = {
+    connections: upstream.maxConnections,
+    pipelining: 1,
+    keepAliveTimeout: upstream.keepaliveTimeout,
+    keepAliveMaxTimeout: upstream.keepaliveTimeout,
+    connect: { timeout: upstream.timeouts.connect },
+    headersTimeout: 0,
+    bodyTimeout: upstream.timeouts.body,
+    strictContentLength: true,
+  };
+  if (!model.origin.startsWith('https:')) return options;
+  const t = upstream.tls;
+  const connector = buildConnector({
+    timeout: upstream.timeouts.connect,
+    rejectUnauthorized: !t?.insecureSkipVerify,
+    ...(t ? { secureContext: secureContextOf(t) } : {}),
+  });
+  // undici would take the TLS name from each request's Host header (with host_header: preserve, the
+  // client's): the connector always uses the endpoint's.
+  const servername = tlsNameOf(model, upstream);
+  return { ...options, connect: (opts, callback) => connector({ ...opts, servername }, callback) };
+}
+
 export class Endpoint {
   readonly pool: Pool;
+  /**
+   * Sent as `servername` with every request to this pool, the same value each time: undici reconnects
+   * when a request's name differs from the connection's, and would otherwise derive one from each
+   * Host header. The pool's connector decides the real TLS name (`tlsNameOf`).
+   */
+  readonly servername: string | undefined;
   /** Attempts in flight to this endpoint. */
   inflight = 0;
   readonly weight: number;
@@ -46,16 +112,10 @@ export class Endpoint {
   ) {
     this.weight = model.weight;
     this.latency = new PeakEwma(10_000, now);
-    this.pool = new Pool(model.origin, {
-      connections: upstream.maxConnections,
-      pipelining: 1,
-      keepAliveTimeout: upstream.keepaliveTimeout,
-      keepAliveMaxTimeout: upstream.keepaliveTimeout,
-      connect: { timeout: upstream.timeouts.connect },
-      headersTimeout: 0,
-      bodyTimeout: upstream.timeouts.body,
-      strictContentLength: true,
-    });
+    this.pool = new Pool(model.origin, poolOptions(model, upstream));
+    this.servername = model.origin.startsWith('https:')
+      ? (tlsNameOf(model, upstream) ?? new URL(model.origin).hostname)
+      : undefined;
   }
 
   available(now: number): boolean {
@@ -337,14 +397,16 @@ class HealthChecker {
     if (!hc || this.stopped || !this.upstream.endpoints.includes(e)) return;
     let ok = false;
     try {
-      const res = await e.pool.request({
+      const options: Dispatcher.RequestOptions & { servername?: string | undefined } = {
         path: hc.path,
         method: 'GET',
         headers: { host: e.model.authority, 'user-agent': 'breakwater-health-check' },
         headersTimeout: hc.timeout,
         bodyTimeout: hc.timeout,
         signal: AbortSignal.timeout(hc.timeout),
-      });
+        servername: e.servername,
+      };
+      const res = await e.pool.request(options);
       await res.body.dump();
       ok = hc.expectedStatuses
         ? hc.expectedStatuses.has(res.statusCode)
