@@ -211,6 +211,8 @@ const KNOWN_KEYS = [
   'body_idle_timeout',
   'body_buffer_bytes',
   'trusted_proxies',
+  'protocol',
+  'max_concurrent_streams',
   'keepalive_timeout',
   'fallback',
   'enabled',

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
+import type { RETRIABLE_GRPC } from '../proxy/grpc.js';
 import type {
   BulkheadInput,
   CircuitBreakerInput,
@@ -21,7 +22,14 @@ import type {
   UpstreamInput,
 } from './schema.js';
 
-export type RetryOutcome = 'connect-failure' | 'reset' | 'timeout' | '5xx' | 'gateway-error' | number;
+export type RetryOutcome =
+  | 'connect-failure'
+  | 'reset'
+  | 'timeout'
+  | '5xx'
+  | 'gateway-error'
+  | (typeof RETRIABLE_GRPC)[number]
+  | number;
 export type FailureOutcome = RetryOutcome | '4xx';
 
 /** The app in the pod: loopback. */
@@ -154,6 +162,10 @@ export interface UpstreamModel {
   readonly fallback: string | undefined;
   /** Set when the upstream has a `tls` block (its endpoints are then all https). */
   readonly tls: TlsModel | undefined;
+  /** HTTP version spoken to the endpoints. */
+  readonly protocol: 'http1' | 'h2' | 'h2c';
+  /** HTTP/2: streams at once per connection. */
+  readonly maxConcurrentStreams: number;
 }
 
 export interface RouteModel {
@@ -209,6 +221,8 @@ export interface ListenerModel {
   readonly name: string;
   readonly host: string;
   readonly port: number;
+  /** h2c: HTTP/2 with prior knowledge alongside HTTP/1.1. */
+  readonly protocol: 'http1' | 'h2c';
   readonly limits: ListenerLimits;
   /** CIDR blocks whose X-Forwarded-For is believed. */
   readonly trustedProxies: readonly string[];
@@ -533,6 +547,8 @@ export async function resolveConfig(
       bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
       fallback: u.fallback ?? r.fallback?.services?.[name]?.fallback_strategy,
       tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
+      protocol: u.protocol ?? 'http1',
+      maxConcurrentStreams: u.max_concurrent_streams ?? 100,
     };
   }
 
@@ -541,6 +557,7 @@ export async function resolveConfig(
     const trust = trustCheck(trustedProxies);
     return {
       name: l.name,
+      protocol: l.protocol ?? 'http1',
       trustedProxies,
       host: l.host ?? '127.0.0.1',
       port: l.port,

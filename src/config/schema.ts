@@ -9,6 +9,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy/client-address.js';
+import { RETRIABLE_GRPC } from '../proxy/grpc.js';
 import { DURATION_PATTERN, parseDuration, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
@@ -118,9 +119,10 @@ const retryOn = z.array(
     [
       z.enum(['connect-failure', 'reset', 'timeout', '5xx', 'gateway-error']),
       z.number().int().min(100).max(599),
+      z.enum(RETRIABLE_GRPC),
     ],
     {
-      error: 'expected connect-failure, reset, timeout, 5xx, gateway-error or a status code',
+      error: `expected connect-failure, reset, timeout, 5xx, gateway-error, a status code or a gRPC code (${RETRIABLE_GRPC.join(', ')})`,
     },
   ),
 );
@@ -415,6 +417,16 @@ export const upstreamSchema = z.strictObject({
     .describe('Idle time before a pooled connection closes. Default: 4s.'),
   fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
   tls: tlsSchema.optional(),
+  protocol: z
+    .enum(['http1', 'h2', 'h2c'])
+    .optional()
+    .describe(
+      'How breakwater speaks to the endpoints: http1, h2 (HTTP/2 over TLS, https:// endpoints, negotiated by ALPN) or h2c (HTTP/2 in clear text, http:// endpoints; gRPC). Default: http1.',
+    ),
+  max_concurrent_streams: positiveInt
+    .max(1000)
+    .optional()
+    .describe('HTTP/2: requests at once on one connection. Default: 100.'),
   ...policyKeys,
 });
 
@@ -522,6 +534,12 @@ export const listenerSchema = z.strictObject({
   name,
   host: z.string().optional().describe('Default: 127.0.0.1.'),
   port,
+  protocol: z
+    .enum(['http1', 'h2c'])
+    .optional()
+    .describe(
+      'http1: HTTP/1.1. h2c: HTTP/2 in clear text (prior knowledge, as gRPC clients speak it) and HTTP/1.1 on the same port. Default: http1.',
+    ),
   limits: limitsSchema
     .optional()
     .describe('Protection against hostile or broken clients; see docs/security.md.'),
@@ -708,6 +726,21 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
               ? ['upstreams', un, 'endpoints', ei]
               : ['upstreams', un, 'endpoints', ei, 'url'],
             `${url} is not https://: an upstream with a tls block sends nothing in clear text`,
+          );
+      });
+    }
+    if (u.protocol === 'h2' || u.protocol === 'h2c') {
+      const want = u.protocol === 'h2' ? 'https:' : 'http:';
+      u.endpoints.forEach((e, ei) => {
+        const url = typeof e === 'string' ? e : e.url;
+        if (new URL(url).protocol !== want)
+          issue(
+            typeof e === 'string'
+              ? ['upstreams', un, 'endpoints', ei]
+              : ['upstreams', un, 'endpoints', ei, 'url'],
+            u.protocol === 'h2'
+              ? `${url} is not https://: protocol h2 is HTTP/2 over TLS (use h2c for clear text)`
+              : `${url} is not http://: protocol h2c is HTTP/2 in clear text (use h2 for https)`,
           );
       });
     }

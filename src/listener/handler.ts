@@ -3,6 +3,7 @@
  * the outcome to the client, and record one access-log line and the request metrics.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Http2ServerRequest } from 'node:http2';
 import { type Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
@@ -10,6 +11,13 @@ import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
 import { type Handler, newContext, type Outcome, type RequestContext } from '../pipeline/types.js';
 import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
+import {
+  grpcCodeForProblem,
+  grpcCodeName,
+  isGrpcRequest,
+  parseGrpcTimeout,
+  sendTrailersOnly,
+} from '../proxy/grpc.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
 import { type Problem, problem, sendProblem } from '../proxy/problem.js';
 import { readUpTo, watchBodyIdle } from '../proxy/request-body.js';
@@ -173,7 +181,9 @@ export class ProxyHandler {
     }
     const upstream = this.deps.upstreams.get(route.upstream) as Upstream;
     const pipeline = this.deps.pipelines.get(route) as Handler;
-    const chunked = cl === undefined && req.headers['transfer-encoding'] !== undefined;
+    const grpc = isGrpcRequest(req);
+    // Chunked, or HTTP/2 without content-length: no declared size.
+    const chunked = cl === undefined;
     const ctx = newContext({
       req,
       res,
@@ -185,6 +195,10 @@ export class ProxyHandler {
       start,
       // A chunked body has no declared size: it is counted as it streams.
       body: !hasBody(req) ? null : chunked && limit > 0 ? req.pipe(new BodyLimit(limit)) : req,
+      grpc,
+      grpcTimeout: grpc
+        ? (parseGrpcTimeout(req.headers['grpc-timeout']) ?? Number.POSITIVE_INFINITY)
+        : Number.POSITIVE_INFINITY,
     });
     let bytes = 0;
     res.once('close', () => {
@@ -306,12 +320,15 @@ export class ProxyHandler {
     const { res } = ctx;
     const extra = this.extraHeaders(ctx);
     if (outcome.type === 'problem') {
+      if (ctx.grpc) ctx.grpcStatus = grpcCodeForProblem(outcome.problem.kind);
       sendProblem(res, withHeaders(outcome.problem, extra));
       return 0;
     }
     if (outcome.type === 'failure') {
-      if (!ctx.clientGone)
-        sendProblem(res, withHeaders(failureProblem(outcome.error, ctx.upstream.name, ctx.requestId), extra));
+      if (ctx.clientGone) return 0;
+      const p = failureProblem(outcome.error, ctx.upstream.name, ctx.requestId);
+      if (ctx.grpc) ctx.grpcStatus = grpcCodeForProblem(p.kind);
+      sendProblem(res, withHeaders(p, extra));
       return 0;
     }
     if (outcome.type === 'local') return this.commitLocal(ctx, outcome, extra);
@@ -323,10 +340,18 @@ export class ProxyHandler {
     try {
       const headers = clientResponseHeaders(head.rawHeaders, ctx.requestId, extra);
       if (outcome.fallback !== undefined) headers.push('x-breakwater-fallback', outcome.fallback);
+      if (ctx.grpc && head.grpcStatus !== undefined) {
+        // A gRPC Trailers-Only response (an error, as a rule) is relayed as one.
+        sendTrailersOnly(res, head.status, headers);
+        attempt.discard();
+        ctx.grpcStatus = head.grpcStatus;
+        return 0;
+      }
       const cacheTee = this.deps.teeFor?.(ctx, head)?.(headers);
       const storeTee = ctx.responseTee?.(head.status, headers);
       const tee = cacheTee && storeTee ? bothTees(cacheTee, storeTee) : (cacheTee ?? storeTee);
       const result = await attempt.stream(res, head.status, headers, tee);
+      if (ctx.grpc) ctx.grpcStatus = attempt.grpcStatus;
       if (result.error && !res.headersSent) {
         sendProblem(res, withHeaders(failureProblem(result.error, ctx.upstream.name, ctx.requestId), extra));
       }
@@ -375,7 +400,8 @@ export class ProxyHandler {
 
   /** Headers breakwater adds to every answer: attempts made, and Connection: close while draining. */
   private extraHeaders(ctx: RequestContext): string[] | undefined {
-    const draining = this.deps.draining();
+    // (HTTP/2 has no Connection header: a draining listener sends its sessions a GOAWAY instead.)
+    const draining = this.deps.draining() && ctx.req.httpVersionMajor !== 2;
     if (!ctx.route.retry.attemptsHeader) return draining ? CONNECTION_CLOSE : undefined;
     const attempts = ['x-breakwater-attempts', String(ctx.attempts)];
     if (draining) attempts.push(...CONNECTION_CLOSE);
@@ -413,6 +439,11 @@ export class ProxyHandler {
       stats.codes.set(codeKey, counter);
     }
     counter.inc();
+    const grpcStatus = ctx?.grpc ? ctx.grpcStatus : undefined;
+    if (grpcStatus !== undefined)
+      this.deps.metrics.grpcCalls
+        .labels(this.deps.listener.name, route?.name ?? '', route?.upstream ?? '', grpcCodeName(grpcStatus))
+        .inc();
     if (!this.deps.accessLog) return;
     const q = (req.url ?? '').indexOf('?');
     const line: Record<string, unknown> = {
@@ -426,6 +457,7 @@ export class ProxyHandler {
       bytes_out: bytes,
       attempts: ctx?.attempts ?? 0,
       retry_skipped: ctx?.retrySkipped,
+      grpc_status: grpcStatus,
       upstream_error: ctx?.upstreamError,
       complete,
     };
@@ -460,7 +492,8 @@ export class ProxyHandler {
 const REFUSED = new WeakSet<object>();
 
 function refuseConnection(req: IncomingMessage): void {
-  if (req.socket) REFUSED.add(req.socket);
+  // HTTP/2 frames each request on its own: a refusal ends that stream, not the connection.
+  if (req.socket && req.httpVersionMajor !== 2) REFUSED.add(req.socket);
 }
 
 /** Passes a body through, failing it once it is longer than `max` bytes. */
@@ -486,5 +519,7 @@ function hasBody(req: IncomingMessage): boolean {
   const te = req.headers['transfer-encoding'];
   if (te !== undefined) return true;
   const cl = req.headers['content-length'];
-  return cl !== undefined && cl !== '0';
+  if (cl !== undefined) return cl !== '0';
+  // HTTP/2: a body follows unless the HEADERS frame ended the stream (gRPC sends no length).
+  return req.httpVersionMajor === 2 && !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
 }

@@ -45,6 +45,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     labelNames: ['listener', 'route', 'upstream', 'method', 'code'] as const,
     registers: [registry],
   });
+  const grpcCalls = new Counter({
+    name: 'breakwater_grpc_calls_total',
+    help: 'gRPC calls answered by a data-plane listener, by the grpc-status the client got (its HTTP status is 200).',
+    labelNames: ['listener', 'route', 'upstream', 'grpc_status'] as const,
+    registers: [registry],
+  });
   const duration = new Histogram({
     name: 'breakwater_request_duration_seconds',
     help: 'Time from request received to response finished, as the client sees it.',
@@ -227,6 +233,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     collectors,
     scrape,
     requests,
+    grpcCalls,
     duration,
     inflight,
     ready,

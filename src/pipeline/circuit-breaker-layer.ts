@@ -3,6 +3,7 @@
  * told every attempt's result. An open breaker answers 503 `circuit-open` with Retry-After set to
  * the time until it lets a probe through.
  */
+import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
 import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
 import { classifyOutcome } from './outcome.js';
@@ -31,6 +32,25 @@ export function circuitBreakerLayer(
     }
     const t0 = clock.now();
     const outcome = await next(ctx);
+    if (
+      ctx.grpc &&
+      outcome.type === 'response' &&
+      outcome.head.grpcStatus === undefined &&
+      outcome.head.status === 200
+    ) {
+      // A gRPC call is judged by the grpc-status in its trailers, when the stream is over.
+      const elapsed = clock.now() - t0;
+      outcome.attempt.grpcEnd().then((code) => {
+        const result =
+          code === undefined
+            ? 'ignored'
+            : isFailure(failureOn, grpcHttpEquivalent(code), undefined)
+              ? 'failure'
+              : 'success';
+        breaker.onResult(permit, result, elapsed);
+      });
+      return outcome;
+    }
     const c = classifyOutcome(outcome);
     const result =
       c.cause === 'aborted' || ctx.clientGone || outcome.type === 'problem'

@@ -8,8 +8,10 @@ import { AttemptError } from '../proxy/attempt.js';
 import { problem } from '../proxy/problem.js';
 import type { Clock, Layer, Outcome } from './types.js';
 
-export function deadlineLayer(requestTimeout: number, clock: Clock): Layer {
+export function deadlineLayer(routeTimeout: number, clock: Clock): Layer {
   return (next) => (ctx) => {
+    // A gRPC call's own grpc-timeout shortens the deadline, never lengthens it.
+    const requestTimeout = Math.min(ctx.grpcTimeout, routeTimeout);
     ctx.deadline = clock.now() + requestTimeout;
     return new Promise<Outcome>((resolve, reject) => {
       let settled = false;
@@ -24,7 +26,9 @@ export function deadlineLayer(requestTimeout: number, clock: Clock): Layer {
           type: 'problem',
           problem: problem(
             'request-timeout',
-            `the request did not complete within request_timeout (${requestTimeout} ms)`,
+            requestTimeout === routeTimeout
+              ? `the request did not complete within request_timeout (${requestTimeout} ms)`
+              : `the call did not complete within its grpc-timeout (${requestTimeout} ms)`,
             {
               upstream: ctx.upstream.name,
               requestId: ctx.requestId,

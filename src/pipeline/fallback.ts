@@ -12,10 +12,11 @@
 
 import { ResponseCache } from '../cache/response-cache.js';
 import type { FallbackModel, RouteModel } from '../config/resolve.js';
+import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
-import { classifyOutcome } from './outcome.js';
+import { classifyOutcome, judgedStatus } from './outcome.js';
 import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
 
 export type Trigger = 'breaker_open' | 'timeout' | 'error' | 'rate_limited' | 'bulkhead_full' | 'degraded';
@@ -55,7 +56,7 @@ export function triggerOf(o: Outcome): Trigger | undefined {
       return k === 'timeout' || k === 'connect-timeout' ? 'timeout' : 'error';
     }
     case 'response':
-      return o.head.status >= 500 ? 'error' : undefined;
+      return judgedStatus(o.head) >= 500 ? 'error' : undefined;
   }
 }
 
@@ -221,8 +222,16 @@ export function fallbackLayer(
     const t0 = clock.now();
     const outcome = await next(ctx);
     if (monitor) {
-      const c = classifyOutcome(outcome);
-      if (c.cause !== 'aborted') monitor.record(clock.now() - t0, degradationFailure(outcome));
+      const latency = clock.now() - t0;
+      if (ctx.grpc && outcome.type === 'response' && outcome.head.grpcStatus === undefined) {
+        // Judged by the grpc-status in the trailers, when the stream is over.
+        outcome.attempt.grpcEnd().then((code) => {
+          if (code !== undefined) monitor.record(latency, grpcHttpEquivalent(code) >= 500);
+        });
+      } else {
+        const c = classifyOutcome(outcome);
+        if (c.cause !== 'aborted') monitor.record(latency, degradationFailure(outcome));
+      }
     }
     const trigger = triggerOf(outcome);
     if (trigger === undefined || !chain.handles(trigger) || ctx.clientGone) return outcome;

@@ -3,13 +3,17 @@
  * `retry_on` / `failure_on` (`connect-failure`, `reset`, `timeout`). A malformed response counts as
  * a 502, as the client sees it.
  */
-import type { AttemptError } from '../proxy/attempt.js';
+import type { AttemptError, ResponseHead } from '../proxy/attempt.js';
+import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import type { Outcome } from './types.js';
 
 export type FailureCause = 'connect-failure' | 'reset' | 'timeout' | 'aborted';
 
 export interface Classified {
+  /** The status policies judge by: HTTP's, or for a gRPC status its HTTP equivalent (UNAVAILABLE: 503). */
   readonly status: number | undefined;
+  /** A gRPC response's grpc-status, when its headers carried one (trailers-only). */
+  readonly grpc?: number | undefined;
   readonly cause: FailureCause | undefined;
   /** Bounded label for metrics: 2xx..5xx or the cause. */
   readonly label: string;
@@ -38,8 +42,19 @@ export function causeOf(err: AttemptError): FailureCause | undefined {
   }
 }
 
+/** The status a response is judged by: a gRPC call's grpc-status counts as its HTTP equivalent. */
+export function judgedStatus(head: ResponseHead): number {
+  const g = head.grpcStatus;
+  return g === undefined || g === 0 ? head.status : grpcHttpEquivalent(g);
+}
+
 export function classifyOutcome(o: Outcome): Classified {
   if (o.type === 'response') {
+    const g = o.head.grpcStatus;
+    if (g !== undefined) {
+      const s = g === 0 ? o.head.status : grpcHttpEquivalent(g);
+      return { status: s, grpc: g, cause: undefined, label: statusLabel(s) };
+    }
     const s = o.head.status;
     return { status: s, cause: undefined, label: statusLabel(s) };
   }

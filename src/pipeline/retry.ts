@@ -9,12 +9,13 @@
  *   never retried (counted as skipped: body_too_large).
  * - Waits grow exponentially with jitter; a `Retry-After` from the upstream is honoured (never
  *   retry earlier than it says), capped by `max_wait`; no retry starts that could not finish
- *   (wait + attempt timeout) before the request deadline.
+ *   (wait + attempt timeout) before the request deadline (a gRPC call's grpc-timeout: wait only).
  * - A retry budget per upstream caps retries at `budget.ratio` of requests over a sliding window,
  *   with `budget.min_per_second` always allowed, so retries cannot turn an outage into a storm.
  * - Each retry prefers an endpoint not tried yet (the balancer's `avoid`).
  */
-import type { RetryPolicy } from '../config/resolve.js';
+import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
+import { grpcCodeName } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
 import { readUpTo } from '../proxy/request-body.js';
 import { type Classified, classifyOutcome } from './outcome.js';
@@ -116,6 +117,12 @@ export function retryAfterMs(rawHeaders: readonly Buffer[], wallNow: number): nu
 }
 
 function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
+  // A gRPC status is matched by the gRPC names in retry_on only (its HTTP status is 200).
+  if (c.grpc !== undefined) {
+    if (c.grpc === 0) return undefined;
+    const name = grpcCodeName(c.grpc);
+    return policy.retryOn.includes(name as RetryOutcome) ? name : undefined;
+  }
   for (const r of policy.retryOn) {
     if (typeof r === 'number') {
       if (c.status === r) return String(r);
@@ -180,7 +187,10 @@ export function retryLayer(
       if (reason === undefined) return outcome;
       if (retries + 1 >= policy.maxAttempts) return outcome;
       // A connect failure reached nothing, so any method may go again; otherwise only idempotent ones.
-      if (c.cause !== 'connect-failure' && !idempotent) return skipped(ctx, events, 'method', outcome);
+      // A gRPC code named in retry_on is the service's own word that the call may go again (as
+      // gRPC's retryPolicy.retryableStatusCodes): every gRPC call is a POST.
+      if (c.cause !== 'connect-failure' && c.grpc === undefined && !idempotent)
+        return skipped(ctx, events, 'method', outcome);
       // (A body the listener read whole may still be over this route's replay limit.)
       if (ctx.body !== null && (!Buffer.isBuffer(ctx.body) || ctx.body.length > policy.maxBodyBytes))
         return skipped(ctx, events, 'body_too_large', outcome);
@@ -192,9 +202,11 @@ export function retryLayer(
           wait = Math.max(wait, ra);
         }
       }
-      // A retry starts only if its wait and a whole attempt timeout fit before the deadline.
-      if (clock.now() + wait + ctx.route.timeouts.attempt > ctx.deadline)
-        return skipped(ctx, events, 'deadline', outcome);
+      // A retry starts only if its wait and a whole attempt timeout fit before the deadline. A gRPC
+      // call's own deadline (grpc-timeout) is the caller's budget for every try, as in gRPC's own
+      // retries: a retry starts if its wait fits, and gets the time left.
+      const needed = ctx.grpcTimeout < Number.POSITIVE_INFINITY ? 1 : ctx.route.timeouts.attempt;
+      if (clock.now() + wait + needed > ctx.deadline) return skipped(ctx, events, 'deadline', outcome);
       if (!budget.tryRetry()) return skipped(ctx, events, 'budget', outcome);
       if (outcome.type === 'response') outcome.attempt.discard();
       events.retried(reason);

@@ -46,12 +46,28 @@ export interface RequestContext {
   retrySkipped: string | undefined;
   /** The error code (or cause) of the last attempt that failed, if one did (for logs). */
   upstreamError: string | undefined;
+  /** A gRPC call (content-type application/grpc): its outcome is its grpc-status. */
+  readonly grpc: boolean;
+  /** The call's own deadline from `grpc-timeout` (ms; Infinity: none). */
+  readonly grpcTimeout: number;
+  /** The call's final grpc-status, once known (logs and metrics). */
+  grpcStatus: number | undefined;
 }
 
 /** What the listener knows when a request arrives; the rest of a context starts empty. */
 export type ContextInit = Pick<
   RequestContext,
-  'req' | 'res' | 'route' | 'upstream' | 'requestId' | 'method' | 'path' | 'start' | 'body'
+  | 'req'
+  | 'res'
+  | 'route'
+  | 'upstream'
+  | 'requestId'
+  | 'method'
+  | 'path'
+  | 'start'
+  | 'body'
+  | 'grpc'
+  | 'grpcTimeout'
 >;
 
 export function newContext(init: ContextInit): RequestContext {
@@ -78,6 +94,9 @@ export function newContext(init: ContextInit): RequestContext {
     responseTee: undefined,
     retrySkipped: undefined,
     upstreamError: undefined,
+    grpc: init.grpc,
+    grpcTimeout: init.grpcTimeout,
+    grpcStatus: undefined,
   };
 }
 

@@ -2,9 +2,10 @@
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
+import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
-import { classifyOutcome, statusLabel } from './outcome.js';
+import { classifyOutcome, judgedStatus, statusLabel } from './outcome.js';
 import type { Clock, Handler, Outcome, RequestContext } from './types.js';
 
 /** Header that tells the upstream how long breakwater will wait for this attempt (ms). */
@@ -38,6 +39,9 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));
+    // gRPC: the upstream learns the time left as grpc-timeout; `te: trailers` is how gRPC says it
+    // reads trailers (hop-by-hop, so not passed on from the client by itself).
+    if (ctx.grpc) headers.push('grpc-timeout', `${timeout}m`, 'te', 'trailers');
     endpoint.inflight++;
     const attempt = new Attempt({
       dispatcher: endpoint.pool,
@@ -51,13 +55,24 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       onSettled: () => {
         endpoint.inflight--;
       },
+      grpc: ctx.grpc,
     });
     ctx.current = attempt;
     attempt.start();
     return attempt.head.then(
       (head): Outcome => {
-        onOutcome?.(statusLabel(head.status));
-        upstream.recordResult(endpoint, head.status >= 500, clock.now() - sentAt);
+        const latency = clock.now() - sentAt;
+        if (ctx.grpc && head.grpcStatus === undefined && head.status === 200) {
+          // The call's status comes in the trailers: outlier detection hears it then.
+          attempt.grpcEnd().then((code) => {
+            if (code !== undefined) upstream.recordResult(endpoint, grpcHttpEquivalent(code) >= 500, latency);
+          });
+          onOutcome?.(statusLabel(head.status));
+        } else {
+          const status = judgedStatus(head);
+          onOutcome?.(statusLabel(status));
+          upstream.recordResult(endpoint, status >= 500, latency);
+        }
         return { type: 'response', attempt, head, endpoint };
       },
       (err: AttemptError): Outcome => {

@@ -13,6 +13,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
+import { GRPC_CODES, grpcStatusIn, grpcStatusOfTrailers } from './grpc.js';
 
 export type AttemptCause =
   | 'connect-failure'
@@ -41,6 +42,8 @@ export interface ResponseHead {
   readonly status: number;
   readonly statusText: string;
   readonly rawHeaders: Buffer[];
+  /** gRPC calls: grpc-status when the headers carry it (a trailers-only response). */
+  readonly grpcStatus?: number | undefined;
 }
 
 export interface AttemptOptions {
@@ -57,6 +60,8 @@ export interface AttemptOptions {
   readonly servername?: string | undefined;
   /** Called once when the attempt is over: body relayed, failed, aborted or discarded. */
   readonly onSettled?: (() => void) | undefined;
+  /** A gRPC call: read grpc-status from the headers and the trailers. */
+  readonly grpc?: boolean;
 }
 
 /** Receives a copy of the body as it streams (the response cache); `end` only when it was whole. */
@@ -189,6 +194,27 @@ export function classify(
   return new AttemptError('reset', `upstream error: ${err.message}`, sentHeaders, code || undefined);
 }
 
+export type RawTrailers = readonly (string | Buffer)[] | Readonly<Record<string, string | string[]>> | null;
+
+/** Trailers as one object (what addTrailers takes for HTTP/1.1 and HTTP/2 alike); undefined if none. */
+export function trailerObject(trailers: RawTrailers): Record<string, string> | undefined {
+  if (!trailers) return undefined;
+  let out: Record<string, string> | undefined;
+  if (Array.isArray(trailers)) {
+    for (let i = 0; i < trailers.length; i += 2) {
+      out ??= {};
+      out[String(trailers[i])] = String(trailers[i + 1]);
+    }
+    return out;
+  }
+  for (const [k, v] of Object.entries(trailers as Record<string, string | string[]>)) {
+    if (k.charCodeAt(0) === 58) continue;
+    out ??= {};
+    out[k] = Array.isArray(v) ? v.join(', ') : v;
+  }
+  return out;
+}
+
 enum State {
   Waiting = 0,
   Headers = 1,
@@ -212,10 +238,13 @@ export class Attempt implements Dispatcher.DispatchHandler {
   private connected = false;
   /** Chunks and the end that came before stream() was called (HEAD, 204, tiny bodies). */
   private early: Buffer[] | undefined;
-  private ended: string[] | null | undefined;
+  private ended: RawTrailers | undefined;
   private failure: AttemptError | undefined;
   private settled = false;
   private tee: BodyTee | undefined;
+  /** gRPC: the call's status once known; whoever waits for it (`grpcEnd`). */
+  grpcStatus: number | undefined;
+  private grpcWaiters: ((code: number | undefined) => void)[] | undefined;
 
   constructor(private readonly opts: AttemptOptions) {
     this.head = new Promise<ResponseHead>((resolve, reject) => {
@@ -274,6 +303,7 @@ export class Attempt implements Dispatcher.DispatchHandler {
     this.state = State.Discarded;
     this.abortFn?.(new AttemptError('client-aborted', 'response discarded', true));
     this.settle();
+    if (this.opts.grpc) this.endGrpc(this.grpcStatus);
   }
 
   /** Relays status, headers and body to the client; resolves when the body is done or broken. */
@@ -327,8 +357,31 @@ export class Attempt implements Dispatcher.DispatchHandler {
     }
     this.state = State.Headers;
     this.resumeFn = resume;
-    this.resolveHead({ status: statusCode, statusText, rawHeaders });
+    const grpcStatus = this.opts.grpc ? grpcStatusIn(rawHeaders) : undefined;
+    this.grpcStatus = grpcStatus;
+    this.resolveHead({ status: statusCode, statusText, rawHeaders, grpcStatus });
     return false;
+  }
+
+  /**
+   * gRPC: resolves with the call's grpc-status when the response is over (from the trailers, or the
+   * headers of a trailers-only response): UNKNOWN when none came, UNAVAILABLE when the upstream
+   * broke the stream, undefined when breakwater dropped the response (client gone, retried).
+   */
+  grpcEnd(): Promise<number | undefined> {
+    if (this.state === State.Done) return Promise.resolve(this.grpcStatus);
+    return new Promise((resolve) => {
+      if (this.grpcWaiters) this.grpcWaiters.push(resolve);
+      else this.grpcWaiters = [resolve];
+    });
+  }
+
+  private endGrpc(code: number | undefined): void {
+    this.grpcStatus = code;
+    const waiters = this.grpcWaiters;
+    if (!waiters) return;
+    this.grpcWaiters = undefined;
+    for (const w of waiters) w(code);
   }
 
   onData(chunk: Buffer): boolean {
@@ -343,26 +396,30 @@ export class Attempt implements Dispatcher.DispatchHandler {
     return this.res.write(chunk);
   }
 
-  onComplete(trailers: string[] | null): void {
+  /** Trailers: a flat [name, value, ...] list from HTTP/1.1, an object from HTTP/2. */
+  onComplete(trailers: RawTrailers): void {
     if (this.state === State.Headers) {
       this.ended = trailers;
       return;
     }
     if (this.state === State.Streaming && this.res) {
       const res = this.res;
-      if (trailers && trailers.length > 0 && res.chunkedEncoding) {
-        const t: [string, string][] = [];
-        for (let i = 0; i < trailers.length; i += 2) t.push([String(trailers[i]), String(trailers[i + 1])]);
-        res.addTrailers(t);
+      // Relayed where the client's framing can carry them: chunked HTTP/1.1, or HTTP/2.
+      if (res.chunkedEncoding || res.req.httpVersionMajor === 2) {
+        const t = trailerObject(trailers);
+        if (t) res.addTrailers(t);
       }
       res.off('drain', this.onDrain);
       res.end();
       this.tee?.end();
       this.settle();
+      if (this.opts.grpc)
+        this.endGrpc(this.grpcStatus ?? grpcStatusOfTrailers(trailers) ?? GRPC_CODES.unknown);
       this.finish?.({ complete: true, bytes: this.bytes });
       return;
     }
     this.settle();
+    if (this.opts.grpc) this.endGrpc(undefined);
   }
 
   private settle(): void {
@@ -390,5 +447,10 @@ export class Attempt implements Dispatcher.DispatchHandler {
       this.res.destroy();
       this.finish?.({ complete: false, bytes: this.bytes, error: failure });
     }
+    // A gRPC stream the upstream broke is UNAVAILABLE; one breakwater dropped has no status.
+    if (this.opts.grpc && prev !== State.Waiting)
+      this.endGrpc(
+        failure.kind === 'client-aborted' ? undefined : (this.grpcStatus ?? GRPC_CODES.unavailable),
+      );
   }
 }

@@ -30,6 +30,8 @@ const REQUEST_OWNED = new Set([
   'x-forwarded-host',
   'x-request-id',
   'x-breakwater-timeout-ms',
+  // Set from the time left for a gRPC call (the client's value is its deadline, read at arrival).
+  'grpc-timeout',
 ]);
 
 /** Response headers breakwater sets itself: an upstream's copies are not passed on. */
@@ -92,6 +94,8 @@ export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeader
   let xff: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are the request line, not headers.
+    if (name.charCodeAt(0) === 58) continue;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || (extra?.has(lower) ?? false)) continue;
     if (REQUEST_OWNED.has(lower)) {

@@ -3,6 +3,7 @@
  * The `type` URIs are stable identifiers, listed in docs/errors.md.
  */
 import type { ServerResponse } from 'node:http';
+import { isGrpcRequest, sendGrpcProblem } from './grpc.js';
 
 export type ProblemKind =
   | 'no-route'
@@ -80,6 +81,11 @@ export function problemBody(p: Problem): string {
 /** Writes a problem response unless the response has already started. */
 export function sendProblem(res: ServerResponse, p: Problem): void {
   if (res.headersSent || res.destroyed) return;
+  // A gRPC client reads grpc-status, not an HTTP status or a JSON body.
+  if (isGrpcRequest(res.req)) {
+    sendGrpcProblem(res, p);
+    return;
+  }
   const body = problemBody(p);
   const headers: string[] = [
     'content-type',
@@ -90,7 +96,13 @@ export function sendProblem(res: ServerResponse, p: Problem): void {
     'no-store',
   ];
   if (p.requestId !== undefined) headers.push('x-request-id', p.requestId);
-  if (p.headers) for (const h of p.headers) headers.push(h);
+  if (p.headers) {
+    // HTTP/2 forbids connection-specific headers (`connection: close` ends only HTTP/1.1).
+    const h2 = res.req.httpVersionMajor === 2;
+    for (let i = 0; i < p.headers.length; i += 2)
+      if (!h2 || (p.headers[i] as string).toLowerCase() !== 'connection')
+        headers.push(p.headers[i] as string, p.headers[i + 1] as string);
+  }
   res.writeHead(p.status, headers);
   res.end(res.req.method === 'HEAD' ? undefined : body);
 }

@@ -72,10 +72,23 @@ export function poolOptions(model: EndpointModel, upstream: UpstreamModel): Pool
     bodyTimeout: upstream.timeouts.body,
     strictContentLength: true,
   };
-  if (!model.origin.startsWith('https:')) return options;
+  const h2 = upstream.protocol !== 'http1';
+  if (h2) {
+    // One connection carries many requests at once: undici's pipelining is its stream limit.
+    options.allowH2 = true;
+    options.pipelining = upstream.maxConcurrentStreams;
+    options.maxConcurrentStreams = upstream.maxConcurrentStreams;
+  }
+  if (!model.origin.startsWith('https:')) {
+    // undici's connector takes `useH2c` (HTTP/2 with prior knowledge); its types do not list it yet.
+    if (upstream.protocol === 'h2c')
+      options.connect = { timeout: upstream.timeouts.connect, useH2c: true } as buildConnector.BuildOptions;
+    return options;
+  }
   const t = upstream.tls;
   const connector = buildConnector({
     timeout: upstream.timeouts.connect,
+    allowH2: h2,
     rejectUnauthorized: !t?.insecureSkipVerify,
     ...(t ? { secureContext: secureContextOf(t) } : {}),
   });

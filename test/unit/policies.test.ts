@@ -27,6 +27,8 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     path: '/',
     start: 0,
     body: null,
+    grpc: false,
+    grpcTimeout: Number.POSITIVE_INFINITY,
   });
 }
 
