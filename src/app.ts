@@ -534,6 +534,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     retry: model.retry,
     idempotency: undefined,
     maxBodyBytes: 0,
+    websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
   };
 }
 
