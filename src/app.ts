@@ -205,6 +205,7 @@ export class Breakwater {
         draining: () => this.phase === 'draining',
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
+        policiesOf: (name) => policies.get(name),
       });
     }
 
