@@ -215,6 +215,7 @@ export class Breakwater {
         draining: () => this.phase === 'draining',
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
+        policiesOf: (name) => policies.get(name),
       });
     }
 
@@ -549,6 +550,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     idempotency: undefined,
     maxBodyBytes: 0,
     trust: undefined,
+    websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
   };
 }
 

@@ -45,6 +45,16 @@ export interface Timeouts {
   readonly body: number;
 }
 
+/** WebSocket pass-through on a route (layered like the timeouts: resilience <- upstream <- route). */
+export interface WebSocketPolicy {
+  /** Upgrades are passed through (false: refused with 403). */
+  readonly enabled: boolean;
+  /** No bytes either way for this long closes the tunnel (ms); 0: never. */
+  readonly idleTimeout: number;
+  /** The tunnel is closed this long after its handshake (ms); 0: no limit. */
+  readonly maxDuration: number;
+}
+
 export interface RetryPolicy {
   readonly enabled: boolean;
   readonly maxAttempts: number;
@@ -188,6 +198,7 @@ export interface RouteModel {
   readonly maxBodyBytes: number;
   /** The listener's trusted proxies (undefined: none). */
   readonly trust: TrustCheck | undefined;
+  readonly websocket: WebSocketPolicy;
 }
 
 export interface IdempotencyPolicy {
@@ -280,6 +291,7 @@ export const DEFAULTS = {
   } satisfies CircuitBreakerPolicy,
   rateLimiter: { mode: 'reject', maxDelay: 1_000, maxQueue: 1_000, maxKeys: 10_000 },
   bulkhead: { maxConcurrent: 100, maxQueue: 0, queueTimeout: 1_000 } satisfies BulkheadPolicy,
+  websocket: { enabled: true, idleTimeout: 300_000, maxDuration: 0 } satisfies WebSocketPolicy,
 } as const;
 
 export interface ResolveProblem {
@@ -305,6 +317,19 @@ function timeoutsOf(
     request: get('request_timeout') ?? Math.max(DEFAULTS.timeouts.request, get('timeout') ?? 0),
     connect: get('connect_timeout') ?? DEFAULTS.timeouts.connect,
     body: get('body_timeout') ?? DEFAULTS.timeouts.body,
+  };
+}
+
+/** `layers` first wins (route, upstream, resilience), as for the timeouts. */
+function websocketOf(
+  enabled: boolean | undefined,
+  layers: readonly ({ websocket_idle_timeout?: number; websocket_max_duration?: number } | undefined)[],
+): WebSocketPolicy {
+  const d = DEFAULTS.websocket;
+  return {
+    enabled: enabled ?? d.enabled,
+    idleTimeout: pick(...layers.map((l) => l?.websocket_idle_timeout)) ?? d.idleTimeout,
+    maxDuration: pick(...layers.map((l) => l?.websocket_max_duration)) ?? d.maxDuration,
   };
 }
 
@@ -604,6 +629,7 @@ export async function resolveConfig(
           idempotency: idempotencyOf(rt.idempotency),
           maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
           trust,
+          websocket: websocketOf(rt.websocket, [rt, u, r]),
         };
       }),
     };

@@ -240,6 +240,12 @@ const timeoutKeys = {
   request_timeout: duration.optional().describe('Whole request, retries and waits included. Default: 15s.'),
   connect_timeout: duration.optional().describe('TCP connect per attempt. Default: 2s.'),
   body_timeout: duration.optional().describe('Longest silence while a response body streams. Default: 30s.'),
+  websocket_idle_timeout: duration
+    .optional()
+    .describe('A WebSocket with no bytes either way this long is closed; 0: never. Default: 5m.'),
+  websocket_max_duration: duration
+    .optional()
+    .describe('A WebSocket is closed this long after its handshake; 0: no limit. Default: 0.'),
 };
 
 const fallbackTriggers = z.enum([
@@ -488,6 +494,12 @@ export const routeSchema = z.strictObject({
     .describe('true strips match.path_prefix; a string strips that prefix. Default: false.'),
   timeout: timeoutKeys.timeout,
   request_timeout: timeoutKeys.request_timeout,
+  websocket: z
+    .boolean()
+    .optional()
+    .describe('Pass WebSocket upgrades through to the upstream (false: 403). Default: true.'),
+  websocket_idle_timeout: timeoutKeys.websocket_idle_timeout,
+  websocket_max_duration: timeoutKeys.websocket_max_duration,
   retry: retrySchema.optional(),
   idempotency: idempotencySchema.optional(),
   max_body_bytes: byteSize

@@ -4,7 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
-import { type Readable, Transform, type TransformCallback } from 'node:stream';
+import { type Duplex, type Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
@@ -19,8 +19,9 @@ import {
   sendTrailersOnly,
 } from '../proxy/grpc.js';
 import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
-import { type Problem, problem, sendProblem } from '../proxy/problem.js';
+import { failureProblem, type Problem, problem, sendProblem } from '../proxy/problem.js';
 import { readUpTo, watchBodyIdle } from '../proxy/request-body.js';
+import { type TunnelPolicies, upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
 
@@ -34,6 +35,8 @@ export interface HandlerDeps {
   readonly accessLogHeaders: readonly string[];
   /** True once shutdown began: responses carry Connection: close. */
   readonly draining: () => boolean;
+  /** The breaker, limiter and bulkhead of an upstream, for WebSocket handshakes. */
+  readonly policiesOf?: (upstream: string) => TunnelPolicies | undefined;
   /** Live traffic figures of an upstream (GET /state, the status page). */
   readonly statsOf?: (upstream: string) => UpstreamStats | undefined;
   /** The response cache's tee for this response, when it should be stored. */
@@ -44,6 +47,7 @@ export interface HandlerDeps {
 }
 
 const CONNECTION_CLOSE = ['connection', 'close'];
+const FOREIGN_TARGET = 'absolute-form targets for other hosts are refused (breakwater is not an open proxy)';
 const CLIENT_GONE = new AttemptError('client-aborted', 'the client closed the connection', true);
 const BODY_STALLED = new AttemptError('client-aborted', 'the client stopped sending the request body', true);
 
@@ -64,27 +68,6 @@ function withHeaders(p: Problem, extra: readonly string[] | undefined): Problem 
   return extra ? { ...p, headers: [...(p.headers ?? []), ...extra] } : p;
 }
 
-/** Maps a failed attempt to the problem the client sees. */
-export function failureProblem(err: AttemptError, upstream: string, requestId: string): Problem {
-  const extra = { upstream, requestId };
-  switch (err.kind) {
-    case 'connect-failure':
-      return problem('upstream-connect-failed', err.message, extra);
-    case 'connect-timeout':
-      return problem('upstream-connect-timeout', err.message, extra);
-    case 'timeout':
-      return problem('upstream-timeout', err.message, extra);
-    case 'protocol':
-      return problem('upstream-bad-response', err.message, extra);
-    case 'request-body':
-      return err.code === 'BW_BODY_TOO_LARGE'
-        ? problem('payload-too-large', err.message, { ...extra, headers: ['connection', 'close'] })
-        : problem('bad-request', err.message, extra);
-    default:
-      return problem('upstream-reset', err.message, extra);
-  }
-}
-
 interface RouteStats {
   readonly duration: { observe(v: number): void };
   readonly codes: Map<string, { inc(): void }>;
@@ -96,6 +79,8 @@ export class ProxyHandler {
   private router: Router;
   private stats = new Map<RouteModel | undefined, RouteStats>();
   private readonly inflight: { inc(): void; dec(): void };
+  /** Open WebSocket tunnels (kept across reloads, cut when the drain timeout passes). */
+  readonly tunnels = new WebSocketTunnels();
 
   constructor(private deps: HandlerDeps) {
     this.router = new Router(deps.listener.routes);
@@ -129,9 +114,8 @@ export class ProxyHandler {
     // host would make breakwater an open proxy.
     const target = absoluteTarget(req.url ?? '/', req.headers.host);
     if (target === 'foreign') {
-      const detail = 'absolute-form targets for other hosts are refused (breakwater is not an open proxy)';
       refuseConnection(req);
-      sendProblem(res, problem('bad-request', detail, { headers: ['connection', 'close'] }));
+      sendProblem(res, problem('bad-request', FOREIGN_TARGET, { headers: ['connection', 'close'] }));
       return;
     }
     if (target !== undefined) req.url = target;
@@ -144,17 +128,11 @@ export class ProxyHandler {
     this.inflight.inc();
     // One reading of the path for matching and for the upstream, so no encoding trick bypasses a route.
     const pathOnly = normalizePath(rawPath);
-    const refusal =
-      pathOnly === undefined
-        ? `the path ${rawPath} is not valid (backslash, or .. above the root)`
-        : this.refuse(req);
+    const refusal = this.refusal(req, rawPath, pathOnly, requestId);
     if (refusal !== undefined) {
       res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
-      const [status, detail] = typeof refusal === 'string' ? [400, refusal] : refusal;
-      const kind =
-        status === 413 ? 'payload-too-large' : status === 431 ? 'headers-too-large' : 'bad-request';
       refuseConnection(req);
-      sendProblem(res, problem(kind, detail, { status, requestId, headers: ['connection', 'close'] }));
+      sendProblem(res, refusal);
       return;
     }
     if (pathOnly !== rawPath) url = q < 0 ? (pathOnly as string) : `${pathOnly}${url.slice(q)}`;
@@ -285,6 +263,82 @@ export class ProxyHandler {
       problem('body-timeout', detail, { requestId: ctx.requestId, headers: CONNECTION_CLOSE }),
     );
     ctx.res.once('finish', () => ctx.req.socket?.destroy());
+  }
+
+  /**
+   * A request with `Connection: upgrade` (the server's 'upgrade' event: it never reaches handle()).
+   * The same refusals and the same routing as any request, then the upgrade's own refusals (only
+   * websocket, as a GET without a body), then the WebSocket tunnel. Every refusal closes the
+   * connection.
+   */
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (REFUSED.has(socket)) {
+      socket.destroy();
+      return;
+    }
+    const start = performance.now();
+    const deps = this.deps;
+    const requestId = incomingRequestId(req) ?? newRequestId();
+    const u = {
+      req,
+      socket,
+      head,
+      requestId,
+      start,
+      listener: deps.listener.name,
+      metrics: deps.metrics,
+      logger: deps.logger,
+      accessLog: deps.accessLog,
+    };
+    const target = absoluteTarget(req.url ?? '/', req.headers.host);
+    if (target === 'foreign') {
+      this.tunnels.refuse(u, problem('bad-request', FOREIGN_TARGET, { requestId }));
+      return;
+    }
+    if (target !== undefined) req.url = target;
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const rawPath = q < 0 ? url : url.slice(0, q);
+    const pathOnly = normalizePath(rawPath);
+    const refusal = this.refusal(req, rawPath, pathOnly, requestId) ?? upgradeRefusal(req, requestId);
+    if (refusal !== undefined || pathOnly === undefined) {
+      this.tunnels.refuse(u, refusal as Problem);
+      return;
+    }
+    const method = req.method ?? 'GET';
+    const route = this.router.match(method, pathOnly, req.headers);
+    if (!route) {
+      const detail = `no route of listener ${deps.listener.name} matches ${method} ${pathOnly}`;
+      this.tunnels.refuse(u, problem('no-route', detail, { requestId }));
+      return;
+    }
+    const full = pathOnly === rawPath ? url : q < 0 ? pathOnly : `${pathOnly}${url.slice(q)}`;
+    this.tunnels.open(u, {
+      route,
+      upstream: deps.upstreams.get(route.upstream) as Upstream,
+      policies: deps.policiesOf?.(route.upstream),
+      path: upstreamPath(full, pathOnly.length, route.stripPrefix),
+    });
+  }
+
+  /**
+   * The problem for a request refused before routing (a path that cannot be read, or `refuse`
+   * below), or undefined to go on.
+   */
+  private refusal(
+    req: IncomingMessage,
+    rawPath: string,
+    pathOnly: string | undefined,
+    requestId: string,
+  ): Problem | undefined {
+    const refused =
+      pathOnly === undefined
+        ? ([400, `the path ${rawPath} is not valid (backslash, or .. above the root)`] as [number, string])
+        : this.refuse(req);
+    if (refused === undefined) return undefined;
+    const [status, detail] = refused;
+    const kind = status === 413 ? 'payload-too-large' : status === 431 ? 'headers-too-large' : 'bad-request';
+    return problem(kind, detail, { status, requestId, headers: CONNECTION_CLOSE });
   }
 
   /**

@@ -80,6 +80,9 @@ export class DataListener {
     app.server.maxConnections = limits.maxConnections;
     // One more than the limit, so that the handler sees the overflow and answers 431.
     app.server.maxHeadersCount = limits.maxHeaders + 1;
+    // `Connection: upgrade` requests come here, not to onRequest: WebSocket pass-through (every
+    // other protocol is refused). Registering the listener is what makes Node hand them over.
+    app.server.on('upgrade', (req, socket, head) => handler.upgrade(req, socket, head));
     // CONNECT would tunnel anywhere: refused.
     app.server.on('connect', (_req, socket) => {
       socket.end(
@@ -94,17 +97,26 @@ export class DataListener {
     return (this.app.server.address() as AddressInfo).port;
   }
 
-  /** Stops accepting; resolves when every connection has ended (HTTP/2 ones get a GOAWAY). */
+  /** WebSocket tunnels open now. */
+  get openWebSockets(): number {
+    return this.handler.tunnels.openCount;
+  }
+
+  /** Stops accepting; resolves when every connection has ended (HTTP/2 ones get a GOAWAY), open WebSockets included. */
   close(): Promise<void> {
     const closing = this.app.close();
     if (this.h2Sessions) for (const s of this.h2Sessions) s.close();
     return closing;
   }
 
-  /** Ends every connection at once (drain timeout passed). */
+  /**
+   * Ends every connection at once (drain timeout passed). An upgraded socket has left Node's HTTP
+   * connection list (closeAllConnections does not see it), so WebSocket tunnels are cut here.
+   */
   forceClose(): void {
     this.app.server.closeAllConnections();
     if (this.h2Sessions) for (const s of this.h2Sessions) s.destroy();
+    this.handler.tunnels.closeAll();
   }
 }
 

@@ -221,6 +221,25 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
+  const websocketUpgrades = new Counter({
+    name: 'breakwater_websocket_upgrades_total',
+    help: 'WebSocket handshakes, by outcome (upgraded, 2xx..5xx: the upstream refused, connect_failure, timeout, reset, protocol_error, circuit_open, bulkhead_full, rate_limited, no_endpoint, refused, client_gone).',
+    labelNames: ['upstream', 'outcome'] as const,
+    registers: [registry],
+  });
+  const websocketOpen = new Gauge({
+    name: 'breakwater_websocket_connections',
+    help: 'WebSocket connections open now (tunnels between a client and an upstream).',
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
+  const websocketClosed = new Counter({
+    name: 'breakwater_websocket_closed_total',
+    help: 'WebSocket connections closed, by who or what closed them (client, upstream, error, idle_timeout, max_duration, shutdown).',
+    labelNames: ['upstream', 'reason'] as const,
+    registers: [registry],
+  });
+
   /** Gauges that read live state are set by these just before each scrape (keyed, so a reload replaces its own). */
   const collectors = new Map<string, () => void>();
   const scrape = async (): Promise<string> => {
@@ -262,5 +281,8 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     endpointHealthy,
     endpointInFlight,
     endpointEjections,
+    websocketUpgrades,
+    websocketOpen,
+    websocketClosed,
   };
 }

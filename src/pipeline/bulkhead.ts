@@ -4,7 +4,7 @@
  * at once. A hanging upstream can then hold only its own slots, never the whole process.
  */
 import type { BulkheadPolicy } from '../config/resolve.js';
-import { problem } from '../proxy/problem.js';
+import { type Problem, problem } from '../proxy/problem.js';
 import {
   type Clock,
   type Handler,
@@ -65,6 +65,12 @@ export class Bulkhead {
     }
   }
 
+  /** The 503 `bulkhead-full` answer. */
+  fullProblem(upstream: string, requestId: string): Problem {
+    const detail = `upstream ${upstream} has ${this.policy.maxConcurrent} requests in flight`;
+    return problem('bulkhead-full', detail, { upstream, requestId });
+  }
+
   layer(upstream: string, onRejected: () => void): Layer {
     const admit = (ctx: RequestContext, next: Handler): Promise<Outcome> => {
       // A request whose client left while it queued gives its slot straight back.
@@ -83,11 +89,7 @@ export class Bulkhead {
     };
     const refuse = (ctx: RequestContext): Outcome => {
       onRejected();
-      const detail = `upstream ${upstream} has ${this.policy.maxConcurrent} requests in flight`;
-      return {
-        type: 'problem',
-        problem: problem('bulkhead-full', detail, { upstream, requestId: ctx.requestId }),
-      };
+      return { type: 'problem', problem: this.fullProblem(upstream, ctx.requestId) };
     };
     // The common case (a free slot) adds no promise of its own.
     return (next) => (ctx) => {

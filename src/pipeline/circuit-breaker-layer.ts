@@ -4,10 +4,20 @@
  * the time until it lets a probe through.
  */
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
-import { problem } from '../proxy/problem.js';
+import { type Problem, problem } from '../proxy/problem.js';
 import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
 import { classifyOutcome } from './outcome.js';
 import type { Clock, Layer } from './types.js';
+
+/** The 503 `circuit-open` answer, Retry-After set to the time until a probe is let through. */
+export function breakerOpenProblem(breaker: CircuitBreaker, upstream: string, requestId: string): Problem {
+  const seconds = Math.max(1, Math.ceil(breaker.retryAfterMs() / 1000));
+  return problem('circuit-open', `the circuit breaker of upstream ${upstream} is ${breaker.state}`, {
+    upstream,
+    requestId,
+    headers: ['retry-after', String(seconds)],
+  });
+}
 
 export function circuitBreakerLayer(
   breaker: CircuitBreaker,
@@ -20,15 +30,7 @@ export function circuitBreakerLayer(
     const permit = breaker.tryAcquire();
     if (!permit) {
       onRejected();
-      const seconds = Math.max(1, Math.ceil(breaker.retryAfterMs() / 1000));
-      return {
-        type: 'problem',
-        problem: problem('circuit-open', `the circuit breaker of upstream ${upstream} is ${breaker.state}`, {
-          upstream,
-          requestId: ctx.requestId,
-          headers: ['retry-after', String(seconds)],
-        }),
-      };
+      return { type: 'problem', problem: breakerOpenProblem(breaker, upstream, ctx.requestId) };
     }
     const t0 = clock.now();
     const outcome = await next(ctx);

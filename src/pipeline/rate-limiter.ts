@@ -7,11 +7,11 @@
  *   design document's traffic shaper: excess waits, not fails), up to `max_delay` and `max_queue`;
  *   only past those is it answered 429.
  */
-
+import type { IncomingMessage } from 'node:http';
 import { LRUCache } from 'lru-cache';
 import type { RateLimiterPolicy } from '../config/resolve.js';
-import { clientAddress } from '../proxy/client-address.js';
-import { problem } from '../proxy/problem.js';
+import { clientAddress, type TrustCheck } from '../proxy/client-address.js';
+import { type Problem, problem } from '../proxy/problem.js';
 import { TokenBucket } from './token-bucket.js';
 import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
 
@@ -44,14 +44,15 @@ export class RateLimiter {
     return this.single?.tokens();
   }
 
-  bucketFor(ctx: RequestContext): TokenBucket {
+  /** The bucket of this request: the shared one, or its key's (`trust`: the listener's trusted proxies). */
+  bucketFor(req: IncomingMessage, trust: TrustCheck | undefined): TokenBucket {
     if (this.single) return this.single;
     const k = this.policy.key;
     const key =
       k.kind === 'client_ip'
-        ? clientAddress(ctx.req, ctx.route.trust)
+        ? clientAddress(req, trust)
         : k.kind === 'header'
-          ? String(ctx.req.headers[k.header] ?? '')
+          ? String(req.headers[k.header] ?? '')
           : '';
     const keyed = this.keyed as LRUCache<string, TokenBucket>;
     let b = keyed.get(key);
@@ -64,7 +65,7 @@ export class RateLimiter {
 
   layer(upstream: string, events: RateLimiterEvents): Layer {
     return (next) => (ctx) => {
-      const bucket = this.bucketFor(ctx);
+      const bucket = this.bucketFor(ctx.req, ctx.route.trust);
       // The common case (a token) adds no promise of its own.
       return bucket.tryTake() ? next(ctx) : this.limited(ctx, bucket, next, upstream, events);
     };
@@ -94,28 +95,31 @@ export class RateLimiter {
       }
     }
     events.rejected();
+    return { type: 'problem', problem: this.limitedProblem(bucket, upstream, ctx.requestId) };
+  }
+
+  /** The 429 `rate-limited` answer, with Retry-After and the RateLimit headers. */
+  limitedProblem(bucket: TokenBucket, upstream: string, requestId: string): Problem {
+    const p = this.policy;
     const ms = bucket.msUntilToken();
     const seconds = Math.max(1, Math.ceil(ms / 1000));
-    return {
-      type: 'problem',
-      problem: problem(
-        'rate-limited',
-        p.mode === 'shape'
-          ? `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s and its queue is full`
-          : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`,
-        {
-          upstream,
-          requestId: ctx.requestId,
-          headers: [
-            'retry-after',
-            String(seconds),
-            'ratelimit-policy',
-            this.policyHeader,
-            'ratelimit',
-            `"default";r=${Math.floor(Math.max(0, bucket.tokens()))};t=${seconds}`,
-          ],
-        },
-      ),
-    };
+    return problem(
+      'rate-limited',
+      p.mode === 'shape'
+        ? `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s and its queue is full`
+        : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`,
+      {
+        upstream,
+        requestId,
+        headers: [
+          'retry-after',
+          String(seconds),
+          'ratelimit-policy',
+          this.policyHeader,
+          'ratelimit',
+          `"default";r=${Math.floor(Math.max(0, bucket.tokens()))};t=${seconds}`,
+        ],
+      },
+    );
   }
 }

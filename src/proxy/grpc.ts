@@ -129,6 +129,7 @@ const CODE_OF: Record<ProblemKind, number> = {
   'idempotency-conflict': GRPC_CODES.aborted,
   'payload-too-large': GRPC_CODES['resource-exhausted'],
   'headers-too-large': GRPC_CODES.internal,
+  'upgrade-refused': GRPC_CODES.internal,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

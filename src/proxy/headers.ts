@@ -152,3 +152,52 @@ export function clientResponseHeaders(
   if (extra) for (const v of extra) out.push(v);
   return out;
 }
+
+/**
+ * Headers for a WebSocket handshake sent upstream: those of any request (hop-by-hop removed,
+ * X-Forwarded-*, x-request-id, Host), with `Connection: upgrade` and the client's `Upgrade` put back,
+ * since on this one hop they are the request. `Sec-WebSocket-*` headers pass as they came.
+ */
+export function upgradeRequestHeaders(
+  req: IncomingMessage,
+  opts: RequestHeaderOptions,
+  upgrade: string,
+): string[] {
+  const out = upstreamRequestHeaders(req, opts);
+  out.push('connection', 'upgrade', 'upgrade', upgrade);
+  return out;
+}
+
+/**
+ * The client's copy of an upstream's answer to an upgrade request (Node's raw header strings):
+ * hop-by-hop and breakwater-owned headers removed as for any response, x-request-id added when
+ * missing; for the 101 itself (`switching`), `Connection: upgrade` and the upstream's `Upgrade` are
+ * put back.
+ */
+export function upgradeResponseHeaders(
+  raw: readonly string[],
+  requestId: string,
+  switching: boolean,
+): string[] {
+  let connection: Set<string> | undefined;
+  let upgrade: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = (raw[i] as string).toLowerCase();
+    if (lower === 'connection') {
+      const tokens = connectionTokens(raw[i + 1]);
+      if (tokens) connection = connection ? new Set([...connection, ...tokens]) : tokens;
+    } else if (lower === 'upgrade') upgrade ??= raw[i + 1];
+  }
+  const out: string[] = [];
+  let sawRequestId = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || RESPONSE_OWNED.has(lower) || (connection?.has(lower) ?? false)) continue;
+    if (lower === 'x-request-id') sawRequestId = true;
+    out.push(name, raw[i + 1] as string);
+  }
+  if (!sawRequestId) out.push('x-request-id', requestId);
+  if (switching && upgrade !== undefined) out.push('connection', 'upgrade', 'upgrade', upgrade);
+  return out;
+}

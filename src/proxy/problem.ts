@@ -2,7 +2,9 @@
  * `application/problem+json` answers (RFC 9457) for everything breakwater says itself.
  * The `type` URIs are stable identifiers, listed in docs/errors.md.
  */
-import type { ServerResponse } from 'node:http';
+import { type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { AttemptError } from './attempt.js';
 import { isGrpcRequest, sendGrpcProblem } from './grpc.js';
 
 export type ProblemKind =
@@ -25,7 +27,8 @@ export type ProblemKind =
   | 'idempotency-key-mismatch'
   | 'idempotency-conflict'
   | 'payload-too-large'
-  | 'headers-too-large';
+  | 'headers-too-large'
+  | 'upgrade-refused';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -48,6 +51,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'idempotency-conflict': [409, 'A request with this Idempotency-Key is in progress'],
   'payload-too-large': [413, 'The request body is too large'],
   'headers-too-large': [431, 'The request headers are too large'],
+  'upgrade-refused': [403, 'This protocol upgrade is not allowed'],
 };
 
 export interface Problem {
@@ -78,15 +82,7 @@ export function problemBody(p: Problem): string {
   });
 }
 
-/** Writes a problem response unless the response has already started. */
-export function sendProblem(res: ServerResponse, p: Problem): void {
-  if (res.headersSent || res.destroyed) return;
-  // A gRPC client reads grpc-status, not an HTTP status or a JSON body.
-  if (isGrpcRequest(res.req)) {
-    sendGrpcProblem(res, p);
-    return;
-  }
-  const body = problemBody(p);
+function problemHeaders(p: Problem, body: string, h2 = false): string[] {
   const headers: string[] = [
     'content-type',
     'application/problem+json',
@@ -98,11 +94,61 @@ export function sendProblem(res: ServerResponse, p: Problem): void {
   if (p.requestId !== undefined) headers.push('x-request-id', p.requestId);
   if (p.headers) {
     // HTTP/2 forbids connection-specific headers (`connection: close` ends only HTTP/1.1).
-    const h2 = res.req.httpVersionMajor === 2;
     for (let i = 0; i < p.headers.length; i += 2)
       if (!h2 || (p.headers[i] as string).toLowerCase() !== 'connection')
         headers.push(p.headers[i] as string, p.headers[i + 1] as string);
   }
-  res.writeHead(p.status, headers);
+  return headers;
+}
+
+/** Writes a problem response unless the response has already started. */
+export function sendProblem(res: ServerResponse, p: Problem): void {
+  if (res.headersSent || res.destroyed) return;
+  // A gRPC client reads grpc-status, not an HTTP status or a JSON body.
+  if (isGrpcRequest(res.req)) {
+    sendGrpcProblem(res, p);
+    return;
+  }
+  const body = problemBody(p);
+  res.writeHead(p.status, problemHeaders(p, body, res.req.httpVersionMajor === 2));
   res.end(res.req.method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * Writes a problem response on a raw client socket (an upgrade request has no ServerResponse) and
+ * closes the connection once it is written.
+ */
+export function endWithProblem(socket: Duplex, p: Problem): void {
+  if (socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = problemBody(p);
+  const headers = problemHeaders(p, body);
+  let head = `HTTP/1.1 ${p.status} ${STATUS_CODES[p.status] ?? ''}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) {
+    if ((headers[i] as string).toLowerCase() !== 'connection') head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  }
+  socket.end(`${head}connection: close\r\n\r\n${body}`, () => socket.destroy());
+}
+
+/** Maps a failed attempt to the problem the client sees. */
+export function failureProblem(err: AttemptError, upstream: string, requestId: string): Problem {
+  const extra = { upstream, requestId };
+  switch (err.kind) {
+    case 'connect-failure':
+      return problem('upstream-connect-failed', err.message, extra);
+    case 'connect-timeout':
+      return problem('upstream-connect-timeout', err.message, extra);
+    case 'timeout':
+      return problem('upstream-timeout', err.message, extra);
+    case 'protocol':
+      return problem('upstream-bad-response', err.message, extra);
+    case 'request-body':
+      return err.code === 'BW_BODY_TOO_LARGE'
+        ? problem('payload-too-large', err.message, { ...extra, headers: ['connection', 'close'] })
+        : problem('bad-request', err.message, extra);
+    default:
+      return problem('upstream-reset', err.message, extra);
+  }
 }

@@ -29,7 +29,7 @@ export interface EndpointEvents {
 /** One secure context per TLS model, built once: Node would otherwise parse the CA list at every connect. */
 const secureContexts = new WeakMap<TlsModel, SecureContext>();
 
-function secureContextOf(t: TlsModel): SecureContext {
+export function secureContextOf(t: TlsModel): SecureContext {
   let ctx = secureContexts.get(t);
   if (!ctx) {
     ctx = createSecureContext({

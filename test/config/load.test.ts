@@ -150,6 +150,44 @@ resilience:
     expect(slow?.timeouts).toMatchObject({ attempt: 9000, request: 20000 });
     expect(slow?.retry).toMatchObject({ maxAttempts: 5, initialWait: 50, maxWait: 3000 });
   });
+
+  it('layers the websocket keys like the timeouts; websocket is on by default', async () => {
+    const cfg = await parseConfigText(
+      `
+listeners:
+  - name: main
+    port: 1
+    routes:
+      - { upstream: a, match: { path_prefix: /chat }, websocket_idle_timeout: 30s }
+      - { upstream: a, match: { path_prefix: /api }, websocket: false }
+      - { upstream: b }
+upstreams:
+  a: { endpoints: [http://127.0.0.1:1], websocket_max_duration: 1h }
+  b: { endpoints: [http://127.0.0.1:2] }
+resilience:
+  websocket_idle_timeout: 2m
+`,
+      't.yaml',
+      { env: {} },
+    );
+    const [chat, api, plain] = cfg.listeners[0]?.routes ?? [];
+    expect(chat?.websocket).toEqual({ enabled: true, idleTimeout: 30_000, maxDuration: 3_600_000 });
+    expect(api?.websocket).toEqual({ enabled: false, idleTimeout: 120_000, maxDuration: 3_600_000 });
+    expect(plain?.websocket).toEqual({ enabled: true, idleTimeout: 120_000, maxDuration: 0 });
+    const defaults = await parseConfigText(BASE, 't.yaml', { env: {} });
+    expect(defaults.listeners[0]?.routes[0]?.websocket).toEqual({
+      enabled: true,
+      idleTimeout: 300_000,
+      maxDuration: 0,
+    });
+  });
+
+  it('suggests the websocket keys for a typo', async () => {
+    const problems = await problemsOf(
+      `${BASE.replace('- upstream: recommendation', '- { upstream: recommendation, websocket_idle_timout: 1m }')}`,
+    );
+    expect(problems.map((p) => p.message).join('\n')).toMatch(/did you mean "websocket_idle_timeout"/);
+  });
 });
 
 describe('errors', () => {
