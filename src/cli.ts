@@ -124,8 +124,9 @@ async function run(
 
 main(process.argv.slice(2)).then(
   (code) => {
-    // Let pino's async destination flush before exiting.
-    setImmediate(() => process.exit(code));
+    // Exit once stdout has taken everything (a pipe is asynchronous: `schema | less` would be cut at
+    // 64 KiB) and pino's destination has flushed.
+    process.stdout.write('', () => setImmediate(() => process.exit(code)));
   },
   (err: unknown) => {
     process.stderr.write(`breakwater: ${(err as Error).stack ?? String(err)}\n`);
