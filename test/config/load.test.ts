@@ -304,6 +304,13 @@ describe('breakwater validate', () => {
   const cli = join(import.meta.dirname, '../../dist/cli.js');
   const dir = mkdtempSync(join(tmpdir(), 'bw-validate-'));
 
+  it('breakwater schema writes the whole schema to a pipe before it exits', async () => {
+    // execFile reads stdout through a pipe: a process that exits before the pipe drains is cut short.
+    const { stdout } = await run(process.execPath, [cli, 'schema'], { maxBuffer: 4 * 1024 * 1024 });
+    expect(stdout.length).toBeGreaterThan(65_536);
+    expect(JSON.parse(stdout)).toEqual(configJsonSchema());
+  });
+
   it('exits 0 for the shipped default config', async () => {
     const { stdout } = await run(process.execPath, [
       cli,
