@@ -262,7 +262,13 @@ export class ProxyHandler {
       ctx.res,
       problem('body-timeout', detail, { requestId: ctx.requestId, headers: CONNECTION_CLOSE }),
     );
-    ctx.res.once('finish', () => ctx.req.socket?.destroy());
+    // The rest of the body is not read: HTTP/1.1 closes the connection, HTTP/2 only this stream.
+    const req = ctx.req;
+    ctx.res.once('finish', () =>
+      req.httpVersionMajor === 2
+        ? (req as unknown as Http2ServerRequest).stream.close()
+        : req.socket?.destroy(),
+    );
   }
 
   /**

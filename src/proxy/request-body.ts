@@ -40,7 +40,8 @@ export async function readUpTo(body: Readable, max: number): Promise<Buffer | Re
 
 /**
  * Calls `onIdle` once if no byte of the body arrives for `ms` while the body is incomplete.
- * Uses the socket's own inactivity timer (no timer of its own per request); disarmed at the end.
+ * Uses the connection's own inactivity timer (HTTP/2: the stream's), no timer of its own per
+ * request; disarmed at the end.
  */
 export function watchBodyIdle(req: IncomingMessage, ms: number, onIdle: () => void): void {
   if (ms <= 0 || req.complete) return;
@@ -48,10 +49,11 @@ export function watchBodyIdle(req: IncomingMessage, ms: number, onIdle: () => vo
     if (req.complete || req.destroyed) return;
     if (req.readableLength > 0) {
       // Bytes are waiting for breakwater to read them: the upstream is slow, not the client.
-      req.socket.setTimeout(ms);
+      req.setTimeout(ms);
       return;
     }
     onIdle();
   });
-  req.once('end', () => req.socket?.setTimeout(0));
+  // (On the request, not its socket: for HTTP/2 the socket is the whole session's.)
+  req.once('end', () => req.setTimeout(0));
 }

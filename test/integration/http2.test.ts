@@ -3,6 +3,7 @@
  * port; an upstream with `protocol: h2c` is spoken to over HTTP/2, many requests on one connection;
  * bodies and trailers pass both ways.
  */
+import http2 from 'node:http2';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBreakwater } from '../kit/breakwater.js';
@@ -71,6 +72,41 @@ upstreams:
     // An HTTP/2 request reaches an HTTP/1.1 upstream with a Host and no pseudo-headers.
     expect(up.received[1]?.rawHeaders.some((h) => h.startsWith(':'))).toBe(false);
     expect(up.received[1]?.headers.host).toBe(up.url.slice('http://'.length));
+  });
+
+  it('answers 408 to an HTTP/2 body that stalls and keeps the connection for other streams', async () => {
+    const up = await startUpstream();
+    cleanup.push(() => up.close());
+    const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    protocol: h2c
+    limits: { body_idle_timeout: 300ms }
+    routes: [{ upstream: app }]
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${up.url}"] }
+`);
+    cleanup.push(() => bw.stop());
+    const session = http2.connect(bw.url());
+    cleanup.push(async () => {
+      session.destroy();
+    });
+    const stalled = session.request({ ':method': 'POST', ':path': '/upload', 'content-length': '1000' });
+    stalled.write('only the start');
+    const status = await new Promise<number>((resolve) =>
+      stalled.on('response', (h) => resolve(Number(h[':status']))),
+    );
+    expect(status).toBe(408);
+    // The same connection still serves another request.
+    const next = session.request({ ':path': '/after' });
+    const nextStatus = await new Promise<number>((resolve) =>
+      next.on('response', (h) => resolve(Number(h[':status']))),
+    );
+    next.resume();
+    expect(nextStatus).toBe(200);
+    expect(up.received.map((r) => r.url)).toEqual(['/after']);
   });
 
   it('answers an HTTP/2 client with problem+json when the upstream is down', async () => {
