@@ -226,6 +226,7 @@ function indent(fragment, spaces) {
  * @param {string} o.description
  * @param {string} [o.upstream] YAML keys added under `upstreams.backend` (next to `endpoints`).
  * @param {string} [o.route] YAML keys added to the route (next to `upstream: backend`).
+ * @param {string} [o.listener] YAML keys added to the listener (next to `port`).
  * @param {string} [o.extra] top-level YAML sections added at the end (e.g. `fallbacks:`,
  *   `resilience:`). Do not repeat `listeners`, `admin`, `upstreams` or `logging`.
  * @param {boolean} [o.accessLog] logging.access_log (default false). stdout goes to /dev/null.
@@ -236,6 +237,7 @@ function breakwaterScenario({
   description,
   upstream = '',
   route = '',
+  listener = '',
   extra = '',
   accessLog = false,
   logLevel = 'info',
@@ -254,6 +256,7 @@ function breakwaterScenario({
         '  - name: bench\n' +
         `    host: ${HOST}\n` +
         `    port: ${port}\n` +
+        indent(listener, 4) +
         '    routes:\n' +
         '      - name: all\n' +
         '        upstream: backend\n' +
@@ -438,6 +441,11 @@ const SCENARIOS = [
       fallbacks:
         cached: { type: cache, max_stale: 5m }
     `,
+  }),
+  breakwaterScenario({
+    name: 'breakwater-h2c-listener',
+    description: 'as breakwater-plain on a listener with protocol: h2c (HTTP/1.1 load: the preface sniffer)',
+    listener: 'protocol: h2c',
   }),
   breakwaterScenario({
     name: 'breakwater-plain-accesslog',
