@@ -331,7 +331,7 @@ class Tunnel {
     });
     request.on('socket', (s: Socket) => {
       this.upstreamSocket = s;
-      s.once('connect', () => {
+      s.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
         this.connected = true;
       });
     });

@@ -1,21 +1,25 @@
 /**
  * HTTPS upstreams: certificates checked against a CA made here with openssl, the TLS name (SNI and
  * the name checked) and its override, mutual TLS, the insecure switch, handshake failures treated as
- * connect failures, health checks over TLS, config errors, and reloads that re-read the files.
- * Real node:https servers on 127.0.0.1.
+ * connect failures, health checks over TLS, config errors, reloads that re-read the files, HTTP/2
+ * over TLS (`protocol: h2`, ALPN) and WebSockets to wss:// upstreams. Real node:https, node:http2
+ * and `ws` servers on 127.0.0.1.
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http2 from 'node:http2';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket, { WebSocketServer } from 'ws';
 import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { indent, type Running, startBreakwater } from '../kit/breakwater.js';
+import { h2Request } from '../kit/h2.js';
 import { CLI } from '../kit/process.js';
 
 const run = promisify(execFile);
@@ -465,5 +469,281 @@ describe('reload', () => {
     expect(failed.problems.map((p) => p.key)).toEqual(['upstreams.app.tls.ca_file']);
     expect(endpoint()).toBe(kept);
     expect((await get(bw)).status).toBe(200);
+  });
+});
+
+interface H2TlsUpstream {
+  readonly port: number;
+  /** `req.httpVersion` of every request, in order. */
+  readonly versions: string[];
+  /** TLS connections accepted. */
+  readonly connections: number;
+  /** The protocol ALPN chose on each TLS connection (false: none). */
+  readonly alpn: (string | false | null)[];
+  url(host?: string): string;
+}
+
+/**
+ * A node:http2 secure server (HTTP/1.1 allowed too) with `cert`: answers 200 with a body naming the
+ * HTTP version, and over HTTP/2 a trailer `x-checksum`.
+ */
+async function h2sUpstream(cert: string): Promise<H2TlsUpstream> {
+  const versions: string[] = [];
+  const alpn: (string | false | null)[] = [];
+  const server = http2.createSecureServer(
+    { key: readFileSync(at(`${cert}.key`)), cert: readFileSync(at(`${cert}.pem`)), allowHTTP1: true },
+    (req, res) => {
+      versions.push(req.httpVersion);
+      req.resume();
+      req.on('end', () => {
+        res.setHeader('content-type', 'text/plain');
+        if (req.httpVersion === '2.0') res.addTrailers({ 'x-checksum': 'c0ffee' });
+        res.end(`hello over HTTP/${req.httpVersion} from ${cert}`);
+      });
+    },
+  );
+  let connections = 0;
+  server.on('secureConnection', (socket: TLSSocket) => {
+    connections++;
+    alpn.push(socket.alpnProtocol);
+  });
+  const sockets = new Set<Socket>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanup.push(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Open sessions would keep close() waiting.
+        for (const s of sockets) s.destroy();
+      }),
+  );
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    versions,
+    alpn,
+    get connections() {
+      return connections;
+    },
+    url: (host = '127.0.0.1') => `https://${host}:${port}`,
+  };
+}
+
+describe('HTTP/2 over TLS (protocol: h2)', () => {
+  it('with tls.ca_file: the upstream sees HTTP/2 (ALPN h2), the client gets 200 and the body', async () => {
+    const up = await h2sUpstream('server');
+    const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem', 'protocol: h2'));
+    const res = await get(bw);
+    expect(res.status).toBe(200);
+    expect(res.text).toBe('hello over HTTP/2.0 from server');
+    expect(up.versions).toEqual(['2.0']);
+    expect(up.alpn).toEqual(['h2']);
+  });
+
+  it('several sequential requests, then concurrent ones, share one TLS connection', async () => {
+    const up = await h2sUpstream('server');
+    const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem', 'protocol: h2'));
+    for (let i = 0; i < 3; i++) {
+      const res = await get(bw);
+      expect(res.status).toBe(200);
+      expect(res.text).toBe('hello over HTTP/2.0 from server');
+    }
+    // HTTP/2 multiplexes: requests at once take streams on the same connection, not new ones.
+    const all = await Promise.all([get(bw), get(bw), get(bw), get(bw)]);
+    expect(all.map((r) => r.status)).toEqual([200, 200, 200, 200]);
+    expect(up.versions).toEqual(Array(7).fill('2.0'));
+    expect(up.connections).toBe(1);
+  });
+
+  it('without protocol: h2 (default http1), the same server sees HTTP/1.1, one request per connection at a time', async () => {
+    const up = await h2sUpstream('server');
+    const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem'));
+    const res = await get(bw);
+    expect(res.status).toBe(200);
+    expect(res.text).toBe('hello over HTTP/1.1 from server');
+    expect(up.versions).toEqual(['1.1']);
+    // undici offers only http/1.1 by ALPN then.
+    expect(up.alpn).toEqual(['http/1.1']);
+    const all = await Promise.all([get(bw), get(bw), get(bw), get(bw)]);
+    expect(all.map((r) => r.status)).toEqual([200, 200, 200, 200]);
+    expect(up.versions).toEqual(Array(5).fill('1.1'));
+    expect(up.connections).toBeGreaterThan(1);
+  });
+
+  it('without the CA: 502 connect failure, nothing served', async () => {
+    const up = await h2sUpstream('server');
+    const bw = await proxy(yamlOf([up.url()], undefined, 'protocol: h2\nretry: { enabled: false }'));
+    const p = await problemOf(bw);
+    expect(p.status).toBe(502);
+    expect(p.body.type).toBe('urn:breakwater:problem:upstream-connect-failed');
+    expect(p.body.detail).toMatch(/^upstream TLS handshake failed: UNABLE_TO_VERIFY_LEAF_SIGNATURE \(/);
+    expect(up.versions).toEqual([]);
+  });
+
+  it('a response trailer reaches an HTTP/2 client and a chunked HTTP/1.1 client', async () => {
+    const up = await h2sUpstream('server');
+    const bw = await proxy(`
+listeners: [{ name: main, port: 0, protocol: h2c, routes: [{ upstream: app }] }]
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${up.url()}"], protocol: h2, tls: { ca_file: ca.pem } }
+`);
+    const h2 = await h2Request(bw.url(), { ':method': 'GET', ':path': '/hello' });
+    expect(h2.status).toBe(200);
+    expect(h2.body.toString()).toBe('hello over HTTP/2.0 from server');
+    expect(h2.trailers?.['x-checksum']).toBe('c0ffee');
+
+    const h1 = await request(`${bw.url()}/hello`);
+    expect(h1.statusCode).toBe(200);
+    expect(h1.headers['transfer-encoding']).toBe('chunked');
+    expect(await h1.body.text()).toBe('hello over HTTP/2.0 from server');
+    expect(h1.trailers['x-checksum']).toBe('c0ffee');
+    expect(up.versions).toEqual(['2.0', '2.0']);
+    expect(up.connections).toBe(1);
+  });
+
+  it('config: protocol h2 needs https:// endpoints, protocol h2c http:// ones', async () => {
+    const h2 = await problemsOf(
+      yamlOf(['https://127.0.0.1:9443', 'http://127.0.0.1:9080'], undefined, 'protocol: h2'),
+    );
+    expect(h2.map((p) => [p.key, p.message])).toEqual([
+      [
+        'upstreams.app.endpoints[1]',
+        'http://127.0.0.1:9080 is not https://: protocol h2 is HTTP/2 over TLS (use h2c for clear text)',
+      ],
+    ]);
+    const h2c = await problemsOf(
+      yamlOf(['http://127.0.0.1:9080', '{ url: "https://127.0.0.1:9443" }'], undefined, 'protocol: h2c'),
+    );
+    expect(h2c.map((p) => [p.key, p.message])).toEqual([
+      [
+        'upstreams.app.endpoints[1].url',
+        'https://127.0.0.1:9443 is not http://: protocol h2c is HTTP/2 in clear text (use h2 for https)',
+      ],
+    ]);
+  });
+});
+
+interface WssUpstream {
+  readonly port: number;
+  /** The SNI of every WebSocket handshake (false: none). */
+  readonly servernames: (string | false)[];
+  /** WebSocket connections opened. */
+  readonly opened: number;
+  url(host?: string): string;
+}
+
+/** A node:https server with `cert` and a `ws` echo server on it. */
+async function wssUpstream(cert: string): Promise<WssUpstream> {
+  const server = https.createServer({
+    key: readFileSync(at(`${cert}.key`)),
+    cert: readFileSync(at(`${cert}.pem`)),
+  });
+  const wss = new WebSocketServer({ server });
+  const servernames: (string | false)[] = [];
+  let opened = 0;
+  wss.on('connection', (ws, req) => {
+    opened++;
+    servernames.push((req.socket as TLSSocket & { servername: string | false }).servername);
+    ws.on('error', () => undefined);
+    ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanup.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const c of wss.clients) c.terminate();
+        wss.close();
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  );
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    servernames,
+    get opened() {
+      return opened;
+    },
+    url: (host = '127.0.0.1') => `https://${host}:${port}`,
+  };
+}
+
+type Handshake =
+  | { readonly open: true; readonly ws: WebSocket }
+  | {
+      readonly open: false;
+      readonly status: number;
+      readonly contentType: string | undefined;
+      readonly body: string;
+    };
+
+/** A plain ws:// client to breakwater: open, or the status and body of the refused handshake. */
+function handshake(bw: Running): Promise<Handshake> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${bw.url().replace('http:', 'ws:')}/chat`);
+    cleanup.push(async () => ws.terminate());
+    ws.once('open', () => resolve({ open: true, ws }));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () =>
+        resolve({
+          open: false,
+          status: res.statusCode ?? 0,
+          contentType: res.headers['content-type'],
+          body: Buffer.concat(chunks).toString(),
+        }),
+      );
+    });
+  });
+}
+
+function echo(ws: WebSocket, text: string): Promise<{ data: string; binary: boolean }> {
+  return new Promise((resolve) => {
+    ws.once('message', (data, binary) => resolve({ data: String(data), binary }));
+    ws.send(text);
+  });
+}
+
+describe('WebSocket to a wss:// upstream', () => {
+  it('with tls.ca_file: the handshake succeeds and a text message echoes back', async () => {
+    const up = await wssUpstream('server');
+    const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem'));
+    const h = await handshake(bw);
+    expect(h.open).toBe(true);
+    if (!h.open) return;
+    expect(await echo(h.ws, 'hello over wss')).toEqual({ data: 'hello over wss', binary: false });
+    expect(up.opened).toBe(1);
+    expect(up.servernames).toEqual([false]);
+  });
+
+  it('server_name is the TLS name: api.internal at 127.0.0.1 echoes, with that SNI', async () => {
+    const up = await wssUpstream('api');
+    const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem\nserver_name: api.internal'));
+    const h = await handshake(bw);
+    expect(h.open).toBe(true);
+    if (!h.open) return;
+    expect(await echo(h.ws, 'named')).toEqual({ data: 'named', binary: false });
+    expect(up.servernames).toEqual(['api.internal']);
+  });
+
+  it('without the CA: the handshake is refused with 502 problem+json naming the certificate failure', async () => {
+    const up = await wssUpstream('server');
+    const bw = await proxy(yamlOf([up.url()], undefined, 'retry: { enabled: false }'));
+    const h = await handshake(bw);
+    expect(h.open).toBe(false);
+    if (h.open) return;
+    expect(h.status).toBe(502);
+    expect(h.contentType).toBe('application/problem+json');
+    const body = JSON.parse(h.body) as { type: string; detail: string };
+    expect(body.type).toBe('urn:breakwater:problem:upstream-connect-failed');
+    expect(body.detail).toMatch(/^upstream TLS handshake failed: UNABLE_TO_VERIFY_LEAF_SIGNATURE \(/);
+    expect(up.opened).toBe(0);
   });
 });
