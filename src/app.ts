@@ -227,11 +227,7 @@ export class Breakwater {
         const deps = handlers.get(l.name) as HandlerDeps;
         const existing = this.listeners.find(
           (x) =>
-            x.model.name === l.name &&
-            x.model.host === l.host &&
-            x.model.port === l.port &&
-            x.model.protocol === l.protocol &&
-            l.port !== 0,
+            x.model.name === l.name && x.model.host === l.host && x.model.port === l.port && l.port !== 0,
         );
         if (existing) {
           existing.update(l, deps);

@@ -3,7 +3,7 @@
  * the outcome to the client, and record one access-log line and the request metrics.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Http2ServerRequest } from 'node:http2';
+import http2, { type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
 import { type Duplex, type Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
@@ -18,8 +18,8 @@ import {
   parseGrpcTimeout,
   sendTrailersOnly,
 } from '../proxy/grpc.js';
-import { clientResponseHeaders, incomingRequestId, newRequestId } from '../proxy/headers.js';
-import { failureProblem, type Problem, problem, sendProblem } from '../proxy/problem.js';
+import { clientResponseHeaders, incomingRequestId, isHopByHop, newRequestId } from '../proxy/headers.js';
+import { answered, failureProblem, type Problem, problem, sendProblem } from '../proxy/problem.js';
 import { readUpTo, watchBodyIdle } from '../proxy/request-body.js';
 import { type TunnelPolicies, upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
 import type { Upstream } from '../upstream/upstream.js';
@@ -100,7 +100,7 @@ export class ProxyHandler {
   handle(req: IncomingMessage, res: ServerResponse): void {
     // A connection whose earlier request was refused is closing: a request pipelined behind it
     // (possibly smuggled) is never forwarded.
-    if (REFUSED.has(req.socket)) {
+    if (req.httpVersionMajor !== 2 && REFUSED.has(req.socket)) {
       res.destroy();
       return;
     }
@@ -178,33 +178,42 @@ export class ProxyHandler {
         ? (parseGrpcTimeout(req.headers['grpc-timeout']) ?? Number.POSITIVE_INFINITY)
         : Number.POSITIVE_INFINITY,
     });
-    let bytes = 0;
     res.once('close', () => {
-      if (!res.writableFinished) {
+      if (!responseComplete(res)) {
         ctx.clientGone = true;
         ctx.current?.abort(CLIENT_GONE);
       }
       ctx.finished = true;
       if (ctx.finishers) for (const f of ctx.finishers) f();
-      this.record(req, res, route, requestId, start, bytes, ctx);
+      this.record(req, res, route, requestId, start, ctx.bytesOut, ctx);
     });
-    const run = () => {
-      pipeline(ctx).then(
-        (outcome) =>
-          this.commit(ctx, outcome).then((n) => {
-            bytes = n;
-          }),
+    if (ctx.body === null) this.run(ctx, pipeline);
+    else this.receiveBody(ctx, pipeline);
+  }
+
+  /** Runs the pipeline and commits its outcome; anything thrown on the way ends the response. */
+  private run(ctx: RequestContext, pipeline: Handler): void {
+    pipeline(ctx)
+      .then((outcome) => this.commit(ctx, outcome))
+      .then(
+        (bytes) => {
+          ctx.bytesOut = bytes;
+        },
         (err: unknown) => {
-          this.deps.logger.error({ err, request_id: requestId }, 'pipeline failed');
-          sendProblem(
-            res,
-            problem('upstream-bad-response', 'internal error while proxying', { status: 500, requestId }),
-          );
+          this.deps.logger.error({ err, request_id: ctx.requestId }, 'pipeline failed');
+          try {
+            sendProblem(
+              ctx.res,
+              problem('upstream-bad-response', 'internal error while proxying', {
+                status: 500,
+                requestId: ctx.requestId,
+              }),
+            );
+          } catch {
+            ctx.res.destroy();
+          }
         },
       );
-    };
-    if (ctx.body === null) run();
-    else this.receiveBody(ctx, run);
   }
 
   /**
@@ -213,16 +222,23 @@ export class ProxyHandler {
    * buffering), so a slow uploader holds no limiter token, bulkhead slot or upstream connection,
    * and must finish within the route's request_timeout. Larger bodies stream to the upstream.
    */
-  private receiveBody(ctx: RequestContext, run: () => void): void {
+  private receiveBody(ctx: RequestContext, pipeline: Handler): void {
     const { req } = ctx;
     const limits = this.deps.listener.limits;
-    watchBodyIdle(req, limits.bodyIdleTimeout, () =>
-      this.bodyTimedOut(ctx, `no byte of the request body arrived for ${limits.bodyIdleTimeout} ms`),
-    );
+    // A gRPC stream may rightly be quiet (a bidi call waiting for the server); its deadline bounds it.
+    if (!ctx.grpc)
+      watchBodyIdle(req, limits.bodyIdleTimeout, () =>
+        this.bodyTimedOut(ctx, `no byte of the request body arrived for ${limits.bodyIdleTimeout} ms`),
+      );
     const max = limits.bodyBufferBytes;
     const declared = req.headers['content-length'];
-    if (max === 0 || (declared !== undefined && Number(declared) > max)) {
-      run();
+    // An HTTP/2 body of no declared length (a gRPC call, whose client may stream) is not held back.
+    if (
+      max === 0 ||
+      (declared !== undefined && Number(declared) > max) ||
+      (declared === undefined && req.httpVersionMajor === 2)
+    ) {
+      this.run(ctx, pipeline);
       return;
     }
     const cap = ctx.route.timeouts.request;
@@ -235,7 +251,7 @@ export class ProxyHandler {
         clearTimeout(timer);
         if (ctx.clientGone) return;
         ctx.body = body;
-        run();
+        this.run(ctx, pipeline);
       },
       (err: { code?: string; message?: string }) => {
         clearTimeout(timer);
@@ -262,13 +278,11 @@ export class ProxyHandler {
       ctx.res,
       problem('body-timeout', detail, { requestId: ctx.requestId, headers: CONNECTION_CLOSE }),
     );
-    // The rest of the body is not read: HTTP/1.1 closes the connection, HTTP/2 only this stream.
+    // The rest of the body is not read: HTTP/1.1 closes the connection once the answer is out,
+    // HTTP/2 ends only this stream (the answer is queued before the close).
     const req = ctx.req;
-    ctx.res.once('finish', () =>
-      req.httpVersionMajor === 2
-        ? (req as unknown as Http2ServerRequest).stream.close()
-        : req.socket?.destroy(),
-    );
+    if (req.httpVersionMajor === 2) (req as unknown as Http2ServerRequest).stream.close();
+    else ctx.res.once('finish', () => req.socket?.destroy());
   }
 
   /**
@@ -355,7 +369,9 @@ export class ProxyHandler {
   private refuse(req: IncomingMessage): [number, string] | undefined {
     const limits = this.deps.listener.limits;
     const raw = req.rawHeaders;
-    if (raw.length / 2 > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
+    // (HTTP/2's pseudo-headers, :method :path :scheme :authority, are the request line.)
+    const count = raw.length / 2 - (req.httpVersionMajor === 2 ? pseudoHeaders(raw) : 0);
+    if (count > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
     let hosts = 0;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i] as string;
@@ -439,12 +455,13 @@ export class ProxyHandler {
     extra: string[] | undefined,
   ): number {
     const { res } = ctx;
-    if (res.headersSent || res.destroyed) return 0;
+    if (answered(res)) return 0;
     const headers: string[] = [];
     const h = local.headers;
     for (let i = 0; i < h.length; i += 2) {
       const name = (h[i] as string).toLowerCase();
-      if (name !== 'content-length' && name !== 'x-request-id' && name !== 'age')
+      // Configured or cached headers never carry framing or hop-by-hop ones (HTTP/2 refuses them).
+      if (name !== 'content-length' && name !== 'x-request-id' && name !== 'age' && !isHopByHop(name))
         headers.push(h[i] as string, h[i + 1] as string);
     }
     headers.push('content-length', String(local.body.length), 'x-request-id', ctx.requestId);
@@ -480,7 +497,7 @@ export class ProxyHandler {
     this.inflight.dec();
     const now = performance.now();
     const seconds = (now - start) / 1000;
-    const complete = res.writableFinished;
+    const complete = responseComplete(res);
     // 499 (as nginx): the client went away before the response started.
     const status = res.headersSent ? res.statusCode : 499;
     if (route) this.deps.statsOf?.(route.upstream)?.record(now, seconds * 1000, status);
@@ -546,6 +563,21 @@ export class ProxyHandler {
     }
     return s;
   }
+}
+
+/**
+ * Whether the response reached its end. HTTP/2 (compatibility API): `writableFinished` is true
+ * for a stream the client reset too, so it is judged by the stream's close code.
+ */
+function responseComplete(res: ServerResponse): boolean {
+  if (res.req.httpVersionMajor !== 2) return res.writableFinished;
+  return (res as unknown as Http2ServerResponse).stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
+}
+
+function pseudoHeaders(raw: readonly string[]): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).charCodeAt(0) === 58) n++;
+  return n;
 }
 
 /** Connections that got a refusal: nothing more is forwarded from them, and they close once answered. */

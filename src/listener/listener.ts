@@ -16,14 +16,22 @@ import type { HandlerDeps, ProxyHandler } from './handler.js';
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
 export class DataListener {
+  /** HTTP/2 sessions open now, and connections whose first bytes are still awaited. */
+  private readonly h2Sessions = new Set<Http2Session>();
+  private readonly sniffing = new Set<Socket>();
+  private h2: http2.Http2Server | undefined;
+  private closing = false;
+
   private constructor(
     public model: ListenerModel,
     readonly app: FastifyInstance,
     private readonly handler: ProxyHandler,
-    private readonly h2Sessions: Set<Http2Session> | undefined,
   ) {}
 
-  /** A reload kept this listener's address: new routes and pipelines, same socket. */
+  /**
+   * A reload kept this listener's address: new routes and pipelines, same socket. A change of
+   * `protocol` or limits applies to the connections that open from now on.
+   */
   update(model: ListenerModel, deps: HandlerDeps): void {
     this.model = model;
     this.handler.update(deps);
@@ -89,8 +97,94 @@ export class DataListener {
         'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
       );
     });
-    const sessions = model.protocol === 'h2c' ? acceptH2c(app, model, handler) : undefined;
-    return new DataListener(model, app, handler, sessions);
+    const listener = new DataListener(model, app, handler);
+    listener.routeConnections();
+    return listener;
+  }
+
+  /**
+   * HTTP/2 with prior knowledge beside HTTP/1.1 on one port (`protocol: h2c`): a new connection's
+   * first bytes are read; the HTTP/2 preface hands it to a node:http2 server, anything else to
+   * Node's HTTP/1.1 connection handling (fastify's server), with the bytes read put back. HTTP/2
+   * requests go to the same ProxyHandler through Node's compatibility API. The choice is made per
+   * connection from the current model, so a reload may turn h2c on or off on a bound port; an
+   * `http1` listener hands every connection straight to HTTP/1.1.
+   */
+  private routeConnections(): void {
+    const server = this.app.server;
+    const http1 = server.listeners('connection') as ((socket: Socket) => void)[];
+    const toHttp1 = (socket: Socket) => {
+      for (const l of http1) l.call(server, socket);
+    };
+    server.removeAllListeners('connection');
+    server.on('connection', (socket: Socket) => {
+      if (this.model.protocol !== 'h2c') {
+        toHttp1(socket);
+        return;
+      }
+      if (this.closing) {
+        socket.destroy();
+        return;
+      }
+      this.sniffing.add(socket);
+      let seen: Buffer | undefined;
+      // Until it is handed over nobody else listens: a reset must not become an uncaught error.
+      const onError = () => socket.destroy();
+      // A connection that sends nothing is closed as a slow request head would be.
+      const onTimeout = () => socket.destroy();
+      const onClose = () => this.sniffing.delete(socket);
+      const onData = (chunk: Buffer) => {
+        seen = seen ? Buffer.concat([seen, chunk]) : chunk;
+        const n = Math.min(seen.length, H2_PREFACE.length);
+        const isH2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+        if (isH2 && seen.length < H2_PREFACE.length) return; // a prefix so far: wait for more
+        socket.off('data', onData);
+        socket.off('error', onError);
+        socket.off('timeout', onTimeout);
+        socket.off('close', onClose);
+        socket.setTimeout(0);
+        this.sniffing.delete(socket);
+        socket.pause();
+        socket.unshift(seen);
+        if (isH2) {
+          this.http2Server().emit('connection', socket);
+        } else {
+          toHttp1(socket);
+          socket.resume();
+        }
+      };
+      socket.on('data', onData);
+      socket.on('error', onError);
+      socket.on('close', onClose);
+      socket.setTimeout(this.model.limits.headerTimeout);
+      socket.once('timeout', onTimeout);
+    });
+  }
+
+  /** The node:http2 server for this listener's HTTP/2 connections (made at the first one). */
+  private http2Server(): http2.Http2Server {
+    if (this.h2) return this.h2;
+    const h2 = http2.createServer({
+      maxSessionMemory: 16,
+      // The configured header count is enforced by the handler (431); this is only a ceiling.
+      maxHeaderListPairs: 1010,
+    });
+    h2.on('session', (session) => {
+      const limits = this.model.limits;
+      this.h2Sessions.add(session);
+      session.once('close', () => this.h2Sessions.delete(session));
+      session.settings({ maxConcurrentStreams: 250, maxHeaderListSize: limits.maxHeaderBytes });
+      // An idle HTTP/2 connection closes as an idle keep-alive connection does.
+      session.setTimeout(limits.keepaliveTimeout, () => session.close());
+      if (this.closing) session.close();
+    });
+    h2.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      // The authority stands in for Host, for routing and X-Forwarded-Host.
+      if (req.headers.host === undefined && req.authority) req.headers.host = req.authority;
+      this.handler.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse);
+    });
+    this.h2 = h2;
+    return h2;
   }
 
   get port(): number {
@@ -104,8 +198,11 @@ export class DataListener {
 
   /** Stops accepting; resolves when every connection has ended (HTTP/2 ones get a GOAWAY), open WebSockets included. */
   close(): Promise<void> {
+    this.closing = true;
     const closing = this.app.close();
-    if (this.h2Sessions) for (const s of this.h2Sessions) s.close();
+    for (const s of this.h2Sessions) s.close();
+    // Connections that have not said which protocol they speak yet have no request to finish.
+    for (const socket of this.sniffing) socket.destroy();
     return closing;
   }
 
@@ -115,61 +212,8 @@ export class DataListener {
    */
   forceClose(): void {
     this.app.server.closeAllConnections();
-    if (this.h2Sessions) for (const s of this.h2Sessions) s.destroy();
+    for (const s of this.h2Sessions) s.destroy();
+    for (const socket of this.sniffing) socket.destroy();
     this.handler.tunnels.closeAll();
   }
-}
-
-/**
- * HTTP/2 with prior knowledge beside HTTP/1.1 on one port: each new connection's first bytes are
- * read; the HTTP/2 preface hands it to a node:http2 server, anything else to fastify's HTTP/1.1
- * server, with the bytes read put back. HTTP/2 requests go to the same ProxyHandler through Node's
- * compatibility API (Http2ServerRequest/Response). Returns the open HTTP/2 sessions.
- */
-function acceptH2c(app: FastifyInstance, model: ListenerModel, handler: ProxyHandler): Set<Http2Session> {
-  const limits = model.limits;
-  const h2 = http2.createServer({
-    maxSessionMemory: 16,
-    settings: { maxConcurrentStreams: 250, maxHeaderListSize: limits.maxHeaderBytes },
-    // Header count, as for HTTP/1.1 (the handler answers 431 past maxHeaders).
-    maxHeaderListPairs: limits.maxHeaders + 5,
-  });
-  const sessions = new Set<Http2Session>();
-  h2.on('session', (session) => {
-    sessions.add(session);
-    session.once('close', () => sessions.delete(session));
-    // An idle HTTP/2 connection closes as an idle keep-alive connection does.
-    session.setTimeout(limits.keepaliveTimeout, () => session.close());
-  });
-  h2.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
-    // The authority stands in for Host, for routing and X-Forwarded-Host.
-    if (req.headers.host === undefined && req.authority) req.headers.host = req.authority;
-    handler.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse);
-  });
-  const server = app.server;
-  const http1 = server.listeners('connection') as ((socket: Socket) => void)[];
-  server.removeAllListeners('connection');
-  server.on('connection', (socket: Socket) => {
-    let seen: Buffer | undefined;
-    // A connection that sends nothing is closed as a slow request head would be.
-    socket.setTimeout(limits.headerTimeout, () => socket.destroy());
-    const onData = (chunk: Buffer) => {
-      seen = seen ? Buffer.concat([seen, chunk]) : chunk;
-      const n = Math.min(seen.length, H2_PREFACE.length);
-      const isH2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
-      if (isH2 && seen.length < H2_PREFACE.length) return; // a prefix so far: wait for more
-      socket.off('data', onData);
-      socket.setTimeout(0);
-      socket.pause();
-      socket.unshift(seen);
-      if (isH2) {
-        h2.emit('connection', socket);
-      } else {
-        for (const l of http1) l.call(server, socket);
-        socket.resume();
-      }
-    };
-    socket.on('data', onData);
-  });
-  return sessions;
 }

@@ -34,13 +34,15 @@ export function circuitBreakerLayer(
     }
     const t0 = clock.now();
     const outcome = await next(ctx);
+    // A gRPC call is judged by the grpc-status in its trailers, when the stream is over; a half-open
+    // probe is judged as its response starts (a long stream would hold the probe slot for its life).
     if (
       ctx.grpc &&
+      !permit.probe &&
       outcome.type === 'response' &&
       outcome.head.grpcStatus === undefined &&
       outcome.head.status === 200
     ) {
-      // A gRPC call is judged by the grpc-status in its trailers, when the stream is over.
       const elapsed = clock.now() - t0;
       outcome.attempt.grpcEnd().then((code) => {
         const result =

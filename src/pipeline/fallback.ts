@@ -223,7 +223,12 @@ export function fallbackLayer(
     const outcome = await next(ctx);
     if (monitor) {
       const latency = clock.now() - t0;
-      if (ctx.grpc && outcome.type === 'response' && outcome.head.grpcStatus === undefined) {
+      if (
+        ctx.grpc &&
+        outcome.type === 'response' &&
+        outcome.head.grpcStatus === undefined &&
+        outcome.head.status === 200
+      ) {
         // Judged by the grpc-status in the trailers, when the stream is over.
         outcome.attempt.grpcEnd().then((code) => {
           if (code !== undefined) monitor.record(latency, grpcHttpEquivalent(code) >= 500);

@@ -143,8 +143,16 @@ async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
   if (body === null || Buffer.isBuffer(body)) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
-  ctx.body = await readUpTo(body, max);
+  // A gRPC call of no declared length is kept only if its stream ends at once (a unary call does);
+  // a client-streaming or bidi call goes on streaming, and is not retried once sent.
+  ctx.body = await readUpTo(body, max, ctx.grpc && declared === undefined ? GRPC_BODY_WAIT_MS : undefined);
 }
+
+/** A gRPC retry is not started with less than this left of the call's deadline. */
+const MIN_GRPC_TRY_MS = 100;
+
+/** How long a gRPC request stream may take to end and still count as a whole (unary) body. */
+const GRPC_BODY_WAIT_MS = 20;
 
 export function retryLayer(
   policy: RetryPolicy,
@@ -205,7 +213,10 @@ export function retryLayer(
       // A retry starts only if its wait and a whole attempt timeout fit before the deadline. A gRPC
       // call's own deadline (grpc-timeout) is the caller's budget for every try, as in gRPC's own
       // retries: a retry starts if its wait fits, and gets the time left.
-      const needed = ctx.grpcTimeout < Number.POSITIVE_INFINITY ? 1 : ctx.route.timeouts.attempt;
+      const needed =
+        ctx.grpcTimeout < Number.POSITIVE_INFINITY
+          ? Math.min(MIN_GRPC_TRY_MS, ctx.route.timeouts.attempt)
+          : ctx.route.timeouts.attempt;
       if (clock.now() + wait + needed > ctx.deadline) return skipped(ctx, events, 'deadline', outcome);
       if (!budget.tryRetry()) return skipped(ctx, events, 'budget', outcome);
       if (outcome.type === 'response') outcome.attempt.discard();

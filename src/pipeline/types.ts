@@ -52,6 +52,8 @@ export interface RequestContext {
   readonly grpcTimeout: number;
   /** The call's final grpc-status, once known (logs and metrics). */
   grpcStatus: number | undefined;
+  /** Body bytes relayed to the client (logs). */
+  bytesOut: number;
 }
 
 /** What the listener knows when a request arrives; the rest of a context starts empty. */
@@ -97,6 +99,7 @@ export function newContext(init: ContextInit): RequestContext {
     grpc: init.grpc,
     grpcTimeout: init.grpcTimeout,
     grpcStatus: undefined,
+    bytesOut: 0,
   };
 }
 

@@ -39,9 +39,13 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));
-    // gRPC: the upstream learns the time left as grpc-timeout; `te: trailers` is how gRPC says it
-    // reads trailers (hop-by-hop, so not passed on from the client by itself).
-    if (ctx.grpc) headers.push('grpc-timeout', `${timeout}m`, 'te', 'trailers');
+    // gRPC: `te: trailers` is how gRPC says it reads trailers (hop-by-hop, so not passed on by
+    // itself); a call with a deadline tells the upstream the time left of it as grpc-timeout.
+    if (ctx.grpc) {
+      headers.push('te', 'trailers');
+      if (ctx.grpcTimeout < Number.POSITIVE_INFINITY)
+        headers.push('grpc-timeout', `${Math.max(1, Math.floor(ctx.deadline - clock.now()))}m`);
+    }
     endpoint.inflight++;
     const attempt = new Attempt({
       dispatcher: endpoint.pool,

@@ -178,10 +178,18 @@ export function sendGrpcProblem(res: ServerResponse, p: Problem): void {
  */
 export function sendTrailersOnly(res: ServerResponse, status: number, headers: readonly string[]): void {
   if (res.req.httpVersionMajor !== 2) {
-    res.writeHead(status, [...headers, 'content-length', '0']);
+    if (res.headersSent || res.destroyed) return;
+    const out: string[] = [];
+    for (let i = 0; i < headers.length; i += 2)
+      if ((headers[i] as string).toLowerCase() !== 'content-length')
+        out.push(headers[i] as string, headers[i + 1] as string);
+    out.push('content-length', '0');
+    res.writeHead(status, out);
     res.end();
     return;
   }
+  const stream = (res as unknown as Http2ServerResponse).stream;
+  if (stream.destroyed || stream.headersSent) return; // the client reset the stream meanwhile
   const out: Record<string, string | string[]> = { ':status': String(status) };
   for (let i = 0; i < headers.length; i += 2) {
     const name = (headers[i] as string).toLowerCase();
@@ -190,5 +198,5 @@ export function sendTrailersOnly(res: ServerResponse, status: number, headers: r
     out[name] = had === undefined ? value : Array.isArray(had) ? [...had, value] : [had, value];
   }
   res.statusCode = status;
-  (res as unknown as Http2ServerResponse).stream.respond(out, { endStream: true });
+  stream.respond(out, { endStream: true });
 }

@@ -21,6 +21,11 @@ const HOP_BY_HOP = new Set([
   'http2-settings',
 ]);
 
+/** Whether a (lower-case) header name is hop-by-hop: never relayed, and forbidden in HTTP/2. */
+export function isHopByHop(lower: string): boolean {
+  return HOP_BY_HOP.has(lower);
+}
+
 /** Request headers breakwater sets itself, so the client's copies are not passed on. */
 const REQUEST_OWNED = new Set([
   'host',

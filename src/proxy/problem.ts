@@ -3,6 +3,7 @@
  * The `type` URIs are stable identifiers, listed in docs/errors.md.
  */
 import { type ServerResponse, STATUS_CODES } from 'node:http';
+import type { Http2ServerResponse } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { AttemptError } from './attempt.js';
 import { isGrpcRequest, sendGrpcProblem } from './grpc.js';
@@ -101,9 +102,18 @@ function problemHeaders(p: Problem, body: string, h2 = false): string[] {
   return headers;
 }
 
+/**
+ * Whether an answer can no longer be written: it started, or the client is gone. (An HTTP/2
+ * compatibility response has no `destroyed` of its own: its stream's tells.)
+ */
+export function answered(res: ServerResponse): boolean {
+  if (res.headersSent || res.destroyed) return true;
+  return res.req.httpVersionMajor === 2 && (res as unknown as Http2ServerResponse).stream.destroyed;
+}
+
 /** Writes a problem response unless the response has already started. */
 export function sendProblem(res: ServerResponse, p: Problem): void {
-  if (res.headersSent || res.destroyed) return;
+  if (answered(res)) return;
   // A gRPC client reads grpc-status, not an HTTP status or a JSON body.
   if (isGrpcRequest(res.req)) {
     sendGrpcProblem(res, p);

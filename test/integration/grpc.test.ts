@@ -17,11 +17,13 @@ interface Message {
 }
 type UnaryCall = grpc.ServerUnaryCall<Message, Message>;
 type StreamCall = grpc.ServerWritableStream<Message, Message>;
+type ChatCall = grpc.ServerDuplexStream<Message, Message>;
 interface EchoImpl {
   Unary(call: UnaryCall, callback: grpc.sendUnaryData<Message>): void;
   Stream(call: StreamCall): void;
 }
 interface EchoClient extends grpc.Client {
+  Chat(md?: grpc.Metadata): grpc.ClientDuplexStream<Message, Message>;
   Unary(
     m: Message,
     md: grpc.Metadata,
@@ -63,6 +65,15 @@ describe('gRPC through breakwater', () => {
       Stream: (call: StreamCall) => {
         record(call);
         impl.Stream?.(call);
+      },
+      // Bidi: each message is answered at once; the call ends when the client ends.
+      Chat: (call: ChatCall) => {
+        metadata.push(call.metadata);
+        call.on('data', (m: Message) => {
+          calls.push(m);
+          call.write({ text: `re: ${m.text}`, count: m.count });
+        });
+        call.on('end', () => call.end());
       },
     });
     const port = await new Promise<number>((resolve, reject) =>
@@ -156,6 +167,62 @@ ${upstreamExtra}
     expect(status.code).toBe(grpc.status.OK);
     expect(status.metadata.get('x-parts')).toEqual(['5']);
     expect(got.map((m) => m.text)).toEqual(['part 0', 'part 1', 'part 2', 'part 3', 'part 4']);
+  });
+
+  it('passes a bidi stream turn by turn: each message answered before the next is sent', async () => {
+    const up = await server({});
+    const bw = await proxy(up.port);
+    const chat = client(bw).Chat();
+    const replies: Message[] = [];
+    const next = () => new Promise<Message>((resolve) => chat.once('data', resolve));
+    for (let i = 0; i < 3; i++) {
+      const reply = next();
+      chat.write({ text: `turn ${i}`, count: i });
+      replies.push(await reply);
+    }
+    chat.end();
+    const status = await new Promise<grpc.StatusObject>((resolve) => chat.on('status', resolve));
+    expect(status.code).toBe(grpc.status.OK);
+    expect(replies.map((m) => m.text)).toEqual(['re: turn 0', 're: turn 1', 're: turn 2']);
+  });
+
+  it('lets a long stream run past the attempt timeout when the client set no deadline', async () => {
+    const up = await server({
+      Stream: (call) => {
+        let i = 0;
+        const t = setInterval(() => {
+          call.write({ text: `tick ${i}`, count: i });
+          if (++i === 6) {
+            clearInterval(t);
+            call.end();
+          }
+        }, 100);
+      },
+    });
+    // Attempt timeout 300 ms: it covers the wait for the response headers, not the whole stream.
+    const bw = await proxy(up.port, '    timeout: 300ms');
+    const stream = client(bw).Stream({ text: 'go', count: 0 });
+    const got: Message[] = [];
+    stream.on('data', (m: Message) => got.push(m));
+    const status = await new Promise<grpc.StatusObject>((resolve) => stream.on('status', resolve));
+    expect(status.code).toBe(grpc.status.OK);
+    expect(got).toHaveLength(6);
+  });
+
+  it('stays up when a client cancels and the upstream answers Trailers-Only afterwards', async () => {
+    const up = await server({
+      Unary: (_call, cb) => {
+        setTimeout(() => cb({ code: grpc.status.UNAVAILABLE, details: 'late' }), 300);
+      },
+    });
+    const bw = await proxy(up.port, '    retry: { enabled: false }');
+    const c = client(bw);
+    const cancelled = await unary(c, { text: 'gone', count: 0 }, 100);
+    expect(cancelled.error?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    // The late answer arrives for a stream the client already reset; breakwater is still serving.
+    await new Promise((r) => setTimeout(r, 400));
+    const again = await unary(c, { text: 'ok?', count: 0 });
+    expect(again.error?.details).toBe('late');
   });
 
   it('opens the breaker on UNAVAILABLE and answers UNAVAILABLE itself while open', async () => {

@@ -3,11 +3,17 @@
  * port; an upstream with `protocol: h2c` is spoken to over HTTP/2, many requests on one connection;
  * bodies and trailers pass both ways.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import http2 from 'node:http2';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBreakwater } from '../kit/breakwater.js';
 import { h2Request, startH2Upstream } from '../kit/h2.js';
+import { freePort } from '../kit/process.js';
 import { startUpstream } from '../kit/upstream.js';
 
 describe('HTTP/2', () => {
@@ -107,6 +113,120 @@ upstreams:
     next.resume();
     expect(nextStatus).toBe(200);
     expect(up.received.map((r) => r.url)).toEqual(['/after']);
+  });
+
+  it('survives connections reset while their first bytes are read, and serves the next', async () => {
+    const up = await startUpstream();
+    cleanup.push(() => up.close());
+    const bw = await proxy(up.url, 'http1');
+    const port = Number(new URL(bw.url()).port);
+    for (const bytes of ['', 'PRI * HT', 'GET /x HT']) {
+      const socket = net.connect(port, '127.0.0.1');
+      await new Promise<void>((r) => socket.once('connect', () => r()));
+      if (bytes) socket.write(bytes);
+      await new Promise((r) => setTimeout(r, 20));
+      socket.resetAndDestroy();
+    }
+    await new Promise((r) => setTimeout(r, 50));
+    const res = await h2Request(bw.url(), { ':path': '/still-here' });
+    expect(res.status).toBe(200);
+  });
+
+  it('aborts the upstream request when an HTTP/2 client cancels its stream', async () => {
+    let upstreamClosedEarly = false;
+    const slow = http.createServer((_req, res) => {
+      res.on('close', () => {
+        if (!res.writableFinished) upstreamClosedEarly = true;
+      });
+      res.writeHead(200);
+      res.write('first part');
+      setTimeout(() => res.end('late'), 2000).unref();
+    });
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+    cleanup.push(
+      () =>
+        new Promise<void>((r) => {
+          slow.closeAllConnections();
+          slow.close(() => r());
+        }),
+    );
+    const bw = await proxy(`http://127.0.0.1:${(slow.address() as net.AddressInfo).port}`, 'http1');
+    const session = http2.connect(bw.url());
+    cleanup.push(async () => {
+      session.destroy();
+    });
+    const stream = session.request({ ':path': '/slow' });
+    await new Promise<void>((r) => stream.once('data', () => r()));
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+    for (let i = 0; i < 40 && !upstreamClosedEarly; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(upstreamClosedEarly).toBe(true);
+    const line = bw.logs.find((l) => l.msg === 'request' && l.path === '/slow');
+    expect(line?.complete).toBe(false);
+  });
+
+  it('keeps the HTTP/1.1 body idle timeout (408) on an h2c listener', async () => {
+    const up = await startUpstream();
+    cleanup.push(() => up.close());
+    const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    protocol: h2c
+    limits: { body_idle_timeout: 300ms }
+    routes: [{ upstream: app }]
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${up.url}"] }
+`);
+    cleanup.push(() => bw.stop());
+    const socket = net.connect(Number(new URL(bw.url()).port), '127.0.0.1');
+    let answer = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (d: string) => {
+      answer += d;
+    });
+    socket.on('error', () => undefined);
+    socket.write('POST /pay HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc');
+    await new Promise<void>((r) => socket.once('close', () => r()));
+    expect(answer).toMatch(/^HTTP\/1.1 408 /);
+  });
+
+  it('turns h2c on and off by a reload on the same port', async () => {
+    const up = await startUpstream();
+    cleanup.push(() => up.close());
+    const port = await freePort();
+    const yaml = (protocol: string) => `
+listeners:
+  - { name: main, port: ${port}, protocol: ${protocol}, routes: [{ upstream: app }] }
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${up.url}"] }
+`;
+    const dir = mkdtempSync(join(tmpdir(), 'bw-h2-reload-'));
+    const file = join(dir, 'breakwater.yaml');
+    writeFileSync(file, yaml('http1'));
+    const bw = await startBreakwater(yaml('http1'), { file });
+    cleanup.push(() => bw.stop());
+    writeFileSync(file, yaml('h2c'));
+    expect((await bw.bw.reload('test')).ok).toBe(true);
+    expect((await h2Request(`http://127.0.0.1:${port}`, { ':path': '/h2' })).status).toBe(200);
+    const h1 = await request(`http://127.0.0.1:${port}/h1`);
+    await h1.body.dump();
+    expect(h1.statusCode).toBe(200);
+  });
+
+  it('stops promptly with a connection that never sent a byte', async () => {
+    const up = await startUpstream();
+    cleanup.push(() => up.close());
+    const bw = await proxy(up.url, 'http1');
+    const socket = net.connect(Number(new URL(bw.url()).port), '127.0.0.1');
+    socket.on('error', () => undefined);
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    const closed = new Promise<void>((r) => socket.once('close', () => r()));
+    const t0 = performance.now();
+    await bw.stop();
+    await closed;
+    expect(performance.now() - t0).toBeLessThan(2000);
   });
 
   it('answers an HTTP/2 client with problem+json when the upstream is down', async () => {
