@@ -35,6 +35,14 @@ export class DataListener {
   update(model: ListenerModel, deps: HandlerDeps): void {
     this.model = model;
     this.handler.update(deps);
+    // The server's own limits follow too (max_header_bytes is fixed when the server is made).
+    const server = this.app.server;
+    const limits = model.limits;
+    server.headersTimeout = limits.headerTimeout;
+    server.keepAliveTimeout = limits.keepaliveTimeout;
+    server.maxRequestsPerSocket = limits.maxRequestsPerConnection || 0;
+    server.maxConnections = limits.maxConnections;
+    server.maxHeadersCount = limits.maxHeaders + 1;
   }
 
   static async start(model: ListenerModel, handler: ProxyHandler): Promise<DataListener> {
