@@ -22,12 +22,14 @@ describe('HTTP/2', () => {
     for (const c of cleanup.splice(0).reverse()) await c();
   });
 
-  async function proxy(upstreamUrl: string, upstreamProtocol: string) {
+  /** An h2c listener in front of one upstream; `listenerExtra` adds keys to the listener. */
+  async function proxy(upstreamUrl: string, upstreamProtocol: string, listenerExtra = '') {
     const bw = await startBreakwater(`
 listeners:
   - name: main
     port: 0
     protocol: h2c
+    ${listenerExtra}
     routes: [{ upstream: app }]
 admin: { port: 0 }
 upstreams:
@@ -83,18 +85,7 @@ upstreams:
   it('answers 408 to an HTTP/2 body that stalls and keeps the connection for other streams', async () => {
     const up = await startUpstream();
     cleanup.push(() => up.close());
-    const bw = await startBreakwater(`
-listeners:
-  - name: main
-    port: 0
-    protocol: h2c
-    limits: { body_idle_timeout: 300ms }
-    routes: [{ upstream: app }]
-admin: { port: 0 }
-upstreams:
-  app: { endpoints: ["${up.url}"] }
-`);
-    cleanup.push(() => bw.stop());
+    const bw = await proxy(up.url, 'http1', 'limits: { body_idle_timeout: 300ms }');
     const session = http2.connect(bw.url());
     cleanup.push(async () => {
       session.destroy();
@@ -167,18 +158,7 @@ upstreams:
   it('keeps the HTTP/1.1 body idle timeout (408) on an h2c listener', async () => {
     const up = await startUpstream();
     cleanup.push(() => up.close());
-    const bw = await startBreakwater(`
-listeners:
-  - name: main
-    port: 0
-    protocol: h2c
-    limits: { body_idle_timeout: 300ms }
-    routes: [{ upstream: app }]
-admin: { port: 0 }
-upstreams:
-  app: { endpoints: ["${up.url}"] }
-`);
-    cleanup.push(() => bw.stop());
+    const bw = await proxy(up.url, 'http1', 'limits: { body_idle_timeout: 300ms }');
     const socket = net.connect(Number(new URL(bw.url()).port), '127.0.0.1');
     let answer = '';
     socket.setEncoding('latin1');
