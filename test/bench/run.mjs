@@ -326,6 +326,10 @@ function nginxVersion(bin) {
   return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined;
 }
 
+function h2loadAvailable() {
+  return which('h2load') ? true : 'no h2load on PATH (Debian: apt-get install nghttp2-client)';
+}
+
 const nginxScenario = {
   name: 'nginx',
   description: 'nginx, 1 worker, proxy_pass to an upstream block with keepalive (reference, not Node)',
@@ -447,6 +451,38 @@ const SCENARIOS = [
     description: 'as breakwater-plain on a listener with protocol: h2c (HTTP/1.1 load: the preface sniffer)',
     listener: 'protocol: h2c',
   }),
+  // HTTP/2 (h2load, when installed: Debian's nghttp2-client). Not comparable with the autocannon
+  // rows, so the first row drives the plain route with h2load over HTTP/1.1 as their reference.
+  {
+    ...breakwaterScenario({
+      name: 'h2load-http1-plain',
+      description:
+        'h2load over HTTP/1.1, 50 connections, to breakwater-plain (reference for the HTTP/2 rows)',
+    }),
+    kind: 'h2load',
+    h2load: ['-p', 'http/1.1', '-c', String(settings.connections)],
+    available: h2loadAvailable,
+  },
+  {
+    ...breakwaterScenario({
+      name: 'h2load-h2c',
+      description: 'h2load over HTTP/2 (h2c), 50 connections, 1 stream each, to a protocol: h2c listener',
+      listener: 'protocol: h2c',
+    }),
+    kind: 'h2load',
+    h2load: ['-c', String(settings.connections), '-m', '1'],
+    available: h2loadAvailable,
+  },
+  {
+    ...breakwaterScenario({
+      name: 'h2load-h2c-multiplexed',
+      description: 'h2load over HTTP/2 (h2c), 5 connections, 10 streams each, to a protocol: h2c listener',
+      listener: 'protocol: h2c',
+    }),
+    kind: 'h2load',
+    h2load: ['-c', '5', '-m', '10'],
+    available: h2loadAvailable,
+  },
   breakwaterScenario({
     name: 'breakwater-plain-accesslog',
     description: 'as breakwater-plain with logging.access_log: true (stdout to /dev/null)',
@@ -542,8 +578,77 @@ function summarize({ result, latency }) {
   };
 }
 
+/**
+ * One h2load run (nghttp2's HTTP/2 load generator; `-p http/1.1` for HTTP/1.1) against
+ * 127.0.0.1:port, warm-up included; percentiles from its per-request log.
+ */
+async function h2load(port, args) {
+  const dir = makeTempDir('h2load');
+  const log = path.join(dir, 'requests.log');
+  const argv = [
+    ...args,
+    '-t',
+    '1',
+    '-D',
+    String(settings.duration),
+    `--warm-up-time=${settings.warmup}`,
+    `--log-file=${log}`,
+    `http://${HOST}:${port}/`,
+  ];
+  const out = await new Promise((resolve, reject) => {
+    const child = spawn(which('h2load'), argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (d) => {
+      text += d;
+    });
+    child.stderr.on('data', (d) => {
+      text += d;
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), (settings.duration + settings.warmup + 20) * 1000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(text);
+      else reject(new Error(`h2load exited ${code}: ${text.slice(-500)}`));
+    });
+  });
+  for (const line of out.split('\n'))
+    if (/^(finished in|requests:|status codes:)/.test(line)) console.log(`  h2load: ${line.trim()}`);
+  const num = (re) => Number((re.exec(out)?.[1] ?? 'NaN').replace(/,/g, ''));
+  const latency = new LatencyRecorder();
+  const { readFileSync } = await import('node:fs');
+  for (const line of readFileSync(log, 'utf8').split('\n')) {
+    const f = line.split('\t');
+    if (f.length >= 3) latency.record(Number(f[2]) / 1000); // µs -> ms
+  }
+  const [p50, p90, p99, p999] = latency.percentiles(50, 90, 99, 99.9);
+  const total = num(/requests: (\d+) total/);
+  return {
+    reqPerSec: num(/finished in [\d.]+m?s, ([\d.]+) req\/s/),
+    p50,
+    p90,
+    p99,
+    p999,
+    errors: num(/(\d+) errored/) + num(/(\d+) failed/),
+    timeouts: num(/(\d+) timeout/),
+    // (h2load's 2xx count can trail its total by a few responses at the end of the window.)
+    non2xx: num(/(\d+) 3xx/) + num(/(\d+) 4xx/) + num(/(\d+) 5xx/),
+    totalRequests: total,
+  };
+}
+
 async function runScenario(scenario, ctx) {
   const started = await scenario.start(ctx);
+  if (scenario.h2load) {
+    try {
+      console.log(
+        `  h2load ${scenario.h2load.join(' ')}: warm-up ${settings.warmup}s, measure ${settings.duration}s`,
+      );
+      return await h2load(started.port, scenario.h2load);
+    } finally {
+      await started.stop();
+    }
+  }
   try {
     const check = await probe(started.port, 5000);
     if (check.status !== 200 || check.bytes !== UPSTREAM_BODY_BYTES) {
