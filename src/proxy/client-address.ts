@@ -40,11 +40,19 @@ export function trustCheck(cidrs: readonly string[]): TrustCheck | undefined {
     const p = parseCidr(c);
     if (p) list.addSubnet(p.address, p.prefix, p.family);
   }
+  // Answers remembered per address (BlockList.check allocates on every call; peers are few).
+  const known = new Map<string, boolean>();
   return (address) => {
-    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
-    const a = address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
-    const v = isIP(a);
-    return v !== 0 && list.check(a, v === 4 ? 'ipv4' : 'ipv6');
+    let trusted = known.get(address);
+    if (trusted === undefined) {
+      // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+      const a = address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+      const v = isIP(a);
+      trusted = v !== 0 && list.check(a, v === 4 ? 'ipv4' : 'ipv6');
+      if (known.size >= 4096) known.clear();
+      known.set(address, trusted);
+    }
+    return trusted;
   };
 }
 
