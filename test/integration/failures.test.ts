@@ -1,21 +1,13 @@
-import net from 'node:net';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, simpleConfig, startBreakwater } from '../kit/breakwater.js';
 import { type FaultUpstream, startFaultUpstream } from '../kit/fault-upstream.js';
+import { freePort } from '../kit/process.js';
 import { rawRequest } from '../kit/raw-client.js';
 
 async function problemOf(res: Awaited<ReturnType<typeof request>>) {
   expect(res.headers['content-type']).toBe('application/problem+json');
   return (await res.body.json()) as { type: string; status: number; detail: string; upstream: string };
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 describe('upstream failures are mapped, never hung, never disguised', () => {

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { indent, type Running, startBreakwater } from '../kit/breakwater.js';
 import { type FaultUpstream, startFaultUpstream } from '../kit/fault-upstream.js';
+import { freePort } from '../kit/process.js';
 import { rawRequest } from '../kit/raw-client.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 import { startWsUpstream, type WsUpstream } from '../kit/ws-upstream.js';
@@ -131,14 +132,6 @@ async function metrics(bw: Running): Promise<string> {
 function problemType(r: Refusal): string {
   expect(r.headers['content-type']).toBe('application/problem+json');
   return (JSON.parse(r.body) as { type: string }).type;
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 /** A client-to-server text frame (masked, as a client must send it). */
