@@ -171,8 +171,9 @@ export class ProxyHandler {
       method,
       path: upstreamPath(url, (pathOnly as string).length, route.stripPrefix),
       start,
-      // A chunked body has no declared size: it is counted as it streams.
-      body: !hasBody(req) ? null : chunked && limit > 0 ? req.pipe(new BodyLimit(limit)) : req,
+      // A chunked body has no declared size: it is counted as it streams. (Not a gRPC call's: its
+      // stream may carry any number of messages over its life; gRPC servers limit each message.)
+      body: !hasBody(req) ? null : chunked && limit > 0 && !grpc ? req.pipe(new BodyLimit(limit)) : req,
       grpc,
       grpcTimeout: grpc
         ? (parseGrpcTimeout(req.headers['grpc-timeout']) ?? Number.POSITIVE_INFINITY)

@@ -60,6 +60,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
         endpoint.inflight--;
       },
       grpc: ctx.grpc,
+      h2: upstream.model.protocol !== 'http1',
     });
     ctx.current = attempt;
     attempt.start();

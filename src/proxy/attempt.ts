@@ -62,7 +62,17 @@ export interface AttemptOptions {
   readonly onSettled?: (() => void) | undefined;
   /** A gRPC call: read grpc-status from the headers and the trailers. */
   readonly grpc?: boolean;
+  /**
+   * An HTTP/2 upstream: its stream is never paused. undici 7 drops the DATA still buffered in a
+   * paused HTTP/2 stream when the trailers arrive (it stops listening for data then), which would
+   * end a response short, with its trailers, as if whole. A client that falls more than
+   * `H2_MAX_BACKLOG` behind is cut instead.
+   */
+  readonly h2?: boolean;
 }
+
+/** How far (bytes queued for the client) a response from an HTTP/2 upstream may run ahead. */
+export const H2_MAX_BACKLOG = 64 * 1024 * 1024;
 
 /** Receives a copy of the body as it streams (the response cache); `end` only when it was whole. */
 export interface BodyTee {
@@ -393,7 +403,17 @@ export class Attempt implements Dispatcher.DispatchHandler {
     if (this.state !== State.Streaming || !this.res) return true;
     this.bytes += chunk.length;
     this.tee?.data(chunk);
-    return this.res.write(chunk);
+    const ok = this.res.write(chunk);
+    if (ok || !this.opts.h2) return ok;
+    if (this.res.writableLength > H2_MAX_BACKLOG)
+      this.abort(
+        new AttemptError(
+          'client-aborted',
+          'the client fell more than 64 MiB behind an HTTP/2 upstream',
+          true,
+        ),
+      );
+    return true;
   }
 
   /** Trailers: a flat [name, value, ...] list from HTTP/1.1, an object from HTTP/2. */

@@ -186,6 +186,25 @@ ${upstreamExtra}
     expect(replies.map((m) => m.text)).toEqual(['re: turn 0', 're: turn 1', 're: turn 2']);
   });
 
+  it('passes a bidi stream of more than max_body_bytes in all, and every reply before the status', async () => {
+    const up = await server({});
+    const bw = await proxy(up.port);
+    const chat = client(bw).Chat();
+    const big = 'x'.repeat(400 * 1024);
+    let received = 0;
+    chat.on('data', (m: Message) => {
+      received += m.text.length;
+    });
+    const ended = new Promise<void>((resolve) => chat.on('end', () => resolve()));
+    for (let i = 0; i < 4; i++) chat.write({ text: big, count: i });
+    chat.end();
+    const status = await new Promise<grpc.StatusObject>((resolve) => chat.on('status', resolve));
+    await ended;
+    expect(status.code).toBe(grpc.status.OK);
+    expect(up.calls).toHaveLength(4);
+    expect(received).toBe(4 * (big.length + 're: '.length));
+  });
+
   it('lets a long stream run past the attempt timeout when the client set no deadline', async () => {
     const up = await server({
       Stream: (call) => {

@@ -67,6 +67,37 @@ upstreams:
     expect(up.sessions).toBe(1);
   });
 
+  it('loses no byte of an HTTP/2 upstream body when the client reads slowly and trailers follow', async () => {
+    const size = 3 * 1024 * 1024;
+    const up = await startH2Upstream((stream) => {
+      stream.respond({ ':status': 200 }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'x-done': 'yes' }));
+      stream.end(Buffer.alloc(size, 7));
+    });
+    cleanup.push(() => up.close());
+    const bw = await proxy(up.url, 'h2c');
+    const session = http2.connect(bw.url());
+    cleanup.push(async () => {
+      session.destroy();
+    });
+    const stream = session.request({ ':path': '/big' });
+    stream.pause();
+    // The client reads nothing for a while: breakwater is paced by it while the upstream is done.
+    await new Promise((r) => setTimeout(r, 300));
+    let bytes = 0;
+    let trailers: http2.IncomingHttpHeaders | undefined;
+    stream.on('trailers', (t) => {
+      trailers = t;
+    });
+    stream.on('data', (c: Buffer) => {
+      bytes += c.length;
+    });
+    stream.resume();
+    await new Promise<void>((r) => stream.on('end', () => r()));
+    expect(bytes).toBe(size);
+    expect(trailers?.['x-done']).toBe('yes');
+  });
+
   it('serves HTTP/1.1 on the same port as HTTP/2', async () => {
     const up = await startUpstream();
     cleanup.push(() => up.close());
