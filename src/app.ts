@@ -64,11 +64,15 @@ function poolSettings(m: UpstreamModel): unknown {
     hc,
     m.outlierDetection,
     m.tls,
+    m.protocol,
+    m.maxConcurrentStreams,
   ];
 }
 
 export class Breakwater {
   readonly listeners: DataListener[] = [];
+  /** Listeners a reload removed or moved, while they drain. */
+  private readonly retired = new Set<DataListener>();
   admin: AdminListener | undefined;
   upstreams = new Map<string, Upstream>();
   policies = new Map<string, UpstreamPolicies>();
@@ -252,7 +256,15 @@ export class Breakwater {
         { listener: l.model.name, port: l.port },
         'listener closing (removed or moved by the new config)',
       );
-      void l.close();
+      // It drains as at shutdown: what is still open after the drain timeout (WebSockets, slow
+      // responses) is cut, and a stop meanwhile waits for it too.
+      this.retired.add(l);
+      const cut = setTimeout(() => l.forceClose(), config.shutdown.drain_timeout);
+      cut.unref();
+      void l.close().then(() => {
+        clearTimeout(cut);
+        this.retired.delete(l);
+      });
     }
     // Pools no longer used finish their requests in flight, then close.
     if (previous) {
@@ -507,7 +519,8 @@ export class Breakwater {
       'shutdown: draining',
     );
     if (this.config.shutdown.delay > 0 && drainTimeout > 0) await sleep(this.config.shutdown.delay);
-    const closing = Promise.all(this.listeners.map((l) => l.close()));
+    const all = [...this.listeners, ...this.retired];
+    const closing = Promise.all(all.map((l) => l.close()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = await Promise.race([
       closing.then(() => false),
@@ -521,7 +534,7 @@ export class Breakwater {
         { drain_timeout_ms: drainTimeout },
         'shutdown: drain timeout passed, closing remaining connections',
       );
-      for (const l of this.listeners) l.forceClose();
+      for (const l of all) l.forceClose();
       await closing;
     }
     this.watcher?.close();

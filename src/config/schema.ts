@@ -16,6 +16,9 @@ const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds'
 const RATIO_HINT = 'a ratio such as 50% or 0.5';
 
 /** A duration in the file; milliseconds in the model. */
+/** The longest delay a Node.js timer takes (2^31 - 1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2_147_483_647;
+
 export const duration = z
   .union(
     [
@@ -32,6 +35,14 @@ export const duration = z
     const ms = parseDuration(v);
     if (ms === undefined) {
       ctx.addIssue({ code: 'custom', message: `expected ${DURATION_HINT}, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    // Timers cannot wait longer (Node fires a longer one at once, with a warning).
+    if (ms > MAX_TIMER_MS) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `at most 24 days (${MAX_TIMER_MS} ms), got ${JSON.stringify(v)}`,
+      });
       return z.NEVER;
     }
     return ms;

@@ -21,6 +21,7 @@ export class DataListener {
   private readonly sniffing = new Set<Socket>();
   private h2: http2.Http2Server | undefined;
   private closing = false;
+  private closed: Promise<void> | undefined;
 
   private constructor(
     public model: ListenerModel,
@@ -206,8 +207,11 @@ export class DataListener {
 
   /** Stops accepting; resolves when every connection has ended (HTTP/2 ones get a GOAWAY), open WebSockets included. */
   close(): Promise<void> {
+    // Once: a listener a reload retired may be closed again by a stop.
+    if (this.closed) return this.closed;
     this.closing = true;
     const closing = this.app.close();
+    this.closed = closing;
     for (const s of this.h2Sessions) s.close();
     // Connections that have not said which protocol they speak yet have no request to finish.
     for (const socket of this.sniffing) socket.destroy();

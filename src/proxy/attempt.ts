@@ -135,7 +135,17 @@ const CERTIFICATE_FAILURES = new Set([
  * the request, or an alert from the peer, no request reached the upstream's application.
  */
 function isTlsHandshakeFailure(code: string, connected: boolean): boolean {
-  if (code.startsWith('ERR_SSL_') && code.includes('_ALERT_')) return true;
+  // After the handshake only an alert about our client certificate (TLS 1.3 servers refuse it
+  // late) still means nothing was served; any other alert then may follow a served request.
+  if (
+    code.startsWith('ERR_SSL_') &&
+    code.includes('_ALERT_') &&
+    (!connected ||
+      code.includes('CERTIFICATE') ||
+      code.includes('UNKNOWN_CA') ||
+      code.includes('ACCESS_DENIED'))
+  )
+    return true;
   return (
     !connected &&
     (CERTIFICATE_FAILURES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_'))

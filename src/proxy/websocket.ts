@@ -211,6 +211,13 @@ class Tunnel {
       this.refuse(problem('upgrade-refused', detail, { requestId }));
       return;
     }
+    if (target.upstream.model.protocol === 'h2c') {
+      // The handshake is HTTP/1.1; an h2c upstream speaks only HTTP/2 (WebSocket over HTTP/2,
+      // RFC 8441, is not supported).
+      const detail = `upstream ${target.upstream.name} speaks h2c only: WebSocket handshakes are HTTP/1.1`;
+      this.refuse(problem('upgrade-refused', detail, { requestId }));
+      return;
+    }
     const name = target.upstream.name;
     const { limiter, bulkhead } = target.policies ?? {};
     if (limiter) {
@@ -315,16 +322,18 @@ class Tunnel {
     this.request = request;
     const connectMs = route.timeouts.connect;
     const answerMs = route.timeouts.attempt;
-    this.timer(connectMs, () => {
-      if (!this.connected)
-        request.destroy(
-          new AttemptError(
-            'connect-timeout',
-            `connecting to the upstream took longer than ${connectMs} ms`,
-            false,
-          ),
-        );
-    });
+    // 0 is no connect timeout, as for the pools (undici sets no timer then).
+    if (connectMs > 0)
+      this.timer(connectMs, () => {
+        if (!this.connected)
+          request.destroy(
+            new AttemptError(
+              'connect-timeout',
+              `connecting to the upstream took longer than ${connectMs} ms`,
+              false,
+            ),
+          );
+      });
     this.timer(answerMs, () => {
       const detail = `the upstream did not answer the WebSocket handshake within ${answerMs} ms`;
       request.destroy(new AttemptError('timeout', detail, true));

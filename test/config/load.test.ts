@@ -254,6 +254,16 @@ resilience:
     expect(problems.map((p) => p.key)).toContain('resilience.timeout');
   });
 
+  it('rejects a duration longer than a timer can wait (24 days)', async () => {
+    const problems = await problemsOf(`${BASE}\nresilience:\n  websocket_max_duration: 720h\n`);
+    expect(problems).toEqual([
+      expect.objectContaining({
+        key: 'resilience.websocket_max_duration',
+        message: 'at most 24 days (2147483647 ms), got "720h"',
+      }),
+    ]);
+  });
+
   it('rejects a trusted_proxies entry that is not an address or CIDR block, naming where it is', async () => {
     const problems = await problemsOf(`
 listeners:

@@ -226,6 +226,35 @@ upstreams:
     expect(h1.statusCode).toBe(200);
   });
 
+  it('a reload that changes an upstream protocol builds new pools (http1 -> h2c)', async () => {
+    const up = await startH2Upstream((stream) => {
+      stream.respond({ ':status': 200 });
+      stream.end('over h2');
+    });
+    cleanup.push(() => up.close());
+    const yaml = (protocol: string) => `
+listeners:
+  - { name: main, port: 0, routes: [{ upstream: app }] }
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: ["${up.url}"], protocol: ${protocol}, retry: { enabled: false } }
+`;
+    const dir = mkdtempSync(join(tmpdir(), 'bw-h2-pools-'));
+    const file = join(dir, 'breakwater.yaml');
+    writeFileSync(file, yaml('http1'));
+    const bw = await startBreakwater(yaml('http1'), { file });
+    cleanup.push(() => bw.stop());
+    const before = await request(`${bw.url()}/x`);
+    await before.body.dump();
+    // An h2c-only server does not answer HTTP/1.1.
+    expect(before.statusCode).toBeGreaterThanOrEqual(502);
+    writeFileSync(file, yaml('h2c'));
+    expect((await bw.bw.reload('test')).ok).toBe(true);
+    const after = await request(`${bw.url()}/x`);
+    expect(after.statusCode).toBe(200);
+    expect(await after.body.text()).toBe('over h2');
+  });
+
   it('stops promptly with a connection that never sent a byte', async () => {
     const up = await startUpstream();
     cleanup.push(() => up.close());

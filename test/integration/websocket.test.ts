@@ -1,6 +1,9 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -606,6 +609,44 @@ describe('shutdown', () => {
       expect((await end).code).toBe(1006);
       await until(() => up.closes.length === 1);
       expect(bw.logs.find((l) => l.msg === 'websocket')).toMatchObject({ closed_by: 'shutdown' });
+    } finally {
+      await bw.stop();
+      await up.close();
+    }
+  });
+
+  it('a listener a reload moved drains its WebSockets and cuts them after the drain timeout', async () => {
+    const up = await startWsUpstream();
+    // A port-0 listener is bound again on every reload: the old one is retired.
+    const yaml = `${config(up.url, ONE_ROUTE)}\nshutdown: { drain_timeout: 300ms }\n`;
+    const dir = mkdtempSync(join(tmpdir(), 'bw-ws-reload-'));
+    const file = join(dir, 'breakwater.yaml');
+    writeFileSync(file, yaml);
+    const bw = await startBreakwater(yaml, { file });
+    try {
+      const { ws } = await connect(wsUrl(bw));
+      const end = closed(ws);
+      expect((await bw.bw.reload('test')).ok).toBe(true);
+      const t0 = performance.now();
+      expect((await end).code).toBe(1006);
+      expect(performance.now() - t0).toBeLessThan(1500);
+    } finally {
+      await bw.stop();
+      await up.close();
+    }
+  });
+
+  it('connect_timeout 0 is no connect timeout for a handshake, as for requests', async () => {
+    const up = await startWsUpstream();
+    const bw = await startBreakwater(config(up.url, ONE_ROUTE, 'connect_timeout: 0'));
+    try {
+      let opened = 0;
+      for (let i = 0; i < 3; i++) {
+        const { ws, res } = await connect(wsUrl(bw));
+        if (res.statusCode === 101) opened++;
+        ws.close();
+      }
+      expect(opened).toBe(3);
     } finally {
       await bw.stop();
       await up.close();
