@@ -311,6 +311,13 @@ export class ProxyHandler {
       logger: deps.logger,
       accessLog: deps.accessLog,
     };
+    // A WebSocket opened now would be cut at the drain timeout: the client is better off
+    // reconnecting to another replica at once.
+    if (deps.draining()) {
+      const detail = 'breakwater is shutting down: open the WebSocket again (another replica will take it)';
+      this.tunnels.refuse(u, problem('shutting-down', detail, { requestId, headers: ['retry-after', '1'] }));
+      return;
+    }
     const target = absoluteTarget(req.url ?? '/', req.headers.host);
     if (target === 'foreign') {
       this.tunnels.refuse(u, problem('bad-request', FOREIGN_TARGET, { requestId }));

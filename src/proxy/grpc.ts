@@ -130,6 +130,7 @@ const CODE_OF: Record<ProblemKind, number> = {
   'payload-too-large': GRPC_CODES['resource-exhausted'],
   'headers-too-large': GRPC_CODES.internal,
   'upgrade-refused': GRPC_CODES.internal,
+  'shutting-down': GRPC_CODES.unavailable,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

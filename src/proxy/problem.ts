@@ -17,6 +17,7 @@ export type ProblemKind =
   | 'upstream-bad-response'
   | 'request-timeout'
   | 'body-timeout'
+  | 'shutting-down'
   | 'bad-request'
   | 'circuit-open'
   | 'rate-limited'
@@ -40,6 +41,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'upstream-bad-response': [502, 'The upstream sent a malformed response'],
   'request-timeout': [504, 'The request deadline passed'],
   'body-timeout': [408, 'The request body did not arrive in time'],
+  'shutting-down': [503, 'breakwater is shutting down'],
   'bad-request': [400, 'Bad request'],
   'circuit-open': [503, 'The circuit breaker for this upstream is open'],
   'rate-limited': [429, 'Too many requests'],

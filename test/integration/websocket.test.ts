@@ -636,6 +636,26 @@ describe('shutdown', () => {
     }
   });
 
+  it('a handshake while draining is refused 503 shutting-down (it would be cut at the drain timeout)', async () => {
+    const up = await startWsUpstream();
+    const bw = await startBreakwater(
+      `${config(up.url, ONE_ROUTE)}\nshutdown: { delay: 500ms, drain_timeout: 1s }\n`,
+    );
+    try {
+      const stopping = bw.bw.stop();
+      await sleep(50);
+      const r = await refused(wsUrl(bw));
+      expect(r.status).toBe(503);
+      expect(JSON.parse(r.body).type).toBe('urn:breakwater:problem:shutting-down');
+      expect(r.headers['retry-after']).toBe('1');
+      expect(up.handshakes).toHaveLength(0);
+      await stopping;
+    } finally {
+      await bw.stop();
+      await up.close();
+    }
+  });
+
   it('connect_timeout 0 is no connect timeout for a handshake, as for requests', async () => {
     const up = await startWsUpstream();
     const bw = await startBreakwater(config(up.url, ONE_ROUTE, 'connect_timeout: 0'));
