@@ -2,7 +2,9 @@
  * A data-plane listener: one fastify instance bound to the configured host and port. fastify does
  * the HTTP/1.1 server side (connection handling, limits, lifecycle); every request is handed
  * unparsed to the ProxyHandler, whose route and pipeline decide the rest. Bodies are never parsed:
- * a catch-all content-type parser leaves the request stream untouched for the upstream.
+ * a catch-all content-type parser leaves the request stream untouched for the upstream. With
+ * `protocol: h2c`, connections that open with the HTTP/2 preface go to a node:http2 server whose
+ * requests reach the same ProxyHandler; `upgrade` requests go to its WebSocket tunnel.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2';
