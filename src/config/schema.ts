@@ -730,6 +730,18 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
   });
 
   for (const [un, u] of Object.entries(cfg.upstreams)) {
+    /** Every endpoint of this upstream must use `scheme`; `why` says which setting asks it. */
+    const schemeOfEndpoints = (scheme: 'http:' | 'https:', why: string) =>
+      u.endpoints.forEach((e, ei) => {
+        const url = typeof e === 'string' ? e : e.url;
+        if (new URL(url).protocol !== scheme)
+          issue(
+            typeof e === 'string'
+              ? ['upstreams', un, 'endpoints', ei]
+              : ['upstreams', un, 'endpoints', ei, 'url'],
+            `${url} is not ${scheme}//: ${why}`,
+          );
+      });
     if (u.fallback !== undefined && !fallbacks.has(u.fallback)) {
       issue(['upstreams', un, 'fallback'], `fallback "${u.fallback}" is not defined${known(fallbacks)}`);
     }
@@ -741,32 +753,12 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
         );
       if (u.tls.key_file !== undefined && u.tls.cert_file === undefined)
         issue(['upstreams', un, 'tls', 'key_file'], 'key_file needs cert_file (the client certificate)');
-      u.endpoints.forEach((e, ei) => {
-        const url = typeof e === 'string' ? e : e.url;
-        if (new URL(url).protocol !== 'https:')
-          issue(
-            typeof e === 'string'
-              ? ['upstreams', un, 'endpoints', ei]
-              : ['upstreams', un, 'endpoints', ei, 'url'],
-            `${url} is not https://: an upstream with a tls block sends nothing in clear text`,
-          );
-      });
+      schemeOfEndpoints('https:', 'an upstream with a tls block sends nothing in clear text');
     }
-    if (u.protocol === 'h2' || u.protocol === 'h2c') {
-      const want = u.protocol === 'h2' ? 'https:' : 'http:';
-      u.endpoints.forEach((e, ei) => {
-        const url = typeof e === 'string' ? e : e.url;
-        if (new URL(url).protocol !== want)
-          issue(
-            typeof e === 'string'
-              ? ['upstreams', un, 'endpoints', ei]
-              : ['upstreams', un, 'endpoints', ei, 'url'],
-            u.protocol === 'h2'
-              ? `${url} is not https://: protocol h2 is HTTP/2 over TLS (use h2c for clear text)`
-              : `${url} is not http://: protocol h2c is HTTP/2 in clear text (use h2 for https)`,
-          );
-      });
-    }
+    if (u.protocol === 'h2')
+      schemeOfEndpoints('https:', 'protocol h2 is HTTP/2 over TLS (use h2c for clear text)');
+    if (u.protocol === 'h2c')
+      schemeOfEndpoints('http:', 'protocol h2c is HTTP/2 in clear text (use h2 for https)');
     const attempt = u.timeout ?? cfg.resilience.timeout;
     const total = u.request_timeout ?? cfg.resilience.request_timeout;
     if (attempt !== undefined && total !== undefined && attempt > total) {
