@@ -15,6 +15,7 @@ import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
+import { countsFields } from './pipeline/circuit-breaker.js';
 import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
@@ -378,8 +379,10 @@ export class Breakwater {
         breaker: b
           ? {
               state: b.state,
-              ...b.stats(),
-              retry_after_ms: Math.round(b.retryAfterMs()),
+              // A forced breaker is the operator's: it never probes, so there is no time to wait.
+              forced: b.state === 'forced_open' || b.state === 'forced_closed',
+              ...countsFields(b.stats()),
+              retry_after_ms: b.state === 'open' ? Math.round(b.retryAfterMs()) : null,
               recent_transitions: b.recent.map((t) => ({
                 from: t.from,
                 to: t.to,
@@ -434,7 +437,7 @@ export class Breakwater {
   forceBreaker(
     upstream: string,
     mode: 'open' | 'close' | 'auto',
-  ): { ok: true; state: string } | { ok: false; status: number; error: string } {
+  ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string } {
     const p = this.policies.get(upstream);
     if (!p) return { ok: false, status: 404, error: `no upstream ${upstream}` };
     if (!p.breaker)
