@@ -218,7 +218,7 @@ resilience:
     const byKey = Object.fromEntries(problems.map((p) => [p.key, p.message]));
     expect(byKey['listeners[0].routes[0].upstream']).toMatch(/upstream "nope" is not defined; defined: app/);
     expect(byKey['listeners[0].routes[0].match.path_prefx']).toMatch(
-      /unknown key "path_prefx" \(did you mean "path_prefix"\?\)/,
+      /^unknown key "path_prefx" in a route's match \(did you mean "path_prefix"\?\)$/,
     );
     expect(byKey['upstreams.app.timeout']).toMatch(/expected a duration such as 250ms/);
     expect(byKey['resilience.circuit_breaker.reset_timout']).toMatch(/did you mean "reset_timeout"/);
@@ -340,7 +340,7 @@ describe('breakwater validate', () => {
     );
     expect(err?.code).toBe(1);
     expect(err?.stderr).toContain(
-      `${bad}:18:19 resilience.retry.max_attempts: expected number, got string "many"`,
+      `${bad}:18:19 resilience.retry.max_attempts: max_attempts must be a whole number from 1 to 10, got the string "many"`,
     );
   });
 
