@@ -121,7 +121,7 @@ export class Breakwater {
     await this.apply(config, source);
     this.phase = 'serving';
     metrics.ready.set(1);
-    logger.info({ admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
+    logger.info({ event: 'ready', admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
   }
 
   /**
@@ -241,7 +241,13 @@ export class Breakwater {
           const listener = await DataListener.start(l, new ProxyHandler(deps));
           bound.push(listener);
           logger.info(
-            { listener: l.name, host: l.host, port: listener.port, routes: l.routes.length },
+            {
+              event: 'listener_bound',
+              listener: l.name,
+              host: l.host,
+              port: listener.port,
+              routes: l.routes.length,
+            },
             'listener bound',
           );
         }
@@ -254,7 +260,7 @@ export class Breakwater {
     this.listeners.splice(0, this.listeners.length, ...keep, ...bound);
     for (const l of retired) {
       logger.info(
-        { listener: l.model.name, port: l.port },
+        { event: 'listener_closing', listener: l.model.name, port: l.port },
         'listener closing (removed or moved by the new config)',
       );
       // It drains as at shutdown: what is still open after the drain timeout (WebSockets, slow
@@ -518,7 +524,12 @@ export class Breakwater {
     this.phase = 'draining';
     this.metrics.ready.set(0);
     this.logger.info(
-      { drain_timeout_ms: drainTimeout, delay_ms: this.config.shutdown.delay },
+      {
+        event: 'shutdown',
+        phase: 'draining',
+        drain_timeout_ms: drainTimeout,
+        delay_ms: this.config.shutdown.delay,
+      },
       'shutdown: draining',
     );
     if (this.config.shutdown.delay > 0 && drainTimeout > 0) await sleep(this.config.shutdown.delay);
@@ -544,7 +555,7 @@ export class Breakwater {
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
     await this.admin?.close();
     this.phase = 'stopped';
-    this.logger.info({ took_ms: Date.now() - started }, 'shutdown: done');
+    this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
     this.logger.flush?.();
   }
 }
