@@ -457,24 +457,22 @@ export class Breakwater {
     const dir = dirname(this.config.file);
     const base = basename(this.config.file);
     let timer: NodeJS.Timeout | undefined;
-    let lastSeen = '';
+    // The hash of the file as last seen, starting from the running config's (known at once, so an
+    // edit made right after start is not mistaken for the file the running config came from).
+    let lastSeen = this.configHash;
     const check = async () => {
       try {
         const text = await readFile(this.config.file, 'utf8');
-        if (text === lastSeen) return;
-        lastSeen = text;
-        if (createHash('sha256').update(text).digest('hex').slice(0, 16) !== this.configHash)
-          await this.reload('file change');
+        const hash = createHash('sha256').update(text).digest('hex').slice(0, 16);
+        if (hash === lastSeen) return;
+        lastSeen = hash;
+        // A file back to the running version changes nothing, but after a failed reload it is
+        // validated again so that /config/status stops showing the failure.
+        if (hash !== this.configHash || this.lastReload?.ok === false) await this.reload('file change');
       } catch {
         // the file is being replaced; the next event will tell
       }
     };
-    void readFile(this.config.file, 'utf8').then(
-      (t) => {
-        lastSeen = t;
-      },
-      () => undefined,
-    );
     this.watcher = watch(dir, (_event, name) => {
       if (name !== null && name !== base && !name.startsWith('..')) return;
       clearTimeout(timer);
