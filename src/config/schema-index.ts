@@ -72,18 +72,17 @@ export function nodeOf(schema: z.ZodType): SchemaNode {
     for (const [k, v] of Object.entries(s.shape)) node.keys.set(k, nodeOf(v as z.ZodType));
     return node;
   }
+  // A leaf keeps the schema as written (with its transform), so it parses as the file is read.
   let node: SchemaNode;
   if (s instanceof z.ZodArray) node = { kind: 'array', element: nodeOf(s.element as z.ZodType) };
   else if (s instanceof z.ZodRecord) node = { kind: 'record', value: nodeOf(s.valueType as z.ZodType) };
   else if (s instanceof z.ZodUnion) {
     const options = (s.options as readonly z.ZodType[]).map(nodeOf);
     const discriminator = s instanceof z.ZodDiscriminatedUnion ? s._zod.def.discriminator : undefined;
-    node = options.every((o) => o.kind === 'leaf')
-      ? { kind: 'leaf', schema: s }
-      : discriminator === undefined
-        ? { kind: 'union', options }
-        : { kind: 'union', options, discriminator };
-  } else node = { kind: 'leaf', schema: s };
+    if (options.every((o) => o.kind === 'leaf')) return { kind: 'leaf', schema };
+    node =
+      discriminator === undefined ? { kind: 'union', options } : { kind: 'union', options, discriminator };
+  } else return { kind: 'leaf', schema };
   built.set(s, node);
   return node;
 }

@@ -10,7 +10,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy/client-address.js';
 import { RETRIABLE_GRPC } from '../proxy/grpc.js';
-import { DURATION_PATTERN, parseDuration, parseRatio, RATIO_PATTERN } from './units.js';
+import { DURATION_PATTERN, parseDuration, parsePercent, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
 const RATIO_HINT = 'a ratio such as 50% or 0.5';
@@ -67,6 +67,24 @@ export const ratio = z
       ctx.addIssue({
         code: 'custom',
         message: `expected ${RATIO_HINT} (between 0% and 100%), got ${JSON.stringify(v)}`,
+      });
+      return z.NEVER;
+    }
+    return r;
+  });
+
+/**
+ * A percentage in the file (keys named `*_percent`, as Envoy's `max_ejection_percent`): `50` or
+ * `"50%"` both mean 50 %, so `0.5` is half of one percent; a number in [0, 1] in the model.
+ */
+export const percent = z
+  .union([z.number(), z.string()], { error: 'expected a percentage from 0 to 100, such as 50 or "50%"' })
+  .transform((v, ctx) => {
+    const r = parsePercent(v);
+    if (r === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected a percentage from 0 to 100, such as 50 or "50%", got ${JSON.stringify(v)}`,
       });
       return z.NEVER;
     }
@@ -345,9 +363,11 @@ export const outlierDetectionSchema = z.strictObject({
     .optional()
     .describe('First ejection; each next one is longer by this much. Default: 30s.'),
   max_ejection_time: duration.optional().describe('Default: 5m.'),
-  max_ejection_percent: ratio
+  max_ejection_percent: percent
     .optional()
-    .describe('Share of endpoints that may be ejected at once. Default: 50%.'),
+    .describe(
+      'Percent of the endpoints that may be ejected at once: 50 or "50%" (a bare number is a percent, as in Envoy: 0.5 is half of one percent). Default: 50.',
+    ),
 });
 
 const hostName = z
