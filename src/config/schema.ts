@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy/client-address.js';
 import { RETRIABLE_GRPC } from '../proxy/grpc.js';
+import { flattenFallbacks } from './inline-fallbacks.js';
 import { DURATION_PATTERN, parseDuration, parsePercent, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
@@ -285,10 +286,12 @@ const fallbackTriggers = z.enum([
   'bulkhead_full',
   'degraded',
 ]);
-const fallbackCommon = {
-  on: z.array(fallbackTriggers).optional().describe('Events that trigger it. Default: all but rate_limited.'),
-  then: name.optional().describe('Fallback tried when this one cannot serve.'),
-};
+const fallbackOn = z
+  .array(fallbackTriggers)
+  .optional()
+  .describe('Events that trigger it. Default: all but rate_limited.');
+const THEN_HINT = 'Fallback tried when this one cannot serve: a name in `fallbacks`, or a fallback written here.';
+/** A fallback in `fallbacks`, or written in place (an upstream's `fallback`, a fallback's `then`). */
 export const fallbackSchema = z.discriminatedUnion(
   'type',
   [
@@ -298,22 +301,35 @@ export const fallbackSchema = z.discriminatedUnion(
       headers: z.record(headerName, z.string()).optional(),
       body: z.string().optional(),
       body_file: z.string().optional().describe('Path relative to the config file, read at load.'),
-      ...fallbackCommon,
+      on: fallbackOn,
+      get then() {
+        return fallbackRef.optional().describe(THEN_HINT);
+      },
     }),
     z.strictObject({
       type: z.literal('cache'),
       max_stale: duration.optional().describe('Oldest response served. Default: 5m.'),
       vary: z.array(headerName).optional().describe('Request headers that are part of the key.'),
-      ...fallbackCommon,
+      on: fallbackOn,
+      get then() {
+        return fallbackRef.optional().describe(THEN_HINT);
+      },
     }),
     z.strictObject({
       type: z.literal('upstream'),
       upstream: name.describe('The upstream that answers instead.'),
-      ...fallbackCommon,
+      on: fallbackOn,
+      get then() {
+        return fallbackRef.optional().describe(THEN_HINT);
+      },
     }),
   ],
   { error: 'expected a fallback with type static_response, cache or upstream' },
 );
+/** A fallback's name, or the fallback itself written in place. */
+const fallbackRef: z.ZodUnion<[typeof name, typeof fallbackSchema]> = z.union([name, fallbackSchema], {
+  error: 'expected the name of a fallback, or a fallback such as { type: static_response, status: 503 }',
+});
 
 const policyKeys = {
   ...timeoutKeys,
@@ -452,7 +468,9 @@ export const upstreamSchema = z.strictObject({
   keepalive_timeout: duration
     .optional()
     .describe('Idle time before a pooled connection closes. Default: 4s.'),
-  fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
+  fallback: fallbackRef
+    .optional()
+    .describe('The fallback: the name of one in `fallbacks`, or a fallback written here.'),
   tls: tlsSchema.optional(),
   protocol: z
     .enum(['http1', 'h2', 'h2c'])
@@ -762,7 +780,7 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
             `${url} is not ${scheme}//: ${why}`,
           );
       });
-    if (u.fallback !== undefined && !fallbacks.has(u.fallback)) {
+    if (typeof u.fallback === 'string' && !fallbacks.has(u.fallback)) {
       issue(['upstreams', un, 'fallback'], `fallback "${u.fallback}" is not defined${known(fallbacks)}`);
     }
     if (u.tls) {
@@ -805,24 +823,29 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
       );
     }
   }
-  for (const [fn, f] of Object.entries(cfg.fallbacks)) {
-    if (f.then !== undefined && !fallbacks.has(f.then))
-      issue(['fallbacks', fn, 'then'], `fallback "${f.then}" is not defined${known(fallbacks)}`);
+  // Named and inline fallbacks alike; an error names where the fallback is written.
+  const flat = flattenFallbacks(cfg);
+  for (const [fn, f] of Object.entries(flat.fallbacks)) {
+    const at = flat.paths[fn] ?? ['fallbacks', fn];
+    // A `then` written in place is always defined; a name must be one of `fallbacks`.
+    if (f.then !== undefined && !flat.fallbacks[f.then])
+      issue([...at, 'then'], `fallback "${f.then}" is not defined${known(fallbacks)}`);
     if (f.type === 'upstream' && !upstreams.has(f.upstream))
-      issue(['fallbacks', fn, 'upstream'], `upstream "${f.upstream}" is not defined${known(upstreams)}`);
+      issue([...at, 'upstream'], `upstream "${f.upstream}" is not defined${known(upstreams)}`);
     if (f.type === 'static_response' && f.body !== undefined && f.body_file !== undefined) {
-      issue(['fallbacks', fn, 'body_file'], 'give body or body_file, not both');
+      issue([...at, 'body_file'], 'give body or body_file, not both');
     }
-    // A `then` chain must end.
+    // A `then` chain must end (only names can loop: an inline `then` is new).
+    if (!fallbacks.has(fn)) continue;
     const seen = new Set<string>([fn]);
     let next = f.then;
-    while (next !== undefined && fallbacks.has(next)) {
+    while (next !== undefined && flat.fallbacks[next]) {
       if (seen.has(next)) {
-        issue(['fallbacks', fn, 'then'], `fallback chain loops: ${[...seen, next].join(' -> ')}`);
+        issue([...at, 'then'], `fallback chain loops: ${[...seen, next].join(' -> ')}`);
         break;
       }
       seen.add(next);
-      next = cfg.fallbacks[next]?.then;
+      next = flat.fallbacks[next]?.then;
     }
   }
   cfg.readiness.require_upstreams.forEach((u, i) => {

@@ -80,3 +80,47 @@ describe('keys ending in _percent', () => {
     expect(cfg.upstreams.app?.circuitBreaker?.failureRateThreshold).toBe(0.5);
   });
 });
+
+describe('inline fallbacks', () => {
+  it("an upstream's fallback and a fallback's then take a fallback object as well as a name", async () => {
+    const cfg = await parseConfigText(
+      `${BASE}    fallback: { type: cache, max_stale: 1m, then: { type: static_response, status: 503, body: busy } }
+  other:
+    endpoints: [http://127.0.0.1:2]
+    fallback: named
+fallbacks:
+  named: { type: cache, then: { type: upstream, upstream: app, then: last } }
+  last: { type: static_response, body: '[]' }
+`,
+      't.yaml',
+      { env: {} },
+    );
+    expect(cfg.upstreams.app?.fallback).toBe('app/fallback');
+    expect(cfg.upstreams.other?.fallback).toBe('named');
+    expect(cfg.fallbacks['app/fallback']).toMatchObject({
+      type: 'cache',
+      max_stale: 60_000,
+      then: 'app/fallback/then',
+    });
+    expect(cfg.fallbacks['app/fallback/then']).toMatchObject({ type: 'static_response', status: 503 });
+    expect(
+      (cfg.fallbacks['app/fallback/then'] as { bodyBytes: Buffer } | undefined)?.bodyBytes.toString(),
+    ).toBe('busy');
+    expect(cfg.fallbacks.named).toMatchObject({ type: 'cache', then: 'named/then' });
+    expect(cfg.fallbacks['named/then']).toMatchObject({ type: 'upstream', upstream: 'app', then: 'last' });
+    expect(cfg.fallbackOf).toEqual({ app: 'app/fallback', other: 'named' });
+  });
+
+  it('checks an inline fallback like a named one, with its own line and column', async () => {
+    const problems = await problemsOf(`${BASE}    fallback:
+      type: upstream
+      upstream: ghost
+      then: { type: static_response, body: x, body_file: y.json, then: nowhere }
+`);
+    expect(problems.map((p) => `${p.line}:${p.column} ${p.key}: ${p.message}`)).toEqual([
+      '11:17 upstreams.app.fallback.upstream: upstream "ghost" is not defined; defined: app',
+      '12:58 upstreams.app.fallback.then.body_file: give body or body_file, not both',
+      '12:72 upstreams.app.fallback.then.then: fallback "nowhere" is not defined; none is defined',
+    ]);
+  });
+});
