@@ -41,12 +41,27 @@ const PLACES: Record<string, string> = {
   'degradation.services[]': 'in a degradation service',
 };
 
+/** Who owns a block, for "in an upstream's retry". */
+const OWNERS: Record<string, string> = {
+  'listeners[]': "a listener's",
+  'listeners[].routes[]': "a route's",
+  'upstreams.<name>': "an upstream's",
+  'fallbacks.<name>': "a fallback's",
+};
+
 function place(p: Pattern): string {
   const f = formatPattern(p);
   const known = PLACES[f];
   if (known) return known;
-  const last = [...p].reverse().find((s) => typeof s === 'string');
-  return typeof last === 'string' ? `in ${last}` : `in ${f}`;
+  // The nearest owner: `upstreams.<name>.retry` is "in an upstream's retry".
+  for (let i = p.length - 1; i > 0; i--) {
+    const owner = formatPattern(p.slice(0, i));
+    const rest = formatPattern(p.slice(i));
+    if (owner === 'resilience') return `in resilience.${rest} (for every upstream)`;
+    const o = OWNERS[owner];
+    if (o) return `in ${o} ${rest}`;
+  }
+  return `in ${f}`;
 }
 
 /** What a record holds, for "not the name of an upstream": with its article, and bare. */
@@ -266,11 +281,17 @@ export function unknownKeyMessage(key: string, parent: Path, raw: unknown): stri
   const block = at?.node.kind === 'object' ? at.node : undefined;
   const head = `unknown key "${key}"`;
   if (!block || !at) return head;
-  const here = place(at.pattern);
+  // Where the key was written, briefly: the full path is already in front of the message.
+  const here =
+    PLACES[formatPattern(at.pattern)] ??
+    `in ${[...parent].reverse().find((x) => typeof x === 'string') ?? 'the file'}`;
   const value = valueAt(raw, [...parent, key]);
   const n = normalize(key);
   const candidates: Synonym[] = [{ key: n }, ...(SYNONYMS[n] ?? [])];
   const withNote = (s: Synonym) => (s.note ? `; ${s.note(value)}` : '');
+  // The key exists elsewhere: "does not belong here, it goes ..."; another name: "unknown key".
+  const goes = (c: Synonym) =>
+    c.key === key ? `"${key}" does not belong ${here}: it goes` : `${head} ${here}: "${c.key}" goes`;
 
   // 1. The same key spelled otherwise, or another proxy's name, in this block.
   for (const c of candidates) {
@@ -286,10 +307,11 @@ export function unknownKeyMessage(key: string, parent: Path, raw: unknown): stri
     const rels = below(block, c.key);
     if (rels.length === 1) {
       const rel = rels[0] as Pattern;
-      return `${head} ${here}: "${c.key}" goes ${place([...at.pattern, ...rel])}: ${under(parent, rel, c.key)}${withNote(c)}`;
+      const dest = PLACES[formatPattern([...at.pattern, ...rel])] ?? `in ${formatPattern(rel)}`;
+      return `${goes(c)} ${dest}: ${under(parent, rel, c.key)}${withNote(c)}`;
     }
     if (rels.length > 1)
-      return `${head} ${here}: "${c.key}" goes in one of ${rels.map((r) => formatPattern(r)).join(', ')}${withNote(c)}`;
+      return `${goes(c)} in one of ${rels.map((r) => formatPattern(r)).join(', ')}${withNote(c)}`;
   }
   // 3. In a block above this one (match.upstream -> the route's upstream).
   for (const c of candidates) {
@@ -298,7 +320,7 @@ export function unknownKeyMessage(key: string, parent: Path, raw: unknown): stri
       const above = locate(up, raw);
       if (above?.node.kind === 'object' && above.node.keys.has(c.key)) {
         const where = place(above.pattern).replace(/^(on|in|under) an? /, '$1 the ');
-        return `${head} ${here}: "${c.key}" goes ${where} itself: ${formatPath([...up, c.key])}${withNote(c)}`;
+        return `${goes(c)} ${where} itself: ${formatPath([...up, c.key])}${withNote(c)}`;
       }
     }
   }
@@ -308,11 +330,11 @@ export function unknownKeyMessage(key: string, parent: Path, raw: unknown): stri
     if (!homes?.length) continue;
     const shown = homes.slice(0, 2).map((p) => `${place(p)}: ${formatPattern([...p, c.key])}`);
     const perUpstream =
-      formatPattern(at.pattern) === 'listeners[].routes[]' &&
-      homes.some((p) => formatPattern(p) === 'upstreams.<name>')
+      formatPattern(at.pattern).startsWith('listeners[].routes[]') &&
+      homes.some((p) => formatPattern(p).startsWith('upstreams.<name>'))
         ? '; it is per upstream, shared by every route to it'
         : '';
-    return `${head} ${here}: "${c.key}" goes ${shown.join(', or ')}${perUpstream}${withNote(c)}`;
+    return `${goes(c)} ${shown.join(', or ')}${perUpstream}${withNote(c)}`;
   }
   // 5. A typo of a key of this block, then of a block below it.
   const own = [...block.keys.keys()].filter((k) => near(n, k));

@@ -148,19 +148,26 @@ export function locate(path: readonly (string | number)[], raw: unknown): Locate
   return { node, pattern };
 }
 
-/** The objects `node` stands for: itself, or those in the record, list or union it is. */
-function objectsOf(node: SchemaNode, p: Pattern, seen: Set<SchemaNode>): [ObjectNode, Pattern][] {
-  if (seen.has(node)) return [];
-  seen.add(node);
+type Ancestors = ReadonlySet<SchemaNode>;
+
+/**
+ * The objects `node` stands for (itself, or those in the record, list or union it is), each with
+ * its pattern and the nodes above it. A node already above is not entered again (an inline
+ * fallback's `then` is a fallback: the recursion stops there); a block shared by two places
+ * (`retry` of an upstream and of resilience) is found at both.
+ */
+function objectsOf(node: SchemaNode, p: Pattern, above: Ancestors): [ObjectNode, Pattern, Ancestors][] {
+  if (above.has(node)) return [];
+  const here = new Set(above).add(node);
   switch (node.kind) {
     case 'object':
-      return [[node, p]];
+      return [[node, p, here]];
     case 'record':
-      return objectsOf(node.value, [...p, NAME], seen);
+      return objectsOf(node.value, [...p, NAME], here);
     case 'array':
-      return objectsOf(node.element, [...p, INDEX], seen);
+      return objectsOf(node.element, [...p, INDEX], here);
     case 'union':
-      return node.options.flatMap((o) => objectsOf(o, p, seen));
+      return node.options.flatMap((o) => objectsOf(o, p, here));
     default:
       return [];
   }
@@ -172,13 +179,12 @@ function objectsOf(node: SchemaNode, p: Pattern, seen: Set<SchemaNode>): [Object
  */
 export function blocksBelow(node: SchemaNode, maxDepth = Number.POSITIVE_INFINITY): [ObjectNode, Pattern][] {
   const out: [ObjectNode, Pattern][] = [];
-  const seen = new Set<SchemaNode>();
-  let level = objectsOf(node, [], seen);
+  let level = objectsOf(node, [], new Set());
   for (let depth = 0; level.length && depth <= maxDepth; depth++) {
-    const next: [ObjectNode, Pattern][] = [];
-    for (const [block, p] of level) {
+    const next: [ObjectNode, Pattern, Ancestors][] = [];
+    for (const [block, p, above] of level) {
       out.push([block, p]);
-      for (const [k, child] of block.keys) next.push(...objectsOf(child, [...p, k], seen));
+      for (const [k, child] of block.keys) next.push(...objectsOf(child, [...p, k], above));
     }
     level = next;
   }
@@ -189,9 +195,11 @@ export function blocksBelow(node: SchemaNode, maxDepth = Number.POSITIVE_INFINIT
 export const KEY_HOMES: ReadonlyMap<string, readonly Pattern[]> = (() => {
   const homes = new Map<string, Pattern[]>();
   for (const [block, pattern] of blocksBelow(ROOT)) {
+    const at = formatPattern(pattern);
     for (const k of block.keys.keys()) {
       const list = homes.get(k) ?? [];
-      list.push(pattern);
+      // The options of a union (the three kinds of fallback) are one place.
+      if (!list.some((p) => formatPattern(p) === at)) list.push(pattern);
       homes.set(k, list);
     }
   }

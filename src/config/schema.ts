@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy/client-address.js';
 import { RETRIABLE_GRPC } from '../proxy/grpc.js';
+import { ignoredKeys } from './ignored-keys.js';
 import { flattenFallbacks } from './inline-fallbacks.js';
 import { DURATION_PATTERN, parseDuration, parsePercent, parseRatio, RATIO_PATTERN } from './units.js';
 
@@ -290,7 +291,8 @@ const fallbackOn = z
   .array(fallbackTriggers)
   .optional()
   .describe('Events that trigger it. Default: all but rate_limited.');
-const THEN_HINT = 'Fallback tried when this one cannot serve: a name in `fallbacks`, or a fallback written here.';
+const THEN_HINT =
+  'Fallback tried when this one cannot serve: a name in `fallbacks`, or a fallback written here.';
 /** A fallback in `fallbacks`, or written in place (an upstream's `fallback`, a fallback's `then`). */
 export const fallbackSchema = z.discriminatedUnion(
   'type',
@@ -549,7 +551,8 @@ export const routeSchema = z.strictObject({
     .describe('Pass WebSocket upgrades through to the upstream (false: 403). Default: true.'),
   websocket_idle_timeout: timeoutKeys.websocket_idle_timeout,
   websocket_max_duration: timeoutKeys.websocket_max_duration,
-  retry: retrySchema.optional(),
+  // The retry budget is the upstream's, shared by its routes: not a route key.
+  retry: retrySchema.omit({ budget: true }).optional(),
   idempotency: idempotencySchema.optional(),
   max_body_bytes: byteSize
     .optional()
@@ -847,6 +850,13 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
       seen.add(next);
       next = flat.fallbacks[next]?.then;
     }
+  }
+  // A key that would be ignored is refused, unless its block has another problem already (a
+  // rate_limiter whose rate is misspelt is not also told that it has no rate).
+  const troubled = ctx.issues.map((i) => (i.path ?? []).join('\0'));
+  for (const k of ignoredKeys(cfg)) {
+    const block = k.path.slice(0, -1).join('\0');
+    if (!troubled.some((t) => t === block || t.startsWith(`${block}\0`))) issue(k.path, k.message);
   }
   cfg.readiness.require_upstreams.forEach((u, i) => {
     if (!upstreams.has(u))

@@ -124,3 +124,153 @@ fallbacks:
     ]);
   });
 });
+
+describe('keys that would be ignored where they are written are refused', () => {
+  /** The problems of a config as `line:column key: message`. */
+  const refused = async (yaml: string) =>
+    (await problemsOf(yaml)).map((p) => `${p.line}:${p.column} ${p.key}: ${p.message}`);
+
+  it("retry.budget under a route says it belongs to the upstream's retry", async () => {
+    const problems = await problemsOf(
+      BASE.replace(
+        '      - upstream: app',
+        '      - upstream: app\n        retry: { max_attempts: 2, budget: { ratio: 10% } }',
+      ),
+    );
+    expect(problems).toEqual([
+      expect.objectContaining({
+        line: 6,
+        column: 35,
+        key: 'listeners[0].routes[0].retry.budget',
+        message:
+          '"budget" does not belong in retry: it goes in an upstream\'s retry: upstreams.<name>.retry.budget, or in resilience.retry (for every upstream): resilience.retry.budget; it is per upstream, shared by every route to it',
+      }),
+    ]);
+  });
+
+  it('the rest of a route retry block is still accepted', async () => {
+    const cfg = await parseConfigText(
+      BASE.replace(
+        '      - upstream: app',
+        '      - upstream: app\n        retry: { max_attempts: 2, initial_wait: 10ms }',
+      ),
+      't.yaml',
+      { env: {} },
+    );
+    expect(cfg.listeners[0]?.routes[0]?.retry).toMatchObject({ maxAttempts: 2, initialWait: 10 });
+  });
+
+  it('circuit_breaker keys that only rate thresholds read, without a rate threshold', async () => {
+    expect(
+      await refused(
+        `${BASE}    circuit_breaker: { window: { type: time, size: 30s }, minimum_calls: 10, slow_call_duration: 1s }\n`,
+      ),
+    ).toEqual([
+      '9:32 upstreams.app.circuit_breaker.window: window is read only with failure_rate_threshold or slow_call_rate_threshold (the consecutive-failure rule counts no window); set one, or remove window',
+      '9:74 upstreams.app.circuit_breaker.minimum_calls: minimum_calls is read only with failure_rate_threshold or slow_call_rate_threshold (the consecutive-failure rule counts no window); set one, or remove minimum_calls',
+      '9:98 upstreams.app.circuit_breaker.slow_call_duration: slow_call_duration is read only with slow_call_rate_threshold; set it, or remove slow_call_duration',
+    ]);
+    expect(await refused(`${BASE}    circuit_breaker: { slow_call_rate_threshold: 50% }\n`)).toEqual([
+      '9:50 upstreams.app.circuit_breaker.slow_call_rate_threshold: slow_call_rate_threshold needs slow_call_duration (what counts as slow)',
+    ]);
+    // Layered: the threshold may come from resilience.
+    await parseConfigText(
+      `${BASE}    circuit_breaker: { minimum_calls: 10 }\nresilience:\n  circuit_breaker: { failure_rate_threshold: 50% }\n`,
+      't.yaml',
+      { env: {} },
+    );
+  });
+
+  it('rate_limiter keys without effect: no rate, shaping keys in reject mode, max_keys without key', async () => {
+    expect(
+      await refused(
+        `${BASE}    rate_limiter: { burst_limit: 10 }\n  b:\n    endpoints: [http://127.0.0.1:2]\n    rate_limiter: { max_requests_per_second: 5, max_delay: 2s, max_queue: 5, max_keys: 10 }\n`,
+      ),
+    ).toEqual([
+      '9:19 upstreams.app.rate_limiter: a rate_limiter needs max_requests_per_second (here or in resilience.rate_limiter); without it there is no limiter',
+      '12:60 upstreams.b.rate_limiter.max_delay: max_delay is read only in mode: shape (this limiter rejects at once)',
+      '12:75 upstreams.b.rate_limiter.max_queue: max_queue is read only in mode: shape (this limiter rejects at once)',
+      '12:88 upstreams.b.rate_limiter.max_keys: max_keys is read only with key (client_ip or header:<name>)',
+    ]);
+  });
+
+  it('bulkhead queue_timeout without a queue', async () => {
+    expect(await refused(`${BASE}    bulkhead: { max_concurrent: 5, queue_timeout: 2s }\n`)).toEqual([
+      '9:51 upstreams.app.bulkhead.queue_timeout: queue_timeout is read only with max_queue above 0 (no request waits for a slot)',
+    ]);
+  });
+
+  it('max_concurrent_streams on an HTTP/1.1 upstream', async () => {
+    expect(await refused(`${BASE}    max_concurrent_streams: 50\n`)).toEqual([
+      '9:29 upstreams.app.max_concurrent_streams: max_concurrent_streams is read only with protocol: h2 or h2c',
+    ]);
+  });
+
+  it('failover_threshold with a single priority level', async () => {
+    expect(await refused(`${BASE}    failover_threshold: 70%\n`)).toEqual([
+      '9:25 upstreams.app.failover_threshold: failover_threshold is read only when endpoints have more than one priority',
+    ]);
+  });
+
+  it('a fallback given twice, in the upstream and in resilience.fallback.services', async () => {
+    expect(
+      await refused(`${BASE}    fallback: a
+fallbacks:
+  a: { type: static_response }
+  b: { type: static_response }
+resilience:
+  fallback: { services: { app: { fallback_strategy: b } } }
+`),
+    ).toEqual([
+      '14:32 resilience.fallback.services.app: upstreams.app.fallback is set too, and wins; keep one of them',
+    ]);
+  });
+
+  it('on: of a fallback that is only reached through then', async () => {
+    expect(
+      await refused(`${BASE}    fallback: first
+fallbacks:
+  first: { type: cache, then: second }
+  second: { type: static_response, on: [timeout] }
+  third: { type: cache, on: [error], then: { type: static_response, on: [error] } }
+`),
+    ).toEqual([
+      "12:40 fallbacks.second.on: on is read only on the first fallback of an upstream; this one is reached through then, where the first fallback's on decides",
+      "13:73 fallbacks.third.then.on: on is read only on the first fallback of an upstream; this one is reached through then, where the first fallback's on decides",
+    ]);
+  });
+
+  it('the same upstream twice in degradation.services', async () => {
+    expect(
+      await refused(`${BASE}    fallback: a
+fallbacks:
+  a: { type: static_response }
+degradation:
+  services:
+    - { name: app, fallback: a, conditions: [{ type: error_rate, threshold: 50% }] }
+    - { name: app, fallback: a, conditions: [{ type: latency, threshold: 1s }] }
+`),
+    ).toEqual([
+      '15:15 degradation.services[1].name: upstream "app" is already in degradation.services[0]; one entry per upstream (put both conditions in it)',
+    ]);
+  });
+
+  it("a route's websocket timeouts with websocket: false", async () => {
+    expect(
+      await refused(
+        BASE.replace(
+          '      - upstream: app',
+          '      - upstream: app\n        websocket: false\n        websocket_idle_timeout: 1m',
+        ),
+      ),
+    ).toEqual([
+      '7:33 listeners[0].routes[0].websocket_idle_timeout: websocket_idle_timeout is read only when the route passes WebSockets (websocket: false here)',
+    ]);
+  });
+
+  it('access_log_headers with access_log: false', async () => {
+    expect(
+      await refused(`${BASE}logging: { access_log: false, access_log_headers: [user-agent] }\n`),
+    ).toEqual(['9:51 logging.access_log_headers: access_log_headers is read only with access_log: true']);
+  });
+});

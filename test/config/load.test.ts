@@ -77,7 +77,7 @@ resilience:
   timeout: 250ms
   request_timeout: 1m
   connect_timeout: 2
-  circuit_breaker: { reset_timeout: 60, failure_rate_threshold: 50%, slow_call_rate_threshold: 0.25 }
+  circuit_breaker: { reset_timeout: 60, failure_rate_threshold: 50%, slow_call_rate_threshold: 0.25, slow_call_duration: 1s }
 `,
       't.yaml',
       { env: {} },

@@ -50,7 +50,9 @@ describe('a key at the wrong level says where it belongs', () => {
   it('limits at the top level goes under a listener', async () => {
     const p = await only(`${BASE}limits: { max_body_bytes: 1MiB }\n`);
     expect(p).toMatchObject({ line: 9, column: 1, key: 'limits' });
-    expect(p.message).toMatch(/goes under a listener: listeners\[\]\.limits/);
+    expect(p.message).toBe(
+      '"limits" does not belong at the top level: it goes under a listener: listeners[].limits',
+    );
     expect(p.message).not.toMatch(/did you mean "limits"/);
   });
 
@@ -82,14 +84,20 @@ describe('a key at the wrong level says where it belongs', () => {
       ),
     );
     expect(p.key).toBe('listeners[0].routes[0].match.upstream');
-    expect(p.message).toMatch(/"upstream" goes on the route itself: listeners\[0\]\.routes\[0\]\.upstream/);
+    expect(p.message).toBe(
+      '"upstream" does not belong in a route\'s match: it goes on the route itself: listeners[0].routes[0].upstream',
+    );
   });
 
   it('a policy key directly on an upstream points into its block', async () => {
     const p = await only(`${BASE}    max_attempts: 4\n`);
-    expect(p.message).toMatch(/"max_attempts" goes in retry: upstreams\.app\.retry\.max_attempts/);
+    expect(p.message).toBe(
+      '"max_attempts" does not belong on an upstream: it goes in retry: upstreams.app.retry.max_attempts',
+    );
     const q = await only(`${BASE}    retry: { timeout: 2s }\n`);
-    expect(q.message).toMatch(/"timeout" goes on the upstream itself: upstreams\.app\.timeout/);
+    expect(q.message).toBe(
+      '"timeout" does not belong in retry: it goes on the upstream itself: upstreams.app.timeout',
+    );
   });
 });
 
