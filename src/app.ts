@@ -273,6 +273,22 @@ export class Breakwater {
         this.retired.delete(l);
       });
     }
+    // What a removed upstream (or endpoint) exported goes with it: its collectors first (so a
+    // scrape does not set its gauges again), then every series with its label.
+    if (previous) {
+      for (const [name, u] of previous.upstreams) {
+        const kept = upstreams.get(name);
+        if (!kept) {
+          metrics.collectors.delete(`upstream:${name}`);
+          metrics.collectors.delete(`endpoints:${name}`);
+          await metrics.forget({ upstream: name });
+          continue;
+        }
+        const urls = new Set(kept.endpoints.map((e) => e.model.url));
+        for (const e of u.endpoints)
+          if (!urls.has(e.model.url)) await metrics.forget({ upstream: name, endpoint: e.model.url });
+      }
+    }
     // Pools no longer used finish their requests in flight, then close.
     if (previous) {
       const live = new Set([...upstreams.values()].flatMap((u) => u.endpoints));
