@@ -389,6 +389,7 @@ function describeValue(v: unknown): string {
 
 const EXPECTED: Record<string, string> = {
   object: 'a map (key: value)',
+  record: 'a map (key: value)',
   array: 'a list',
   string: 'a string',
   boolean: 'true or false',
@@ -438,8 +439,14 @@ function typeMessage(
 export function issueMessage(issue: z.core.$ZodIssue, raw: unknown, source: string | undefined): string {
   const path = issue.path as (string | number)[];
   const last = [...path].reverse().find((s) => typeof s === 'string');
+  // An entry of a record is named with its record: `group_weights.blue`.
+  const inRecord = path.length > 1 && locate(path.slice(0, -1), raw)?.node.kind === 'record';
   const subject =
-    typeof path.at(-1) === 'number' ? `each entry of ${last ?? 'the list'}` : (last ?? 'the file');
+    typeof path.at(-1) === 'number'
+      ? `each entry of ${last ?? 'the list'}`
+      : inRecord
+        ? formatPath(path.slice(-2))
+        : (last ?? 'the file');
   const leaf = locate(path, raw)?.node;
   switch (issue.code) {
     case 'invalid_type':
@@ -464,6 +471,19 @@ export function issueMessage(issue: z.core.$ZodIssue, raw: unknown, source: stri
     }
     case 'invalid_value':
       return `${subject} must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}, got ${describeValue(issue.input ?? valueAt(raw, path))}`;
+    case 'invalid_union': {
+      // A union without a message of its own: the kinds of value it takes.
+      if (issue.message !== 'Invalid input') return issue.message;
+      const kinds = issue.errors
+        .map((branch) => branch[0])
+        .map((first) =>
+          first?.code === 'invalid_type' ? (EXPECTED[first.expected] ?? first.expected) : undefined,
+        )
+        .filter((k): k is string => k !== undefined);
+      return kinds.length
+        ? `${subject} must be ${[...new Set(kinds)].join(' or ')}, got ${describeValue(valueAt(raw, path))}`
+        : `${subject} has the wrong form: got ${describeValue(valueAt(raw, path))}`;
+    }
     case 'invalid_key':
       return `${JSON.stringify(path.at(-1))} is not a valid name here: ${issue.issues[0]?.message ?? issue.message}`;
     case 'invalid_format':

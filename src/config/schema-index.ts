@@ -264,5 +264,7 @@ export function describeRange(r: NumberRange): string {
     return r.minInclusive && r.maxInclusive
       ? `a number from ${r.min} to ${r.max}`
       : `a number ${lo} and ${hi}`;
-  return lo || hi ? `a number ${lo ?? hi}` : 'a number';
+  const one = lo ?? hi;
+  if (one === undefined) return 'a number';
+  return one.startsWith('at ') ? `a number of ${one}` : `a number ${one}`;
 }

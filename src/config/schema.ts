@@ -360,7 +360,11 @@ const endpointSchema = z.union(
 );
 
 export const healthCheckSchema = z.strictObject({
-  path: z.string().regex(/^\//).optional().describe('Default: /health.'),
+  path: z
+    .string()
+    .regex(/^\//, { error: 'a health check path starts with "/"' })
+    .optional()
+    .describe('Default: /health.'),
   interval: duration.optional().describe('Default: 10s.'),
   timeout: duration.optional().describe('Default: 2s.'),
   healthy_threshold: positiveInt
@@ -461,7 +465,17 @@ export const upstreamSchema = z.strictObject({
   health_check: healthCheckSchema.optional(),
   outlier_detection: outlierDetectionSchema.optional(),
   host_header: z
-    .union([z.enum(['endpoint', 'preserve']), z.string().regex(/^[A-Za-z0-9.:[\]-]+$/)])
+    .union(
+      [
+        z.enum(['endpoint', 'preserve']),
+        z.string().regex(/^[A-Za-z0-9.:[\]-]+$/, {
+          error: 'expected endpoint, preserve, or a host name such as api.example.com',
+        }),
+      ],
+      {
+        error: 'expected endpoint, preserve, or a host name such as api.example.com',
+      },
+    )
     .optional()
     .describe(
       "Host sent upstream: endpoint (its host:port), preserve (the client's), or a literal. Default: endpoint.",
@@ -505,7 +519,7 @@ export const idempotencySchema = z
   .strictObject({
     enabled: z.boolean().optional().describe('Default: true when the block is present.'),
     methods: z
-      .array(z.string().regex(/^[A-Z]+$/))
+      .array(z.string().regex(/^[A-Z]+$/, { error: 'expected an upper-case HTTP method' }))
       .optional()
       .describe('Methods it applies to. Default: [POST, PATCH].'),
     required: z
@@ -672,7 +686,9 @@ export const configSchema = z
         port: port.default(9901),
         token_env: z
           .string()
-          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
+          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, {
+            error: 'expected the name of an environment variable, such as BREAKWATER_ADMIN_TOKEN',
+          })
           .default('BREAKWATER_ADMIN_TOKEN')
           .describe(
             'Environment variable holding the bearer token that mutating admin calls from outside loopback must carry.',

@@ -191,7 +191,7 @@ upstreams:
   endpoints: [http://127.0.0.1:1]
 `);
     expect(problems.map((p) => `${p.line}:${p.column} ${p.key}: ${p.message}`)).toEqual([
-      '6:7 upstreams.app: app is empty: its keys must be indented below it',
+      '6:7 upstreams.app: upstreams.app is empty: its keys must be indented below it',
       '7:3 upstreams.endpoints: "endpoints" is a key of an upstream, not the name of one: it looks mis-indented; indent it under the upstream it belongs to (upstreams.<name>.endpoints)',
     ]);
   });
@@ -209,6 +209,20 @@ describe('values in sentences', () => {
       '10:22 upstreams.app.max_connections: max_connections must be a whole number of at least 1, got 2.5',
     ]);
     expect(problems.map((p) => p.message).join('\n')).not.toMatch(/Too big|Too small|Invalid input|<=|>=/);
+  });
+
+  it('a value of none of the kinds a key takes, and an entry of a map, read as sentences', async () => {
+    const p = await only(
+      BASE.replace('      - upstream: app', '      - upstream: app\n        strip_prefix: 5'),
+    );
+    expect(p.message).toBe('strip_prefix must be true or false or a string, got 5');
+    const q = await only(
+      BASE.replace(
+        'endpoints: [http://127.0.0.1:1]',
+        'endpoints: [{ url: "http://127.0.0.1:1", group: a }]',
+      ) + '    group_weights: { a: -1 }\n',
+    );
+    expect(q.message).toBe('group_weights.a must be a number of at least 0, got -1');
   });
 
   it('a list that needs entries and a choice out of a set read as sentences', async () => {
