@@ -49,8 +49,10 @@ ${
     circuit_breaker: { failure_threshold: 50 }
     rate_limiter: { max_requests_per_second: 1000 }
     bulkhead: { max_concurrent: 10 }
-    fallback: { type: static_response, status: 503, body: busy }
+    fallback: busy
     outlier_detection: { consecutive_failures: 1 }
+fallbacks:
+  busy: { type: static_response, status: 503, body: busy }
 `
     : ''
 }`;
