@@ -55,6 +55,13 @@ export function loadManifests(file: string): Manifest[] {
   return parseManifests(readFileSync(join(ROOT, file), 'utf8'), file);
 }
 
+/** The one object of `kind` in a manifest file, typed by the caller. */
+export function loadObject<T>(file: string, kind: string): T {
+  const found = loadManifests(file).find((m) => m.object.kind === kind);
+  if (!found) throw new Error(`${file} has no ${kind}`);
+  return found.object as unknown as T;
+}
+
 /** `kubectl kustomize <dir>`: what `kubectl apply -k <dir>` would send. */
 export function kustomize(dir: string): Manifest[] {
   const text = execFileSync('kubectl', ['kustomize', join(ROOT, dir)], { encoding: 'utf8' });
