@@ -17,6 +17,7 @@ import {
   type KubeObject,
   kustomize,
   loadManifests,
+  loadObject,
   type Manifest,
   skipWithout,
   validateManifests,
@@ -143,6 +144,7 @@ describe('k8s/ validates against the Kubernetes schemas, unknown fields rejected
         'PodDisruptionBudget',
         'PodMonitor',
         'HorizontalPodAutoscaler',
+        'NetworkPolicy',
       ]),
     );
     expect(await validateManifests(manifests)).toEqual([]);
@@ -367,6 +369,21 @@ describe('the examples', () => {
     }
   });
 
+  it("the NetworkPolicy selects the shop pods and opens ports they name: the app's to all, the admin port to monitoring only", () => {
+    const policy = loadObject<{
+      spec: {
+        podSelector: { matchLabels: Record<string, string> };
+        ingress: { from?: unknown[]; ports: { port: string }[] }[];
+      };
+    }>('k8s/examples/network-policy/networkpolicy.yaml', 'NetworkPolicy');
+    expect(selects(policy.spec.podSelector.matchLabels, deployment.spec.template.metadata.labels)).toBe(true);
+    const app = deployment.spec.template.spec.containers.find((c) => c.name === 'app') as Container;
+    const open = policy.spec.ingress.filter((r) => !r.from).flatMap((r) => r.ports.map((p) => p.port));
+    const restricted = policy.spec.ingress.filter((r) => r.from).flatMap((r) => r.ports.map((p) => p.port));
+    expect(open.map((p) => portNumber(app, p))).toEqual([8080]);
+    expect(restricted.map((p) => portNumber(sidecarOf(deployment), p))).toEqual([9901]);
+  });
+
   it.skipIf(noKubectl)(
     'the HPA example renders the base without replicas, so an apply never fights the autoscaler',
     () => {
@@ -408,6 +425,15 @@ describe('the examples', () => {
       expect(new Set(images).size).toBe(2); // green carries the new version
     },
   );
+
+  it('every relative link in docs/deploy.md points at a file that exists', () => {
+    const doc = readFileSync(join(ROOT, 'docs/deploy.md'), 'utf8');
+    const links = [...doc.matchAll(/\]\(([^)#\s]+)(#[^)]*)?\)/g)]
+      .map((m) => m[1] ?? '')
+      .filter((l) => !/^https?:/.test(l));
+    expect(links.length).toBeGreaterThan(10);
+    for (const link of links) expect(existsSync(join(ROOT, 'docs', link)), link).toBe(true);
+  });
 
   it('the docs name every kustomization', () => {
     const doc = readFileSync(join(ROOT, 'docs/deploy.md'), 'utf8');
