@@ -393,13 +393,13 @@ describe('shipped configs', () => {
     }
   });
 
-  it('the ConfigMap in k8s/deployment.yaml holds a valid config', async () => {
+  it('the ConfigMap in k8s/base/configmap.yaml holds a valid config', async () => {
     const { parseAllDocuments } = await import('yaml');
-    const docs = parseAllDocuments(readFileSync(join(root, 'k8s/deployment.yaml'), 'utf8')).map((d) =>
+    const docs = parseAllDocuments(readFileSync(join(root, 'k8s/base/configmap.yaml'), 'utf8')).map((d) =>
       d.toJS(),
     );
     const cm = docs.find((d) => d.kind === 'ConfigMap');
-    const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/deployment.yaml', { env: {} });
-    expect(cfg.shutdown).toEqual({ delay: 5000, drain_timeout: 20_000 });
+    const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/base/configmap.yaml', { env: {} });
+    expect(cfg.shutdown).toEqual({ delay: 0, drain_timeout: 10_000 });
   });
 });
