@@ -218,6 +218,7 @@ const KNOWN_KEYS = [
   'max_concurrent_streams',
   'keepalive_timeout',
   'fallback',
+  'idempotency_keys',
   'enabled',
   'max_attempts',
   'initial_wait',

@@ -63,6 +63,8 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       h2: upstream.model.protocol !== 'http1',
     });
     ctx.current = attempt;
+    const processedBefore = ctx.maybeProcessed;
+    ctx.maybeProcessed = true;
     attempt.start();
     return attempt.head.then(
       (head): Outcome => {
@@ -82,6 +84,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       },
       (err: AttemptError): Outcome => {
         const outcome: Outcome = { type: 'failure', error: err, endpoint };
+        if (!err.mayHaveReachedUpstream) ctx.maybeProcessed = processedBefore;
         const c = classifyOutcome(outcome);
         onOutcome?.(c.label);
         if (c.cause !== 'aborted') ctx.upstreamError = err.code ?? err.kind;

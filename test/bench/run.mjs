@@ -398,7 +398,7 @@ http {
 //     name: 'breakwater-policies',
 //     description: 'every resilience policy on, none triggering',
 //     upstream: `
-//       retry: { max_attempts: 3 }
+//       retry: { max_attempts: 3 }   # attempts, the first included
 //       circuit_breaker: { failure_threshold: 1000000 }
 //       rate_limiter: { max_requests_per_second: 10000000 }
 //       bulkhead: { max_concurrent: 100000 }
@@ -431,7 +431,7 @@ const SCENARIOS = [
     name: 'breakwater-policies',
     description: 'every resilience policy on (retry, breaker, limiter, bulkhead), none triggering',
     upstream: `
-      retry: { max_attempts: 3 }
+      retry: { max_attempts: 3 }   # attempts, the first included
       circuit_breaker: { failure_threshold: 1000000, failure_rate_threshold: 99%, slow_call_duration: 10s, slow_call_rate_threshold: 99% }
       rate_limiter: { max_requests_per_second: 10000000, burst_limit: 10000000 }
       bulkhead: { max_concurrent: 100000 }

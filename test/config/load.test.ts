@@ -331,6 +331,12 @@ describe('breakwater validate', () => {
     expect(stdout).toMatch(/valid/);
   });
 
+  it('exits 0 for the first-hour example that docs/getting-started.md uses', async () => {
+    const file = join(import.meta.dirname, '../../config/examples/first-hour.yaml');
+    const { stdout } = await run(process.execPath, [cli, 'validate', '--config', file]);
+    expect(stdout).toBe(`${file}: valid\n`);
+  });
+
   it('exits 1 and prints file:line:column for a bad config', async () => {
     const bad = join(dir, 'bad.yaml');
     writeFileSync(bad, `${BASE}\nresilience:\n  retry:\n    max_attempts: many\n`);
@@ -364,15 +370,17 @@ describe('breakwater validate', () => {
 
 describe('shipped configs', () => {
   const root = join(import.meta.dirname, '../..');
-  it.each(['config/breakwater.yaml', 'config/compose.yaml', 'config/examples/ecommerce.yaml'])(
-    '%s is valid',
-    async (file) => {
-      const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), join(root, file), {
-        env: {},
-      });
-      expect(cfg.listeners[0]?.port).toBe(15001);
-    },
-  );
+  it.each([
+    'config/breakwater.yaml',
+    'config/compose.yaml',
+    'config/examples/ecommerce.yaml',
+    'config/examples/first-hour.yaml',
+  ])('%s is valid', async (file) => {
+    const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), join(root, file), {
+      env: {},
+    });
+    expect(cfg.listeners[0]?.port).toBe(15001);
+  });
 
   it("the README's minimal config is valid", async () => {
     const readme = readFileSync(join(root, 'README.md'), 'utf8');

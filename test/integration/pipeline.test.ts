@@ -102,9 +102,11 @@ describe('retries', () => {
     expect(await metrics(bw)).toMatch(/breakwater_retries_skipped_total\{upstream="app",reason="method"\} 1/);
   });
 
-  it('retries a POST that carries an Idempotency-Key, replaying the body byte-exact', async () => {
+  it('retries a POST with an Idempotency-Key to an upstream that honours keys, replaying the body byte-exact', async () => {
     const up = await upstream(failTwice);
-    const bw = await proxy(`  app: { endpoints: ["${up.url}"], retry: { initial_wait: 10ms } }`);
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], idempotency_keys: honored, retry: { initial_wait: 10ms } }`,
+    );
     const body = Buffer.from([0, 1, 2, 255, 10, 13]);
     const res = await request(`${bw.url()}/pay`, {
       method: 'POST',
