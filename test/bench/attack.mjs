@@ -1,9 +1,10 @@
 /**
  * breakwater under slow-HTTP attacks: Debian's slowhttptest in its four modes (slowloris -H, slow
- * body -B, slow read -X, range -R), each against a fresh breakwater on 127.0.0.1, while a probe
- * sends normal requests at a fixed rate and measures what a normal client gets.
+ * body -B, slow read -X, range -R; slow body once more with a body too large to be buffered), each
+ * against a fresh breakwater on 127.0.0.1, while a probe sends normal requests at a fixed rate and
+ * measures what a normal client gets.
  *
- *   npm run bench -- attack                      build, then run the four modes
+ *   npm run bench -- attack                      build, then run every mode
  *   node test/bench/attack.mjs                   the same without the build (dist/ must be built)
  *   node test/bench/attack.mjs --only slow-read,range
  *
@@ -67,8 +68,8 @@ const settings = {
 };
 
 /**
- * The four modes. `args` are slowhttptest's mode-specific options; the common ones (-c, -r, -l,
- * -p, -u) are added by run(). Each holds its connections as an attacker would: headers or body
+ * The modes. `args` are slowhttptest's mode-specific options; the common ones (-c, -r, -l,
+ * -p, -u) are added by runMode(). Each holds its connections as an attacker would: headers or body
  * one small piece every 10 s, reading a 4 MiB response 32 bytes a second through a tiny TCP
  * window, or a Range header of hundreds of overlapping ranges.
  */
@@ -90,6 +91,13 @@ const MODES = [
     description: 'slow read (-X): GET of a 4 MiB response read 32 bytes a second, TCP window 1-64 bytes',
     args: ['-X', '-w', '1', '-y', '64', '-n', '1', '-z', '32', '-k', '1'],
     path: '/big',
+  },
+  {
+    name: 'slow-upload',
+    description:
+      'slow body (-B) over body_buffer_bytes: POST with Content-Length 1,000,000 (streamed upstream), 10 bytes every 10 s',
+    args: ['-B', '-i', '10', '-s', '1000000', '-x', '10'],
+    path: '/',
   },
   {
     name: 'range',
