@@ -539,11 +539,15 @@ export const routeSchema = z.strictObject({
 export const limitsSchema = z.strictObject({
   max_header_bytes: byteSize
     .optional()
-    .describe('Request line and headers together at most (431 beyond). Default: 16KiB.'),
+    .describe(
+      'Request line and headers together at most (431 beyond). HTTP/2: the header list as RFC 9113 counts it (name + value + 32 bytes per field, pseudo-headers included), also from clients that ignore SETTINGS. Default: 16KiB.',
+    ),
   max_headers: positiveInt
     .max(1000)
     .optional()
-    .describe('Request headers at most (431 beyond). Default: 100.'),
+    .describe(
+      'Request headers at most (431 beyond). HTTP/2: pseudo-headers are not counted, cookie crumbs count as one Cookie header. Default: 100.',
+    ),
   max_body_bytes: byteSize
     .optional()
     .describe('Request body at most (413 beyond); 0: no limit. Default: 1MiB, as nginx.'),

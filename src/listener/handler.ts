@@ -370,21 +370,43 @@ export class ProxyHandler {
   }
 
   /**
-   * Requests refused before routing: more headers than `limits.max_headers` (431), a Host header
-   * twice or with a list (400, request smuggling and cache poisoning vectors), a declared body over
-   * `limits.max_body_bytes` (413). Returns [status, detail], or undefined to go on.
+   * Requests refused before routing: a header list over `limits.max_header_bytes` or with more
+   * headers than `limits.max_headers` (431), a Host header twice or with a list (400, request
+   * smuggling and cache poisoning vectors), a declared body over `limits.max_body_bytes` (413).
+   * Returns [status, detail], or undefined to go on.
+   *
+   * HTTP/1.1's size is enforced by Node's parser (431 before a request exists). HTTP/2's is
+   * checked here: SETTINGS_MAX_HEADER_LIST_SIZE is only advertised, and a client that never
+   * acknowledges the SETTINGS frame is not held to it by Node. It is counted as RFC 9113 6.5.2
+   * defines it (name + value + 32 per field, pseudo-headers included), the figure advertised, so
+   * a client that honours the advertisement is never refused. HTTP/2's pseudo-headers
+   * (:method :path :scheme :authority) are the request line, not headers, and cookie crumbs
+   * (RFC 9113 8.2.3) are one Cookie header, as over HTTP/1.1.
    */
   private refuse(req: IncomingMessage): [number, string] | undefined {
     const limits = this.deps.listener.limits;
     const raw = req.rawHeaders;
-    // (HTTP/2's pseudo-headers, :method :path :scheme :authority, are the request line.)
-    const count = raw.length / 2 - (req.httpVersionMajor === 2 ? pseudoHeaders(raw) : 0);
-    if (count > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
+    const h2 = req.httpVersionMajor === 2;
+    let count = 0;
     let hosts = 0;
+    let cookies = 0;
+    let bytes = 0;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i] as string;
+      if (h2) {
+        bytes += name.length + (raw[i + 1] as string).length + 32;
+        if (name.charCodeAt(0) === 58) continue;
+        if (name === 'cookie' && cookies++ > 0) continue;
+      }
+      count++;
       if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
     }
+    if (bytes > limits.maxHeaderBytes)
+      return [
+        431,
+        `the request headers (${bytes} bytes) are over the limit of ${limits.maxHeaderBytes} bytes`,
+      ];
+    if (count > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
     if (hosts > 1) return [400, 'more than one Host header'];
     if (req.headers.host?.includes(',')) return [400, 'a Host header with a list'];
     const cl = req.headers['content-length'];
@@ -582,18 +604,33 @@ function responseComplete(res: ServerResponse): boolean {
   return (res as unknown as Http2ServerResponse).stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
 }
 
-function pseudoHeaders(raw: readonly string[]): number {
-  let n = 0;
-  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).charCodeAt(0) === 58) n++;
-  return n;
-}
-
 /** Connections that got a refusal: nothing more is forwarded from them, and they close once answered. */
 const REFUSED = new WeakSet<object>();
 
+/**
+ * Refusals an HTTP/2 connection may collect before it is closed. A request over the header
+ * limits is refused only once Node has decoded its whole header list, and a client that ignores
+ * SETTINGS can make a block of a few hundred bytes stand for close to a megabyte of headers
+ * (dynamic-table references): such a connection gets a few refusals, then GOAWAY.
+ */
+const MAX_H2_REFUSALS = 10;
+const H2_REFUSALS = new WeakMap<object, number>();
+
 function refuseConnection(req: IncomingMessage): void {
-  // HTTP/2 frames each request on its own: a refusal ends that stream, not the connection.
-  if (req.socket && req.httpVersionMajor !== 2) REFUSED.add(req.socket);
+  // HTTP/2 frames each request on its own: a refusal ends that stream, not the connection, unless
+  // the connection has had too many.
+  if (req.httpVersionMajor === 2) {
+    const session = (req as unknown as Http2ServerRequest).stream?.session;
+    if (!session) return;
+    const n = (H2_REFUSALS.get(session) ?? 0) + 1;
+    H2_REFUSALS.set(session, n);
+    if (n === MAX_H2_REFUSALS && !session.closed) {
+      session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      session.close();
+    }
+    return;
+  }
+  if (req.socket) REFUSED.add(req.socket);
 }
 
 /** Passes a body through, failing it once it is longer than `max` bytes. */

@@ -17,11 +17,21 @@ import type { HandlerDeps, ProxyHandler } from './handler.js';
 /** What an HTTP/2 connection starts with (RFC 9113 3.4). */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
+/**
+ * The most fields Node accepts in one HTTP/2 header block: the 4 pseudo-headers, `max_headers`,
+ * and as many again for cookie crumbs (RFC 9113 8.2.3: a browser may send each cookie as its own
+ * field; the handler counts them as one Cookie header).
+ */
+function maxHeaderPairs(maxHeaders: number): number {
+  return 4 + 2 * maxHeaders;
+}
+
 export class DataListener {
   /** HTTP/2 sessions open now, and connections whose first bytes are still awaited. */
   private readonly h2Sessions = new Set<Http2Session>();
   private readonly sniffing = new Set<Socket>();
   private h2: http2.Http2Server | undefined;
+  private h2Pairs = 0;
   private closing = false;
   private closed: Promise<void> | undefined;
 
@@ -172,13 +182,20 @@ export class DataListener {
     });
   }
 
-  /** The node:http2 server for this listener's HTTP/2 connections (made at the first one). */
+  /**
+   * The node:http2 server for this listener's HTTP/2 connections (made at the first one, and again
+   * when a reload changes `max_headers`, for the connections that open from then on).
+   */
   private http2Server(): http2.Http2Server {
-    if (this.h2) return this.h2;
+    const pairs = maxHeaderPairs(this.model.limits.maxHeaders);
+    if (this.h2 && this.h2Pairs === pairs) return this.h2;
     const h2 = http2.createServer({
       maxSessionMemory: 16,
-      // The configured header count is enforced by the handler (431); this is only a ceiling.
-      maxHeaderListPairs: 1010,
+      // A ceiling on the fields of one header block, enforced by Node while it decodes (stream
+      // reset, ENHANCE_YOUR_CALM, beyond): it bounds the header list one small block can stand
+      // for (each field can be a one-byte reference to a 4 KiB dynamic-table entry) even from a
+      // client that ignores SETTINGS. The handler enforces the configured count and size (431).
+      maxHeaderListPairs: pairs,
     });
     h2.on('session', (session) => {
       const limits = this.model.limits;
@@ -195,6 +212,7 @@ export class DataListener {
       this.handler.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse);
     });
     this.h2 = h2;
+    this.h2Pairs = pairs;
     return h2;
   }
 

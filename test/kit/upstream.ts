@@ -22,13 +22,17 @@ export interface TestUpstream {
 
 export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
 
-/** Starts an upstream that buffers each request body, then calls `handler`. */
+/**
+ * Starts an upstream that buffers each request body, then calls `handler`. `lenient` lifts Node's
+ * own header limits (16 KiB, 2,000 headers), so that whatever a proxy forwards is received and
+ * recorded rather than refused by the upstream itself.
+ */
 export async function startUpstream(
   handler: UpstreamHandler = defaultHandler,
-  options: { keepBody?: boolean } = {},
+  options: { keepBody?: boolean; lenient?: boolean } = {},
 ): Promise<TestUpstream> {
   const received: Received[] = [];
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(options.lenient ? { maxHeaderSize: 1024 * 1024 } : {}, (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => {
       if (options.keepBody !== false) chunks.push(c);
@@ -45,6 +49,7 @@ export async function startUpstream(
       handler(req, res, body);
     });
   });
+  if (options.lenient) server.maxHeadersCount = 0;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   return {
