@@ -18,6 +18,8 @@ import type { RequestContext } from '../pipeline/types.js';
 export class Http1Connection {
   /** A refusal closes this connection: nothing more from it is forwarded or answered. */
   refused = false;
+  /** Requests read after the refusal (and left unanswered). */
+  ignored = 0;
   /** The latest request that went past the refusals (the one whose body the parser may be in). */
   current: RequestContext | undefined = undefined;
   private open = 0;

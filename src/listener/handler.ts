@@ -56,6 +56,8 @@ export interface HandlerDeps {
 }
 
 const CONNECTION_CLOSE = ['connection', 'close'];
+/** Requests read after a refusal on one connection before it is cut (the answers before it lost). */
+const MAX_IGNORED = 32;
 /** The methods breakwater names in `Allow` (OPTIONS *, a refused TRACE or CONNECT). */
 export const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH';
 const FOREIGN_TARGET = 'absolute-form targets for other hosts are refused (breakwater is not an open proxy)';
@@ -121,8 +123,12 @@ export class ProxyHandler {
     const conn = isHttp2(req) ? undefined : connectionOf(req.socket);
     if (conn !== undefined) {
       // A connection whose earlier request was refused closes once that answer is out: a request
-      // pipelined behind it (possibly smuggled) is neither forwarded nor answered.
-      if (conn.refused) return;
+      // pipelined behind it (possibly smuggled) is neither forwarded nor answered. (A client that
+      // keeps pipelining meanwhile is cut off: Node would hold every such request until the close.)
+      if (conn.refused) {
+        if (++conn.ignored > MAX_IGNORED) req.socket.destroy();
+        return;
+      }
       // Answers owed on the connection, so that one written on the raw socket waits its turn.
       conn.begin(res);
       // An HTTP/1 request line says HTTP/1.0 or HTTP/1.1, or the request is not read any further.
@@ -796,6 +802,12 @@ function parseProblem(err: ClientError, limits: ListenerModel['limits']): Proble
       );
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
       return problem('payload-too-large', 'the chunk extensions of the request body are too large', close);
+    case 'HPE_PAUSED_H2_UPGRADE':
+      return problem(
+        'http-version-not-supported',
+        'HTTP/2 with prior knowledge: this listener speaks HTTP/1.1 (a protocol: h2c listener takes both)',
+        close,
+      );
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return problem(
         'header-timeout',

@@ -191,6 +191,25 @@ upstreams:
       }).toEqual({ answers: [200, 400], rest: '', closed: true, forwarded: ['/slow'] });
     });
 
+    it('a client that keeps pipelining after a refusal is cut off; nothing it pipelined is forwarded', async () => {
+      const r = await rawRequest(
+        port('main'),
+        'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n' +
+          'GET /two-hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n' +
+          'GET /flood HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(100),
+        1500,
+      );
+      await settle(400);
+      expect({
+        // Cut at once, before /slow was answered (unbounded, it would wait for /slow and the 400).
+        answers: parseResponses(r.text).responses.map((x) => x.status),
+        closed: r.end !== 'open',
+        // (/slow itself may or may not have gone upstream before its client was cut.)
+        floodForwarded: relay.seen().includes('/flood') || relay.seen().includes('/two-hosts'),
+      }).toEqual({ answers: [], closed: true, floodForwarded: false });
+      expect(await live()).toBe(200);
+    });
+
     it('HTTP/1.0 with Transfer-Encoding: 400 and close; the request pipelined behind it is never forwarded', async () => {
       const r = await rawRequest(
         port('main'),
@@ -361,6 +380,16 @@ upstreams:
         type: 'urn:breakwater:problem:bad-request',
         closed: true,
       });
+    });
+
+    it('the HTTP/2 preface on an HTTP/1.1 listener: 505 problem saying so', async () => {
+      const r = await rawRequest(port('main'), 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 500);
+      expect(await refusedAlone(r)).toMatchObject({
+        statuses: [505],
+        contentType: 'application/problem+json',
+        closed: true,
+      });
+      expect(parseResponses(r.text).responses[0]?.body).toContain('protocol: h2c');
     });
 
     it('headers too large: 431 problem', async () => {
