@@ -49,11 +49,11 @@ describe('protocol edges', () => {
 listeners:
   - name: main
     port: 0
-    limits: { header_timeout: 1s }${routes}
+    limits: { header_timeout: 1s, body_idle_timeout: 1s }${routes}
   - name: h2c
     port: 0
     protocol: h2c
-    limits: { header_timeout: 1s }${routes}
+    limits: { header_timeout: 1s, body_idle_timeout: 1s }${routes}
 admin: { port: 0 }
 upstreams:
   app: { endpoints: ["${relay.url}"], retry: { enabled: false } }
@@ -106,6 +106,25 @@ upstreams:
         uncaught: [],
       });
       expect(await live()).toBe(200);
+    });
+
+    it('POST ... HTTP/2.0 whose body stops: 505 at once, not a connection left open', async () => {
+      const r = await rawRequest(
+        port(listener),
+        'POST /x HTTP/2.0\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel',
+        2500,
+      );
+      expect(await refusedAlone(r)).toMatchObject({ statuses: [505], closed: true, upstreamBytes: '' });
+      expect(await live()).toBe(200);
+    });
+
+    it('a WebSocket handshake saying HTTP/2.0: 505, closed', async () => {
+      const r = await rawRequest(
+        port(listener),
+        'GET /ws HTTP/2.0\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+        1000,
+      );
+      expect(await refusedAlone(r)).toMatchObject({ statuses: [505], closed: true, upstreamBytes: '' });
     });
 
     it('GET ... HTTP/2.0: 505 at once (it used to hang)', async () => {
@@ -171,6 +190,21 @@ upstreams:
         [400, undefined],
       ]);
       expect(r.end).not.toBe('open');
+    });
+
+    it('a request then a WebSocket handshake pipelined: the answer first, then the handshake', async () => {
+      const r = await rawRequest(
+        port('main'),
+        'GET /slow HTTP/1.1\r\nHost: x\r\n\r\n' +
+          'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+        1500,
+      );
+      // (The test upstream does not speak WebSocket: it answers the handshake as a plain GET,
+      // which breakwater relays as it came.)
+      expect(parseResponses(r.text).responses.map((x) => [x.status, x.headers['x-upstream-url']])).toEqual([
+        [200, '/slow'],
+        [200, '/ws'],
+      ]);
     });
 
     it('a valid request, a refused one, then another: the first answer, the refusal, close; the third never forwarded', async () => {
