@@ -560,6 +560,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     maxBodyBytes: 0,
     trust: undefined,
     websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
+    allowTrace: false,
   };
 }
 

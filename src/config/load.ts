@@ -204,6 +204,7 @@ const KNOWN_KEYS = [
   'websocket',
   'websocket_idle_timeout',
   'websocket_max_duration',
+  'allow_trace',
   'retry',
   'circuit_breaker',
   'rate_limiter',

@@ -206,6 +206,8 @@ export interface RouteModel {
   /** The listener's trusted proxies (undefined: none). */
   readonly trust: TrustCheck | undefined;
   readonly websocket: WebSocketPolicy;
+  /** TRACE is forwarded (else 405). */
+  readonly allowTrace: boolean;
 }
 
 export interface IdempotencyPolicy {
@@ -644,6 +646,7 @@ export async function resolveConfig(
           maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
           trust,
           websocket: websocketOf(rt.websocket, [rt, u, r]),
+          allowTrace: rt.allow_trace ?? false,
         };
       }),
     };

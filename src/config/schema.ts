@@ -534,6 +534,12 @@ export const routeSchema = z.strictObject({
   max_body_bytes: byteSize
     .optional()
     .describe("Overrides the listener's limits.max_body_bytes for this route."),
+  allow_trace: z
+    .boolean()
+    .optional()
+    .describe(
+      'Forward TRACE requests (they echo the request back, cookies and credentials included: cross-site tracing). Default: false (405).',
+    ),
 });
 
 export const limitsSchema = z.strictObject({

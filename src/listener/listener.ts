@@ -6,13 +6,18 @@
  * `protocol: h2c`, connections that open with the HTTP/2 preface go to a node:http2 server whose
  * requests reach the same ProxyHandler; `upgrade` requests go to its WebSocket tunnel.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type IncomingMessage, METHODS, type ServerResponse } from 'node:http';
 import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { ListenerModel } from '../config/resolve.js';
-import { problem, sendProblem } from '../proxy/problem.js';
-import type { HandlerDeps, ProxyHandler } from './handler.js';
+import { rememberPeer } from '../proxy/client-address.js';
+import { endWithProblem, problem } from '../proxy/problem.js';
+import { connectionOf, trackConnection } from './connection.js';
+import { ALLOWED_METHODS, type HandlerDeps, type ProxyHandler } from './handler.js';
+
+/** The methods fastify's router takes (Node's list). */
+const ROUTED_METHODS = new Set(METHODS);
 
 /** What an HTTP/2 connection starts with (RFC 9113 3.4). */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
@@ -24,6 +29,14 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
  */
 function maxHeaderPairs(maxHeaders: number): number {
   return 4 + 2 * maxHeaders;
+}
+
+/**
+ * How often Node looks for connections past `header_timeout` (its default, 30 s, would let a
+ * request head trickle for up to 30 s longer than configured): a quarter of the timeout, at most 1 s.
+ */
+function checkingInterval(headerTimeout: number): number {
+  return Math.max(50, Math.min(1000, Math.floor(headerTimeout / 4)));
 }
 
 export class DataListener {
@@ -77,12 +90,21 @@ export class DataListener {
           return;
         }
         reply.hijack();
-        sendProblem(reply.raw, problem('bad-request', error.message, { headers: ['connection', 'close'] }));
+        handler.refuseRequest(
+          request.raw,
+          reply.raw,
+          problem('bad-request', error.message, { headers: ['connection', 'close'] }),
+        );
       },
+      // What Node's parser refuses (malformed framing, headers too large, the header timeout) is
+      // answered as a problem, in its turn after the pipelined requests before it.
+      clientErrorHandler: (err, socket) => handler.clientError(err, socket),
       http: {
         headersTimeout: limits.headerTimeout,
+        connectionsCheckingInterval: checkingInterval(limits.headerTimeout),
         maxHeaderSize: limits.maxHeaderBytes,
-        requireHostHeader: true,
+        // The handler refuses an HTTP/1.1 request without Host itself, as a problem.
+        requireHostHeader: false,
       },
     });
     // The request is taken over at onRequest, before fastify looks at its body or content type:
@@ -109,14 +131,40 @@ export class DataListener {
     app.server.maxConnections = limits.maxConnections;
     // One more than the limit, so that the handler sees the overflow and answers 431.
     app.server.maxHeadersCount = limits.maxHeaders + 1;
+    // Methods Node's parser passes but fastify does not route (RTSP's: DESCRIBE, SETUP, ...) would
+    // get fastify's own 404: they go to the handler, which refuses them.
+    const server = app.server;
+    const toFastify = server.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
+    server.removeAllListeners('request');
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (ROUTED_METHODS.has(req.method as string)) for (const l of toFastify) l.call(server, req, res);
+      else handler.handle(req, res);
+    });
+    // `Expect:` is left to the handler: `100-continue` is answered only once the request passed
+    // every refusal (a body over the limit is never uploaded), any other expectation is 417.
+    // (Without these listeners Node sends 100 Continue at once, or a bare 417.)
+    app.server.on('checkContinue', (req, res) => handler.handle(req, res));
+    app.server.on('checkExpectation', (req, res) => handler.handle(req, res));
     // `Connection: upgrade` requests come here, not to onRequest: WebSocket pass-through (every
     // other protocol is refused). Registering the listener is what makes Node hand them over.
-    app.server.on('upgrade', (req, socket, head) => handler.upgrade(req, socket, head));
+    // Answers still owed to requests pipelined before it go out first.
+    app.server.on('upgrade', (req, socket, head) => {
+      const conn = connectionOf(socket);
+      if (conn === undefined) handler.upgrade(req, socket, head);
+      else conn.afterResponses(() => handler.upgrade(req, socket, head));
+    });
     // CONNECT would tunnel anywhere: refused.
     app.server.on('connect', (_req, socket) => {
-      socket.end(
-        'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
-      );
+      const refusal = problem('method-not-allowed', 'CONNECT is refused: breakwater is not a forward proxy', {
+        headers: ['allow', ALLOWED_METHODS],
+      });
+      const conn = connectionOf(socket);
+      if (conn === undefined) {
+        endWithProblem(socket, refusal);
+        return;
+      }
+      conn.refused = true;
+      conn.afterResponses(() => endWithProblem(socket, refusal));
     });
     const listener = new DataListener(model, app, handler);
     listener.routeConnections();
@@ -139,7 +187,10 @@ export class DataListener {
     };
     server.removeAllListeners('connection');
     server.on('connection', (socket: Socket) => {
+      // The peer's address is kept now: a socket that is gone no longer knows it.
+      rememberPeer(socket, socket.remoteAddress);
       if (this.model.protocol !== 'h2c') {
+        trackConnection(socket);
         toHttp1(socket);
         return;
       }
@@ -170,6 +221,7 @@ export class DataListener {
         if (isH2) {
           this.http2Server().emit('connection', socket);
         } else {
+          trackConnection(socket);
           toHttp1(socket);
           socket.resume();
         }
@@ -199,6 +251,7 @@ export class DataListener {
     });
     h2.on('session', (session) => {
       const limits = this.model.limits;
+      rememberPeer(session, session.socket.remoteAddress);
       this.h2Sessions.add(session);
       session.once('close', () => this.h2Sessions.delete(session));
       session.settings({ maxConcurrentStreams: 250, maxHeaderListSize: limits.maxHeaderBytes });
@@ -206,11 +259,15 @@ export class DataListener {
       session.setTimeout(limits.keepaliveTimeout, () => session.close());
       if (this.closing) session.close();
     });
-    h2.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+    const onRequest = (req: Http2ServerRequest, res: Http2ServerResponse) => {
       // The authority stands in for Host, for routing and X-Forwarded-Host.
       if (req.headers.host === undefined && req.authority) req.headers.host = req.authority;
       this.handler.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse);
-    });
+    };
+    h2.on('request', onRequest);
+    // `Expect:` as on HTTP/1.1: 100-continue only after the refusals, anything else 417.
+    h2.on('checkContinue', onRequest);
+    h2.on('checkExpectation', onRequest);
     this.h2 = h2;
     this.h2Pairs = pairs;
     return h2;

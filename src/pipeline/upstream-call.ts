@@ -2,6 +2,7 @@
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
+import { peerAddress } from '../proxy/client-address.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
@@ -35,7 +36,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       host: upstream.hostFor(endpoint, req.headers.host),
       requestId: ctx.requestId,
       proto: 'http',
-      remoteAddress: req.socket.remoteAddress,
+      remoteAddress: peerAddress(req),
       trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));

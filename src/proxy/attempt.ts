@@ -14,6 +14,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { GRPC_CODES, grpcStatusIn, grpcStatusOfTrailers } from './grpc.js';
+import { responseStream } from './protocol.js';
 
 export type AttemptCause =
   | 'connect-failure'
@@ -449,7 +450,7 @@ export class Attempt implements Dispatcher.DispatchHandler {
     if (this.state === State.Streaming && this.res) {
       const res = this.res;
       // Relayed where the client's framing can carry them: chunked HTTP/1.1, or HTTP/2.
-      if (res.chunkedEncoding || res.req.httpVersionMajor === 2) {
+      if (res.chunkedEncoding || responseStream(res) !== undefined) {
         const t = trailerObject(trailers);
         if (t) res.addTrailers(t);
       }

@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { TrustCheck } from './client-address.js';
+import { isHttp2 } from './protocol.js';
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -97,7 +98,7 @@ export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeader
   const extra = connectionTokens(req.headers.connection);
   const out: string[] = [];
   let xff: string | undefined;
-  const h2 = req.httpVersionMajor === 2;
+  const h2 = isHttp2(req);
   let cookie = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
