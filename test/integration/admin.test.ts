@@ -3,11 +3,14 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, simpleConfig, startBreakwater } from '../kit/breakwater.js';
 import { freePort, spawnBreakwater, waitFor } from '../kit/process.js';
+import { requireTool } from '../kit/tools.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
+
+const promtool = requireTool('promtool', 'prometheus');
 
 function promtoolCheck(text: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn(promtool.path ?? 'promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let output = '';
     p.stdout.on('data', (d) => {
       output += d;
@@ -77,30 +80,33 @@ describe('admin listener', () => {
     );
   });
 
-  it('passes promtool check metrics on a scrape of the running CLI taken under load', async () => {
-    const [port, admin] = [await freePort(), await freePort()];
-    const child = spawnBreakwater(
-      `listeners: [{ name: main, port: ${port}, routes: [{ upstream: app }] }]\nadmin: { port: ${admin} }\nupstreams: { app: { endpoints: ["${up.url}"] } }\nlogging: { access_log: false }\n`,
-    );
-    try {
-      await waitFor(`http://127.0.0.1:${admin}/health/ready`);
-      const load = Array.from({ length: 300 }, (_, i) =>
-        request(`http://127.0.0.1:${port}/load/${i}`, {
-          method: i % 3 ? 'GET' : 'POST',
-          body: i % 3 ? null : 'x',
-        }).then((r) => r.body.dump()),
+  it.skipIf(!promtool.available)(
+    'passes promtool check metrics on a scrape of the running CLI taken under load',
+    async () => {
+      const [port, admin] = [await freePort(), await freePort()];
+      const child = spawnBreakwater(
+        `listeners: [{ name: main, port: ${port}, routes: [{ upstream: app }] }]\nadmin: { port: ${admin} }\nupstreams: { app: { endpoints: ["${up.url}"] } }\nlogging: { access_log: false }\n`,
       );
-      const scrape = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
-      await Promise.all(load);
-      expect(scrape).toMatch(/breakwater_process_resident_memory_bytes \d+/);
-      expect(scrape).toMatch(/breakwater_requests_in_flight\{listener="main"\}/);
-      const result = await promtoolCheck(scrape);
-      expect(result.output).toBe('');
-      expect(result.code).toBe(0);
-    } finally {
-      child.kill('SIGKILL');
-    }
-  });
+      try {
+        await waitFor(`http://127.0.0.1:${admin}/health/ready`);
+        const load = Array.from({ length: 300 }, (_, i) =>
+          request(`http://127.0.0.1:${port}/load/${i}`, {
+            method: i % 3 ? 'GET' : 'POST',
+            body: i % 3 ? null : 'x',
+          }).then((r) => r.body.dump()),
+        );
+        const scrape = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
+        await Promise.all(load);
+        expect(scrape).toMatch(/breakwater_process_resident_memory_bytes \d+/);
+        expect(scrape).toMatch(/breakwater_requests_in_flight\{listener="main"\}/);
+        const result = await promtoolCheck(scrape);
+        expect(result.output).toBe('');
+        expect(result.code).toBe(0);
+      } finally {
+        child.kill('SIGKILL');
+      }
+    },
+  );
 
   it('writes one access-log line per request with the documented fields, secrets redacted', async () => {
     const res = await request(`${bw.url()}/logged?q=secret-token`, {

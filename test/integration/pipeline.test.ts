@@ -291,7 +291,7 @@ describe('circuit breaker', () => {
       res.end();
     });
     const seed = readFileSync(
-      join(import.meta.dirname, '../../../shared/seed-examples/ecommerce-promo.yaml'),
+      join(import.meta.dirname, '../fixtures/seed-examples/ecommerce-promo.yaml'),
       'utf8',
     );
     const bw = await proxy(
