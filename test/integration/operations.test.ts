@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { isLoopback } from '../../src/admin/auth.js';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
 import { freePort, spawnBreakwater, waitFor } from '../kit/process.js';
+import { sleep, until } from '../kit/until.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -106,19 +107,41 @@ upstreams:
   app: { endpoints: ["${a.url}"] }
 `;
     const { bw, file } = await startWithFile(two(p2));
+    // Traffic on listener one flows before, during and after the reload over kept-alive
+    // connections; the client counts every connection it opens or loses.
     const { Agent } = await import('undici');
-    const keepAlive = new Agent({ connections: 1 });
+    const keepAlive = new Agent({ connections: 2 });
     cleanup.push(() => keepAlive.close());
-    const first = await request(`http://127.0.0.1:${p1}/x`, { dispatcher: keepAlive });
-    await first.body.dump();
+    const conns = { opened: 0, lost: 0 };
+    keepAlive.on('connect', () => conns.opened++);
+    keepAlive.on('disconnect', () => conns.lost++);
+    const answers: string[] = [];
+    let stop = false;
+    const stopAt = performance.now() + 20_000;
+    const worker = async () => {
+      for (let i = 0; i < 5000 && !stop && performance.now() < stopAt; i++) {
+        const res = await request(`http://127.0.0.1:${p1}/x`, { dispatcher: keepAlive }).catch(
+          (e: { code?: string }) => ({ statusCode: e.code ?? 'error', body: undefined }),
+        );
+        answers.push(`${res.statusCode} ${res.body ? await res.body.text() : ''}`);
+      }
+    };
+    const load = Promise.all([worker(), worker()]);
+    await until(() => answers.length >= 20, 'traffic before the reload', 10_000);
+    const openedBefore = conns.opened;
     writeFileSync(file, two(p3));
     expect((await bw.bw.reload('test')).ok).toBe(true);
-    // Listener one kept its socket: the kept-alive connection still works.
-    expect(await (await request(`http://127.0.0.1:${p1}/x`, { dispatcher: keepAlive })).body.text()).toBe(
-      'A',
-    );
+    const atReload = answers.length;
+    await until(() => answers.length >= atReload + 20, 'traffic after the reload', 10_000);
+    stop = true;
+    await load;
+    // Every answer a 200 from the upstream, on the connections opened before the reload: none
+    // was lost, none had to be opened again.
+    expect(new Set(answers)).toEqual(new Set(['200 A']));
+    expect({ opened: conns.opened, lost: conns.lost }).toEqual({ opened: openedBefore, lost: 0 });
+    expect(openedBefore).toBeLessThanOrEqual(2);
     expect(await (await request(`http://127.0.0.1:${p3}/x`)).body.text()).toBe('A');
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
     const old = await request(`http://127.0.0.1:${p2}/x`).then(
       () => 'open',
       (e: { code?: string }) => e.code,
