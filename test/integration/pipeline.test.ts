@@ -4,9 +4,10 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { ManualClock } from '../kit/clock.js';
 import { startFaultUpstream } from '../kit/fault-upstream.js';
 import { freePort } from '../kit/process.js';
-import { until } from '../kit/until.js';
+import { sleep, until } from '../kit/until.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -23,8 +24,14 @@ async function upstream(
   return up;
 }
 
-async function proxy(upstreams: string, routes = '[{ upstream: app }]', extra = ''): Promise<Running> {
-  const bw = await startBreakwater(`
+async function proxy(
+  upstreams: string,
+  routes = '[{ upstream: app }]',
+  extra = '',
+  clock?: ManualClock,
+): Promise<Running> {
+  const bw = await startBreakwater(
+    `
 listeners:
   - name: main
     port: 0
@@ -33,7 +40,9 @@ admin: { port: 0 }
 upstreams:
 ${upstreams}
 ${extra}
-`);
+`,
+    { clock },
+  );
   cleanup.push(() => bw.stop());
   return bw;
 }
@@ -60,6 +69,7 @@ describe('the order of the policies', () => {
     fallback: busy`,
       '[{ upstream: app }]',
       `fallbacks:\n  busy: { type: static_response, status: 503, body: busy, on: [bulkhead_full] }`,
+      new ManualClock(), // no token comes back while the test runs, however slow the machine
     );
     const first = request(`${bw.url()}/1`).catch(() => undefined); // takes a token and the only slot, then hangs
     await new Promise((r) => setTimeout(r, 100));
@@ -179,16 +189,27 @@ describe('retries', () => {
       res.statusCode = 503;
       res.end();
     });
+    // The budget counts per second of the injected clock, which stands still: all three requests
+    // fall in one second, whatever the machine's speed.
+    const clock = new ManualClock();
     const bw = await proxy(
-      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, budget: { ratio: 0%, min_per_second: 1, window: 2s } } }`,
+      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 0ms, budget: { ratio: 0%, min_per_second: 1, window: 2s } } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    for (let i = 0; i < 3; i++) await (await request(`${bw.url()}/b`)).body.dump();
+    const attempts: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${bw.url()}/b`);
+      attempts.push(String(res.headers['x-breakwater-attempts']));
+      await res.body.dump();
+    }
     // 3 requests and max_attempts 3 would make 9 attempts; the budget allows one retry a second.
-    expect(up.received.length).toBeGreaterThanOrEqual(4);
-    expect(up.received.length).toBeLessThanOrEqual(5);
-    expect(await metrics(bw)).toMatch(
-      /breakwater_retries_skipped_total\{upstream="app",reason="budget"\} \d/,
-    );
+    expect(attempts).toEqual(['2', '1', '1']);
+    expect(up.received).toHaveLength(4);
+    const text = await metrics(bw);
+    expect(text).toMatch(/breakwater_retries_total\{upstream="app",reason="5xx"\} 1\n/);
+    expect(text).toMatch(/breakwater_retries_skipped_total\{upstream="app",reason="budget"\} 3\n/);
   });
 });
 
@@ -391,61 +412,102 @@ describe('clients that leave', () => {
 });
 
 describe('rate limiter and shaper', () => {
+  // The limiter reads the injected clock: time moves only when the test says, so no request can
+  // earn a token by arriving late on a busy machine, and the shaper releases exactly on schedule.
   it('reject mode: a burst beyond burst_limit gets 429 with Retry-After and RateLimit headers', async () => {
     const up = await upstream((_n, _req, res) => res.end('ok'));
+    const clock = new ManualClock();
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 2, burst_limit: 5 } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    const results = await Promise.all(
-      Array.from({ length: 8 }, () =>
-        request(`${bw.url()}/rl`).then(async (r) => ({
-          status: r.statusCode,
-          headers: r.headers,
-          body: await r.body.text(),
-        })),
-      ),
-    );
+    const burst = () =>
+      Promise.all(
+        Array.from({ length: 8 }, () =>
+          request(`${bw.url()}/rl`).then(async (r) => ({
+            status: r.statusCode,
+            headers: r.headers,
+            body: await r.body.text(),
+          })),
+        ),
+      );
+    const results = await burst();
     const ok = results.filter((r) => r.status === 200);
     const limited = results.filter((r) => r.status === 429);
     expect(ok).toHaveLength(5);
     expect(limited).toHaveLength(3);
-    expect(limited[0]?.headers['retry-after']).toBe('1');
-    expect(limited[0]?.headers['ratelimit-policy']).toBe('"default";q=2;w=1');
-    expect(limited[0]?.headers.ratelimit).toBe('"default";r=0;t=1');
+    for (const r of limited) {
+      expect(r.headers['retry-after']).toBe('1');
+      expect(r.headers['ratelimit-policy']).toBe('"default";q=2;w=1');
+      expect(r.headers.ratelimit).toBe('"default";r=0;t=1');
+    }
     expect(up.received).toHaveLength(5);
-    expect(await metrics(bw)).toMatch(/breakwater_rate_limited_total\{upstream="app",mode="reject"\} 3/);
+    // One second refills two tokens.
+    clock.advance(1000);
+    const next = await burst();
+    expect(next.map((r) => r.status).sort()).toEqual([200, 200, 429, 429, 429, 429, 429, 429]);
+    expect(up.received).toHaveLength(7);
+    expect(await metrics(bw)).toMatch(/breakwater_rate_limited_total\{upstream="app",mode="reject"\} 9\n/);
   });
 
   it('shape mode: excess requests wait and are released at the configured rate, not rejected', async () => {
     const up = await upstream((_n, _req, res) => res.end('ok'));
+    const clock = new ManualClock();
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 20, burst_limit: 1, mode: shape, max_delay: 2s } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    const t0 = performance.now();
-    const statuses = await Promise.all(
+    const statuses = Promise.all(
       Array.from({ length: 10 }, () =>
         request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => r.statusCode)),
       ),
     );
-    const took = performance.now() - t0;
-    expect(statuses.every((s) => s === 200)).toBe(true);
-    // 1 at once, then 9 more at 20/s: at least 450 ms.
-    expect(took).toBeGreaterThanOrEqual(400);
-    expect(await metrics(bw)).toMatch(/breakwater_rate_limiter_delayed_total\{upstream="app"\} 9/);
+    // One at once, nine queued (every one of them counted as delayed)...
+    await until(async () => /_delayed_total\{upstream="app"\} 9\n/.test(await metrics(bw)), 'nine delayed');
+    await until(() => up.received.length === 1, 'the first request through');
+    // ...then one every 50 ms of the clock, none earlier.
+    for (let released = 2; released <= 10; released++) {
+      clock.advance(49);
+      await sleep(30);
+      expect(up.received).toHaveLength(released - 1);
+      clock.advance(1);
+      await until(() => up.received.length === released, `request ${released} released`);
+    }
+    expect(await statuses).toEqual(Array(10).fill(200));
+    expect(await metrics(bw)).not.toMatch(
+      /breakwater_rate_limited_total\{upstream="app",mode="shape"\} [1-9]/,
+    );
   });
 
   it('shape mode rejects past max_queue', async () => {
     const up = await upstream((_n, _req, res) => res.end('ok'));
+    const clock = new ManualClock();
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 5, burst_limit: 1, mode: shape, max_queue: 2, max_delay: 5s } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    const statuses = await Promise.all(
+    const statuses: number[] = [];
+    const all = Promise.all(
       Array.from({ length: 6 }, () =>
-        request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => r.statusCode)),
+        request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => statuses.push(r.statusCode))),
       ),
     );
-    expect(statuses.filter((s) => s === 200)).toHaveLength(3);
-    expect(statuses.filter((s) => s === 429)).toHaveLength(3);
+    // One through, two queued, three refused at once, while the clock stands still.
+    await until(() => statuses.length === 4, 'three refused, one through');
+    expect([...statuses].sort()).toEqual([200, 429, 429, 429]);
+    await sleep(30);
+    expect(up.received).toHaveLength(1);
+    // The two queued go at 200 ms and 400 ms of the clock.
+    clock.advance(400);
+    await all;
+    expect([...statuses].sort()).toEqual([200, 200, 200, 429, 429, 429]);
+    expect(up.received).toHaveLength(3);
   });
 });
 
