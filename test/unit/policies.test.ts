@@ -2,6 +2,7 @@
  * Policies in isolation, with a ManualClock: time is stepped, never slept.
  */
 import type { IncomingMessage } from 'node:http';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS, type RetryPolicy, type RouteModel } from '../../src/config/resolve.js';
 import { Bulkhead } from '../../src/pipeline/bulkhead.js';
@@ -68,6 +69,28 @@ describe('backoff and Retry-After', () => {
     expect(backoff({ ...policy, jitter: 'full' }, 2, () => 0)).toBe(0);
     expect(backoff({ ...policy, jitter: 'full' }, 2, () => 0.999)).toBe(399);
     expect(backoff({ ...policy, jitter: 'equal' }, 2, () => 0)).toBe(200);
+    expect(backoff({ ...policy, jitter: 'equal' }, 2, () => 0.999)).toBe(399);
+    // Every draw of Math.random's range [0, 1), at every retry, for any policy: within the bounds,
+    // the upper one excluded (never the whole wait, never past max_wait).
+    fc.assert(
+      fc.property(
+        fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+        fc.integer({ min: 0, max: 12 }),
+        fc.integer({ min: 1, max: 5000 }),
+        fc.integer({ min: 1, max: 60_000 }),
+        fc.constantFrom(1.5, 2, 3),
+        (r, retry, initialWait, maxWait, multiplier) => {
+          const p = { ...policy, initialWait, maxWait, multiplier };
+          const wait = Math.min(maxWait, initialWait * multiplier ** retry);
+          const full = backoff({ ...p, jitter: 'full' }, retry, () => r);
+          const equal = backoff({ ...p, jitter: 'equal' }, retry, () => r);
+          expect(full).toBeGreaterThanOrEqual(0);
+          expect(full).toBeLessThan(wait);
+          expect(equal).toBeGreaterThanOrEqual(Math.floor(wait / 2));
+          expect(equal).toBeLessThan(wait);
+        },
+      ),
+    );
   });
   it('reads Retry-After as seconds or as an HTTP date', () => {
     const wall = Date.parse('Fri, 27 Nov 2026 10:00:00 GMT');
