@@ -567,9 +567,10 @@ describe('policies', () => {
   });
 
   it('the rate limiter counts a handshake as a request (429)', async () => {
+    // One token, and the next only in 100 s: a slow machine cannot earn one during the test.
     const up = await startWsUpstream();
     const bw = await startBreakwater(
-      config(up.url, ONE_ROUTE, 'rate_limiter: { max_requests_per_second: 1, burst_limit: 1 }'),
+      config(up.url, ONE_ROUTE, 'rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1 }'),
     );
     try {
       const first = await connect(wsUrl(bw));
