@@ -70,14 +70,29 @@ describe('admin listener', () => {
     expect(res.headers['content-type']).toMatch(/^text\/plain; version=0.0.4/);
     const text = await res.body.text();
     expect(text).toMatch(
-      /breakwater_requests_total\{listener="main",route="all",upstream="app",method="GET",code="200"\} 5/,
+      /breakwater_requests_total\{listener="main",route="all",upstream="app",method="GET",code="200"\} 5\n/,
     );
-    expect(text).toMatch(
-      /breakwater_request_duration_seconds_bucket\{le="0.1",listener="main",route="all",upstream="app"\} \d+/,
+    // Every request of the route is in the histogram once: its count and +Inf bucket are the
+    // route's request total, and no bucket holds more.
+    const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? Number.NaN);
+    const requests = [
+      ...text.matchAll(
+        /^breakwater_requests_total\{listener="main",route="all",upstream="app",[^}]*\} (\d+)$/gm,
+      ),
+    ].reduce((n, m) => n + Number(m[1]), 0);
+    expect(requests).toBeGreaterThanOrEqual(5);
+    const series = 'listener="main",route="all",upstream="app"';
+    expect(value(new RegExp(`^breakwater_request_duration_seconds_count\\{${series}\\} (\\d+)$`, 'm'))).toBe(
+      requests,
     );
-    expect(text).toMatch(
-      /breakwater_request_duration_seconds_count\{listener="main",route="all",upstream="app"\} \d+/,
-    );
+    expect(
+      value(
+        new RegExp(`^breakwater_request_duration_seconds_bucket\\{le="\\+Inf",${series}\\} (\\d+)$`, 'm'),
+      ),
+    ).toBe(requests);
+    expect(
+      value(new RegExp(`^breakwater_request_duration_seconds_bucket\\{le="0.1",${series}\\} (\\d+)$`, 'm')),
+    ).toBeLessThanOrEqual(requests);
   });
 
   it.skipIf(!promtool.available)(
@@ -97,7 +112,7 @@ describe('admin listener', () => {
         );
         const scrape = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
         await Promise.all(load);
-        expect(scrape).toMatch(/breakwater_process_resident_memory_bytes \d+/);
+        expect(scrape).toMatch(/breakwater_process_resident_memory_bytes [1-9]\d*\n/);
         expect(scrape).toMatch(/breakwater_requests_in_flight\{listener="main"\}/);
         const result = await promtoolCheck(scrape);
         expect(result.output).toBe('');
