@@ -72,7 +72,7 @@ describe('the order of the policies', () => {
       new ManualClock(), // no token comes back while the test runs, however slow the machine
     );
     const first = request(`${bw.url()}/1`).catch(() => undefined); // takes a token and the only slot, then hangs
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => hang.received.length === 1, 'the first request at the upstream');
     // Second: a token is left, the bulkhead is full -> bulkhead_full, answered by the fallback.
     const second = await request(`${bw.url()}/2`);
     expect(second.headers['x-breakwater-fallback']).toBe('busy');
@@ -389,25 +389,34 @@ describe('clients that leave', () => {
   });
 
   it('a client that leaves while queued in the bulkhead gives its slot back and is never sent upstream', async () => {
-    const up = await upstream((_n, _req, res) => {
-      setTimeout(() => res.end('done'), 300);
+    // /a is held at the upstream until the test lets it go; anything else is answered at once.
+    let releaseA: () => void = () => undefined;
+    const up = await upstream((_n, req, res) => {
+      if (req.url === '/a') releaseA = () => res.end('done');
+      else res.end('done');
     });
     const bw = await proxy(
-      `  app: { endpoints: ["${up.url}"], bulkhead: { max_concurrent: 1, max_queue: 1, queue_timeout: 2s } }`,
+      `  app: { endpoints: ["${up.url}"], bulkhead: { max_concurrent: 1, max_queue: 1, queue_timeout: 10s } }`,
     );
+    const gauge = async (name: string) =>
+      Number(
+        new RegExp(`breakwater_bulkhead_${name}\\{upstream="app"\\} (\\d+)`).exec(await metrics(bw))?.[1],
+      );
     const first = request(`${bw.url()}/a`).then((r) => r.body.text());
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => up.received.length === 1, '/a at the upstream');
     const ac = new AbortController();
     const queued = request(`${bw.url()}/b`, { signal: ac.signal }).catch(() => 'aborted');
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => (await gauge('queued')) === 1, '/b queued');
     ac.abort();
     expect(await queued).toBe('aborted');
+    await until(async () => (await gauge('queued')) === 0, 'the queue empty again');
+    releaseA();
     expect(await first).toBe('done');
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => (await gauge('in_flight')) === 0, 'the slot given back');
     const after = await request(`${bw.url()}/c`);
     expect(await after.body.text()).toBe('done');
     expect(up.received.map((r) => r.url)).toEqual(['/a', '/c']);
-    expect(await metrics(bw)).toMatch(/breakwater_bulkhead_in_flight\{upstream="app"\} 0/);
+    expect(await gauge('in_flight')).toBe(0);
   });
 });
 
@@ -521,7 +530,7 @@ describe('bulkhead', () => {
       '[{ match: { path_prefix: /stuck }, upstream: stuck }, { upstream: ok }]',
     );
     const hanging = [0, 1].map(() => request(`${bw.url()}/stuck`).catch(() => undefined));
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => hang.received.length === 2, 'both slots taken');
     const t0 = performance.now();
     const queued = await request(`${bw.url()}/stuck`);
     expect(queued.statusCode).toBe(503);
