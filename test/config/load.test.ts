@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +9,15 @@ import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { configJsonSchema } from '../../src/config/schema.js';
 
 const run = promisify(execFile);
-const SEEDS = join(import.meta.dirname, '../../../shared/seed-examples');
+/**
+ * The design document's two YAML blocks, copied verbatim into the repository (a clone must need
+ * nothing beside it). Their digests are pinned below: a fixture edited to fit the code fails.
+ */
+const SEEDS = join(import.meta.dirname, '../fixtures/seed-examples');
+const SEED_SHA256 = {
+  'ecommerce-promo.yaml': 'dc59efa1d6099843e3170717ca52dacedd179e63096d26d70aef6bded8ae6258',
+  'degradation.yaml': 'dd216a8b97aee89536fc03c4ad3f139eaf7b672fcf78b307721f301b9bf6ab41',
+};
 const BASE = `
 listeners:
   - name: main
@@ -36,6 +45,16 @@ async function problemsOf(yaml: string, env: Record<string, string> = {}) {
 }
 
 describe('the design document seed blocks', () => {
+  it('the fixtures are the design document blocks, byte for byte', () => {
+    for (const [file, sha256] of Object.entries(SEED_SHA256))
+      expect({
+        file,
+        sha256: createHash('sha256')
+          .update(readFileSync(join(SEEDS, file)))
+          .digest('hex'),
+      }).toEqual({ file, sha256 });
+  });
+
   it('loads the e-commerce block unchanged as the resilience defaults of every upstream', async () => {
     const seed = readFileSync(join(SEEDS, 'ecommerce-promo.yaml'), 'utf8');
     const cfg = await parseConfigText(BASE + seed, 'promo.yaml', { env: {} });

@@ -16,7 +16,12 @@ export interface Received {
 export interface TestUpstream {
   readonly port: number;
   readonly url: string;
+  /** Requests received whole (head and body), in order. */
   readonly received: Received[];
+  /** Request heads received, whether or not their body ever completed. */
+  readonly started: number;
+  /** TCP connections accepted. */
+  readonly connections: number;
   close(): Promise<void>;
 }
 
@@ -32,7 +37,9 @@ export async function startUpstream(
   options: { keepBody?: boolean; lenient?: boolean } = {},
 ): Promise<TestUpstream> {
   const received: Received[] = [];
+  const counts = { started: 0, connections: 0 };
   const server = http.createServer(options.lenient ? { maxHeaderSize: 1024 * 1024 } : {}, (req, res) => {
+    counts.started++;
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => {
       if (options.keepBody !== false) chunks.push(c);
@@ -50,12 +57,21 @@ export async function startUpstream(
     });
   });
   if (options.lenient) server.maxHeadersCount = 0;
+  server.on('connection', () => {
+    counts.connections++;
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   return {
     port,
     url: `http://127.0.0.1:${port}`,
     received,
+    get started() {
+      return counts.started;
+    },
+    get connections() {
+      return counts.connections;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
