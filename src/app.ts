@@ -473,8 +473,10 @@ export class Breakwater {
     const dir = dirname(this.config.file);
     const base = basename(this.config.file);
     let timer: NodeJS.Timeout | undefined;
-    // The hash of the file as last seen, starting from the running config's (known at once, so an
-    // edit made right after start is not mistaken for the file the running config came from).
+    // The hash of the file as last seen. It starts from the running config's hash, known at once,
+    // not from a read of the file at start: such a read can finish after the file changed, and the
+    // change would then pass unseen. An unchanged file therefore never reloads, and an edit made
+    // right after start is not mistaken for the file the running config came from.
     let lastSeen = this.configHash;
     const check = async () => {
       try {
@@ -588,6 +590,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     maxBodyBytes: 0,
     trust: undefined,
     websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
+    allowTrace: false,
   };
 }
 

@@ -2,6 +2,7 @@
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
+import { peerAddress } from '../proxy/client-address.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
@@ -14,8 +15,11 @@ export const TIMEOUT_HEADER = 'x-breakwater-timeout-ms';
 /** `onOutcome` hears every attempt's outcome label (metrics), with no promise of its own. */
 export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void): Handler {
   return (ctx: RequestContext) => {
-    // Each attempt gets its own timeout, cut short by what is left of the request deadline.
-    const timeout = Math.max(1, Math.min(ctx.route.timeouts.attempt, Math.floor(ctx.deadline - clock.now())));
+    // Each attempt gets its own timeout, cut short by what is left of the request deadline. A cut
+    // attempt that times out ends at the deadline: that is the request's timeout (request-timeout).
+    const left = Math.floor(ctx.deadline - clock.now());
+    const cut = left <= ctx.route.timeouts.attempt;
+    const timeout = Math.max(1, cut ? left : ctx.route.timeouts.attempt);
     const { req, upstream, route } = ctx;
     const endpoint = upstream.pick(ctx.tried);
     if (endpoint === undefined) {
@@ -35,7 +39,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       host: upstream.hostFor(endpoint, req.headers.host),
       requestId: ctx.requestId,
       proto: 'http',
-      remoteAddress: req.socket.remoteAddress,
+      remoteAddress: peerAddress(req),
       trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));
@@ -63,6 +67,8 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       h2: upstream.model.protocol !== 'http1',
     });
     ctx.current = attempt;
+    const processedBefore = ctx.maybeProcessed;
+    ctx.maybeProcessed = true;
     attempt.start();
     return attempt.head.then(
       (head): Outcome => {
@@ -81,7 +87,9 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
         return { type: 'response', attempt, head, endpoint };
       },
       (err: AttemptError): Outcome => {
+        if (cut && err.kind === 'timeout' && !ctx.clientGone) ctx.expired = true;
         const outcome: Outcome = { type: 'failure', error: err, endpoint };
+        if (!err.mayHaveReachedUpstream) ctx.maybeProcessed = processedBefore;
         const c = classifyOutcome(outcome);
         onOutcome?.(c.label);
         if (c.cause !== 'aborted') ctx.upstreamError = err.code ?? err.kind;

@@ -10,6 +10,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
+import { isHttp2 } from './protocol.js';
 
 const WAITED = Symbol('waited');
 
@@ -76,7 +77,7 @@ function rest(
 export function watchBodyIdle(req: IncomingMessage, ms: number, onIdle: () => void): void {
   if (ms <= 0 || req.complete) return;
   // HTTP/1.1 keeps the listener on the request; HTTP/2 registers it once per setTimeout call.
-  const h2 = req.httpVersionMajor === 2;
+  const h2 = isHttp2(req);
   const onTimeout = () => {
     if (req.complete || req.destroyed) return;
     if (req.readableLength > 0) {
