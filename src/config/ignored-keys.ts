@@ -166,6 +166,13 @@ export function ignoredKeys(cfg: Config): IgnoredKey[] {
 
   cfg.listeners.forEach((l, li) => {
     l.routes.forEach((rt, ri) => {
+      // A TRACE request never reaches a route whose match leaves TRACE out.
+      const methods = rt.match?.methods;
+      if (rt.allow_trace === true && methods !== undefined && !methods.includes('TRACE'))
+        refuse(
+          ['listeners', li, 'routes', ri, 'allow_trace'],
+          `allow_trace is read only when the route takes TRACE requests; its match.methods (${methods.join(', ')}) leaves TRACE out: add TRACE to them, or remove allow_trace`,
+        );
       if (rt.websocket !== false) return;
       for (const key of ['websocket_idle_timeout', 'websocket_max_duration'] as const)
         if (rt[key] !== undefined)

@@ -266,6 +266,26 @@ degradation:
     ]);
   });
 
+  it('allow_trace on a route whose match.methods leaves TRACE out', async () => {
+    expect(
+      await refused(
+        BASE.replace(
+          '      - upstream: app',
+          '      - upstream: app\n        match: { methods: [GET, HEAD] }\n        allow_trace: true',
+        ),
+      ),
+    ).toEqual([
+      '7:22 listeners[0].routes[0].allow_trace: allow_trace is read only when the route takes TRACE requests; its match.methods (GET, HEAD) leaves TRACE out: add TRACE to them, or remove allow_trace',
+    ]);
+    // Read: the route takes TRACE (every method, or TRACE listed).
+    for (const match of ['', '\n        match: { methods: [GET, TRACE] }'])
+      await parseConfigText(
+        BASE.replace('      - upstream: app', `      - upstream: app${match}\n        allow_trace: true`),
+        't.yaml',
+        { env: {} },
+      );
+  });
+
   it('access_log_headers with access_log: false', async () => {
     expect(
       await refused(`${BASE}logging: { access_log: false, access_log_headers: [user-agent] }\n`),
