@@ -217,10 +217,10 @@ describe('values in sentences', () => {
     );
     expect(p.message).toBe('strip_prefix must be true or false or a string, got 5');
     const q = await only(
-      BASE.replace(
+      `${BASE.replace(
         'endpoints: [http://127.0.0.1:1]',
         'endpoints: [{ url: "http://127.0.0.1:1", group: a }]',
-      ) + '    group_weights: { a: -1 }\n',
+      )}    group_weights: { a: -1 }\n`,
     );
     expect(q.message).toBe('group_weights.a must be a number of at least 0, got -1');
   });
