@@ -14,6 +14,7 @@ import { ResponseCache } from '../cache/response-cache.js';
 import type { FallbackModel, RouteModel } from '../config/resolve.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
+import { replayable } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedStatus } from './outcome.js';
@@ -174,7 +175,7 @@ export class FallbackChain {
     }
     if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? 300_000);
     // type upstream: only a request whose body can be sent again.
-    if (ctx.body !== null && !Buffer.isBuffer(ctx.body)) return undefined;
+    if (!replayable(ctx.body)) return undefined;
     ctx.finishers ??= [];
     const target = this.s.pipelineOf(f.upstream);
     const other: RequestContext = {

@@ -5,8 +5,11 @@
  * - Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are retried after the request
  *   may have reached the upstream, unless it carries an Idempotency-Key or the route opts in
  *   (`retry_non_idempotent`). A connect failure reached nothing, so any method may be retried then.
- * - The body is kept for replay up to `max_body_bytes`; a larger body is streamed and, once sent,
- *   never retried (counted as skipped: body_too_large).
+ * - A body the listener buffered (request buffering, in memory or a temporary file) is sent again
+ *   as is. A gRPC request stream that ends at once (a unary call) is kept for replay up to
+ *   `max_body_bytes`. Any other stream (a longer gRPC stream; an upload on a route with
+ *   `request_buffering: false`, which asked for streaming and is not held back here either) is
+ *   never retried once sent (counted as skipped: body_too_large).
  * - Waits grow exponentially with jitter; a `Retry-After` from the upstream is honoured (never
  *   retry earlier than it says), capped by `max_wait`; no retry starts that could not finish
  *   (wait + attempt timeout) before the request deadline (a gRPC call's grpc-timeout: wait only).
@@ -17,7 +20,7 @@
 import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
 import { grpcCodeName } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
-import { readUpTo } from '../proxy/request-body.js';
+import { readUpTo, replayable } from '../proxy/request-body.js';
 import { type Classified, classifyOutcome } from './outcome.js';
 import type { Clock, Layer, Outcome, RequestContext } from './types.js';
 
@@ -137,10 +140,10 @@ function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
   return undefined;
 }
 
-/** Reads the body into memory when it fits the replay buffer; otherwise leaves it streaming. */
-async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
+/** Reads an unbuffered body into memory when it fits the replay buffer; otherwise leaves it streaming. */
+async function keepForReplay(ctx: RequestContext, max: number): Promise<void> {
   const body = ctx.body;
-  if (body === null || Buffer.isBuffer(body)) return;
+  if (body === null || replayable(body) || !ctx.route.requestBuffering) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
   // A gRPC call of no declared length is kept only if its stream ends at once (a unary call does);
@@ -166,7 +169,7 @@ export function retryLayer(
     budget.recordRequest();
     if (ctx.body !== null) {
       try {
-        await bufferBody(ctx, policy.maxBodyBytes);
+        await keepForReplay(ctx, policy.maxBodyBytes);
       } catch (err) {
         if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE') {
           return {
@@ -199,9 +202,7 @@ export function retryLayer(
       // gRPC's retryPolicy.retryableStatusCodes): every gRPC call is a POST.
       if (c.cause !== 'connect-failure' && c.grpc === undefined && !idempotent)
         return skipped(ctx, events, 'method', outcome);
-      // (A body the listener read whole may still be over this route's replay limit.)
-      if (ctx.body !== null && (!Buffer.isBuffer(ctx.body) || ctx.body.length > policy.maxBodyBytes))
-        return skipped(ctx, events, 'body_too_large', outcome);
+      if (!replayable(ctx.body)) return skipped(ctx, events, 'body_too_large', outcome);
       let wait = backoff(policy, retries, random);
       if (outcome.type === 'response') {
         const ra = retryAfterMs(outcome.head.rawHeaders, clock.wall());

@@ -131,6 +131,8 @@ const CODE_OF: Record<ProblemKind, number> = {
   'headers-too-large': GRPC_CODES.internal,
   'upgrade-refused': GRPC_CODES.internal,
   'shutting-down': GRPC_CODES.unavailable,
+  'streaming-limit': GRPC_CODES.unavailable,
+  'body-storage-failed': GRPC_CODES.unavailable,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

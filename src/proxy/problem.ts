@@ -30,7 +30,9 @@ export type ProblemKind =
   | 'idempotency-conflict'
   | 'payload-too-large'
   | 'headers-too-large'
-  | 'upgrade-refused';
+  | 'upgrade-refused'
+  | 'streaming-limit'
+  | 'body-storage-failed';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -55,6 +57,8 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'payload-too-large': [413, 'The request body is too large'],
   'headers-too-large': [431, 'The request headers are too large'],
   'upgrade-refused': [403, 'This protocol upgrade is not allowed'],
+  'streaming-limit': [503, "The upstream's connections for streaming requests are all in use"],
+  'body-storage-failed': [507, 'breakwater could not store the body in a temporary file'],
 };
 
 export interface Problem {

@@ -89,13 +89,18 @@ describe('slow clients', () => {
     for (const c of cleanup.splice(0).reverse()) await c();
   });
 
-  async function proxy(up: CountingUpstream, limits: string, upstreamExtra = ''): Promise<Running> {
+  async function proxy(
+    up: CountingUpstream,
+    limits: string,
+    upstreamExtra = '',
+    routeExtra = '',
+  ): Promise<Running> {
     const bw = await startBreakwater(`
 listeners:
   - name: main
     port: 0
     limits: { ${limits} }
-    routes: [{ upstream: app }]
+    routes: [{ upstream: app ${routeExtra} }]
 admin: { port: 0 }
 upstreams:
   app: { endpoints: ["${up.url}"], max_connections: 8 ${upstreamExtra} }
@@ -123,9 +128,14 @@ logging: { level: warn }
   it('answers 408 to a streamed body that stalls, and aborts its upstream request', async () => {
     const up = await countingUpstream();
     cleanup.push(() => up.close());
-    const bw = await proxy(up, 'body_idle_timeout: 300ms, max_body_bytes: 1MiB');
+    const bw = await proxy(
+      up,
+      'body_idle_timeout: 300ms, max_body_bytes: 1MiB',
+      '',
+      ', request_buffering: false',
+    );
     const c = rawConnection(bw.bw.listenerPort('main'));
-    // Larger than the 64 KiB body buffer: it streams to the upstream as it arrives.
+    // request_buffering: false: it streams to the upstream as it arrives.
     c.socket.write('POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n');
     c.socket.write(Buffer.alloc(100_000, 'a'));
     await c.closed;
