@@ -66,23 +66,46 @@ const BODY_STALLED = new AttemptError('client-aborted', 'the client stopped send
 const EVENT_STREAM = 1;
 const OPTED_OUT = 2;
 
+const CONTENT_TYPE = Buffer.from('content-type', 'latin1');
+const EVENT_STREAM_TYPE = Buffer.from('text/event-stream', 'latin1');
+const NO = Buffer.from('no', 'latin1');
+
+/** Whether `buf` from `at` starts with `lower` (ASCII lower case), ignoring case; no allocation. */
+function startsWithLower(buf: Buffer, at: number, lower: Buffer): boolean {
+  if (buf.length - at < lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    const c = buf[at + i] as number;
+    if ((c >= 65 && c <= 90 ? c + 32 : c) !== lower[i]) return false;
+  }
+  return true;
+}
+
 /**
  * Whether a response asks not to be buffered: `content-type: text/event-stream`, or the opt-out
- * header (lower-case name) with the value `no`. Names are compared by length first: most responses
- * cost a few integer comparisons.
+ * header (`optOut`, its lower-case name as bytes) with the value `no`. Compared byte by byte: a
+ * response costs a few length comparisons and allocates nothing.
  */
-function unbufferedKind(raw: readonly Buffer[], optOut: string): number {
+function unbufferedKind(raw: readonly Buffer[], optOut: Buffer): number {
   let kind = 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as Buffer;
-    if (name.length === 12 && name.toString('latin1').toLowerCase() === 'content-type') {
-      const v = (raw[i + 1] as Buffer).toString('latin1').trimStart().toLowerCase();
-      if (v.startsWith('text/event-stream')) return EVENT_STREAM;
-    } else if (name.length === optOut.length && name.toString('latin1').toLowerCase() === optOut) {
-      if ((raw[i + 1] as Buffer).toString('latin1').trim().toLowerCase() === 'no') kind = OPTED_OUT;
+    if (name.length === CONTENT_TYPE.length && startsWithLower(name, 0, CONTENT_TYPE)) {
+      const v = raw[i + 1] as Buffer;
+      if (startsWithLower(v, skipSpaces(v), EVENT_STREAM_TYPE)) return EVENT_STREAM;
+    } else if (name.length === optOut.length && startsWithLower(name, 0, optOut)) {
+      const v = raw[i + 1] as Buffer;
+      const at = skipSpaces(v);
+      if (startsWithLower(v, at, NO) && skipSpaces(v, at + NO.length) === v.length) kind = OPTED_OUT;
     }
   }
   return kind;
+}
+
+/** The first index of `buf` from `from` that is not a space or tab. */
+function skipSpaces(buf: Buffer, from = 0): number {
+  let i = from;
+  while (i < buf.length && (buf[i] === 32 || buf[i] === 9)) i++;
+  return i;
 }
 
 /** The request asks for an event stream (browsers' EventSource always says so). */
@@ -135,6 +158,8 @@ export class ProxyHandler {
   /** How responses reach the client: buffered for a slow client, or at its pace (per listener). */
   private bufferedRelay: RelayPolicy;
   private directRelay: RelayPolicy;
+  /** `buffering.opt_out_header`, lower case, as bytes. */
+  private optOutHeader: Buffer;
   /** Open WebSocket tunnels (kept across reloads, cut when the drain timeout passes). */
   readonly tunnels = new WebSocketTunnels();
 
@@ -143,6 +168,7 @@ export class ProxyHandler {
     this.inflight = deps.metrics.inflight.labels(deps.listener.name);
     this.sendTimeouts = deps.metrics.sendTimeouts.labels(deps.listener.name);
     [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
+    this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
 
   /**
@@ -154,6 +180,7 @@ export class ProxyHandler {
     this.router = new Router(deps.listener.routes);
     this.stats = new Map();
     [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
+    this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
 
   handle(req: IncomingMessage, res: ServerResponse): void {
@@ -551,7 +578,7 @@ export class ProxyHandler {
     head: ResponseHead,
   ): RelayPolicy | undefined {
     if (ctx.unbufferedResponse) return this.directRelay;
-    const kind = unbufferedKind(head.rawHeaders, this.deps.buffering.optOutHeader);
+    const kind = unbufferedKind(head.rawHeaders, this.optOutHeader);
     if (kind === 0) return this.bufferedRelay;
     const share = endpoint.share;
     if (share?.tryTake(endpoint)) {
@@ -659,7 +686,7 @@ export class ProxyHandler {
       bytes_out: bytes,
       attempts: ctx?.attempts ?? 0,
       retry_skipped: ctx?.retrySkipped,
-      response_buffered: buffered === undefined ? undefined : buffered.file ? 'file' : 'memory',
+      response_buffered: buffered,
       close_reason: cutReason,
       grpc_status: grpcStatus,
       upstream_error: ctx?.upstreamError,

@@ -364,8 +364,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     return this.relay?.cutReason;
   }
 
-  /** Whether the response was buffered for a slow client (memory), and whether it reached a file. */
-  get buffered(): { readonly memory: boolean; readonly file: boolean } | undefined {
+  /** Where the response was buffered for a slow client, if it was: memory only, or a file too. */
+  get buffered(): 'memory' | 'file' | undefined {
     return this.relay?.buffered;
   }
 

@@ -96,9 +96,10 @@ export class ClientRelay {
     res.on('drain', this.onDrain);
   }
 
-  /** Whether the relay buffers (spooled) at some point; whether that reached a file. */
-  get buffered(): { readonly memory: boolean; readonly file: boolean } {
-    return { memory: this.spool !== undefined, file: this.spool?.spilled ?? false };
+  /** Where the response was buffered for a slow client, if it was: memory only, or a file too. */
+  get buffered(): 'memory' | 'file' | undefined {
+    if (this.spool === undefined) return undefined;
+    return this.spool.spilled ? 'file' : 'memory';
   }
 
   /** A chunk of the upstream's body; false: the upstream should wait for `resumeUpstream`. */

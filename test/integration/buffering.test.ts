@@ -135,6 +135,11 @@ function rawClient(port: number, head: string) {
   return { socket, closed };
 }
 
+/** The client is still connected (it has read nothing yet). */
+function stillConnected(socket: net.Socket): boolean {
+  return !socket.destroyed && socket.readable;
+}
+
 /** Reads everything a paused raw socket receives until it closes; the bytes and how it ended. */
 async function drain(socket: net.Socket): Promise<{ bytes: Buffer; ended: 'end' | 'error' }> {
   const chunks: Buffer[] = [];
@@ -400,6 +405,28 @@ describe('response buffering', () => {
     const line = bw.logs.find((l) => l.path === '/big');
     expect(line?.response_buffered).toBe('file');
     expect(line?.complete).toBe(true);
+  });
+
+  it('gives the bulkhead slot back when the upstream is done, while the slow client still reads the buffered rest', async () => {
+    const big = randomBytes(32 * 1024 * 1024);
+    const up = await upstream((req, res) => (req.url === '/big' ? sendLarge(res, big) : res.end('next')));
+    const bw = await proxy({ up, upstream: ', bulkhead: { max_concurrent: 1 }' });
+    const c = rawClient(
+      bw.bw.listenerPort('main'),
+      'GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    await until(() => up.finished === 1, 10_000, 'the upstream to finish');
+    // (The upstream's last bytes may still be on their way to breakwater: a few tries.)
+    let answer = '';
+    for (let i = 0; i < 50 && answer !== '200 next'; i++) {
+      const next = await request(`${bw.url()}/next`);
+      answer = `${next.statusCode} ${await next.body.text()}`;
+      if (answer !== '200 next') await sleep(100);
+    }
+    expect(answer).toBe('200 next');
+    expect(stillConnected(c.socket)).toBe(true);
+    const r = await drain(c.socket);
+    expect(sha(bodyOf(r.bytes).body)).toBe(sha(big));
   });
 
   it('aborts the client, never ends it cleanly, when the upstream fails mid-body after buffering began', async () => {
