@@ -499,6 +499,9 @@ export class Breakwater {
     const dir = dirname(this.config.file);
     const base = basename(this.config.file);
     let timer: NodeJS.Timeout | undefined;
+    // The text last checked. It starts empty, not with a read of the file: such a read can finish
+    // after the file changed, and the change would then pass unseen. The hash comparison below is
+    // what keeps an unchanged file from reloading.
     let lastSeen = '';
     const check = async () => {
       try {
@@ -511,12 +514,6 @@ export class Breakwater {
         // the file is being replaced; the next event will tell
       }
     };
-    void readFile(this.config.file, 'utf8').then(
-      (t) => {
-        lastSeen = t;
-      },
-      () => undefined,
-    );
     this.watcher = watch(dir, (_event, name) => {
       if (name !== null && name !== base && !name.startsWith('..')) return;
       clearTimeout(timer);
@@ -614,6 +611,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
     requestBuffering: true,
     responseBuffering: true,
+    allowTrace: false,
   };
 }
 

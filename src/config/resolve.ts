@@ -66,6 +66,8 @@ export interface RetryPolicy {
   readonly retryOn: readonly RetryOutcome[];
   readonly maxBodyBytes: number;
   readonly retryNonIdempotent: boolean;
+  /** `retry.methods`: only these are retried once the request may have been processed (undefined: no such limit). */
+  readonly methods: ReadonlySet<string> | undefined;
   readonly attemptsHeader: boolean;
   readonly budget: { readonly ratio: number; readonly minPerSecond: number; readonly window: number };
 }
@@ -171,6 +173,11 @@ export interface UpstreamModel {
   readonly rateLimiter: RateLimiterPolicy | undefined;
   readonly bulkhead: BulkheadPolicy | undefined;
   readonly fallback: string | undefined;
+  /**
+   * `idempotency_keys`: whether the upstream deduplicates requests by their Idempotency-Key itself
+   * (then a keyed request may be retried after it may have been processed).
+   */
+  readonly idempotencyKeys: 'honored' | 'ignored';
   /** Set when the upstream has a `tls` block (its endpoints are then all https). */
   readonly tls: TlsModel | undefined;
   /** HTTP version spoken to the endpoints. */
@@ -209,6 +216,8 @@ export interface RouteModel {
   readonly requestBuffering: boolean;
   /** A response the client falls behind on is read on into memory, then a temporary file. */
   readonly responseBuffering: boolean;
+  /** TRACE is forwarded (else 405). */
+  readonly allowTrace: boolean;
 }
 
 export interface IdempotencyPolicy {
@@ -300,6 +309,7 @@ export const DEFAULTS = {
     retryOn: ['connect-failure', 'reset', '5xx'],
     maxBodyBytes: 65_536,
     retryNonIdempotent: false,
+    methods: undefined,
     attemptsHeader: true,
     budget: { ratio: 0.2, minPerSecond: 10, window: 10_000 },
   } satisfies RetryPolicy,
@@ -359,6 +369,10 @@ function websocketOf(
   };
 }
 
+function methodsOf(methods: readonly string[] | undefined): ReadonlySet<string> | undefined {
+  return methods === undefined ? undefined : new Set(methods);
+}
+
 /** Layers later in the list win (route over upstream over resilience). */
 function retryOf(layers: readonly (RetryInput | undefined)[]): RetryPolicy {
   const ordered = [...layers].reverse();
@@ -375,6 +389,7 @@ function retryOf(layers: readonly (RetryInput | undefined)[]): RetryPolicy {
     retryOn: get('retry_on') ?? d.retryOn,
     maxBodyBytes: get('max_body_bytes') ?? d.maxBodyBytes,
     retryNonIdempotent: get('retry_non_idempotent') ?? d.retryNonIdempotent,
+    methods: methodsOf(get('methods')),
     attemptsHeader: get('attempts_header') ?? d.attemptsHeader,
     budget: {
       ratio: budget('ratio') ?? d.budget.ratio,
@@ -607,6 +622,7 @@ export async function resolveConfig(
       rateLimiter: limiterOf([r.rate_limiter, u.rate_limiter]),
       bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
       fallback: u.fallback ?? r.fallback?.services?.[name]?.fallback_strategy,
+      idempotencyKeys: u.idempotency_keys ?? 'ignored',
       tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
       protocol: u.protocol ?? 'http1',
       maxConcurrentStreams: u.max_concurrent_streams ?? 100,
@@ -670,6 +686,7 @@ export async function resolveConfig(
           websocket: websocketOf(rt.websocket, [rt, u, r]),
           requestBuffering: rt.request_buffering ?? true,
           responseBuffering: rt.response_buffering ?? true,
+          allowTrace: rt.allow_trace ?? false,
         };
       }),
     };

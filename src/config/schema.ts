@@ -146,7 +146,17 @@ const failureOn = z.array(
 export const retrySchema = z
   .strictObject({
     enabled: z.boolean().optional().describe('Turns retries on or off. Default: true.'),
-    max_attempts: positiveInt.max(10).optional().describe('Attempts in all, the first included. Default: 3.'),
+    max_attempts: positiveInt
+      .max(10)
+      .optional()
+      .describe('Attempts in all, the first included (3 = the first and 2 retries). Default: 3.'),
+    methods: z
+      .array(z.string().regex(/^[A-Z]+$/, { error: 'expected an upper-case HTTP method' }))
+      .min(1)
+      .optional()
+      .describe(
+        'Only these methods are retried once the upstream may have processed the request (e.g. [GET]); any method is retried when it certainly was not (connect failure, refused stream). Non-idempotent methods listed here still need an opt-in. Default: every method the safety rule allows (the idempotent ones).',
+      ),
     initial_wait: duration
       .optional()
       .describe('Wait before the first retry (before jitter). Default: 100ms.'),
@@ -162,7 +172,9 @@ export const retrySchema = z
     retry_non_idempotent: z
       .boolean()
       .optional()
-      .describe('Retry POST/PATCH without an Idempotency-Key. Default: false.'),
+      .describe(
+        'Retry POST, PATCH and other non-idempotent methods on the usual conditions, as if idempotent (not on a route with idempotency). Default: false.',
+      ),
     attempts_header: z
       .boolean()
       .optional()
@@ -433,6 +445,12 @@ export const upstreamSchema = z.strictObject({
     .optional()
     .describe('Idle time before a pooled connection closes. Default: 4s.'),
   fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
+  idempotency_keys: z
+    .enum(['honored', 'ignored'])
+    .optional()
+    .describe(
+      'honored: the upstream deduplicates requests by their Idempotency-Key itself, so breakwater may retry a request that carries one after a 5xx or a timeout. Default: ignored (a request that may not be sent twice is retried only when it certainly was not processed).',
+    ),
   tls: tlsSchema.optional(),
   protocol: z
     .enum(['http1', 'h2', 'h2c'])
@@ -534,16 +552,26 @@ export const routeSchema = z.strictObject({
     .describe(
       "When the client reads slower than the upstream sends, read the upstream on into memory (buffering.response_buffer_bytes), then a temporary file (buffering.max_temp_file_bytes), so the upstream connection is freed at the upstream's speed, as nginx's proxy_buffering. false: the upstream waits for the client, within the upstream's streaming_connections. Default: true.",
     ),
+  allow_trace: z
+    .boolean()
+    .optional()
+    .describe(
+      'Forward TRACE requests (they echo the request back, cookies and credentials included: cross-site tracing). Default: false (405).',
+    ),
 });
 
 export const limitsSchema = z.strictObject({
   max_header_bytes: byteSize
     .optional()
-    .describe('Request line and headers together at most (431 beyond). Default: 16KiB.'),
+    .describe(
+      'Request line and headers together at most (431 beyond). HTTP/2: the header list as RFC 9113 counts it (name + value + 32 bytes per field, pseudo-headers included), also from clients that ignore SETTINGS. Default: 16KiB.',
+    ),
   max_headers: positiveInt
     .max(1000)
     .optional()
-    .describe('Request headers at most (431 beyond). Default: 100.'),
+    .describe(
+      'Request headers at most (431 beyond). HTTP/2: pseudo-headers are not counted, cookie crumbs count as one Cookie header. Default: 100.',
+    ),
   max_body_bytes: byteSize
     .optional()
     .describe('Request body at most (413 beyond); 0: no limit. Default: 1MiB, as nginx.'),

@@ -1,10 +1,14 @@
 /**
  * Retries, safe by default.
  *
- * - Only outcomes named in `retry_on` are retried, at most `max_attempts` attempts in all.
- * - Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are retried after the request
- *   may have reached the upstream, unless it carries an Idempotency-Key or the route opts in
- *   (`retry_non_idempotent`). A connect failure reached nothing, so any method may be retried then.
+ * - Only outcomes named in `retry_on` are retried, at most `max_attempts` attempts in all (the first
+ *   included).
+ * - A request is retried after an attempt the upstream may have processed only when it may be sent
+ *   twice (`maySendAgain`): an idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) that the
+ *   route's `idempotency` block does not cover, or an opt-in (`retry_non_idempotent`, a gRPC code
+ *   named in `retry_on`), or an Idempotency-Key that the upstream declares it honours
+ *   (`idempotency_keys: honored`). `retry.methods` narrows this further. An attempt that certainly
+ *   was not processed (connect failure, refused HTTP/2 stream) may be retried whatever the request.
  * - A body the listener buffered (request buffering, in memory or a temporary file) is sent again
  *   as is. A gRPC request stream that ends at once (a unary call) is kept for replay up to
  *   `max_body_bytes`. Any other stream (a longer gRPC stream; an upload on a route with
@@ -25,6 +29,29 @@ import { type Classified, classifyOutcome } from './outcome.js';
 import type { Clock, Layer, Outcome, RequestContext } from './types.js';
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
+/**
+ * Whether a request may be sent to the upstream again after an attempt that the upstream may have
+ * processed. `grpcNamed`: that attempt ended in a gRPC status that `retry_on` names (the service's
+ * word that the call may go again, as gRPC's own retryableStatusCodes).
+ */
+export function maySendAgain(ctx: RequestContext, policy: RetryPolicy, grpcNamed: boolean): boolean {
+  const method = ctx.method;
+  if (policy.methods !== undefined && !policy.methods.has(method)) return false;
+  // The upstream's own deduplication makes a keyed request safe to repeat, whatever else holds.
+  if (ctx.upstream.model.idempotencyKeys === 'honored' && ctx.req.headers['idempotency-key'] !== undefined)
+    return true;
+  // A route with proxy-side idempotency says the upstream must see the request at most once.
+  if (ctx.route.idempotency?.methods.has(method)) return false;
+  return IDEMPOTENT.has(method) || policy.retryNonIdempotent || grpcNamed;
+}
+
+/** Whether an outcome is a gRPC status (from the response headers) that `retry_on` names. */
+export function grpcStatusNamed(policy: RetryPolicy, o: Outcome): boolean {
+  if (o.type !== 'response') return false;
+  const g = o.head.grpcStatus;
+  return g !== undefined && g !== 0 && policy.retryOn.includes(grpcCodeName(g) as RetryOutcome);
+}
 
 export type SkipReason = 'budget' | 'body_too_large' | 'deadline' | 'method' | 'retry_after';
 
@@ -183,10 +210,6 @@ export function retryLayer(
         ctx.clientGone = true;
       }
     }
-    const idempotent =
-      IDEMPOTENT.has(ctx.method) ||
-      policy.retryNonIdempotent ||
-      ctx.req.headers['idempotency-key'] !== undefined;
     for (let retries = 0; ; retries++) {
       // Nothing is sent for a request that is already over (client gone, deadline passed, e.g.
       // while a slow client's body was being read).
@@ -197,10 +220,12 @@ export function retryLayer(
       const reason = retryReason(policy, c);
       if (reason === undefined) return outcome;
       if (retries + 1 >= policy.maxAttempts) return outcome;
-      // A connect failure reached nothing, so any method may go again; otherwise only idempotent ones.
-      // A gRPC code named in retry_on is the service's own word that the call may go again (as
-      // gRPC's retryPolicy.retryableStatusCodes): every gRPC call is a POST.
-      if (c.cause !== 'connect-failure' && c.grpc === undefined && !idempotent)
+      // An attempt that certainly was not processed (connect failure, refused stream) may go again
+      // whatever the request; after any other, only a request that may be sent twice.
+      if (
+        (outcome.type !== 'failure' || outcome.error.mayHaveReachedUpstream) &&
+        !maySendAgain(ctx, policy, c.grpc !== undefined)
+      )
         return skipped(ctx, events, 'method', outcome);
       if (!replayable(ctx.body)) return skipped(ctx, events, 'body_too_large', outcome);
       let wait = backoff(policy, retries, random);

@@ -32,6 +32,12 @@ export interface RequestContext {
   attempts: number;
   /** The attempt in flight, aborted if the client goes away. */
   current: Attempt | undefined;
+  /**
+   * Whether an attempt may have been processed by the upstream: set when an attempt starts, undone
+   * when it failed in a way that proves it was not (connect failure, refused HTTP/2 stream). A
+   * request that may not be sent twice goes to no other upstream (fallback) once this is set.
+   */
+  maybeProcessed: boolean;
   /** Endpoints already tried, so a retry prefers another. */
   tried: Endpoint | undefined;
   /** Set when the client went away; layers stop early. */
@@ -101,6 +107,7 @@ export function newContext(init: ContextInit): RequestContext {
     body: init.body,
     attempts: 0,
     current: undefined,
+    maybeProcessed: false,
     tried: undefined,
     clientGone: false,
     deadline: Number.POSITIVE_INFINITY,

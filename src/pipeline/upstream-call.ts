@@ -2,6 +2,7 @@
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
+import { peerAddress } from '../proxy/client-address.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
@@ -31,14 +32,14 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
    * place in the upstream's streaming share; with none free it waits, within its attempt timeout,
    * for one to be given back, then gets 503 `streaming-limit`.
    */
-  const streamingCall = async (ctx: RequestContext, timeout: number): Promise<Outcome> => {
+  const streamingCall = async (ctx: RequestContext, timeout: number, cut: boolean): Promise<Outcome> => {
     const until = clock.now() + timeout;
     const share = ctx.upstream.share;
     for (;;) {
       const picked = ctx.upstream.pickStreaming(ctx.tried);
       if (picked === undefined) return noEndpoint(ctx);
       const left = Math.floor(until - clock.now());
-      if (picked !== 'full') return send(ctx, picked, Math.max(1, left), true);
+      if (picked !== 'full') return send(ctx, picked, Math.max(1, left), true, cut);
       if (left <= 0 || ctx.clientGone || ctx.expired) break;
       if (!(await share.wait(left))) break;
     }
@@ -59,6 +60,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
     endpoint: Endpoint,
     timeout: number,
     streaming: boolean,
+    cut: boolean,
   ): Promise<Outcome> => {
     const { req, upstream, route } = ctx;
     ctx.tried = endpoint;
@@ -68,7 +70,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       host: upstream.hostFor(endpoint, req.headers.host),
       requestId: ctx.requestId,
       proto: 'http',
-      remoteAddress: req.socket.remoteAddress,
+      remoteAddress: peerAddress(req),
       trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));
@@ -107,6 +109,8 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       h2: upstream.model.protocol !== 'http1',
     });
     ctx.current = attempt;
+    const processedBefore = ctx.maybeProcessed;
+    ctx.maybeProcessed = true;
     attempt.start();
     return attempt.head.then(
       (head): Outcome => {
@@ -125,7 +129,9 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
         return { type: 'response', attempt, head, endpoint };
       },
       (err: AttemptError): Outcome => {
+        if (cut && err.kind === 'timeout' && !ctx.clientGone) ctx.expired = true;
         const outcome: Outcome = { type: 'failure', error: err, endpoint };
+        if (!err.mayHaveReachedUpstream) ctx.maybeProcessed = processedBefore;
         const c = classifyOutcome(outcome);
         onOutcome?.(c.label);
         if (c.cause !== 'aborted') ctx.upstreamError = err.code ?? err.kind;
@@ -136,11 +142,14 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
   };
 
   return (ctx: RequestContext) => {
-    // Each attempt gets its own timeout, cut short by what is left of the request deadline.
-    const timeout = Math.max(1, Math.min(ctx.route.timeouts.attempt, Math.floor(ctx.deadline - clock.now())));
-    if (ctx.unbufferedResponse || !replayable(ctx.body)) return streamingCall(ctx, timeout);
+    // Each attempt gets its own timeout, cut short by what is left of the request deadline. A cut
+    // attempt that times out ends at the deadline: that is the request's timeout (request-timeout).
+    const left = Math.floor(ctx.deadline - clock.now());
+    const cut = left <= ctx.route.timeouts.attempt;
+    const timeout = Math.max(1, cut ? left : ctx.route.timeouts.attempt);
+    if (ctx.unbufferedResponse || !replayable(ctx.body)) return streamingCall(ctx, timeout, cut);
     const endpoint = ctx.upstream.pick(ctx.tried);
     if (endpoint === undefined) return noEndpoint(ctx);
-    return send(ctx, endpoint, timeout, false);
+    return send(ctx, endpoint, timeout, false, cut);
   };
 }

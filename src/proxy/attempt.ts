@@ -31,7 +31,12 @@ export type AttemptCause =
 
 export class AttemptError extends Error {
   readonly kind: AttemptCause;
-  /** Whether any of the request may have reached the upstream (a retry of a non-idempotent request is unsafe then). */
+  /**
+   * Whether the upstream may have processed the request. False only when it certainly did not: the
+   * connection failed or was refused before the request was written (TCP, TLS, connect timeout, a
+   * wait for a pooled connection that timed out), or an HTTP/2 upstream refused the stream
+   * (REFUSED_STREAM). A request that may not be sent twice is retried only then.
+   */
   readonly mayHaveReachedUpstream: boolean;
   readonly code: string | undefined;
   constructor(kind: AttemptCause, message: string, mayHaveReachedUpstream: boolean, code?: string) {
@@ -198,6 +203,15 @@ export function classify(
       code,
     );
   }
+  // RFC 9113 8.7: a stream refused with REFUSED_STREAM was closed before any processing, so the
+  // request may be sent again whatever its method (Node's message names the code).
+  if (code === 'ERR_HTTP2_STREAM_ERROR' && err.message.endsWith('NGHTTP2_REFUSED_STREAM'))
+    return new AttemptError(
+      'reset',
+      'the upstream refused the HTTP/2 stream (REFUSED_STREAM) before processing it',
+      false,
+      'REFUSED_STREAM',
+    );
   if (code === 'BW_BODY_TOO_LARGE') return new AttemptError('request-body', err.message, sentHeaders, code);
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH')
     return new AttemptError(

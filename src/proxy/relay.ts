@@ -17,6 +17,7 @@
  * client connection is destroyed, so a short body never passes for a whole one.
  */
 import type { ServerResponse } from 'node:http';
+import { responseStream } from './protocol.js';
 import { ResponseSpool } from './spool.js';
 import type { TempFileError, TempFiles } from './temp-files.js';
 
@@ -250,7 +251,7 @@ export class ClientRelay {
     this.stop();
     const res = this.res;
     // Relayed where the client's framing can carry them: chunked HTTP/1.1, or HTTP/2.
-    if (res.chunkedEncoding || res.req.httpVersionMajor === 2) {
+    if (res.chunkedEncoding || responseStream(res) !== undefined) {
       const t = trailerObject(this.trailers);
       if (t) res.addTrailers(t);
     }

@@ -14,6 +14,7 @@
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
+import { isHttp2 } from './protocol.js';
 import type { TempFile, TempFiles } from './temp-files.js';
 
 /** A request body read whole into a temporary file (removed when the request ends). */
@@ -162,7 +163,7 @@ function rest(
 export function watchBodyIdle(req: IncomingMessage, ms: number, onIdle: () => void): void {
   if (ms <= 0 || req.complete) return;
   // HTTP/1.1 keeps the listener on the request; HTTP/2 registers it once per setTimeout call.
-  const h2 = req.httpVersionMajor === 2;
+  const h2 = isHttp2(req);
   const onTimeout = () => {
     if (req.complete || req.destroyed) return;
     if (req.readableLength > 0) {

@@ -314,8 +314,9 @@ ${upstreamExtra}
   });
 
   it('answers RESOURCE_EXHAUSTED when the rate limiter refuses a call', async () => {
+    // One token, and the next only in 100 s: a slow machine cannot earn one during the test.
     const up = await server({});
-    const bw = await proxy(up.port, '    rate_limiter: { max_requests_per_second: 1, burst_limit: 1 }');
+    const bw = await proxy(up.port, '    rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1 }');
     const c = client(bw);
     expect((await unary(c, { text: 'first', count: 0 })).value?.text).toBe('echo first');
     const second = await unary(c, { text: 'second', count: 0 });
