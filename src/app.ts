@@ -19,6 +19,7 @@ import { countsFields } from './pipeline/circuit-breaker.js';
 import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
+import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
 export interface StartOptions {
@@ -46,6 +47,7 @@ interface Generation {
   readonly upstreams: Map<string, Upstream>;
   readonly policies: Map<string, UpstreamPolicies>;
   readonly cache: ResponseCache;
+  readonly tempFiles: TempFiles;
 }
 
 /**
@@ -86,6 +88,8 @@ export class Breakwater {
   readonly idempotencyStore = new MemoryIdempotencyStore();
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
+  /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
+  private readonly tempDirs: TempFiles[] = [];
 
   private constructor(
     public config: ResolvedConfig,
@@ -151,6 +155,7 @@ export class Breakwater {
       metrics.cacheBytes.set(cache.bytes);
       metrics.cacheEntries.set(cache.entries);
     });
+    const tempFiles = await this.tempFilesFor(config.buffering.tempDir, previous?.tempFiles);
 
     const upstreams = new Map<string, Upstream>();
     const policies = new Map<string, UpstreamPolicies>();
@@ -218,6 +223,8 @@ export class Breakwater {
         accessLog: config.logging.access_log,
         accessLogHeaders: config.logging.access_log_headers.map((h) => h.toLowerCase()),
         draining: () => this.phase === 'draining',
+        tempFiles,
+        buffering: config.buffering,
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
         policiesOf: (name) => policies.get(name),
@@ -297,7 +304,7 @@ export class Breakwater {
       }
     }
 
-    this.current = { config, upstreams, policies, cache };
+    this.current = { config, upstreams, policies, cache, tempFiles };
     this.config = config;
     this.upstreams = upstreams;
     this.policies = policies;
@@ -346,6 +353,46 @@ export class Breakwater {
     return next;
   }
 
+  /**
+   * The temporary files of buffered bodies in `root`: the current ones when the directory did not
+   * change; else new ones, after removing what breakwater processes that are gone left in `root`.
+   */
+  private async tempFilesFor(root: string, current: TempFiles | undefined): Promise<TempFiles> {
+    if (current && current.root === root) return current;
+    const { metrics, logger } = this;
+    try {
+      const removed = await sweepLeftovers(root);
+      if (removed.length > 0)
+        logger.info(
+          { event: 'temp_files_swept', temp_dir: root, removed },
+          `removed ${removed.length} directories of temporary files left by breakwater processes that are gone`,
+        );
+    } catch (err) {
+      logger.warn({ err, temp_dir: root }, 'could not remove leftover temporary files');
+    }
+    const temp = new TempFiles(root, (kind, err) => {
+      metrics.tempFileErrors.labels(kind).inc();
+      logger.warn(
+        { event: 'temp_file_error', kind, errno: err.errno, err: err.message, temp_dir: root },
+        'temporary file failed',
+      );
+    });
+    this.tempDirs.push(temp);
+    metrics.collectors.set('temp_files', () => {
+      for (const kind of ['request', 'response'] as const) {
+        let files = 0;
+        let bytes = 0;
+        for (const t of this.tempDirs) {
+          files += t.files[kind];
+          bytes += t.bytes[kind];
+        }
+        metrics.tempFiles.labels(kind).set(files);
+        metrics.tempFileBytes.labels(kind).set(bytes);
+      }
+    });
+    return temp;
+  }
+
   /** Metrics and log lines for endpoint health changes and ejections. */
   private endpointEvents(upstream: string): EndpointEvents {
     const { metrics, logger } = this;
@@ -356,6 +403,9 @@ export class Breakwater {
         metrics.endpointHealthy.labels(upstream, e.model.url).set(e.available(now) ? 1 : 0);
         metrics.endpointInFlight.labels(upstream, e.model.url).set(e.inflight);
       }
+      let streaming = 0;
+      for (const e of u()?.endpoints ?? []) streaming += e.streaming;
+      metrics.streamingInFlight.labels(upstream).set(streaming);
     });
     return {
       healthChanged: (e, health) => {
@@ -443,6 +493,7 @@ export class Breakwater {
             health: e.health,
             ejected_for_ms: Math.max(0, Math.round(e.ejectedUntil - now)),
             in_flight: e.inflight,
+            streaming: e.streaming,
           })) ?? [],
       };
     }
@@ -569,6 +620,7 @@ export class Breakwater {
     }
     this.watcher?.close();
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
+    await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
     this.phase = 'stopped';
     this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
@@ -590,6 +642,8 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     maxBodyBytes: 0,
     trust: undefined,
     websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
+    requestBuffering: true,
+    responseBuffering: true,
     allowTrace: false,
   };
 }

@@ -5,6 +5,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
@@ -183,6 +184,11 @@ export interface UpstreamModel {
   readonly protocol: 'http1' | 'h2' | 'h2c';
   /** HTTP/2: streams at once per connection. */
   readonly maxConcurrentStreams: number;
+  /**
+   * Requests streaming at the client's pace (unbuffered uploads and responses) that one endpoint
+   * may carry at once: `streaming_connections` of its connections (HTTP/2: of its streams), at least 1.
+   */
+  readonly streamingLimit: number;
 }
 
 export interface RouteModel {
@@ -206,6 +212,10 @@ export interface RouteModel {
   /** The listener's trusted proxies (undefined: none). */
   readonly trust: TrustCheck | undefined;
   readonly websocket: WebSocketPolicy;
+  /** Request bodies are read whole (memory, then a temporary file) before the pipeline. */
+  readonly requestBuffering: boolean;
+  /** A response the client falls behind on is read on into memory, then a temporary file. */
+  readonly responseBuffering: boolean;
   /** TRACE is forwarded (else 405). */
   readonly allowTrace: boolean;
 }
@@ -235,6 +245,20 @@ export interface ListenerLimits {
   readonly keepaliveTimeout: number;
   readonly maxRequestsPerConnection: number;
   readonly maxConnections: number;
+  /** A client that accepts no byte of its response this long is cut (ms, 0: none). */
+  readonly sendTimeout: number;
+}
+
+/** Temporary files and memory for buffered bodies (the `buffering` block). */
+export interface BufferingModel {
+  /** Where breakwater makes its directory of temporary files. */
+  readonly tempDir: string;
+  /** Per response, memory for what the client has not taken yet. */
+  readonly responseBufferBytes: number;
+  /** Per response, the temporary file at most (0: none). */
+  readonly maxTempFileBytes: number;
+  /** Lower-case name of the response header whose value `no` turns buffering off. */
+  readonly optOutHeader: string;
 }
 
 export interface ListenerModel {
@@ -266,6 +290,7 @@ export interface ResolvedConfig {
   readonly logging: Config['logging'];
   readonly shutdown: Config['shutdown'];
   readonly readiness: Config['readiness'];
+  readonly buffering: BufferingModel;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -274,6 +299,7 @@ export const DEFAULTS = {
   timeouts: { attempt: 5_000, request: 15_000, connect: 2_000, body: 30_000 },
   maxConnections: 128,
   keepaliveTimeout: 4_000,
+  streamingShare: 0.5,
   retry: {
     enabled: true,
     maxAttempts: 3,
@@ -450,6 +476,16 @@ function idempotencyOf(i: RouteInput['idempotency']): IdempotencyPolicy | undefi
   };
 }
 
+/** `streaming_connections` of an endpoint's connections (HTTP/2: its streams), at least one. */
+function streamingLimitOf(u: UpstreamInput): number {
+  const connections = u.max_connections ?? DEFAULTS.maxConnections;
+  const perConnection = (u.protocol ?? 'http1') === 'http1' ? 1 : (u.max_concurrent_streams ?? 100);
+  return Math.max(
+    1,
+    Math.floor((u.streaming_connections ?? DEFAULTS.streamingShare) * connections * perConnection),
+  );
+}
+
 function endpointOf(e: UpstreamInput['endpoints'][number]): EndpointModel {
   const url = typeof e === 'string' ? e : e.url;
   const u = new URL(url);
@@ -592,6 +628,7 @@ export async function resolveConfig(
       tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
       protocol: u.protocol ?? 'http1',
       maxConcurrentStreams: u.max_concurrent_streams ?? 100,
+      streamingLimit: streamingLimitOf(u),
     };
   }
 
@@ -614,6 +651,7 @@ export async function resolveConfig(
         keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
         maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 0,
         maxConnections: l.limits?.max_connections ?? 10_000,
+        sendTimeout: l.limits?.send_timeout ?? 60_000,
       },
       routes: l.routes.map((rt, ri) => {
         const u = cfg.upstreams[rt.upstream];
@@ -648,6 +686,8 @@ export async function resolveConfig(
           maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
           trust,
           websocket: websocketOf(rt.websocket, [rt, u, r]),
+          requestBuffering: rt.request_buffering ?? true,
+          responseBuffering: rt.response_buffering ?? true,
           allowTrace: rt.allow_trace ?? false,
         };
       }),
@@ -688,6 +728,12 @@ export async function resolveConfig(
     logging: cfg.logging,
     shutdown: cfg.shutdown,
     readiness: cfg.readiness,
+    buffering: {
+      tempDir: cfg.buffering.temp_dir === undefined ? tmpdir() : resolvePath(base, cfg.buffering.temp_dir),
+      responseBufferBytes: cfg.buffering.response_buffer_bytes,
+      maxTempFileBytes: cfg.buffering.max_temp_file_bytes,
+      optOutHeader: cfg.buffering.opt_out_header.toLowerCase(),
+    },
     fallbackOf,
   };
   return { config: deepFreeze(config), problems };

@@ -516,6 +516,12 @@ export const upstreamSchema = z.strictObject({
     .max(1000)
     .optional()
     .describe('HTTP/2: requests at once on one connection. Default: 100.'),
+  streaming_connections: ratio
+    .refine((r) => r > 0, { error: 'expected more than 0% (at least one streaming request must fit)' })
+    .optional()
+    .describe(
+      "Share of each endpoint's connections (HTTP/2: of its streams) that requests streaming at the client's pace may hold at once: unbuffered uploads (request_buffering: false, gRPC) and unbuffered responses (gRPC, text/event-stream, response_buffering: false, the opt-out header). One more waits within its attempt timeout, then 503 streaming-limit. Default: 50%.",
+    ),
   ...policyKeys,
 });
 
@@ -589,6 +595,18 @@ export const routeSchema = z.strictObject({
   max_body_bytes: byteSize
     .optional()
     .describe("Overrides the listener's limits.max_body_bytes for this route."),
+  request_buffering: z
+    .boolean()
+    .optional()
+    .describe(
+      "Read each request body whole (memory up to limits.body_buffer_bytes, then a temporary file) before the request takes a limiter token, bulkhead slot or upstream connection, as nginx's proxy_request_buffering. false: stream uploads to the upstream as they arrive, within the upstream's streaming_connections. Default: true.",
+    ),
+  response_buffering: z
+    .boolean()
+    .optional()
+    .describe(
+      "When the client reads slower than the upstream sends, read the upstream on into memory (buffering.response_buffer_bytes), then a temporary file (buffering.max_temp_file_bytes), so the upstream connection is freed at the upstream's speed, as nginx's proxy_buffering. false: the upstream waits for the client, within the upstream's streaming_connections. Default: true.",
+    ),
   allow_trace: z
     .boolean()
     .optional()
@@ -618,11 +636,16 @@ export const limitsSchema = z.strictObject({
   body_buffer_bytes: byteSize
     .optional()
     .describe(
-      'Request bodies up to this size are read whole before the request goes on, so a slow uploader holds no bulkhead slot or upstream connection; larger ones stream. 0: stream all. Default: 64KiB.',
+      "Request bodies (buffered whole before the request goes on, see the route's request_buffering) are held in memory up to this size; larger ones go to a temporary file in buffering.temp_dir. 0: every body to a file. Default: 64KiB.",
     ),
   body_idle_timeout: duration
     .optional()
     .describe('Longest silence while a request body arrives (408 beyond); 0: none. Default: 60s, as nginx.'),
+  send_timeout: duration
+    .optional()
+    .describe(
+      'A client that accepts no byte of its response for this long is disconnected and its upstream request aborted, as nginx send_timeout; 0: none. Default: 60s.',
+    ),
   keepalive_timeout: duration
     .optional()
     .describe('Idle time of a client connection between requests. Default: 75s.'),
@@ -735,6 +758,33 @@ export const configSchema = z
           .describe('Not ready until each has a healthy endpoint (by health_check).'),
       })
       .prefault({}),
+    buffering: z
+      .strictObject({
+        temp_dir: z
+          .string()
+          .min(1)
+          .optional()
+          .describe(
+            'Directory for the temporary files of buffered request and response bodies (breakwater makes its own subdirectory, breakwater-<pid>-<random>, mode 0700). Default: the OS temp directory.',
+          ),
+        response_buffer_bytes: byteSize
+          .default(64 * 1024)
+          .describe(
+            'Per response, memory for what a slow client has not taken yet; beyond it, a temporary file. Default: 64KiB.',
+          ),
+        max_temp_file_bytes: byteSize
+          .default(1024 ** 3)
+          .describe(
+            'Per response, the temporary file at most (nginx proxy_max_temp_file_size); beyond it the upstream waits for the client. 0: no file, memory only. Default: 1GiB.',
+          ),
+        opt_out_header: headerName
+          .default('x-accel-buffering')
+          .describe(
+            'A response with this header set to "no" is not buffered (as nginx reads X-Accel-Buffering). Default: x-accel-buffering.',
+          ),
+      })
+      .prefault({})
+      .describe('Request and response buffering: where temporary files go and how large they may grow.'),
     cache: z
       .strictObject({
         max_bytes: byteSize

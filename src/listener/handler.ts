@@ -4,13 +4,20 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2 from 'node:http2';
-import { type Duplex, type Readable, Transform, type TransformCallback } from 'node:stream';
-import type { ListenerModel, RouteModel } from '../config/resolve.js';
+import { type Duplex, Transform, type TransformCallback } from 'node:stream';
+import type { BufferingModel, ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
-import { type Handler, newContext, type Outcome, type RequestContext } from '../pipeline/types.js';
-import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
+import {
+  type Handler,
+  newContext,
+  type Outcome,
+  onFinish,
+  type RequestContext,
+  runFinishers,
+} from '../pipeline/types.js';
+import { type Attempt, AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
 import {
   grpcCodeForProblem,
   grpcCodeName,
@@ -28,9 +35,11 @@ import {
   sendProblem,
 } from '../proxy/problem.js';
 import { isHttp2, requestStream, responseStream } from '../proxy/protocol.js';
-import { readUpTo, watchBodyIdle } from '../proxy/request-body.js';
+import type { RelayPolicy } from '../proxy/relay.js';
+import { bufferBody, watchBodyIdle } from '../proxy/request-body.js';
+import type { TempFileError, TempFiles } from '../proxy/temp-files.js';
 import { type TunnelPolicies, upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
-import type { Upstream } from '../upstream/upstream.js';
+import type { Endpoint, Upstream } from '../upstream/upstream.js';
 import { connectionOf } from './connection.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
 
@@ -48,6 +57,9 @@ export interface HandlerDeps {
   readonly policiesOf?: (upstream: string) => TunnelPolicies | undefined;
   /** Live traffic figures of an upstream (GET /state, the status page). */
   readonly statsOf?: (upstream: string) => UpstreamStats | undefined;
+  /** Temporary files of buffered bodies, and the buffering settings. */
+  readonly tempFiles: TempFiles;
+  readonly buffering: BufferingModel;
   /** The response cache's tee for this response, when it should be stored. */
   readonly teeFor?: (
     ctx: RequestContext,
@@ -63,6 +75,70 @@ export const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH';
 const FOREIGN_TARGET = 'absolute-form targets for other hosts are refused (breakwater is not an open proxy)';
 const CLIENT_GONE = new AttemptError('client-aborted', 'the client closed the connection', true);
 const BODY_STALLED = new AttemptError('client-aborted', 'the client stopped sending the request body', true);
+/** An unbuffered response by its headers: an event stream, or the opt-out header saying `no`. */
+const EVENT_STREAM = 1;
+const OPTED_OUT = 2;
+
+const CONTENT_TYPE = Buffer.from('content-type', 'latin1');
+const EVENT_STREAM_TYPE = Buffer.from('text/event-stream', 'latin1');
+const NO = Buffer.from('no', 'latin1');
+
+/** Whether `buf` from `at` starts with `lower` (ASCII lower case), ignoring case; no allocation. */
+function startsWithLower(buf: Buffer, at: number, lower: Buffer): boolean {
+  if (buf.length - at < lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    const c = buf[at + i] as number;
+    if ((c >= 65 && c <= 90 ? c + 32 : c) !== lower[i]) return false;
+  }
+  return true;
+}
+
+/**
+ * Whether a response asks not to be buffered: `content-type: text/event-stream`, or the opt-out
+ * header (`optOut`, its lower-case name as bytes) with the value `no`. Compared byte by byte: a
+ * response costs a few length comparisons and allocates nothing.
+ */
+function unbufferedKind(raw: readonly Buffer[], optOut: Buffer): number {
+  let kind = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as Buffer;
+    if (name.length === CONTENT_TYPE.length && startsWithLower(name, 0, CONTENT_TYPE)) {
+      const v = raw[i + 1] as Buffer;
+      if (startsWithLower(v, skipSpaces(v), EVENT_STREAM_TYPE)) return EVENT_STREAM;
+    } else if (name.length === optOut.length && startsWithLower(name, 0, optOut)) {
+      const v = raw[i + 1] as Buffer;
+      const at = skipSpaces(v);
+      if (startsWithLower(v, at, NO) && skipSpaces(v, at + NO.length) === v.length) kind = OPTED_OUT;
+    }
+  }
+  return kind;
+}
+
+/** The first index of `buf` from `from` that is not a space or tab. */
+function skipSpaces(buf: Buffer, from = 0): number {
+  let i = from;
+  while (i < buf.length && (buf[i] === 32 || buf[i] === 9)) i++;
+  return i;
+}
+
+/** The request asks for an event stream (browsers' EventSource always says so). */
+function wantsEventStream(req: IncomingMessage): boolean {
+  return req.headers.accept?.includes('text/event-stream') === true;
+}
+
+/** The client gets a 507 (disk or quota full) or 503 `body-storage-failed`. */
+function storageProblem(err: TempFileError, requestId: string, what: string): Problem {
+  return problem(
+    'body-storage-failed',
+    `${what} could not be stored in a temporary file (${err.errno ?? err.message})`,
+    {
+      status: err.noSpace ? 507 : 503,
+      requestId,
+      headers: CONNECTION_CLOSE,
+    },
+  );
+}
+
 const BODY_UNPARSABLE = new AttemptError('client-aborted', 'the request body could not be parsed', true);
 
 /** An error of Node's HTTP/1 parser or server, as the 'clientError' event gives it. */
@@ -100,12 +176,21 @@ export class ProxyHandler {
   private router: Router;
   private stats = new Map<RouteModel | undefined, RouteStats>();
   private readonly inflight: { inc(): void; dec(): void };
+  private readonly sendTimeouts: { inc(): void };
+  /** How responses reach the client: buffered for a slow client, or at its pace (per listener). */
+  private bufferedRelay: RelayPolicy;
+  private directRelay: RelayPolicy;
+  /** `buffering.opt_out_header`, lower case, as bytes. */
+  private optOutHeader: Buffer;
   /** Open WebSocket tunnels (kept across reloads, cut when the drain timeout passes). */
   readonly tunnels = new WebSocketTunnels();
 
   constructor(private deps: HandlerDeps) {
     this.router = new Router(deps.listener.routes);
     this.inflight = deps.metrics.inflight.labels(deps.listener.name);
+    this.sendTimeouts = deps.metrics.sendTimeouts.labels(deps.listener.name);
+    [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
+    this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
 
   /**
@@ -116,6 +201,8 @@ export class ProxyHandler {
     this.deps = deps;
     this.router = new Router(deps.listener.routes);
     this.stats = new Map();
+    [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
+    this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
 
   handle(req: IncomingMessage, res: ServerResponse): void {
@@ -219,13 +306,19 @@ export class ProxyHandler {
       method,
       path: upstreamPath(url, (pathOnly as string).length, route.stripPrefix),
       start,
-      // A chunked body has no declared size: it is counted as it streams. (Not a gRPC call's: its
-      // stream may carry any number of messages over its life; gRPC servers limit each message.)
-      body: !hasBody(req) ? null : chunked && limit > 0 && !grpc ? req.pipe(new BodyLimit(limit)) : req,
+      // A streamed chunked body has no declared size: it is counted as it streams (a buffered one
+      // as it is read). Not a gRPC call's: its stream may carry any number of messages over its
+      // life; gRPC servers limit each message.
+      body: !hasBody(req)
+        ? null
+        : chunked && limit > 0 && !grpc && !route.requestBuffering
+          ? req.pipe(new BodyLimit(limit))
+          : req,
       grpc,
       grpcTimeout: grpc
         ? (parseGrpcTimeout(req.headers['grpc-timeout']) ?? Number.POSITIVE_INFINITY)
         : Number.POSITIVE_INFINITY,
+      unbufferedResponse: grpc || !route.responseBuffering || wantsEventStream(req),
     });
     if (conn !== undefined) conn.current = ctx;
     res.once('close', () => {
@@ -233,8 +326,7 @@ export class ProxyHandler {
         ctx.clientGone = true;
         ctx.current?.abort(CLIENT_GONE);
       }
-      ctx.finished = true;
-      if (ctx.finishers) for (const f of ctx.finishers) f();
+      runFinishers(ctx);
       if (conn !== undefined && conn.current === ctx) conn.current = undefined;
       this.record(req, res, route, requestId, start, ctx.bytesOut, ctx);
     });
@@ -316,36 +408,34 @@ export class ProxyHandler {
   }
 
   /**
-   * A request with a body: silence while it arrives is 408 (`limits.body_idle_timeout`); a body up
-   * to `limits.body_buffer_bytes` is read whole before the pipeline runs (nginx's request
-   * buffering), so a slow uploader holds no limiter token, bulkhead slot or upstream connection,
-   * and must finish within the route's request_timeout. Larger bodies stream to the upstream.
+   * A request with a body: silence while it arrives is 408 (`limits.body_idle_timeout`). With
+   * request buffering (the default) the body is read whole before the pipeline runs, as nginx
+   * does: in memory up to `limits.body_buffer_bytes`, beyond that into a temporary file, so a slow
+   * uploader holds no limiter token, bulkhead slot or upstream connection, and it must arrive within
+   * the route's request_timeout. A temporary file that cannot be made or written is 507 (disk full)
+   * or 503. `request_buffering: false`, and gRPC calls (whose stream may stay open), stream to the
+   * upstream as they arrive, within the upstream's streaming share.
    */
   private receiveBody(ctx: RequestContext, pipeline: Handler): void {
-    const { req } = ctx;
+    const { req, route } = ctx;
     const limits = this.deps.listener.limits;
     // A gRPC stream may rightly be quiet (a bidi call waiting for the server); its deadline bounds it.
     if (!ctx.grpc)
       watchBodyIdle(req, limits.bodyIdleTimeout, () =>
         this.bodyTimedOut(ctx, `no byte of the request body arrived for ${limits.bodyIdleTimeout} ms`),
       );
-    const max = limits.bodyBufferBytes;
-    const declared = req.headers['content-length'];
-    // An HTTP/2 body of no declared length (a gRPC call, whose client may stream) is not held back.
-    if (
-      max === 0 ||
-      (declared !== undefined && Number(declared) > max) ||
-      (declared === undefined && isHttp2(req))
-    ) {
+    if (!route.requestBuffering || ctx.grpc) {
       this.run(ctx, pipeline);
       return;
     }
-    const cap = ctx.route.timeouts.request;
+    const cap = route.timeouts.request;
     const timer = setTimeout(
       () => this.bodyTimedOut(ctx, `the request body did not arrive within ${cap} ms (request_timeout)`),
       cap,
     );
-    readUpTo(ctx.body as Readable, max).then(
+    bufferBody(req, limits.bodyBufferBytes, route.maxBodyBytes, this.deps.tempFiles, (file) =>
+      onFinish(ctx, () => void file.remove()),
+    ).then(
       (body) => {
         clearTimeout(timer);
         if (ctx.clientGone) return;
@@ -354,7 +444,18 @@ export class ProxyHandler {
       },
       (err: { code?: string; message?: string }) => {
         clearTimeout(timer);
-        if (ctx.clientGone || err.code !== 'BW_BODY_TOO_LARGE') return; // the client went away
+        if (ctx.clientGone) return;
+        if (err.code === 'BW_TEMP_FILE') {
+          const e = err as TempFileError;
+          this.routeStats(route).log.error(
+            { request_id: ctx.requestId, errno: e.errno, err: e.message, temp_dir: this.deps.tempFiles.dir },
+            'request body could not be buffered in a temporary file',
+          );
+          refuseConnection(req);
+          sendProblem(ctx.res, storageProblem(e, ctx.requestId, 'the request body'));
+          return;
+        }
+        if (err.code !== 'BW_BODY_TOO_LARGE') return; // the client went away
         refuseConnection(req);
         sendProblem(
           ctx.res,
@@ -572,10 +673,17 @@ export class ProxyHandler {
         ctx.grpcStatus = head.grpcStatus;
         return 0;
       }
+      const relay = this.relayPolicy(ctx, outcome.endpoint, attempt, head);
+      if (relay === undefined) {
+        // An event stream with every place of the streaming share in use.
+        attempt.discard();
+        sendProblem(res, withHeaders(this.streamingFull(ctx, outcome.endpoint), extra));
+        return 0;
+      }
       const cacheTee = this.deps.teeFor?.(ctx, head)?.(headers);
       const storeTee = ctx.responseTee?.(head.status, headers);
       const tee = cacheTee && storeTee ? bothTees(cacheTee, storeTee) : (cacheTee ?? storeTee);
-      const result = await attempt.stream(res, head.status, headers, tee);
+      const result = await attempt.stream(res, head.status, headers, tee, relay, runFinishers, ctx);
       if (ctx.grpc) ctx.grpcStatus = attempt.grpcStatus;
       if (result.error && !res.headersSent) {
         sendProblem(res, withHeaders(failureProblem(result.error, ctx.upstream.name, ctx.requestId), extra));
@@ -595,6 +703,40 @@ export class ProxyHandler {
       }
       return 0;
     }
+  }
+
+  /**
+   * How a response reaches its client. Buffered (for a client that falls behind) unless it streams
+   * at the client's pace: gRPC, `response_buffering: false`, a request for an event stream (their
+   * attempts took a place in the streaming share), or a response that says so by its headers (an
+   * event stream, the opt-out header). Such a response takes a place in the share now; with none
+   * free, an event stream is refused (undefined: 503 `streaming-limit`) and any other response is
+   * buffered after all (the opt-out is a hint; buffering frees the connection).
+   */
+  private relayPolicy(
+    ctx: RequestContext,
+    endpoint: Endpoint,
+    attempt: Attempt,
+    head: ResponseHead,
+  ): RelayPolicy | undefined {
+    if (ctx.unbufferedResponse) return this.directRelay;
+    const kind = unbufferedKind(head.rawHeaders, this.optOutHeader);
+    if (kind === 0) return this.bufferedRelay;
+    const share = endpoint.share;
+    if (share?.tryTake(endpoint)) {
+      attempt.whenSettled(() => share.release(endpoint));
+      return this.directRelay;
+    }
+    return kind === EVENT_STREAM ? undefined : this.bufferedRelay;
+  }
+
+  private streamingFull(ctx: RequestContext, endpoint: Endpoint): Problem {
+    const detail = `every one of the ${endpoint.share?.limit ?? 0} places per endpoint of upstream ${ctx.upstream.name} for streaming responses is in use`;
+    return problem('streaming-limit', detail, {
+      upstream: ctx.upstream.name,
+      requestId: ctx.requestId,
+      headers: ['retry-after', '1'],
+    });
   }
 
   /** Writes a static or cached fallback answer. */
@@ -665,6 +807,9 @@ export class ProxyHandler {
       stats.codes.set(codeKey, counter);
     }
     counter.inc();
+    const cutReason = ctx?.current?.cutReason;
+    if (cutReason === 'send_timeout') this.sendTimeouts.inc();
+    const buffered = ctx?.current?.buffered;
     const grpcStatus = ctx?.grpc ? ctx.grpcStatus : undefined;
     if (grpcStatus !== undefined)
       this.deps.metrics.grpcCalls
@@ -683,6 +828,8 @@ export class ProxyHandler {
       bytes_out: bytes,
       attempts: ctx?.attempts ?? 0,
       retry_skipped: ctx?.retrySkipped,
+      response_buffered: buffered,
+      close_reason: cutReason,
       grpc_status: grpcStatus,
       upstream_error: ctx?.upstreamError,
       complete,
@@ -883,6 +1030,19 @@ class BodyLimit extends Transform {
     }
     done(null, chunk);
   }
+}
+
+/** The relay policies of a listener: buffered, and at the client's pace. Both carry send_timeout. */
+function relayPolicies(deps: HandlerDeps): [RelayPolicy, RelayPolicy] {
+  const sendTimeout = deps.listener.limits.sendTimeout;
+  const b = deps.buffering;
+  return [
+    {
+      buffer: { temp: deps.tempFiles, memory: b.responseBufferBytes, maxFile: b.maxTempFileBytes },
+      sendTimeout,
+    },
+    { buffer: undefined, sendTimeout },
+  ];
 }
 
 function hasBody(req: IncomingMessage): boolean {

@@ -14,6 +14,7 @@ import { ResponseCache } from '../cache/response-cache.js';
 import type { FallbackModel, RouteModel } from '../config/resolve.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
+import { replayable } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedStatus } from './outcome.js';
@@ -182,10 +183,10 @@ export class FallbackChain {
       };
     }
     if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? 300_000);
-    // type upstream: only a request whose body can be sent again, and, once the upstream may have
-    // processed it, only one that may be sent twice (the retry rule: a payment that got a 503 is
-    // not sent to a replica that shares its database).
-    if (ctx.body !== null && !Buffer.isBuffer(ctx.body)) return undefined;
+    // type upstream: only a request whose body can be sent again (in memory or a temporary file),
+    // and, once the upstream may have processed it, only one that may be sent twice (the retry
+    // rule: a payment that got a 503 is not sent to a replica that shares its database).
+    if (!replayable(ctx.body)) return undefined;
     if (ctx.maybeProcessed && !maySendAgain(ctx, ctx.route.retry, grpcNamed)) return undefined;
     ctx.finishers ??= [];
     const target = this.s.pipelineOf(f.upstream);

@@ -9,8 +9,11 @@
  *   named in `retry_on`), or an Idempotency-Key that the upstream declares it honours
  *   (`idempotency_keys: honored`). `retry.methods` narrows this further. An attempt that certainly
  *   was not processed (connect failure, refused HTTP/2 stream) may be retried whatever the request.
- * - The body is kept for replay up to `max_body_bytes`; a larger body is streamed and, once sent,
- *   never retried (counted as skipped: body_too_large).
+ * - A body the listener buffered (request buffering, in memory or a temporary file) is sent again
+ *   as is. A gRPC request stream that ends at once (a unary call) is kept for replay up to
+ *   `max_body_bytes`. Any other stream (a longer gRPC stream; an upload on a route with
+ *   `request_buffering: false`, which asked for streaming and is not held back here either) is
+ *   never retried once sent (counted as skipped: body_too_large).
  * - Waits grow exponentially with jitter; a `Retry-After` from the upstream is honoured (never
  *   retry earlier than it says), capped by `max_wait`; no retry starts that could not finish
  *   (wait + attempt timeout) before the request deadline (a gRPC call's grpc-timeout: wait only).
@@ -21,7 +24,7 @@
 import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
 import { grpcCodeName } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
-import { readUpTo } from '../proxy/request-body.js';
+import { readUpTo, replayable } from '../proxy/request-body.js';
 import { type Classified, classifyOutcome } from './outcome.js';
 import type { Clock, Layer, Outcome, RequestContext } from './types.js';
 
@@ -164,10 +167,10 @@ function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
   return undefined;
 }
 
-/** Reads the body into memory when it fits the replay buffer; otherwise leaves it streaming. */
-async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
+/** Reads an unbuffered body into memory when it fits the replay buffer; otherwise leaves it streaming. */
+async function keepForReplay(ctx: RequestContext, max: number): Promise<void> {
   const body = ctx.body;
-  if (body === null || Buffer.isBuffer(body)) return;
+  if (body === null || replayable(body) || !ctx.route.requestBuffering) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
   // A gRPC call of no declared length is kept only if its stream ends at once (a unary call does);
@@ -193,7 +196,7 @@ export function retryLayer(
     budget.recordRequest();
     if (ctx.body !== null) {
       try {
-        await bufferBody(ctx, policy.maxBodyBytes);
+        await keepForReplay(ctx, policy.maxBodyBytes);
       } catch (err) {
         if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE') {
           return {
@@ -224,9 +227,7 @@ export function retryLayer(
         !maySendAgain(ctx, policy, c.grpc !== undefined)
       )
         return skipped(ctx, events, 'method', outcome);
-      // (A body the listener read whole may still be over this route's replay limit.)
-      if (ctx.body !== null && (!Buffer.isBuffer(ctx.body) || ctx.body.length > policy.maxBodyBytes))
-        return skipped(ctx, events, 'body_too_large', outcome);
+      if (!replayable(ctx.body)) return skipped(ctx, events, 'body_too_large', outcome);
       let wait = backoff(policy, retries, random);
       if (outcome.type === 'response') {
         const ra = retryAfterMs(outcome.head.rawHeaders, clock.wall());

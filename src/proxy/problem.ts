@@ -31,6 +31,8 @@ export type ProblemKind =
   | 'payload-too-large'
   | 'headers-too-large'
   | 'upgrade-refused'
+  | 'streaming-limit'
+  | 'body-storage-failed'
   | 'header-timeout'
   | 'method-not-allowed'
   | 'expectation-failed'
@@ -60,6 +62,8 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'payload-too-large': [413, 'The request body is too large'],
   'headers-too-large': [431, 'The request headers are too large'],
   'upgrade-refused': [403, 'This protocol upgrade is not allowed'],
+  'streaming-limit': [503, "The upstream's connections for streaming requests are all in use"],
+  'body-storage-failed': [507, 'breakwater could not store the body in a temporary file'],
   'header-timeout': [408, 'The request headers did not arrive in time'],
   'method-not-allowed': [405, 'This method is not allowed'],
   'expectation-failed': [417, 'The expectation in the Expect header cannot be met'],

@@ -75,7 +75,11 @@ interface PodSpec {
   securityContext?: { runAsNonRoot?: boolean; seccompProfile?: { type: string } };
   initContainers?: Container[];
   containers: Container[];
-  volumes?: { name: string; configMap?: { name: string; items?: unknown[] } }[];
+  volumes?: {
+    name: string;
+    configMap?: { name: string; items?: unknown[] };
+    emptyDir?: { sizeLimit?: string; medium?: string };
+  }[];
 }
 interface Deployment extends KubeObject {
   spec: {
@@ -256,6 +260,20 @@ describe('the breakwater sidecar (k8s/base)', () => {
     expect(volume?.configMap?.items).toBeUndefined();
     expect(Object.keys(configMap.data)).toContain(posix.basename(imageConfigPath));
     expect(imageConfigPath).toBe('/etc/breakwater/breakwater.yaml');
+  });
+
+  it('gives the temporary files of buffered bodies a writable, bounded emptyDir where the config puts them', () => {
+    // The root filesystem is read-only: without a volume there, a body over body_buffer_bytes gets 507.
+    const raw = parseYaml(configMap.data[posix.basename(imageConfigPath)] ?? '') as {
+      buffering?: { temp_dir?: string };
+    };
+    const tempDir = raw.buffering?.temp_dir ?? '/tmp'; // os.tmpdir() in the image (no TMPDIR set)
+    expect(image.env.TMPDIR).toBeUndefined();
+    const mount = sidecar.volumeMounts?.find((m) => m.mountPath === tempDir);
+    expect(mount, `a mount at ${tempDir}`).toBeDefined();
+    expect(mount?.readOnly).not.toBe(true);
+    const volume = pod.volumes?.find((v) => v.name === mount?.name);
+    expect(volume?.emptyDir?.sizeLimit).toMatch(/^\d+(Mi|Gi)$/);
   });
 
   it('holds a config that breakwater validate accepts', async () => {

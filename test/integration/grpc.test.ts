@@ -324,6 +324,30 @@ ${upstreamExtra}
     expect(up.calls).toHaveLength(1);
   });
 
+  it('holds gRPC calls within the streaming share: a call beyond it waits, then UNAVAILABLE; it runs once a place is free', async () => {
+    const up = await server({});
+    // One connection of two streams, half of it for streaming: one call at a time.
+    const bw = await proxy(
+      up.port,
+      '    max_connections: 1\n    max_concurrent_streams: 2\n    streaming_connections: 50%\n    timeout: 500ms',
+    );
+    const c = client(bw);
+    const chat = c.Chat();
+    chat.on('error', () => undefined);
+    chat.write({ text: 'a', count: 1 });
+    await new Promise((r) => chat.once('data', r));
+    const t0 = performance.now();
+    const second = await unary(c, { text: 'b', count: 2 });
+    expect(second.error?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(second.error?.details).toContain('streaming');
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(400);
+    const ended = new Promise((r) => chat.once('status', r));
+    chat.end();
+    await ended;
+    const third = await unary(c, { text: 'c', count: 3 });
+    expect(third.value?.text).toBe('echo c');
+  });
+
   it('answers UNAVAILABLE when the upstream is down', async () => {
     const bw = await proxy(1);
     const r = await unary(client(bw), { text: 'x', count: 0 });

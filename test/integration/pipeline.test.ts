@@ -170,10 +170,11 @@ describe('retries', () => {
     expect(up.received.map((r) => r.body.toString())).toEqual(['order 0', 'order 1', 'order 2', 'order 3']);
   });
 
-  it('does not retry a body larger than max_body_bytes once sent, and counts it', async () => {
+  it('does not retry an unbuffered (request_buffering: false) body once sent, and counts it', async () => {
     const up = await upstream(failTwice);
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, max_body_bytes: 1024 } }`,
+      '[{ upstream: app, request_buffering: false }]',
     );
     const big = Buffer.alloc(4096, 'a');
     const res = await request(`${bw.url()}/big`, { method: 'PUT', body: big });
@@ -184,6 +185,19 @@ describe('retries', () => {
     expect(await metrics(bw)).toMatch(
       /breakwater_retries_skipped_total\{upstream="app",reason="body_too_large"\} 1/,
     );
+  });
+
+  it('retries a body the listener buffered, whatever retry.max_body_bytes says', async () => {
+    const up = await upstream(failTwice);
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, max_body_bytes: 1024 } }`,
+    );
+    const big = Buffer.alloc(4096, 'a');
+    const res = await request(`${bw.url()}/big`, { method: 'PUT', body: big });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(up.received).toHaveLength(3);
+    expect(up.received.every((r) => r.body.equals(big))).toBe(true);
   });
 
   it('stops retrying when the retry budget is spent', async () => {

@@ -30,6 +30,7 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     body: null,
     grpc: false,
     grpcTimeout: Number.POSITIVE_INFINITY,
+    unbufferedResponse: false,
   });
 }
 

@@ -83,6 +83,7 @@ function contextOf(c: Case): RequestContext {
     body: null,
     grpc: false,
     grpcTimeout: Number.POSITIVE_INFINITY,
+    unbufferedResponse: false,
   });
 }
 
