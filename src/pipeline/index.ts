@@ -23,7 +23,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
 import { Bulkhead } from './bulkhead.js';
-import { BREAKER_STATES, CircuitBreaker } from './circuit-breaker.js';
+import { BREAKER_STATES, CircuitBreaker, countsFields } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
 import { DegradationMonitor } from './degradation.js';
@@ -196,7 +196,7 @@ export class UpstreamPolicies {
             from: t.from,
             to: t.to,
             reason: t.reason,
-            ...t.counts,
+            ...countsFields(t.counts),
           },
           `circuit breaker ${name}: ${t.from} -> ${t.to} (${t.reason})`,
         );
