@@ -10,14 +10,16 @@ import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
-import { MemoryIdempotencyStore } from './idempotency/store.js';
+import { RedisIdempotencyStore } from './idempotency/redis-store.js';
+import { type IdempotencyStore, MemoryIdempotencyStore } from './idempotency/store.js';
 import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
-import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
+import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
+import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
 export interface StartOptions {
@@ -45,6 +47,8 @@ interface Generation {
   readonly upstreams: Map<string, Upstream>;
   readonly policies: Map<string, UpstreamPolicies>;
   readonly cache: ResponseCache;
+  /** stores.redis and the Idempotency-Key store on it (kept across reloads while unchanged). */
+  readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
 }
 
 /**
@@ -73,6 +77,8 @@ export class Breakwater {
   readonly listeners: DataListener[] = [];
   /** Listeners a reload removed or moved, while they drain. */
   private readonly retired = new Set<DataListener>();
+  /** Redis clients a reload replaced, until requests that started on them are done. */
+  private readonly retiredRedis = new Set<RedisStore>();
   admin: AdminListener | undefined;
   upstreams = new Map<string, Upstream>();
   policies = new Map<string, UpstreamPolicies>();
@@ -132,7 +138,6 @@ export class Breakwater {
   private async apply(config: ResolvedConfig, source: string | undefined): Promise<void> {
     const { metrics, logger } = this;
     const previous = this.current;
-    const services = { clock: this.clock, metrics, logger, random: Math.random };
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
     const cache =
@@ -150,6 +155,35 @@ export class Breakwater {
       metrics.cacheBytes.set(cache.bytes);
       metrics.cacheEntries.set(cache.entries);
     });
+
+    // One Redis client per process; a reload that changes stores.redis makes a new one and closes
+    // the old one once requests that started on it are done with it.
+    const redisModel = config.stores.redis;
+    const keptRedis =
+      previous?.redis && same(previous.config.stores.redis, redisModel) ? previous.redis : undefined;
+    const redis =
+      keptRedis ??
+      (redisModel
+        ? (() => {
+            const store = new RedisStore(redisModel, metrics, logger, this.clock);
+            return { store, idempotency: new RedisIdempotencyStore(store) };
+          })()
+        : undefined);
+    const services: PipelineServices = {
+      clock: this.clock,
+      metrics,
+      logger,
+      random: Math.random,
+      redis: redis?.store,
+    };
+    if (redis) {
+      metrics.collectors.set('store:redis', () =>
+        metrics.storeUp.labels('redis').set(redis.store.up ? 1 : 0),
+      );
+    } else {
+      metrics.collectors.delete('store:redis');
+      metrics.storeUp.remove('redis');
+    }
 
     const upstreams = new Map<string, Upstream>();
     const policies = new Map<string, UpstreamPolicies>();
@@ -175,6 +209,7 @@ export class Breakwater {
       degradation: config.degradation,
       pipelineOf,
       idempotency: this.idempotencyStore,
+      sharedIdempotency: redis?.idempotency,
     };
     for (const [name, model] of Object.entries(config.upstreams)) {
       if (model.tls?.insecureSkipVerify) {
@@ -274,7 +309,16 @@ export class Breakwater {
       }
     }
 
-    this.current = { config, upstreams, policies, cache };
+    const oldRedis = previous?.redis;
+    if (oldRedis && oldRedis !== redis) {
+      this.retiredRedis.add(oldRedis.store);
+      const closeOld = setTimeout(() => {
+        this.retiredRedis.delete(oldRedis.store);
+        void oldRedis.store.close();
+      }, config.shutdown.drain_timeout);
+      closeOld.unref();
+    }
+    this.current = { config, upstreams, policies, cache, redis };
     this.config = config;
     this.upstreams = upstreams;
     this.policies = policies;
@@ -395,6 +439,8 @@ export class Breakwater {
               burst: p.limiter.policy.burst,
               tokens: p.limiter.tokens(),
               queued: p.limiter.queueLength,
+              scope: p.limiter.policy.scope,
+              global: p.globalLimiter?.state() ?? null,
             }
           : null,
         bulkhead: p.bulkhead
@@ -427,6 +473,7 @@ export class Breakwater {
       config_hash: this.configHash,
       upstreams,
       cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
+      stores: { redis: this.current?.redis?.store.health() ?? null },
     };
   }
 
@@ -539,6 +586,8 @@ export class Breakwater {
     }
     this.watcher?.close();
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
+    await this.current?.redis?.store.close();
+    for (const r of this.retiredRedis) await r.close();
     await this.admin?.close();
     this.phase = 'stopped';
     this.logger.info({ took_ms: Date.now() - started }, 'shutdown: done');

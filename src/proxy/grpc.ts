@@ -131,6 +131,7 @@ const CODE_OF: Record<ProblemKind, number> = {
   'headers-too-large': GRPC_CODES.internal,
   'upgrade-refused': GRPC_CODES.internal,
   'shutting-down': GRPC_CODES.unavailable,
+  'store-unavailable': GRPC_CODES.unavailable,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

@@ -30,7 +30,8 @@ export type ProblemKind =
   | 'idempotency-conflict'
   | 'payload-too-large'
   | 'headers-too-large'
-  | 'upgrade-refused';
+  | 'upgrade-refused'
+  | 'store-unavailable';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -55,6 +56,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'payload-too-large': [413, 'The request body is too large'],
   'headers-too-large': [431, 'The request headers are too large'],
   'upgrade-refused': [403, 'This protocol upgrade is not allowed'],
+  'store-unavailable': [503, 'The shared store (Redis) is unreachable'],
 };
 
 export interface Problem {

@@ -9,6 +9,7 @@ import { Breakwater } from '../../src/app.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
+import type { Clock } from '../../src/pipeline/types.js';
 
 export interface Running {
   readonly bw: Breakwater;
@@ -21,7 +22,7 @@ export interface Running {
 
 export async function startBreakwater(
   yaml: string,
-  options: { env?: Record<string, string>; file?: string } = {},
+  options: { env?: Record<string, string>; file?: string; clock?: Clock } = {},
 ): Promise<Running> {
   let file = options.file;
   if (file === undefined) {
@@ -42,6 +43,7 @@ export async function startBreakwater(
     logger,
     metrics: createMetrics({ defaultMetrics: false }),
     source: yaml,
+    ...(options.clock ? { clock: options.clock } : {}),
   });
   const first = config.listeners[0]?.name ?? '';
   return {
