@@ -176,6 +176,7 @@ export class Breakwater {
       random: Math.random,
       redis: redis?.store,
     };
+    if (redis && redis !== keptRedis) await redis.store.waitReady(redis.store.model.connectTimeout);
     if (redis) {
       metrics.collectors.set('store:redis', () =>
         metrics.storeUp.labels('redis').set(redis.store.up ? 1 : 0),

@@ -248,7 +248,7 @@ export const rateLimiterSchema = z
     replicas: positiveInt
       .optional()
       .describe(
-        'scope global: replicas sharing the limit, for the local share while Redis is down; e.g. ${BREAKWATER_REPLICAS:-1}. Default: 1.',
+        'scope global: replicas sharing the limit, for the local share while Redis is down; usually substituted from an environment variable. Default: 1.',
       ),
   })
   .describe('Token bucket per upstream (the design document: 10000 req/s, burst 5000).');
@@ -664,10 +664,13 @@ const redisUrl = z.string().refine(
 export const redisStoreSchema = z
   .strictObject({
     url: redisUrl.describe(
-      'redis://host:port/db, or rediss:// for TLS; ${ENV} works here. Credentials in the URL are accepted, username/password keys are clearer.',
+      'redis://host:port/db, or rediss:// for TLS; environment substitution works here. Credentials in the URL are accepted, username/password keys are clearer.',
     ),
     username: z.string().min(1).optional().describe('ACL user name. Default: none (the default user).'),
-    password: z.string().optional().describe('Password, e.g. ${REDIS_PASSWORD}. Default: none.'),
+    password: z
+      .string()
+      .optional()
+      .describe('Password, best substituted from an environment variable. Default: none.'),
     tls: tlsSchema
       .optional()
       .describe('TLS towards Redis (implied by rediss://): CA, server name, client certificate.'),

@@ -88,7 +88,7 @@ export class GlobalRateLimiter {
     readonly store: RedisStore,
     /** The bucket of this replica's share, used while Redis is unreachable (on_store_error: local). */
     readonly local: RateLimiter,
-    private readonly upstream: string,
+    upstream: string,
     private readonly clock: Clock,
     metrics: Metrics,
     private readonly logger: Logger,
@@ -175,7 +175,7 @@ export class GlobalRateLimiter {
     } catch {
       return this.fallback(ctx, next, upstream, events);
     }
-    if (this.fellBack) {
+    if (this.fellBack && this.store.breaker.state === 'closed') {
       this.fellBack = false;
       this.logger.info(
         { event: 'rate_limit_store_back', upstream },
@@ -204,7 +204,8 @@ export class GlobalRateLimiter {
     events: RateLimiterEvents,
   ): Outcome | Promise<Outcome> {
     const mode = this.policy.onStoreError;
-    if (!this.fellBack) {
+    // Logged once per outage (the store's breaker open), not for a single slow answer.
+    if (!this.fellBack && this.store.breaker.state !== 'closed') {
       this.fellBack = true;
       const how =
         mode === 'local'

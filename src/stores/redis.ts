@@ -60,6 +60,12 @@ export interface StoreHealth {
 
 type Counter = { inc(): void };
 
+/** The Buffer-reply forms of EVALSHA and EVAL that ioredis defines at run time. */
+interface BufferScripting {
+  evalshaBuffer(sha: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
+  evalBuffer(lua: string, numkeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>;
+}
+
 /** The metric children of one operation, made once. */
 interface OpMetrics {
   readonly ok: Counter;
@@ -74,7 +80,8 @@ export class RedisStore {
   readonly breaker: StoreBreaker;
   private readonly ops = new Map<string, OpMetrics>();
   private lastError: { message: string; at: number } | undefined;
-  private outage = false;
+  /** Between a connection error and the next 'ready' (for logging once per disconnection). */
+  private disconnected = false;
   private closed = false;
 
   constructor(
@@ -111,11 +118,21 @@ export class RedisStore {
       retryStrategy: (times) =>
         Math.min(50 * 2 ** Math.min(times, 10), 2_000) + Math.floor(Math.random() * 100),
     });
-    this.client.on('error', (err: Error) => this.noteError(err.message));
+    // Connection errors are logged once until the client is connected again; command failures
+    // are counted, and logged when they open the breaker.
+    this.client.on('error', (err: Error) => {
+      this.noteError(err.message);
+      if (this.disconnected || this.closed) return;
+      this.disconnected = true;
+      this.logger.warn(
+        { event: 'store_error', store: 'redis', address: model.address, error: err.message },
+        `redis store ${model.address}: ${err.message}; reconnecting with backoff, on_store_error applies meanwhile`,
+      );
+    });
     this.client.on('ready', () => {
       this.breaker.reconnected();
-      if (this.outage) {
-        this.outage = false;
+      if (this.disconnected) {
+        this.disconnected = false;
         this.logger.info(
           { event: 'store_connected', store: 'redis', address: model.address },
           `redis store ${model.address} connected again`,
@@ -207,12 +224,32 @@ export class RedisStore {
     keys: readonly string[],
     args: readonly (string | number | Buffer)[],
   ): Promise<unknown> {
+    // ioredis makes a *Buffer twin of every command at run time without typing it. Its
+    // callBuffer() loses the command name under auto-pipelining (6.0.0), so it is not used.
+    const b = client as unknown as BufferScripting;
     try {
-      return await client.callBuffer('EVALSHA', s.sha, keys.length, ...keys, ...args);
+      return await b.evalshaBuffer(s.sha, keys.length, ...keys, ...args);
     } catch (err) {
       if (!String((err as Error).message).startsWith('NOSCRIPT')) throw err;
-      return client.callBuffer('EVAL', s.lua, keys.length, ...keys, ...args);
+      return b.evalBuffer(s.lua, keys.length, ...keys, ...args);
     }
+  }
+
+  /**
+   * Resolves when the client is connected, or after `ms` (start-up waits this long for Redis so
+   * the first requests find it connected; an unreachable Redis delays start by `ms` at most).
+   */
+  waitReady(ms: number): Promise<void> {
+    if (this.client.status === 'ready') return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.client.off('ready', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.client.once('ready', done);
+    });
   }
 
   /** Closes the connection (no reconnect); later calls fail as unavailable. */
@@ -224,13 +261,6 @@ export class RedisStore {
 
   private noteError(message: string): void {
     this.lastError = { message, at: this.clock.now() };
-    if (!this.outage && !this.closed) {
-      this.outage = true;
-      this.logger.warn(
-        { event: 'store_error', store: 'redis', address: this.model.address, error: message },
-        `redis store ${this.model.address} failed: ${message}; the configured on_store_error applies until it is back`,
-      );
-    }
     this.updateUp();
   }
 

@@ -117,11 +117,15 @@ listeners:
   - name: main
     port: 0
     routes:
-      - { name: api, upstream: ${name} }
       - name: pay
         match: { path_prefix: /pay }
         upstream: ${name}
         idempotency: { store: redis, key_scope: global }
+      - name: payfwd
+        match: { path_prefix: /payfwd }
+        upstream: ${name}
+        idempotency: { store: redis, key_scope: global, on_store_error: forward }
+      - { name: api, upstream: ${name} }
 admin: { port: 0 }
 stores:
   redis: { url: "\${REDIS_URL}" ${extra} }
@@ -139,6 +143,8 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
   let up: TestUpstream;
   /** Upstream arrival time (performance.now()) per request path. */
   const arrivals = new Map<string, number>();
+  /** Payment paths the upstream was called with, one entry per call. */
+  const charges: string[] = [];
   const replicas: Running[] = [];
 
   async function fleet(yaml: string, clocks: (Clock | undefined)[] = [undefined, undefined, undefined]) {
@@ -157,7 +163,17 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     client.on('error', () => undefined);
     await client.connect();
     up = await startUpstream((req, res) => {
-      arrivals.set(req.url ?? '', performance.now());
+      const url = req.url ?? '';
+      if (url.startsWith('/pay')) {
+        // A payment: every request that reaches here is one charge.
+        charges.push(url);
+        setTimeout(() => {
+          res.writeHead(201, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ charge: charges.length }));
+        }, 300);
+        return;
+      }
+      arrivals.set(url, performance.now());
       res.end('ok');
     });
   }, 60_000);
@@ -261,6 +277,159 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     // The skewed replica got its fair part of the admissions, no more (it cannot refill the bucket).
     const bySkewed = shots.filter((s, i) => i % 3 === 1 && s.status === 200).length;
     expect(bySkewed).toBeLessThan(admitted * 0.5);
+    for (const r of fleetOf3) await r.stop();
+  }, 60_000);
+  it('concurrent duplicate POSTs with one Idempotency-Key over three replicas reach the upstream once', async () => {
+    const fleetOf3 = await fleet(
+      fleetConfig(up.url, 'payments', '{ max_requests_per_second: 10000, scope: global }'),
+    );
+    const send = (r: Running, key: string, body: string) =>
+      shoot(r.url(), '/pay/charges', {
+        method: 'POST',
+        headers: { 'idempotency-key': key, 'content-type': 'application/json' },
+        body,
+      });
+    const answers = await Promise.all(
+      Array.from({ length: 9 }, (_, i) => send(fleetOf3[i % 3] as Running, 'order-42', '{"amount":100}')),
+    );
+    expect(charges.filter((c) => c === '/pay/charges')).toHaveLength(1);
+    const original = answers.filter(
+      (a) => a.status === 201 && a.headers['idempotent-replayed'] === undefined,
+    );
+    expect(original).toHaveLength(1);
+    for (const a of answers) {
+      if (a === original[0]) continue;
+      if (a.status === 409) expect(a.body).toContain('idempotency-conflict');
+      else {
+        expect(a.status).toBe(201);
+        expect(a.headers['idempotent-replayed']).toBe('true');
+        expect(a.body).toBe(original[0]?.body);
+      }
+    }
+    // Later, on any replica: the stored response, byte for byte; another body under the key: 422.
+    for (const r of fleetOf3) {
+      const again = await send(r, 'order-42', '{"amount":100}');
+      expect(again.status).toBe(201);
+      expect(again.headers['idempotent-replayed']).toBe('true');
+      expect(again.body).toBe(original[0]?.body);
+    }
+    const other = await send(fleetOf3[2] as Running, 'order-42', '{"amount":999}');
+    expect(other.status).toBe(422);
+    expect(charges.filter((c) => c === '/pay/charges')).toHaveLength(1);
+    // A request that produced nothing to replay releases the key on every replica: a retry runs.
+    expect(await sumOver(fleetOf3, 'breakwater_idempotency_total', { result: 'stored' })).toBe(1);
+    for (const r of fleetOf3) await r.stop();
+  }, 60_000);
+
+  it('Redis killed and restarted under traffic: no request hangs, the local share applies and is counted, then the global limit again', async () => {
+    const fleetOf3 = await fleet(
+      fleetConfig(
+        up.url,
+        'outage',
+        '{ max_requests_per_second: 60, burst_limit: 6, scope: global, replicas: 3, on_store_error: local }',
+        ', command_timeout: 100ms',
+      ),
+    );
+    const urls = fleetOf3.map((r) => r.url());
+    // A steady 40 req/s, round robin, while Redis is up, down, and back.
+    const before = await blast(urls, 40, 1000, '/o/before');
+    await redis.stop('SIGKILL');
+    const down = await blast(urls, 80, 2000, '/o/down');
+    // The key with Idempotency-Key cannot be checked: 503 (reject), or forwarded (forward).
+    const pay = await shoot(urls[0] as string, '/pay/x', {
+      method: 'POST',
+      headers: { 'idempotency-key': 'k-down' },
+      body: 'x',
+    });
+    expect(pay.status).toBe(503);
+    expect(pay.body).toContain('store-unavailable');
+    const payFwd = await shoot(urls[0] as string, '/payfwd/x', {
+      method: 'POST',
+      headers: { 'idempotency-key': 'k-down' },
+      body: 'x',
+    });
+    expect(payFwd.status).toBe(201);
+    await redis.restart();
+    // Traffic until every replica decides from Redis again (bounded).
+    const storeDecisions = async () =>
+      sumOver(fleetOf3, 'breakwater_rate_limit_decisions_total', { source: 'store' });
+    const afterKill = await storeDecisions();
+    const after: Shot[] = [];
+    const end = Date.now() + 15_000;
+    while (Date.now() < end) {
+      after.push(...(await blast(urls, 12, 300, '/o/after')));
+      let all = true;
+      for (const r of fleetOf3)
+        if ((await metric(r, 'breakwater_rate_limit_decisions_total', { source: 'store' })) === 0)
+          all = false;
+      if ((await storeDecisions()) > afterKill + 6 && all) break;
+    }
+    expect(await storeDecisions()).toBeGreaterThan(afterKill + 6);
+
+    // No request hung: each was answered, 200 or 429, and the outage added little latency.
+    for (const s of [...before, ...down, ...after]) expect([200, 429]).toContain(s.status);
+    const added = p99(down.map((s) => s.ms)) - p99(before.map((s) => s.ms));
+    expect(added).toBeLessThan(100 + 100);
+    // The failure mode was applied and counted; logged once per replica for the outage.
+    expect(
+      await sumOver(fleetOf3, 'breakwater_rate_limit_decisions_total', { source: 'local_fallback' }),
+    ).toBeGreaterThan(0);
+    const notSent = await sumOver(fleetOf3, 'breakwater_store_requests_total', {
+      op: 'rate_limit',
+      result: 'unavailable',
+    });
+    expect(notSent).toBeGreaterThan(0);
+    for (const r of fleetOf3) {
+      expect(r.logs.filter((l) => l.event === 'rate_limit_store_unavailable')).toHaveLength(1);
+      const state = (await (await request(`${r.adminUrl}/state`)).body.json()) as {
+        stores: { redis: { up: boolean; breaker: string } };
+      };
+      expect(state.stores.redis.up).toBe(true);
+      expect(await metric(r, 'breakwater_store_up', { store: 'redis' })).toBe(1);
+    }
+    expect(await sumOver(fleetOf3, 'breakwater_idempotency_total', { result: 'store_error_rejected' })).toBe(
+      1,
+    );
+    expect(await sumOver(fleetOf3, 'breakwater_idempotency_total', { result: 'store_error_forwarded' })).toBe(
+      1,
+    );
+    for (const r of fleetOf3) await r.stop();
+  }, 60_000);
+
+  it('a hung Redis (SIGSTOP) costs one command_timeout per probe: the store breaker keeps requests off it', async () => {
+    const fleetOf3 = await fleet(
+      fleetConfig(
+        up.url,
+        'hung',
+        '{ max_requests_per_second: 1000, scope: global, replicas: 3, on_store_error: allow }',
+        ', command_timeout: 20ms, breaker: { failure_threshold: 3, reset_timeout: 500ms }',
+      ),
+    );
+    const urls = fleetOf3.map((r) => r.url());
+    const before = await blast(urls, 30, 1000, '/h/before');
+    redis.pause();
+    let hung: Shot[];
+    try {
+      hung = await blast(urls, 90, 2000, '/h/hung');
+    } finally {
+      redis.resume();
+    }
+    for (const s of [...before, ...hung]) expect(s.status).toBe(200);
+    const timeouts = await sumOver(fleetOf3, 'breakwater_store_requests_total', {
+      op: 'rate_limit',
+      result: 'timeout',
+    });
+    const refused = await sumOver(fleetOf3, 'breakwater_store_requests_total', {
+      op: 'rate_limit',
+      result: 'unavailable',
+    });
+    // Per replica: 3 to open the breaker, then one probe per 500 ms of the 2 s (and a little slack
+    // for a slow run); every other request skipped Redis.
+    expect(timeouts).toBeLessThanOrEqual(3 * (3 + 6));
+    expect(refused).toBeGreaterThan(timeouts);
+    // The slowest requests waited one command_timeout, not more.
+    const added = p99(hung.map((s) => s.ms)) - p99(before.map((s) => s.ms));
+    expect(added).toBeLessThan(20 + 100);
     for (const r of fleetOf3) await r.stop();
   }, 60_000);
 });

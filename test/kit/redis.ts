@@ -43,6 +43,10 @@ export interface RedisServer {
   stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port (empty: no persistence). */
   restart(): Promise<void>;
+  /** SIGSTOP: the server hangs, connections stay open (a stalled Redis, not a dead one). */
+  pause(): void;
+  /** SIGCONT after pause(). */
+  resume(): void;
 }
 
 /** Resolves when `port` answers PING with PONG, or rejects after `timeoutMs`. */
@@ -97,9 +101,16 @@ export async function startRedis(): Promise<RedisServer> {
     async stop(signal: NodeJS.Signals = 'SIGKILL') {
       const p = proc;
       if (p?.pid === undefined || p.exitCode !== null || p.signalCode !== null) return;
+      process.kill(p.pid, 'SIGCONT');
       process.kill(p.pid, signal);
       await exited;
     },
     restart: launch,
+    pause() {
+      if (proc?.pid !== undefined && proc.exitCode === null) process.kill(proc.pid, 'SIGSTOP');
+    },
+    resume() {
+      if (proc?.pid !== undefined && proc.exitCode === null) process.kill(proc.pid, 'SIGCONT');
+    },
   };
 }
