@@ -283,6 +283,7 @@ export class Breakwater {
       }
     } catch (err) {
       await Promise.all(bound.map((l) => l.close()));
+      if (redis && redis !== keptRedis) await redis.store.close();
       throw err;
     }
     const retired = this.listeners.filter((l) => !keep.includes(l));

@@ -192,7 +192,9 @@ export class RedisStore {
       this.breaker.success();
       return value;
     } catch (err) {
-      const message = (err as Error).message ?? String(err);
+      const raw = (err as Error).message ?? String(err);
+      // ioredis's words for "no connection" (offline queue off) say how it is configured, not what happened.
+      const message = raw.includes('enableOfflineQueue') ? 'not connected' : raw;
       const result = message === 'Command timed out' ? 'timeout' : 'error';
       m.duration.observe((performance.now() - start) / 1000);
       m[result].inc();

@@ -7,6 +7,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Clock, systemClock } from '../../src/pipeline/types.js';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { freePort } from '../kit/process.js';
 import { type RedisServer, redisSkip, startRedis } from '../kit/redis.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
@@ -432,4 +433,64 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     expect(added).toBeLessThan(20 + 100);
     for (const r of fleetOf3) await r.stop();
   }, 60_000);
+});
+
+describe('fleet mode with no Redis at all', () => {
+  it('starts within connect_timeout, never crashes, and applies on_store_error: deny (503), allow and local', async () => {
+    const port = await freePort(); // nothing listens there
+    const up = await startUpstream((_req, res) => res.end('ok'));
+    const started = Date.now();
+    const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    routes:
+      - { name: deny, match: { path_prefix: /deny }, upstream: denied }
+      - { name: allow, match: { path_prefix: /allow }, upstream: allowed }
+      - { name: local, upstream: shared }
+admin: { port: 0 }
+stores:
+  redis: { url: "redis://127.0.0.1:${port}", connect_timeout: 300ms }
+upstreams:
+  denied:
+    endpoints: ["${up.url}"]
+    rate_limiter: { max_requests_per_second: 100, scope: global, on_store_error: deny }
+  allowed:
+    endpoints: ["${up.url}"]
+    rate_limiter: { max_requests_per_second: 1, burst_limit: 1, scope: global, on_store_error: allow }
+  shared:
+    endpoints: ["${up.url}"]
+    rate_limiter: { max_requests_per_second: 2, burst_limit: 4, scope: global, replicas: 2 }
+logging: { level: info, access_log: false }
+`);
+    try {
+      expect(Date.now() - started).toBeLessThan(5_000);
+      const denied = await shoot(bw.url(), '/deny/x');
+      expect(denied.status).toBe(503);
+      expect(JSON.parse(denied.body).type).toBe('urn:breakwater:problem:store-unavailable');
+      expect(Number(denied.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      // allow: a limit of 1/s that lets everything through while Redis is away.
+      for (let i = 0; i < 5; i++) expect((await shoot(bw.url(), '/allow/x')).status).toBe(200);
+      // local: the share is 2/2 = 1/s with burst 4/2 = 2: two pass, the third is limited.
+      const local = [];
+      for (let i = 0; i < 3; i++) local.push((await shoot(bw.url(), '/x')).status);
+      expect(local).toEqual([200, 200, 429]);
+      const decided = (labels: Record<string, string>) =>
+        metric(bw, 'breakwater_rate_limit_decisions_total', { source: 'local_fallback', ...labels });
+      expect(await decided({ upstream: 'denied', result: 'unavailable' })).toBe(1);
+      expect(await decided({ upstream: 'allowed', result: 'allowed' })).toBe(5);
+      expect(await decided({ upstream: 'shared', result: 'limited' })).toBe(1);
+      expect(await metric(bw, 'breakwater_store_up', { store: 'redis' })).toBe(0);
+      const state = (await (await request(`${bw.adminUrl}/state`)).body.json()) as {
+        stores: { redis: { up: boolean; connection: string; last_error: string | null } };
+      };
+      expect(state.stores.redis.up).toBe(false);
+      expect(state.stores.redis.connection).not.toBe('ready');
+      expect(state.stores.redis.last_error).toMatch(/ECONNREFUSED|not connected/);
+      expect(bw.logs.filter((l) => l.event === 'store_error')).toHaveLength(1);
+    } finally {
+      await bw.stop();
+      await up.close();
+    }
+  }, 30_000);
 });
