@@ -107,6 +107,11 @@ function idealAdmissions(times: readonly number[], rate: number, burst: number):
   return n;
 }
 
+/** Decisions the replicas took without Redis (on_store_error). */
+function fallbacks(rs: readonly Running[]): Promise<number> {
+  return sumOver(rs, 'breakwater_rate_limit_decisions_total', { source: 'local_fallback' });
+}
+
 function p99(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))] ?? 0;
@@ -189,9 +194,10 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
   /** The blast both rate tests run: 1000 requests over 3 s across the replicas. */
   /**
    * The blast both rate tests run: 1000 requests over 3 s across the replicas. `ideal` is what one
-   * perfect bucket (100/s, burst 10) admits of the same requests at the moments they were decided
-   * (arrival at the upstream for an admitted one, the answer for a refused one): on a busy machine
-   * the offered load has gaps, and this bound follows them where a fixed rate * seconds would not.
+   * perfect bucket (100/s, burst 10) admits of the same requests, on the timeline they were sent
+   * and on the one they were decided (arrival at the upstream for an admitted one, the answer for a
+   * refused one): on a busy machine the offered load has gaps, and this bound follows them where a
+   * fixed rate * seconds would not.
    */
   async function measuredBlast(fleetOf3: readonly Running[], prefix: string) {
     const before = await redisTime(client);
@@ -204,13 +210,17 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     const elapsed = (await redisTime(client)) - before;
     const admitted = shots.filter((s) => s.status === 200).length;
     const decided = shots.map((s) => (s.status === 200 ? (arrivals.get(s.path) ?? s.done) : s.done));
+    const sent = shots.map((s) => s.at);
     const atUpstream = shots.filter((s) => arrivals.has(s.path)).length;
-    return { shots, elapsed, admitted, atUpstream, ideal: idealAdmissions(decided, 100, 10) };
+    // Neither timeline is exact (a request is decided between being sent and being answered): the
+    // lower bound takes the lesser of the two.
+    const ideal = Math.min(idealAdmissions(decided, 100, 10), idealAdmissions(sent, 100, 10));
+    return { shots, elapsed, admitted, atUpstream, ideal };
   }
 
   // A generous command_timeout: these tests are about sharing, not outages (a busy machine must not
   // push the replicas into their local fallback).
-  const ACCURATE = 'command_timeout: 500ms';
+  const ACCURATE = 'command_timeout: 2s';
 
   it('a global limit of 100 req/s holds across three replicas: 1000 requests let ~100/s through, not ~300/s', async () => {
     const fleetOf3 = await fleet(
@@ -225,12 +235,13 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     const limited = shots.filter((s) => s.status === 429);
     expect(admitted + limited.length).toBe(1000);
     expect(atUpstream).toBe(admitted);
-    // Redis's clock bounds what GCRA can admit: the burst plus the rate over the run (and three
-    // local buckets of 100/s would have admitted about three times as much).
+    // Every decision came from Redis (no local fallback, which could admit more).
+    expect(await fallbacks(fleetOf3)).toBe(0);
+    // Redis's clock bounds what GCRA can admit: the burst plus the rate over the run (three local
+    // buckets of 100/s would have admitted about three times as much).
     expect(admitted).toBeLessThanOrEqual(10 + 100 * elapsed);
     // And the limit is not stingier than an ideal bucket fed the same requests, within 10 %.
     expect(admitted).toBeGreaterThanOrEqual(Math.floor(ideal * 0.9));
-    expect(admitted).toBeLessThanOrEqual(Math.ceil(ideal * 1.1));
     // 429s carry the global state.
     const h = limited[0]?.headers;
     expect(h?.['ratelimit-policy']).toBe('"default";q=100;w=1');
@@ -246,9 +257,6 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     expect(
       await sumOver(fleetOf3, 'breakwater_rate_limit_decisions_total', { source: 'cache' }),
     ).toBeGreaterThan(0);
-    expect(
-      await sumOver(fleetOf3, 'breakwater_rate_limit_decisions_total', { source: 'local_fallback' }),
-    ).toBe(0);
     for (const r of fleetOf3) await r.stop();
   }, 60_000);
 
@@ -269,12 +277,9 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
       [undefined, skewed, undefined],
     );
     const { shots, elapsed, admitted, ideal } = await measuredBlast(fleetOf3, '/b');
+    expect(await fallbacks(fleetOf3)).toBe(0);
     expect(admitted).toBeLessThanOrEqual(10 + 100 * elapsed);
     expect(admitted).toBeGreaterThanOrEqual(Math.floor(ideal * 0.9));
-    expect(admitted).toBeLessThanOrEqual(Math.ceil(ideal * 1.1));
-    expect(
-      await sumOver(fleetOf3, 'breakwater_rate_limit_decisions_total', { source: 'local_fallback' }),
-    ).toBe(0);
     // The skewed replica got its fair part of the admissions, no more (it cannot refill the bucket).
     const bySkewed = shots.filter((s, i) => i % 3 === 1 && s.status === 200).length;
     expect(bySkewed).toBeLessThan(admitted * 0.5);
