@@ -2,6 +2,9 @@
  * Fleet mode against a real redis-server: three breakwater replicas share one global rate limit
  * and one Idempotency-Key store; Redis is killed and restarted under traffic.
  */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -438,6 +441,48 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     expect(added).toBeLessThan(20 + 100);
     for (const r of fleetOf3) await r.stop();
   }, 60_000);
+  it('one Redis connection per process: kept by a reload that does not change stores.redis, replaced by one that does, closed at stop', async () => {
+    const named = async () =>
+      ((await client.client('LIST')) as string).split('\n').filter((l) => / name=breakwater /.test(l)).length;
+    const base = await named();
+    const yaml = (prefix: string) => `
+listeners: [{ name: main, port: 0, routes: [{ name: api, upstream: reloaded }] }]
+admin: { port: 0 }
+stores:
+  redis: { url: "${redis.url}", key_prefix: "${prefix}" }
+upstreams:
+  reloaded:
+    endpoints: ["${up.url}"]
+    rate_limiter: { max_requests_per_second: 0.2, burst_limit: 10, scope: global }
+shutdown: { drain_timeout: 200ms }
+logging: { level: info, access_log: false }
+`;
+    const file = join(mkdtempSync(join(tmpdir(), 'bw-fleet-')), 'breakwater.yaml');
+    writeFileSync(file, yaml('one:'));
+    const bw = await startBreakwater(yaml('one:'), { file });
+    try {
+      expect(await named()).toBe(base + 1);
+      expect((await shoot(bw.url(), '/r/1')).status).toBe(200);
+      expect(await client.exists('one:rl:{reloaded}')).toBe(1);
+      writeFileSync(file, `${yaml('one:')}\n# a comment changes nothing\n`);
+      expect((await bw.bw.reload('test')).ok).toBe(true);
+      expect(await named()).toBe(base + 1);
+      writeFileSync(file, yaml('two:'));
+      expect((await bw.bw.reload('test')).ok).toBe(true);
+      expect((await shoot(bw.url(), '/r/2')).status).toBe(200);
+      expect(await client.exists('two:rl:{reloaded}')).toBe(1);
+      // (A GCRA key lives until its bucket is full again: 5 s here.) The old connection closes once
+      // the drain timeout has passed.
+      const end = Date.now() + 10_000;
+      while ((await named()) !== base + 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      expect(await named()).toBe(base + 1);
+    } finally {
+      await bw.stop();
+    }
+    const end = Date.now() + 5_000;
+    while ((await named()) !== base && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    expect(await named()).toBe(base);
+  }, 30_000);
 });
 
 describe('fleet mode with no Redis at all', () => {
