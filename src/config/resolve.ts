@@ -567,8 +567,9 @@ async function redisStoreOf(
     host: u.hostname.replace(/^\[|\]$/g, ''),
     port,
     db,
-    username: r.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
-    password: r.password ?? (u.password ? decodeURIComponent(u.password) : undefined),
+    // An empty value (an unset ${VAR:-}) means none.
+    username: r.username || (u.username ? decodeURIComponent(u.username) : undefined),
+    password: r.password || (u.password ? decodeURIComponent(u.password) : undefined),
     tls,
     address: `${tls ? 'rediss' : 'redis'}://${u.host}/${db}`,
     keyPrefix: r.key_prefix,

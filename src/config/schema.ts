@@ -670,7 +670,7 @@ export const redisStoreSchema = z
     password: z
       .string()
       .optional()
-      .describe('Password, best substituted from an environment variable. Default: none.'),
+      .describe('Password, best substituted from an environment variable; empty means none. Default: none.'),
     tls: tlsSchema
       .optional()
       .describe('TLS towards Redis (implied by rediss://): CA, server name, client certificate.'),

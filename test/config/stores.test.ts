@@ -2,6 +2,8 @@
  * stores.redis and the keys that use it: defaults, the URL, environment substitution, and the
  * cross-checks that name what is missing.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, parseConfigText } from '../../src/config/load.js';
 
@@ -120,5 +122,18 @@ stores:
       'upstreams.app.rate_limiter.mode: mode: shape works with scope: local only',
     );
     expect(problems).toContain('stores.redis.command_timeout: command_timeout must be more than 0');
+  });
+});
+
+describe('config/examples/fleet.yaml', () => {
+  it('is valid, with Redis and the replica count from the environment', async () => {
+    const file = join(import.meta.dirname, '../../config/examples/fleet.yaml');
+    const config = await parseConfigText(readFileSync(file, 'utf8'), file, {
+      env: { REDIS_URL: 'redis://redis:6379', BREAKWATER_REPLICAS: '20' },
+    });
+    expect(config.stores.redis?.address).toBe('redis://redis:6379/0');
+    expect(config.stores.redis?.password).toBeUndefined();
+    expect(config.upstreams.payments?.rateLimiter).toMatchObject({ scope: 'global', replicas: 20 });
+    expect(config.listeners[0]?.routes[0]?.idempotency?.store).toBe('redis');
   });
 });
