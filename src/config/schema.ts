@@ -666,7 +666,10 @@ export const redisStoreSchema = z
     url: redisUrl.describe(
       'redis://host:port/db, or rediss:// for TLS; environment substitution works here. Credentials in the URL are accepted, username/password keys are clearer.',
     ),
-    username: z.string().min(1).optional().describe('ACL user name. Default: none (the default user).'),
+    username: z
+      .string()
+      .optional()
+      .describe('ACL user name; empty means none. Default: none (the default user).'),
     password: z
       .string()
       .optional()
