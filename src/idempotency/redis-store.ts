@@ -12,8 +12,8 @@
  * - settled (conflict: wait): polls the key until it is no longer a claim.
  *
  * Failures: `begin` rejects with StoreUnavailableError (the layer applies `on_store_error`);
- * `complete` and `release` never reject (they are fire-and-forget; the store counts and logs the
- * failure, and a claim left behind lapses with its lease).
+ * `complete` and `release` never reject (they are fire-and-forget): they are tried again a few
+ * times, then a claim left behind lapses with its lease.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { RedisStore } from '../stores/redis.js';
@@ -38,6 +38,7 @@ return 0
 `);
 
 const NL = 0x0a;
+const RETRY_WAITS = [0, 100, 500, 2000];
 
 /** The completed record of `response`. */
 export function encodeCompleted(fingerprint: string, response: StoredResponse): Buffer {
@@ -122,11 +123,10 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     const fingerprint = claim.slice(claim.indexOf('\n', 2) + 1);
     const record = encodeCompleted(fingerprint, response);
     const rk = this.redisKey(key);
-    await this.store
-      .run('idempotency_complete', (c) =>
-        this.store.evalScript(c, COMPLETE, [rk], [claim, record, Math.max(1, Math.round(ttlMs))]),
-      )
-      .catch(() => undefined);
+    const ttl = Math.max(1, Math.round(ttlMs));
+    await this.background('idempotency_complete', (c) =>
+      this.store.evalScript(c, COMPLETE, [rk], [claim, record, ttl]),
+    );
   }
 
   async release(key: string): Promise<void> {
@@ -134,9 +134,24 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     if (claim === undefined) return;
     this.claims.delete(key);
     const rk = this.redisKey(key);
-    await this.store
-      .run('idempotency_release', (c) => this.store.evalScript(c, RELEASE, [rk], [claim]))
-      .catch(() => undefined);
+    await this.background('idempotency_release', (c) => this.store.evalScript(c, RELEASE, [rk], [claim]));
+  }
+
+  /**
+   * complete and release run after the response, off the request's path: a failed one is tried
+   * again after 100 ms, 500 ms and 2 s (both are compare-and-set on the claim, so a repeat is
+   * harmless), and only then left to the claim's lease. Never rejects.
+   */
+  private async background(op: string, fn: (c: RedisStore['client']) => Promise<unknown>): Promise<void> {
+    for (const wait of RETRY_WAITS) {
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      try {
+        await this.store.run(op, fn);
+        return;
+      } catch {
+        // counted and noted by the store; tried again
+      }
+    }
   }
 
   /** Polls until the key holds no claim (completed, released, lapsed), or `timeoutMs` passed. */

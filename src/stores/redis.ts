@@ -10,7 +10,9 @@
  * - reconnection with capped exponential backoff and jitter, forever, by the client itself;
  * - an `error` listener always attached (an unhandled `error` event would end the process), which
  *   logs once per outage;
- * - auto-pipelining: the commands of one event-loop turn go out in one write.
+ * - commands pipelined on the one connection (sent without waiting for earlier replies), but not
+ *   auto-pipelined: ioredis's auto-pipelining answers a batch only when its slowest command is
+ *   answered, which would tie one request's limit check to another's.
  *
  * Every call goes through `run()`, which asks the breaker first: while Redis is down (the breaker
  * open), callers get a `StoreUnavailableError` without touching the network, and once per
@@ -113,7 +115,7 @@ export class RedisStore {
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 0,
-      enableAutoPipelining: true,
+      enableAutoPipelining: false,
       protocol: 2,
       retryStrategy: (times) =>
         Math.min(50 * 2 ** Math.min(times, 10), 2_000) + Math.floor(Math.random() * 100),
@@ -226,8 +228,8 @@ export class RedisStore {
     keys: readonly string[],
     args: readonly (string | number | Buffer)[],
   ): Promise<unknown> {
-    // ioredis makes a *Buffer twin of every command at run time without typing it. Its
-    // callBuffer() loses the command name under auto-pipelining (6.0.0), so it is not used.
+    // ioredis makes a *Buffer twin of every command at run time without typing it (its
+    // callBuffer() also loses the command name when auto-pipelining is on, in 6.0.0).
     const b = client as unknown as BufferScripting;
     try {
       return await b.evalshaBuffer(s.sha, keys.length, ...keys, ...args);

@@ -1,7 +1,7 @@
 /**
  * What one global rate-limit decision costs, without the HTTP stack around it: a redis-server of
  * its own (no persistence, a free port on 127.0.0.1), breakwater's RedisStore and GCRA script from
- * dist/, 30,000 decisions 50 at a time (as 50 concurrent requests would make them, auto-pipelined).
+ * dist/, 30,000 decisions 50 at a time (as 50 concurrent requests would make them).
  * Prints CPU per decision in this process and in redis-server, and decisions per second.
  *
  *   npm run build && node test/bench/global-limit-cost.mjs

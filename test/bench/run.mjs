@@ -563,7 +563,7 @@ const SCENARIOS = [
     available: h2loadAvailable,
   },
   // A rate limit shared through Redis against the same limit kept in the process, both set high
-  // enough never to trigger: the cost per request of one EVALSHA round trip (auto-pipelined).
+  // enough never to trigger: the cost per request of one EVALSHA round trip.
   breakwaterScenario({
     name: 'breakwater-limit-local',
     description: 'rate_limiter scope local (the in-process bucket), never triggering',
