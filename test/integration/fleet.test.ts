@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type Clock, systemClock } from '../../src/pipeline/types.js';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
 import { freePort } from '../kit/process.js';
@@ -187,8 +187,14 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
     });
   }, 60_000);
 
+  // A test that fails half-way leaves neither replicas nor a stopped Redis to the next one.
+  afterEach(async () => {
+    for (const r of replicas.splice(0)) await r.stop();
+    redis.resume();
+    if (!redis.running) await redis.restart();
+  });
+
   afterAll(async () => {
-    for (const r of replicas) await r.stop();
     client?.disconnect();
     await up?.close();
     await redis?.stop('SIGTERM');

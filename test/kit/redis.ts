@@ -47,6 +47,8 @@ export interface RedisServer {
   pause(): void;
   /** SIGCONT after pause(). */
   resume(): void;
+  /** Whether the server process is running (paused counts as running). */
+  readonly running: boolean;
 }
 
 /** Resolves when `port` answers PING with PONG, or rejects after `timeoutMs`. */
@@ -106,6 +108,9 @@ export async function startRedis(): Promise<RedisServer> {
       await exited;
     },
     restart: launch,
+    get running() {
+      return proc !== undefined && proc.exitCode === null && proc.signalCode === null;
+    },
     pause() {
       if (proc?.pid !== undefined && proc.exitCode === null) process.kill(proc.pid, 'SIGSTOP');
     },
