@@ -2,6 +2,7 @@
  * Fleet mode against a real redis-server: three breakwater replicas share one global rate limit
  * and one Idempotency-Key store; Redis is killed and restarted under traffic.
  */
+import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -63,6 +64,22 @@ async function blast(
     pending.push(shoot(urls[i % urls.length] as string, `${prefix}/${i}`));
   }
   return Promise.all(pending);
+}
+
+function promtoolCheck(text: string): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    p.stdout.on('data', (d) => {
+      output += d;
+    });
+    p.stderr.on('data', (d) => {
+      output += d;
+    });
+    p.on('error', reject);
+    p.on('exit', (code) => resolve({ code, output }));
+    p.stdin.end(text);
+  });
 }
 
 /** Redis's own clock in seconds. */
@@ -411,6 +428,18 @@ describe.skipIf(redisSkip)('fleet mode: three replicas share Redis', () => {
       expect(state.stores.redis.up).toBe(true);
       expect(await metric(r, 'breakwater_store_up', { store: 'redis' })).toBe(1);
     }
+    // The store's series pass promtool, as the rest of the exposition does.
+    const scrape = await (await request(`${fleetOf3[0]?.adminUrl}/metrics`)).body.text();
+    for (const name of [
+      'breakwater_store_requests_total',
+      'breakwater_store_duration_seconds_bucket',
+      'breakwater_store_up',
+      'breakwater_rate_limit_decisions_total',
+    ])
+      expect(scrape).toContain(name);
+    const checked = await promtoolCheck(scrape);
+    expect(checked.output).toBe('');
+    expect(checked.code).toBe(0);
     expect(await sumOver(fleetOf3, 'breakwater_idempotency_total', { result: 'store_error_rejected' })).toBe(
       1,
     );
