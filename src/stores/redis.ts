@@ -117,8 +117,9 @@ export class RedisStore {
       maxRetriesPerRequest: 0,
       enableAutoPipelining: false,
       protocol: 2,
+      // 50 ms, doubling up to 2 s, plus up to 100 ms of jitter; forever.
       retryStrategy: (times) =>
-        Math.min(50 * 2 ** Math.min(times, 10), 2_000) + Math.floor(Math.random() * 100),
+        Math.min(50 * 2 ** Math.min(times - 1, 10), 2_000) + Math.floor(Math.random() * 100),
     });
     // Connection errors are logged once until the client is connected again; command failures
     // are counted, and logged when they open the breaker.
