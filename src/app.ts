@@ -19,6 +19,7 @@ import { createMetrics, type Metrics } from './observability/metrics.js';
 import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
+import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
 import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
@@ -49,6 +50,7 @@ interface Generation {
   readonly cache: ResponseCache;
   /** stores.redis and the Idempotency-Key store on it (kept across reloads while unchanged). */
   readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
+  readonly tempFiles: TempFiles;
 }
 
 /**
@@ -91,6 +93,8 @@ export class Breakwater {
   readonly idempotencyStore = new MemoryIdempotencyStore();
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
+  /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
+  private readonly tempDirs: TempFiles[] = [];
 
   private constructor(
     public config: ResolvedConfig,
@@ -155,6 +159,7 @@ export class Breakwater {
       metrics.cacheBytes.set(cache.bytes);
       metrics.cacheEntries.set(cache.entries);
     });
+    const tempFiles = await this.tempFilesFor(config.buffering.tempDir, previous?.tempFiles);
 
     // One Redis client per process; a reload that changes stores.redis makes a new one and closes
     // the old one once requests that started on it are done with it.
@@ -253,6 +258,8 @@ export class Breakwater {
         accessLog: config.logging.access_log,
         accessLogHeaders: config.logging.access_log_headers.map((h) => h.toLowerCase()),
         draining: () => this.phase === 'draining',
+        tempFiles,
+        buffering: config.buffering,
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
         policiesOf: (name) => policies.get(name),
@@ -320,7 +327,7 @@ export class Breakwater {
       }, config.shutdown.drain_timeout);
       closeOld.unref();
     }
-    this.current = { config, upstreams, policies, cache, redis };
+    this.current = { config, upstreams, policies, cache, redis, tempFiles };
     this.config = config;
     this.upstreams = upstreams;
     this.policies = policies;
@@ -369,6 +376,46 @@ export class Breakwater {
     return next;
   }
 
+  /**
+   * The temporary files of buffered bodies in `root`: the current ones when the directory did not
+   * change; else new ones, after removing what breakwater processes that are gone left in `root`.
+   */
+  private async tempFilesFor(root: string, current: TempFiles | undefined): Promise<TempFiles> {
+    if (current && current.root === root) return current;
+    const { metrics, logger } = this;
+    try {
+      const removed = await sweepLeftovers(root);
+      if (removed.length > 0)
+        logger.info(
+          { event: 'temp_files_swept', temp_dir: root, removed },
+          `removed ${removed.length} directories of temporary files left by breakwater processes that are gone`,
+        );
+    } catch (err) {
+      logger.warn({ err, temp_dir: root }, 'could not remove leftover temporary files');
+    }
+    const temp = new TempFiles(root, (kind, err) => {
+      metrics.tempFileErrors.labels(kind).inc();
+      logger.warn(
+        { event: 'temp_file_error', kind, errno: err.errno, err: err.message, temp_dir: root },
+        'temporary file failed',
+      );
+    });
+    this.tempDirs.push(temp);
+    metrics.collectors.set('temp_files', () => {
+      for (const kind of ['request', 'response'] as const) {
+        let files = 0;
+        let bytes = 0;
+        for (const t of this.tempDirs) {
+          files += t.files[kind];
+          bytes += t.bytes[kind];
+        }
+        metrics.tempFiles.labels(kind).set(files);
+        metrics.tempFileBytes.labels(kind).set(bytes);
+      }
+    });
+    return temp;
+  }
+
   /** Metrics and log lines for endpoint health changes and ejections. */
   private endpointEvents(upstream: string): EndpointEvents {
     const { metrics, logger } = this;
@@ -379,6 +426,9 @@ export class Breakwater {
         metrics.endpointHealthy.labels(upstream, e.model.url).set(e.available(now) ? 1 : 0);
         metrics.endpointInFlight.labels(upstream, e.model.url).set(e.inflight);
       }
+      let streaming = 0;
+      for (const e of u()?.endpoints ?? []) streaming += e.streaming;
+      metrics.streamingInFlight.labels(upstream).set(streaming);
     });
     return {
       healthChanged: (e, health) => {
@@ -466,6 +516,7 @@ export class Breakwater {
             health: e.health,
             ejected_for_ms: Math.max(0, Math.round(e.ejectedUntil - now)),
             in_flight: e.inflight,
+            streaming: e.streaming,
           })) ?? [],
       };
     }
@@ -497,6 +548,9 @@ export class Breakwater {
     const dir = dirname(this.config.file);
     const base = basename(this.config.file);
     let timer: NodeJS.Timeout | undefined;
+    // The text last checked. It starts empty, not with a read of the file: such a read can finish
+    // after the file changed, and the change would then pass unseen. The hash comparison below is
+    // what keeps an unchanged file from reloading.
     let lastSeen = '';
     const check = async () => {
       try {
@@ -509,12 +563,6 @@ export class Breakwater {
         // the file is being replaced; the next event will tell
       }
     };
-    void readFile(this.config.file, 'utf8').then(
-      (t) => {
-        lastSeen = t;
-      },
-      () => undefined,
-    );
     this.watcher = watch(dir, (_event, name) => {
       if (name !== null && name !== base && !name.startsWith('..')) return;
       clearTimeout(timer);
@@ -590,6 +638,7 @@ export class Breakwater {
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
     await this.current?.redis?.store.close();
     for (const r of this.retiredRedis) await r.close();
+    await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
     this.phase = 'stopped';
     this.logger.info({ took_ms: Date.now() - started }, 'shutdown: done');
@@ -611,6 +660,9 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     maxBodyBytes: 0,
     trust: undefined,
     websocket: { enabled: false, idleTimeout: 0, maxDuration: 0 },
+    requestBuffering: true,
+    responseBuffering: true,
+    allowTrace: false,
   };
 }
 

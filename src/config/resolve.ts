@@ -5,6 +5,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
@@ -66,6 +67,8 @@ export interface RetryPolicy {
   readonly retryOn: readonly RetryOutcome[];
   readonly maxBodyBytes: number;
   readonly retryNonIdempotent: boolean;
+  /** `retry.methods`: only these are retried once the request may have been processed (undefined: no such limit). */
+  readonly methods: ReadonlySet<string> | undefined;
   readonly attemptsHeader: boolean;
   readonly budget: { readonly ratio: number; readonly minPerSecond: number; readonly window: number };
 }
@@ -177,12 +180,22 @@ export interface UpstreamModel {
   readonly rateLimiter: RateLimiterPolicy | undefined;
   readonly bulkhead: BulkheadPolicy | undefined;
   readonly fallback: string | undefined;
+  /**
+   * `idempotency_keys`: whether the upstream deduplicates requests by their Idempotency-Key itself
+   * (then a keyed request may be retried after it may have been processed).
+   */
+  readonly idempotencyKeys: 'honored' | 'ignored';
   /** Set when the upstream has a `tls` block (its endpoints are then all https). */
   readonly tls: TlsModel | undefined;
   /** HTTP version spoken to the endpoints. */
   readonly protocol: 'http1' | 'h2' | 'h2c';
   /** HTTP/2: streams at once per connection. */
   readonly maxConcurrentStreams: number;
+  /**
+   * Requests streaming at the client's pace (unbuffered uploads and responses) that one endpoint
+   * may carry at once: `streaming_connections` of its connections (HTTP/2: of its streams), at least 1.
+   */
+  readonly streamingLimit: number;
 }
 
 export interface RouteModel {
@@ -206,6 +219,12 @@ export interface RouteModel {
   /** The listener's trusted proxies (undefined: none). */
   readonly trust: TrustCheck | undefined;
   readonly websocket: WebSocketPolicy;
+  /** Request bodies are read whole (memory, then a temporary file) before the pipeline. */
+  readonly requestBuffering: boolean;
+  /** A response the client falls behind on is read on into memory, then a temporary file. */
+  readonly responseBuffering: boolean;
+  /** TRACE is forwarded (else 405). */
+  readonly allowTrace: boolean;
 }
 
 export interface IdempotencyPolicy {
@@ -254,6 +273,20 @@ export interface ListenerLimits {
   readonly keepaliveTimeout: number;
   readonly maxRequestsPerConnection: number;
   readonly maxConnections: number;
+  /** A client that accepts no byte of its response this long is cut (ms, 0: none). */
+  readonly sendTimeout: number;
+}
+
+/** Temporary files and memory for buffered bodies (the `buffering` block). */
+export interface BufferingModel {
+  /** Where breakwater makes its directory of temporary files. */
+  readonly tempDir: string;
+  /** Per response, memory for what the client has not taken yet. */
+  readonly responseBufferBytes: number;
+  /** Per response, the temporary file at most (0: none). */
+  readonly maxTempFileBytes: number;
+  /** Lower-case name of the response header whose value `no` turns buffering off. */
+  readonly optOutHeader: string;
 }
 
 export interface ListenerModel {
@@ -286,6 +319,7 @@ export interface ResolvedConfig {
   readonly readiness: Config['readiness'];
   /** Shared stores (fleet mode). */
   readonly stores: { readonly redis: RedisStoreModel | undefined };
+  readonly buffering: BufferingModel;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -294,6 +328,7 @@ export const DEFAULTS = {
   timeouts: { attempt: 5_000, request: 15_000, connect: 2_000, body: 30_000 },
   maxConnections: 128,
   keepaliveTimeout: 4_000,
+  streamingShare: 0.5,
   retry: {
     enabled: true,
     maxAttempts: 3,
@@ -304,6 +339,7 @@ export const DEFAULTS = {
     retryOn: ['connect-failure', 'reset', '5xx'],
     maxBodyBytes: 65_536,
     retryNonIdempotent: false,
+    methods: undefined,
     attemptsHeader: true,
     budget: { ratio: 0.2, minPerSecond: 10, window: 10_000 },
   } satisfies RetryPolicy,
@@ -371,6 +407,10 @@ function websocketOf(
   };
 }
 
+function methodsOf(methods: readonly string[] | undefined): ReadonlySet<string> | undefined {
+  return methods === undefined ? undefined : new Set(methods);
+}
+
 /** Layers later in the list win (route over upstream over resilience). */
 function retryOf(layers: readonly (RetryInput | undefined)[]): RetryPolicy {
   const ordered = [...layers].reverse();
@@ -387,6 +427,7 @@ function retryOf(layers: readonly (RetryInput | undefined)[]): RetryPolicy {
     retryOn: get('retry_on') ?? d.retryOn,
     maxBodyBytes: get('max_body_bytes') ?? d.maxBodyBytes,
     retryNonIdempotent: get('retry_non_idempotent') ?? d.retryNonIdempotent,
+    methods: methodsOf(get('methods')),
     attemptsHeader: get('attempts_header') ?? d.attemptsHeader,
     budget: {
       ratio: budget('ratio') ?? d.budget.ratio,
@@ -475,6 +516,16 @@ function idempotencyOf(i: RouteInput['idempotency']): IdempotencyPolicy | undefi
     store: i.store ?? 'memory',
     onStoreError: i.on_store_error ?? 'reject',
   };
+}
+
+/** `streaming_connections` of an endpoint's connections (HTTP/2: its streams), at least one. */
+function streamingLimitOf(u: UpstreamInput): number {
+  const connections = u.max_connections ?? DEFAULTS.maxConnections;
+  const perConnection = (u.protocol ?? 'http1') === 'http1' ? 1 : (u.max_concurrent_streams ?? 100);
+  return Math.max(
+    1,
+    Math.floor((u.streaming_connections ?? DEFAULTS.streamingShare) * connections * perConnection),
+  );
 }
 
 function endpointOf(e: UpstreamInput['endpoints'][number]): EndpointModel {
@@ -652,9 +703,11 @@ export async function resolveConfig(
       rateLimiter: limiterOf([r.rate_limiter, u.rate_limiter]),
       bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
       fallback: u.fallback ?? r.fallback?.services?.[name]?.fallback_strategy,
+      idempotencyKeys: u.idempotency_keys ?? 'ignored',
       tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
       protocol: u.protocol ?? 'http1',
       maxConcurrentStreams: u.max_concurrent_streams ?? 100,
+      streamingLimit: streamingLimitOf(u),
     };
   }
 
@@ -677,6 +730,7 @@ export async function resolveConfig(
         keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
         maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 0,
         maxConnections: l.limits?.max_connections ?? 10_000,
+        sendTimeout: l.limits?.send_timeout ?? 60_000,
       },
       routes: l.routes.map((rt, ri) => {
         const u = cfg.upstreams[rt.upstream];
@@ -711,6 +765,9 @@ export async function resolveConfig(
           maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
           trust,
           websocket: websocketOf(rt.websocket, [rt, u, r]),
+          requestBuffering: rt.request_buffering ?? true,
+          responseBuffering: rt.response_buffering ?? true,
+          allowTrace: rt.allow_trace ?? false,
         };
       }),
     };
@@ -751,6 +808,12 @@ export async function resolveConfig(
     shutdown: cfg.shutdown,
     readiness: cfg.readiness,
     stores: { redis: cfg.stores.redis ? await redisStoreOf(cfg.stores.redis, base, problems) : undefined },
+    buffering: {
+      tempDir: cfg.buffering.temp_dir === undefined ? tmpdir() : resolvePath(base, cfg.buffering.temp_dir),
+      responseBufferBytes: cfg.buffering.response_buffer_bytes,
+      maxTempFileBytes: cfg.buffering.max_temp_file_bytes,
+      optOutHeader: cfg.buffering.opt_out_header.toLowerCase(),
+    },
     fallbackOf,
   };
   return { config: deepFreeze(config), problems };

@@ -146,7 +146,17 @@ const failureOn = z.array(
 export const retrySchema = z
   .strictObject({
     enabled: z.boolean().optional().describe('Turns retries on or off. Default: true.'),
-    max_attempts: positiveInt.max(10).optional().describe('Attempts in all, the first included. Default: 3.'),
+    max_attempts: positiveInt
+      .max(10)
+      .optional()
+      .describe('Attempts in all, the first included (3 = the first and 2 retries). Default: 3.'),
+    methods: z
+      .array(z.string().regex(/^[A-Z]+$/, { error: 'expected an upper-case HTTP method' }))
+      .min(1)
+      .optional()
+      .describe(
+        'Only these methods are retried once the upstream may have processed the request (e.g. [GET]); any method is retried when it certainly was not (connect failure, refused stream). Non-idempotent methods listed here still need an opt-in. Default: every method the safety rule allows (the idempotent ones).',
+      ),
     initial_wait: duration
       .optional()
       .describe('Wait before the first retry (before jitter). Default: 100ms.'),
@@ -162,7 +172,9 @@ export const retrySchema = z
     retry_non_idempotent: z
       .boolean()
       .optional()
-      .describe('Retry POST/PATCH without an Idempotency-Key. Default: false.'),
+      .describe(
+        'Retry POST, PATCH and other non-idempotent methods on the usual conditions, as if idempotent (not on a route with idempotency). Default: false.',
+      ),
     attempts_header: z
       .boolean()
       .optional()
@@ -450,6 +462,12 @@ export const upstreamSchema = z.strictObject({
     .optional()
     .describe('Idle time before a pooled connection closes. Default: 4s.'),
   fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
+  idempotency_keys: z
+    .enum(['honored', 'ignored'])
+    .optional()
+    .describe(
+      'honored: the upstream deduplicates requests by their Idempotency-Key itself, so breakwater may retry a request that carries one after a 5xx or a timeout. Default: ignored (a request that may not be sent twice is retried only when it certainly was not processed).',
+    ),
   tls: tlsSchema.optional(),
   protocol: z
     .enum(['http1', 'h2', 'h2c'])
@@ -461,6 +479,12 @@ export const upstreamSchema = z.strictObject({
     .max(1000)
     .optional()
     .describe('HTTP/2: requests at once on one connection. Default: 100.'),
+  streaming_connections: ratio
+    .refine((r) => r > 0, { error: 'expected more than 0% (at least one streaming request must fit)' })
+    .optional()
+    .describe(
+      "Share of each endpoint's connections (HTTP/2: of its streams) that requests streaming at the client's pace may hold at once: unbuffered uploads (request_buffering: false, gRPC) and unbuffered responses (gRPC, text/event-stream, response_buffering: false, the opt-out header). One more waits within its attempt timeout, then 503 streaming-limit. Default: 50%.",
+    ),
   ...policyKeys,
 });
 
@@ -545,16 +569,38 @@ export const routeSchema = z.strictObject({
   max_body_bytes: byteSize
     .optional()
     .describe("Overrides the listener's limits.max_body_bytes for this route."),
+  request_buffering: z
+    .boolean()
+    .optional()
+    .describe(
+      "Read each request body whole (memory up to limits.body_buffer_bytes, then a temporary file) before the request takes a limiter token, bulkhead slot or upstream connection, as nginx's proxy_request_buffering. false: stream uploads to the upstream as they arrive, within the upstream's streaming_connections. Default: true.",
+    ),
+  response_buffering: z
+    .boolean()
+    .optional()
+    .describe(
+      "When the client reads slower than the upstream sends, read the upstream on into memory (buffering.response_buffer_bytes), then a temporary file (buffering.max_temp_file_bytes), so the upstream connection is freed at the upstream's speed, as nginx's proxy_buffering. false: the upstream waits for the client, within the upstream's streaming_connections. Default: true.",
+    ),
+  allow_trace: z
+    .boolean()
+    .optional()
+    .describe(
+      'Forward TRACE requests (they echo the request back, cookies and credentials included: cross-site tracing). Default: false (405).',
+    ),
 });
 
 export const limitsSchema = z.strictObject({
   max_header_bytes: byteSize
     .optional()
-    .describe('Request line and headers together at most (431 beyond). Default: 16KiB.'),
+    .describe(
+      'Request line and headers together at most (431 beyond). HTTP/2: the header list as RFC 9113 counts it (name + value + 32 bytes per field, pseudo-headers included), also from clients that ignore SETTINGS. Default: 16KiB.',
+    ),
   max_headers: positiveInt
     .max(1000)
     .optional()
-    .describe('Request headers at most (431 beyond). Default: 100.'),
+    .describe(
+      'Request headers at most (431 beyond). HTTP/2: pseudo-headers are not counted, cookie crumbs count as one Cookie header. Default: 100.',
+    ),
   max_body_bytes: byteSize
     .optional()
     .describe('Request body at most (413 beyond); 0: no limit. Default: 1MiB, as nginx.'),
@@ -564,11 +610,16 @@ export const limitsSchema = z.strictObject({
   body_buffer_bytes: byteSize
     .optional()
     .describe(
-      'Request bodies up to this size are read whole before the request goes on, so a slow uploader holds no bulkhead slot or upstream connection; larger ones stream. 0: stream all. Default: 64KiB.',
+      "Request bodies (buffered whole before the request goes on, see the route's request_buffering) are held in memory up to this size; larger ones go to a temporary file in buffering.temp_dir. 0: every body to a file. Default: 64KiB.",
     ),
   body_idle_timeout: duration
     .optional()
     .describe('Longest silence while a request body arrives (408 beyond); 0: none. Default: 60s, as nginx.'),
+  send_timeout: duration
+    .optional()
+    .describe(
+      'A client that accepts no byte of its response for this long is disconnected and its upstream request aborted, as nginx send_timeout; 0: none. Default: 60s.',
+    ),
   keepalive_timeout: duration
     .optional()
     .describe('Idle time of a client connection between requests. Default: 75s.'),
@@ -744,6 +795,33 @@ export const configSchema = z
       .strictObject({ redis: redisStoreSchema.optional() })
       .prefault({})
       .describe('Shared stores (fleet mode): state every replica sees.'),
+    buffering: z
+      .strictObject({
+        temp_dir: z
+          .string()
+          .min(1)
+          .optional()
+          .describe(
+            'Directory for the temporary files of buffered request and response bodies (breakwater makes its own subdirectory, breakwater-<pid>-<random>, mode 0700). Default: the OS temp directory.',
+          ),
+        response_buffer_bytes: byteSize
+          .default(64 * 1024)
+          .describe(
+            'Per response, memory for what a slow client has not taken yet; beyond it, a temporary file. Default: 64KiB.',
+          ),
+        max_temp_file_bytes: byteSize
+          .default(1024 ** 3)
+          .describe(
+            'Per response, the temporary file at most (nginx proxy_max_temp_file_size); beyond it the upstream waits for the client. 0: no file, memory only. Default: 1GiB.',
+          ),
+        opt_out_header: headerName
+          .default('x-accel-buffering')
+          .describe(
+            'A response with this header set to "no" is not buffered (as nginx reads X-Accel-Buffering). Default: x-accel-buffering.',
+          ),
+      })
+      .prefault({})
+      .describe('Request and response buffering: where temporary files go and how large they may grow.'),
     cache: z
       .strictObject({
         max_bytes: byteSize

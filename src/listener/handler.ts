@@ -3,14 +3,21 @@
  * the outcome to the client, and record one access-log line and the request metrics.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import http2, { type Http2ServerRequest, type Http2ServerResponse } from 'node:http2';
-import { type Duplex, type Readable, Transform, type TransformCallback } from 'node:stream';
-import type { ListenerModel, RouteModel } from '../config/resolve.js';
+import http2 from 'node:http2';
+import { type Duplex, Transform, type TransformCallback } from 'node:stream';
+import type { BufferingModel, ListenerModel, RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
-import { type Handler, newContext, type Outcome, type RequestContext } from '../pipeline/types.js';
-import { AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
+import {
+  type Handler,
+  newContext,
+  type Outcome,
+  onFinish,
+  type RequestContext,
+  runFinishers,
+} from '../pipeline/types.js';
+import { type Attempt, AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
 import {
   grpcCodeForProblem,
   grpcCodeName,
@@ -19,10 +26,21 @@ import {
   sendTrailersOnly,
 } from '../proxy/grpc.js';
 import { clientResponseHeaders, incomingRequestId, isHopByHop, newRequestId } from '../proxy/headers.js';
-import { answered, failureProblem, type Problem, problem, sendProblem } from '../proxy/problem.js';
-import { readUpTo, watchBodyIdle } from '../proxy/request-body.js';
+import {
+  answered,
+  endWithProblem,
+  failureProblem,
+  type Problem,
+  problem,
+  sendProblem,
+} from '../proxy/problem.js';
+import { isHttp2, requestStream, responseStream } from '../proxy/protocol.js';
+import type { RelayPolicy } from '../proxy/relay.js';
+import { bufferBody, watchBodyIdle } from '../proxy/request-body.js';
+import type { TempFileError, TempFiles } from '../proxy/temp-files.js';
 import { type TunnelPolicies, upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
-import type { Upstream } from '../upstream/upstream.js';
+import type { Endpoint, Upstream } from '../upstream/upstream.js';
+import { connectionOf } from './connection.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
 
 export interface HandlerDeps {
@@ -39,6 +57,9 @@ export interface HandlerDeps {
   readonly policiesOf?: (upstream: string) => TunnelPolicies | undefined;
   /** Live traffic figures of an upstream (GET /state, the status page). */
   readonly statsOf?: (upstream: string) => UpstreamStats | undefined;
+  /** Temporary files of buffered bodies, and the buffering settings. */
+  readonly tempFiles: TempFiles;
+  readonly buffering: BufferingModel;
   /** The response cache's tee for this response, when it should be stored. */
   readonly teeFor?: (
     ctx: RequestContext,
@@ -47,9 +68,85 @@ export interface HandlerDeps {
 }
 
 const CONNECTION_CLOSE = ['connection', 'close'];
+/** Requests read after a refusal on one connection before it is cut (the answers before it lost). */
+const MAX_IGNORED = 32;
+/** The methods breakwater names in `Allow` (OPTIONS *, a refused TRACE or CONNECT). */
+export const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH';
 const FOREIGN_TARGET = 'absolute-form targets for other hosts are refused (breakwater is not an open proxy)';
 const CLIENT_GONE = new AttemptError('client-aborted', 'the client closed the connection', true);
 const BODY_STALLED = new AttemptError('client-aborted', 'the client stopped sending the request body', true);
+/** An unbuffered response by its headers: an event stream, or the opt-out header saying `no`. */
+const EVENT_STREAM = 1;
+const OPTED_OUT = 2;
+
+const CONTENT_TYPE = Buffer.from('content-type', 'latin1');
+const EVENT_STREAM_TYPE = Buffer.from('text/event-stream', 'latin1');
+const NO = Buffer.from('no', 'latin1');
+
+/** Whether `buf` from `at` starts with `lower` (ASCII lower case), ignoring case; no allocation. */
+function startsWithLower(buf: Buffer, at: number, lower: Buffer): boolean {
+  if (buf.length - at < lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    const c = buf[at + i] as number;
+    if ((c >= 65 && c <= 90 ? c + 32 : c) !== lower[i]) return false;
+  }
+  return true;
+}
+
+/**
+ * Whether a response asks not to be buffered: `content-type: text/event-stream`, or the opt-out
+ * header (`optOut`, its lower-case name as bytes) with the value `no`. Compared byte by byte: a
+ * response costs a few length comparisons and allocates nothing.
+ */
+function unbufferedKind(raw: readonly Buffer[], optOut: Buffer): number {
+  let kind = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as Buffer;
+    if (name.length === CONTENT_TYPE.length && startsWithLower(name, 0, CONTENT_TYPE)) {
+      const v = raw[i + 1] as Buffer;
+      if (startsWithLower(v, skipSpaces(v), EVENT_STREAM_TYPE)) return EVENT_STREAM;
+    } else if (name.length === optOut.length && startsWithLower(name, 0, optOut)) {
+      const v = raw[i + 1] as Buffer;
+      const at = skipSpaces(v);
+      if (startsWithLower(v, at, NO) && skipSpaces(v, at + NO.length) === v.length) kind = OPTED_OUT;
+    }
+  }
+  return kind;
+}
+
+/** The first index of `buf` from `from` that is not a space or tab. */
+function skipSpaces(buf: Buffer, from = 0): number {
+  let i = from;
+  while (i < buf.length && (buf[i] === 32 || buf[i] === 9)) i++;
+  return i;
+}
+
+/** The request asks for an event stream (browsers' EventSource always says so). */
+function wantsEventStream(req: IncomingMessage): boolean {
+  return req.headers.accept?.includes('text/event-stream') === true;
+}
+
+/** The client gets a 507 (disk or quota full) or 503 `body-storage-failed`. */
+function storageProblem(err: TempFileError, requestId: string, what: string): Problem {
+  return problem(
+    'body-storage-failed',
+    `${what} could not be stored in a temporary file (${err.errno ?? err.message})`,
+    {
+      status: err.noSpace ? 507 : 503,
+      requestId,
+      headers: CONNECTION_CLOSE,
+    },
+  );
+}
+
+const BODY_UNPARSABLE = new AttemptError('client-aborted', 'the request body could not be parsed', true);
+
+/** An error of Node's HTTP/1 parser or server, as the 'clientError' event gives it. */
+export interface ClientError extends Error {
+  readonly code?: string;
+  /** llhttp's description of a parse error (a fixed text, never the client's bytes). */
+  readonly reason?: string;
+}
 
 function bothTees(a: BodyTee, b: BodyTee): BodyTee {
   return {
@@ -79,12 +176,21 @@ export class ProxyHandler {
   private router: Router;
   private stats = new Map<RouteModel | undefined, RouteStats>();
   private readonly inflight: { inc(): void; dec(): void };
+  private readonly sendTimeouts: { inc(): void };
+  /** How responses reach the client: buffered for a slow client, or at its pace (per listener). */
+  private bufferedRelay: RelayPolicy;
+  private directRelay: RelayPolicy;
+  /** `buffering.opt_out_header`, lower case, as bytes. */
+  private optOutHeader: Buffer;
   /** Open WebSocket tunnels (kept across reloads, cut when the drain timeout passes). */
   readonly tunnels = new WebSocketTunnels();
 
   constructor(private deps: HandlerDeps) {
     this.router = new Router(deps.listener.routes);
     this.inflight = deps.metrics.inflight.labels(deps.listener.name);
+    this.sendTimeouts = deps.metrics.sendTimeouts.labels(deps.listener.name);
+    [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
+    this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
 
   /**
@@ -95,18 +201,37 @@ export class ProxyHandler {
     this.deps = deps;
     this.router = new Router(deps.listener.routes);
     this.stats = new Map();
+    [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
+    this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
 
   handle(req: IncomingMessage, res: ServerResponse): void {
-    // A connection whose earlier request was refused is closing: a request pipelined behind it
-    // (possibly smuggled) is never forwarded.
-    if (req.httpVersionMajor !== 2 && REFUSED.has(req.socket)) {
-      res.destroy();
-      return;
+    // The protocol is told by the object Node made, never by the version in the request line.
+    const conn = isHttp2(req) ? undefined : connectionOf(req.socket);
+    if (conn !== undefined) {
+      // A connection whose earlier request was refused closes once that answer is out: a request
+      // pipelined behind it (possibly smuggled) is neither forwarded nor answered. (A client that
+      // keeps pipelining meanwhile is cut off: Node would hold every such request until the close.)
+      if (conn.refused) {
+        if (++conn.ignored > MAX_IGNORED) req.socket.destroy();
+        return;
+      }
+      // Answers owed on the connection, so that one written on the raw socket waits its turn.
+      conn.begin(res);
+      // An HTTP/1 request line says HTTP/1.0 or HTTP/1.1, or the request is not read any further.
+      if (!isHttp1RequestLine(req)) {
+        const start = performance.now();
+        const requestId = newRequestId();
+        this.inflight.inc();
+        res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
+        refuseConnection(req);
+        sendProblem(res, requestLineProblem(req, requestId));
+        return;
+      }
     }
     // `OPTIONS *` asks about the server itself: breakwater answers, it is not a path to forward.
     if (req.url === '*' && req.method === 'OPTIONS') {
-      res.writeHead(200, ['allow', 'GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH', 'content-length', '0']);
+      res.writeHead(200, ['allow', ALLOWED_METHODS, 'content-length', '0']);
       res.end();
       return;
     }
@@ -148,6 +273,16 @@ export class ProxyHandler {
       );
       return;
     }
+    // TRACE echoes the request back, cookies and credentials included (cross-site tracing).
+    if (method === 'TRACE' && !route.allowTrace) {
+      res.once('close', () => this.record(req, res, route, requestId, start, 0));
+      const detail = `TRACE is not allowed on route ${route.name} (allow_trace: false)`;
+      sendProblem(
+        res,
+        problem('method-not-allowed', detail, { requestId, headers: ['allow', ALLOWED_METHODS] }),
+      );
+      return;
+    }
     const limit = route.maxBodyBytes;
     const cl = req.headers['content-length'];
     if (limit > 0 && cl !== undefined && Number(cl) > limit) {
@@ -171,25 +306,80 @@ export class ProxyHandler {
       method,
       path: upstreamPath(url, (pathOnly as string).length, route.stripPrefix),
       start,
-      // A chunked body has no declared size: it is counted as it streams. (Not a gRPC call's: its
-      // stream may carry any number of messages over its life; gRPC servers limit each message.)
-      body: !hasBody(req) ? null : chunked && limit > 0 && !grpc ? req.pipe(new BodyLimit(limit)) : req,
+      // A streamed chunked body has no declared size: it is counted as it streams (a buffered one
+      // as it is read). Not a gRPC call's: its stream may carry any number of messages over its
+      // life; gRPC servers limit each message.
+      body: !hasBody(req)
+        ? null
+        : chunked && limit > 0 && !grpc && !route.requestBuffering
+          ? req.pipe(new BodyLimit(limit))
+          : req,
       grpc,
       grpcTimeout: grpc
         ? (parseGrpcTimeout(req.headers['grpc-timeout']) ?? Number.POSITIVE_INFINITY)
         : Number.POSITIVE_INFINITY,
+      unbufferedResponse: grpc || !route.responseBuffering || wantsEventStream(req),
     });
+    if (conn !== undefined) conn.current = ctx;
     res.once('close', () => {
       if (!responseComplete(res)) {
         ctx.clientGone = true;
         ctx.current?.abort(CLIENT_GONE);
       }
-      ctx.finished = true;
-      if (ctx.finishers) for (const f of ctx.finishers) f();
+      runFinishers(ctx);
+      if (conn !== undefined && conn.current === ctx) conn.current = undefined;
       this.record(req, res, route, requestId, start, ctx.bytesOut, ctx);
     });
-    if (ctx.body === null) this.run(ctx, pipeline);
-    else this.receiveBody(ctx, pipeline);
+    if (ctx.body === null) {
+      this.run(ctx, pipeline);
+      return;
+    }
+    // `Expect: 100-continue` (Node leaves it to breakwater): the client may send its body now that
+    // every refusal has passed, not before, so a body that would be refused is never uploaded.
+    // (HTTP/1.0 has no 100 Continue; an expectation there is ignored.)
+    if (req.headers.expect !== undefined && req.httpVersion !== '1.0') res.writeContinue();
+    this.receiveBody(ctx, pipeline);
+  }
+
+  /**
+   * A request Node's HTTP/1 parser refused (the server's 'clientError': malformed framing, headers
+   * too large, the header timeout): answered as a problem once the answers to the requests
+   * pipelined before it are out, then the connection is closed. A parse error in the body of a
+   * request already under way is that request's answer instead (its attempt aborted).
+   */
+  clientError(err: ClientError, socket: Duplex): void {
+    const conn = connectionOf(socket);
+    if (conn === undefined || err.code === 'ECONNRESET' || socket.destroyed || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    // Node reports the error again for every chunk read after it: the first one is answered, and
+    // after a refusal nothing more is said on the connection.
+    if (conn.refused) return;
+    conn.refused = true;
+    const p = parseProblem(err, this.deps.listener.limits);
+    const ctx = conn.current;
+    if (ctx !== undefined && !ctx.req.complete) {
+      if (answered(ctx.res)) {
+        // Its answer started (a full-duplex stream): it cannot become a problem any more.
+        ctx.res.destroy();
+        return;
+      }
+      ctx.clientGone = true;
+      ctx.current?.abort(BODY_UNPARSABLE);
+      sendProblem(ctx.res, { ...p, requestId: ctx.requestId });
+      return;
+    }
+    conn.afterResponses(() => endWithProblem(socket, p));
+  }
+
+  /** Answers a request with a refusal (a problem closing the connection) outside the usual path. */
+  refuseRequest(req: IncomingMessage, res: ServerResponse, p: Problem): void {
+    const conn = isHttp2(req) ? undefined : connectionOf(req.socket);
+    if (conn?.refused) return;
+    conn?.begin(res);
+    refuseConnection(req);
+    sendProblem(res, p);
   }
 
   /** Runs the pipeline and commits its outcome; anything thrown on the way ends the response. */
@@ -218,36 +408,34 @@ export class ProxyHandler {
   }
 
   /**
-   * A request with a body: silence while it arrives is 408 (`limits.body_idle_timeout`); a body up
-   * to `limits.body_buffer_bytes` is read whole before the pipeline runs (nginx's request
-   * buffering), so a slow uploader holds no limiter token, bulkhead slot or upstream connection,
-   * and must finish within the route's request_timeout. Larger bodies stream to the upstream.
+   * A request with a body: silence while it arrives is 408 (`limits.body_idle_timeout`). With
+   * request buffering (the default) the body is read whole before the pipeline runs, as nginx
+   * does: in memory up to `limits.body_buffer_bytes`, beyond that into a temporary file, so a slow
+   * uploader holds no limiter token, bulkhead slot or upstream connection, and it must arrive within
+   * the route's request_timeout. A temporary file that cannot be made or written is 507 (disk full)
+   * or 503. `request_buffering: false`, and gRPC calls (whose stream may stay open), stream to the
+   * upstream as they arrive, within the upstream's streaming share.
    */
   private receiveBody(ctx: RequestContext, pipeline: Handler): void {
-    const { req } = ctx;
+    const { req, route } = ctx;
     const limits = this.deps.listener.limits;
     // A gRPC stream may rightly be quiet (a bidi call waiting for the server); its deadline bounds it.
     if (!ctx.grpc)
       watchBodyIdle(req, limits.bodyIdleTimeout, () =>
         this.bodyTimedOut(ctx, `no byte of the request body arrived for ${limits.bodyIdleTimeout} ms`),
       );
-    const max = limits.bodyBufferBytes;
-    const declared = req.headers['content-length'];
-    // An HTTP/2 body of no declared length (a gRPC call, whose client may stream) is not held back.
-    if (
-      max === 0 ||
-      (declared !== undefined && Number(declared) > max) ||
-      (declared === undefined && req.httpVersionMajor === 2)
-    ) {
+    if (!route.requestBuffering || ctx.grpc) {
       this.run(ctx, pipeline);
       return;
     }
-    const cap = ctx.route.timeouts.request;
+    const cap = route.timeouts.request;
     const timer = setTimeout(
       () => this.bodyTimedOut(ctx, `the request body did not arrive within ${cap} ms (request_timeout)`),
       cap,
     );
-    readUpTo(ctx.body as Readable, max).then(
+    bufferBody(req, limits.bodyBufferBytes, route.maxBodyBytes, this.deps.tempFiles, (file) =>
+      onFinish(ctx, () => void file.remove()),
+    ).then(
       (body) => {
         clearTimeout(timer);
         if (ctx.clientGone) return;
@@ -256,7 +444,18 @@ export class ProxyHandler {
       },
       (err: { code?: string; message?: string }) => {
         clearTimeout(timer);
-        if (ctx.clientGone || err.code !== 'BW_BODY_TOO_LARGE') return; // the client went away
+        if (ctx.clientGone) return;
+        if (err.code === 'BW_TEMP_FILE') {
+          const e = err as TempFileError;
+          this.routeStats(route).log.error(
+            { request_id: ctx.requestId, errno: e.errno, err: e.message, temp_dir: this.deps.tempFiles.dir },
+            'request body could not be buffered in a temporary file',
+          );
+          refuseConnection(req);
+          sendProblem(ctx.res, storageProblem(e, ctx.requestId, 'the request body'));
+          return;
+        }
+        if (err.code !== 'BW_BODY_TOO_LARGE') return; // the client went away
         refuseConnection(req);
         sendProblem(
           ctx.res,
@@ -282,7 +481,8 @@ export class ProxyHandler {
     // The rest of the body is not read: HTTP/1.1 closes the connection once the answer is out,
     // HTTP/2 ends only this stream (the answer is queued before the close).
     const req = ctx.req;
-    if (req.httpVersionMajor === 2) (req as unknown as Http2ServerRequest).stream.close();
+    const stream = requestStream(req);
+    if (stream !== undefined) stream.close();
     else ctx.res.once('finish', () => req.socket?.destroy());
   }
 
@@ -293,7 +493,7 @@ export class ProxyHandler {
    * connection.
    */
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    if (REFUSED.has(socket)) {
+    if (connectionOf(socket)?.refused) {
       socket.destroy();
       return;
     }
@@ -328,7 +528,10 @@ export class ProxyHandler {
     const q = url.indexOf('?');
     const rawPath = q < 0 ? url : url.slice(0, q);
     const pathOnly = normalizePath(rawPath);
-    const refusal = this.refusal(req, rawPath, pathOnly, requestId) ?? upgradeRefusal(req, requestId);
+    const refusal =
+      (isHttp1RequestLine(req) ? undefined : requestLineProblem(req, requestId)) ??
+      this.refusal(req, rawPath, pathOnly, requestId) ??
+      upgradeRefusal(req, requestId);
     if (refusal !== undefined || pathOnly === undefined) {
       this.tunnels.refuse(u, refusal as Problem);
       return;
@@ -365,28 +568,67 @@ export class ProxyHandler {
         : this.refuse(req);
     if (refused === undefined) return undefined;
     const [status, detail] = refused;
-    const kind = status === 413 ? 'payload-too-large' : status === 431 ? 'headers-too-large' : 'bad-request';
-    return problem(kind, detail, { status, requestId, headers: CONNECTION_CLOSE });
+    return problem(REFUSAL_KINDS[status] ?? 'bad-request', detail, {
+      status,
+      requestId,
+      headers: CONNECTION_CLOSE,
+    });
   }
 
   /**
-   * Requests refused before routing: more headers than `limits.max_headers` (431), a Host header
-   * twice or with a list (400, request smuggling and cache poisoning vectors), a declared body over
-   * `limits.max_body_bytes` (413). Returns [status, detail], or undefined to go on.
+   * Requests refused before routing: a header list over `limits.max_header_bytes` or with more
+   * headers than `limits.max_headers` (431), a Host header missing (HTTP/1.1), twice or with a list
+   * (400, request smuggling and cache poisoning vectors), framing breakwater does not take
+   * (Transfer-Encoding on HTTP/1.0: 400; a transfer coding other than chunked: 501), an expectation
+   * other than 100-continue (417), a declared body over `limits.max_body_bytes` (413). Returns
+   * [status, detail], or undefined to go on.
+   *
+   * HTTP/1.1's size is enforced by Node's parser (431 before a request exists). HTTP/2's is
+   * checked here: SETTINGS_MAX_HEADER_LIST_SIZE is only advertised, and a client that never
+   * acknowledges the SETTINGS frame is not held to it by Node. It is counted as RFC 9113 6.5.2
+   * defines it (name + value + 32 per field, pseudo-headers included), the figure advertised, so
+   * a client that honours the advertisement is never refused. HTTP/2's pseudo-headers
+   * (:method :path :scheme :authority) are the request line, not headers, and cookie crumbs
+   * (RFC 9113 8.2.3) are one Cookie header, as over HTTP/1.1.
    */
   private refuse(req: IncomingMessage): [number, string] | undefined {
     const limits = this.deps.listener.limits;
     const raw = req.rawHeaders;
-    // (HTTP/2's pseudo-headers, :method :path :scheme :authority, are the request line.)
-    const count = raw.length / 2 - (req.httpVersionMajor === 2 ? pseudoHeaders(raw) : 0);
-    if (count > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
+    const h2 = isHttp2(req);
+    let count = 0;
     let hosts = 0;
+    let cookies = 0;
+    let bytes = 0;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i] as string;
+      if (h2) {
+        bytes += name.length + (raw[i + 1] as string).length + 32;
+        if (name.charCodeAt(0) === 58) continue;
+        if (name === 'cookie' && cookies++ > 0) continue;
+      }
+      count++;
       if (name.length === 4 && name.toLowerCase() === 'host') hosts++;
     }
+    if (bytes > limits.maxHeaderBytes)
+      return [
+        431,
+        `the request headers (${bytes} bytes) are over the limit of ${limits.maxHeaderBytes} bytes`,
+      ];
+    if (count > limits.maxHeaders) return [431, `more than ${limits.maxHeaders} request headers`];
     if (hosts > 1) return [400, 'more than one Host header'];
     if (req.headers.host?.includes(',')) return [400, 'a Host header with a list'];
+    const http10 = !h2 && req.httpVersion === '1.0';
+    if (hosts === 0 && !h2 && !http10) return [400, 'an HTTP/1.1 request needs a Host header'];
+    const te = req.headers['transfer-encoding'];
+    if (te !== undefined) {
+      // RFC 9112 6.1: HTTP/1.0 has no chunked framing, so the message's length cannot be trusted.
+      if (http10) return [400, 'Transfer-Encoding in an HTTP/1.0 request'];
+      const codings = transferCodingsRefusal(te);
+      if (codings !== undefined) return codings;
+    }
+    const expect = req.headers.expect;
+    if (expect !== undefined && !http10 && expect.trim().toLowerCase() !== '100-continue')
+      return [417, 'the only expectation breakwater meets is Expect: 100-continue'];
     const cl = req.headers['content-length'];
     if (cl !== undefined && limits.maxBodyBytes > 0 && Number(cl) > limits.maxBodyBytes) {
       // The route may allow more; checked again once the route is known.
@@ -431,10 +673,17 @@ export class ProxyHandler {
         ctx.grpcStatus = head.grpcStatus;
         return 0;
       }
+      const relay = this.relayPolicy(ctx, outcome.endpoint, attempt, head);
+      if (relay === undefined) {
+        // An event stream with every place of the streaming share in use.
+        attempt.discard();
+        sendProblem(res, withHeaders(this.streamingFull(ctx, outcome.endpoint), extra));
+        return 0;
+      }
       const cacheTee = this.deps.teeFor?.(ctx, head)?.(headers);
       const storeTee = ctx.responseTee?.(head.status, headers);
       const tee = cacheTee && storeTee ? bothTees(cacheTee, storeTee) : (cacheTee ?? storeTee);
-      const result = await attempt.stream(res, head.status, headers, tee);
+      const result = await attempt.stream(res, head.status, headers, tee, relay, runFinishers, ctx);
       if (ctx.grpc) ctx.grpcStatus = attempt.grpcStatus;
       if (result.error && !res.headersSent) {
         sendProblem(res, withHeaders(failureProblem(result.error, ctx.upstream.name, ctx.requestId), extra));
@@ -454,6 +703,40 @@ export class ProxyHandler {
       }
       return 0;
     }
+  }
+
+  /**
+   * How a response reaches its client. Buffered (for a client that falls behind) unless it streams
+   * at the client's pace: gRPC, `response_buffering: false`, a request for an event stream (their
+   * attempts took a place in the streaming share), or a response that says so by its headers (an
+   * event stream, the opt-out header). Such a response takes a place in the share now; with none
+   * free, an event stream is refused (undefined: 503 `streaming-limit`) and any other response is
+   * buffered after all (the opt-out is a hint; buffering frees the connection).
+   */
+  private relayPolicy(
+    ctx: RequestContext,
+    endpoint: Endpoint,
+    attempt: Attempt,
+    head: ResponseHead,
+  ): RelayPolicy | undefined {
+    if (ctx.unbufferedResponse) return this.directRelay;
+    const kind = unbufferedKind(head.rawHeaders, this.optOutHeader);
+    if (kind === 0) return this.bufferedRelay;
+    const share = endpoint.share;
+    if (share?.tryTake(endpoint)) {
+      attempt.whenSettled(() => share.release(endpoint));
+      return this.directRelay;
+    }
+    return kind === EVENT_STREAM ? undefined : this.bufferedRelay;
+  }
+
+  private streamingFull(ctx: RequestContext, endpoint: Endpoint): Problem {
+    const detail = `every one of the ${endpoint.share?.limit ?? 0} places per endpoint of upstream ${ctx.upstream.name} for streaming responses is in use`;
+    return problem('streaming-limit', detail, {
+      upstream: ctx.upstream.name,
+      requestId: ctx.requestId,
+      headers: ['retry-after', '1'],
+    });
   }
 
   /** Writes a static or cached fallback answer. */
@@ -486,7 +769,7 @@ export class ProxyHandler {
   /** Headers breakwater adds to every answer: attempts made, and Connection: close while draining. */
   private extraHeaders(ctx: RequestContext): string[] | undefined {
     // (HTTP/2 has no Connection header: a draining listener sends its sessions a GOAWAY instead.)
-    const draining = this.deps.draining() && ctx.req.httpVersionMajor !== 2;
+    const draining = this.deps.draining() && !isHttp2(ctx.req);
     if (!ctx.route.retry.attemptsHeader) return draining ? CONNECTION_CLOSE : undefined;
     const attempts = ['x-breakwater-attempts', String(ctx.attempts)];
     if (draining) attempts.push(...CONNECTION_CLOSE);
@@ -524,6 +807,9 @@ export class ProxyHandler {
       stats.codes.set(codeKey, counter);
     }
     counter.inc();
+    const cutReason = ctx?.current?.cutReason;
+    if (cutReason === 'send_timeout') this.sendTimeouts.inc();
+    const buffered = ctx?.current?.buffered;
     const grpcStatus = ctx?.grpc ? ctx.grpcStatus : undefined;
     if (grpcStatus !== undefined)
       this.deps.metrics.grpcCalls
@@ -542,6 +828,8 @@ export class ProxyHandler {
       bytes_out: bytes,
       attempts: ctx?.attempts ?? 0,
       retry_skipped: ctx?.retrySkipped,
+      response_buffered: buffered,
+      close_reason: cutReason,
       grpc_status: grpcStatus,
       upstream_error: ctx?.upstreamError,
       complete,
@@ -578,22 +866,151 @@ export class ProxyHandler {
  * for a stream the client reset too, so it is judged by the stream's close code.
  */
 function responseComplete(res: ServerResponse): boolean {
-  if (res.req.httpVersionMajor !== 2) return res.writableFinished;
-  return (res as unknown as Http2ServerResponse).stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
+  const stream = responseStream(res);
+  if (stream === undefined) return res.writableFinished;
+  return stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
 }
 
-function pseudoHeaders(raw: readonly string[]): number {
-  let n = 0;
-  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).charCodeAt(0) === 58) n++;
-  return n;
-}
+/**
+ * Refusals an HTTP/2 connection may collect before it is closed. A request over the header
+ * limits is refused only once Node has decoded its whole header list, and a client that ignores
+ * SETTINGS can make a block of a few hundred bytes stand for close to a megabyte of headers
+ * (dynamic-table references): such a connection gets a few refusals, then GOAWAY.
+ */
+const MAX_H2_REFUSALS = 10;
+const H2_REFUSALS = new WeakMap<object, number>();
 
-/** Connections that got a refusal: nothing more is forwarded from them, and they close once answered. */
-const REFUSED = new WeakSet<object>();
-
+/**
+ * A refusal closes an HTTP/1 connection once answered, and nothing more from it is forwarded.
+ * HTTP/2 frames each request on its own: a refusal ends that stream, not the connection, unless
+ * the connection has had too many.
+ */
 function refuseConnection(req: IncomingMessage): void {
-  // HTTP/2 frames each request on its own: a refusal ends that stream, not the connection.
-  if (req.socket && req.httpVersionMajor !== 2) REFUSED.add(req.socket);
+  if (isHttp2(req)) {
+    const session = requestStream(req)?.session;
+    if (!session) return;
+    const n = (H2_REFUSALS.get(session) ?? 0) + 1;
+    H2_REFUSALS.set(session, n);
+    if (n === MAX_H2_REFUSALS && !session.closed) {
+      session.goaway(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      session.close();
+    }
+    return;
+  }
+  const conn = connectionOf(req.socket);
+  if (conn !== undefined) conn.refused = true;
+}
+
+/** The problem kind of each status `refuse` gives (400 otherwise). */
+const REFUSAL_KINDS: Partial<Record<number, Problem['kind']>> = {
+  413: 'payload-too-large',
+  417: 'expectation-failed',
+  431: 'headers-too-large',
+  501: 'transfer-coding-not-implemented',
+};
+
+/**
+ * Methods Node's parser (llhttp, which also reads RTSP) takes only in an `RTSP/1.0` request line:
+ * a request with one of them is RTSP, not HTTP. (`GET /x RTSP/1.0` cannot be told from HTTP/1.0
+ * once parsed; it is served as HTTP/1.0.)
+ */
+const RTSP_ONLY = new Set([
+  'ANNOUNCE',
+  'DESCRIBE',
+  'SETUP',
+  'PLAY',
+  'PAUSE',
+  'TEARDOWN',
+  'GET_PARAMETER',
+  'SET_PARAMETER',
+  'REDIRECT',
+  'RECORD',
+  'FLUSH',
+]);
+
+/** Whether an HTTP/1 request line says HTTP/1.0 or HTTP/1.1 (Node's parser also passes 0.9, 2.0, RTSP). */
+function isHttp1RequestLine(req: IncomingMessage): boolean {
+  const version = req.httpVersion;
+  return (version === '1.1' || version === '1.0') && !RTSP_ONLY.has(req.method as string);
+}
+
+/** The refusal of a request line that is not HTTP/1.0 or 1.1 (HTTP/0.9 has no version at all). */
+function requestLineProblem(req: IncomingMessage, requestId: string): Problem {
+  const extra = { requestId, headers: CONNECTION_CLOSE };
+  const version = req.httpVersion;
+  if (version === '0.9')
+    return problem('bad-request', 'a request line without an HTTP version (HTTP/0.9) is not served', extra);
+  if (version === '1.1' || version === '1.0')
+    return problem(
+      'http-version-not-supported',
+      `${req.method} is an RTSP method: RTSP is not served`,
+      extra,
+    );
+  const detail = `HTTP/${version} in an HTTP/1 request line: send HTTP/1.1 (or HTTP/2 with prior knowledge to a protocol: h2c listener)`;
+  return problem('http-version-not-supported', detail, extra);
+}
+
+/**
+ * Transfer-Encoding that breakwater takes: `chunked` alone (any case). Chunked not last, or twice,
+ * leaves the length unknown (400, RFC 9112 6.3); another coding before it (`gzip, chunked`) is one
+ * breakwater does not implement (501, RFC 9112 6.1): it would be dropped on the way (the header is
+ * hop-by-hop) and the body forwarded as if plain. Undefined when it is plain chunked.
+ */
+function transferCodingsRefusal(te: string): [number, string] | undefined {
+  if (te.length === 7 && te.toLowerCase() === 'chunked') return undefined;
+  const codings = te
+    .split(',')
+    .map((c) => c.trim().toLowerCase())
+    .filter((c) => c !== '');
+  if (codings.at(-1) !== 'chunked') return [400, 'Transfer-Encoding whose last coding is not chunked'];
+  if (codings.indexOf('chunked') !== codings.length - 1)
+    return [400, 'Transfer-Encoding: chunked more than once'];
+  if (codings.length === 1) return undefined;
+  return [
+    501,
+    `the transfer coding ${JSON.stringify(codings.slice(0, -1).join(', '))} is not implemented; send chunked alone`,
+  ];
+}
+
+/** The answer to a request Node's HTTP/1 parser refused (see ProxyHandler.clientError). */
+function parseProblem(err: ClientError, limits: ListenerModel['limits']): Problem {
+  const close = { headers: CONNECTION_CLOSE };
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return problem(
+        'headers-too-large',
+        'the request line and headers are over limits.max_header_bytes',
+        close,
+      );
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      return problem('payload-too-large', 'the chunk extensions of the request body are too large', close);
+    case 'HPE_PAUSED_H2_UPGRADE':
+      return problem(
+        'http-version-not-supported',
+        'HTTP/2 with prior knowledge: this listener speaks HTTP/1.1 (a protocol: h2c listener takes both)',
+        close,
+      );
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return problem(
+        'header-timeout',
+        `the request headers did not arrive within ${limits.headerTimeout} ms (limits.header_timeout)`,
+        close,
+      );
+    default:
+      // A well-formed version llhttp does not know (HTTP/1.2, HTTP/3.0); it passes 0.9 and 2.0 on,
+      // which the handler refuses. ("Expected CRLF after version" and the like are malformed: 400.)
+      if (err.code === 'HPE_INVALID_VERSION' && err.reason === 'Invalid HTTP version')
+        return problem(
+          'http-version-not-supported',
+          'the request line has an HTTP version other than 1.0 and 1.1',
+          close,
+        );
+      return problem(
+        'bad-request',
+        `the request could not be parsed: ${err.reason ?? err.code ?? 'malformed'}`,
+        close,
+      );
+  }
 }
 
 /** Passes a body through, failing it once it is longer than `max` bytes. */
@@ -615,11 +1032,25 @@ class BodyLimit extends Transform {
   }
 }
 
+/** The relay policies of a listener: buffered, and at the client's pace. Both carry send_timeout. */
+function relayPolicies(deps: HandlerDeps): [RelayPolicy, RelayPolicy] {
+  const sendTimeout = deps.listener.limits.sendTimeout;
+  const b = deps.buffering;
+  return [
+    {
+      buffer: { temp: deps.tempFiles, memory: b.responseBufferBytes, maxFile: b.maxTempFileBytes },
+      sendTimeout,
+    },
+    { buffer: undefined, sendTimeout },
+  ];
+}
+
 function hasBody(req: IncomingMessage): boolean {
   const te = req.headers['transfer-encoding'];
   if (te !== undefined) return true;
   const cl = req.headers['content-length'];
   if (cl !== undefined) return cl !== '0';
   // HTTP/2: a body follows unless the HEADERS frame ended the stream (gRPC sends no length).
-  return req.httpVersionMajor === 2 && !(req as unknown as Http2ServerRequest).stream.endAfterHeaders;
+  const stream = requestStream(req);
+  return stream !== undefined && !stream.endAfterHeaders;
 }

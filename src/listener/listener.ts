@@ -6,22 +6,45 @@
  * `protocol: h2c`, connections that open with the HTTP/2 preface go to a node:http2 server whose
  * requests reach the same ProxyHandler; `upgrade` requests go to its WebSocket tunnel.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type IncomingMessage, METHODS, type ServerResponse } from 'node:http';
 import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { ListenerModel } from '../config/resolve.js';
-import { problem, sendProblem } from '../proxy/problem.js';
-import type { HandlerDeps, ProxyHandler } from './handler.js';
+import { rememberPeer } from '../proxy/client-address.js';
+import { endWithProblem, problem } from '../proxy/problem.js';
+import { connectionOf, trackConnection } from './connection.js';
+import { ALLOWED_METHODS, type HandlerDeps, type ProxyHandler } from './handler.js';
+
+/** The methods fastify's router takes (Node's list). */
+const ROUTED_METHODS = new Set(METHODS);
 
 /** What an HTTP/2 connection starts with (RFC 9113 3.4). */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+/**
+ * The most fields Node accepts in one HTTP/2 header block: the 4 pseudo-headers, `max_headers`,
+ * and as many again for cookie crumbs (RFC 9113 8.2.3: a browser may send each cookie as its own
+ * field; the handler counts them as one Cookie header).
+ */
+function maxHeaderPairs(maxHeaders: number): number {
+  return 4 + 2 * maxHeaders;
+}
+
+/**
+ * How often Node looks for connections past `header_timeout` (its default, 30 s, would let a
+ * request head trickle for up to 30 s longer than configured): a quarter of the timeout, at most 1 s.
+ */
+function checkingInterval(headerTimeout: number): number {
+  return Math.max(50, Math.min(1000, Math.floor(headerTimeout / 4)));
+}
 
 export class DataListener {
   /** HTTP/2 sessions open now, and connections whose first bytes are still awaited. */
   private readonly h2Sessions = new Set<Http2Session>();
   private readonly sniffing = new Set<Socket>();
   private h2: http2.Http2Server | undefined;
+  private h2Pairs = 0;
   private closing = false;
   private closed: Promise<void> | undefined;
 
@@ -67,12 +90,21 @@ export class DataListener {
           return;
         }
         reply.hijack();
-        sendProblem(reply.raw, problem('bad-request', error.message, { headers: ['connection', 'close'] }));
+        handler.refuseRequest(
+          request.raw,
+          reply.raw,
+          problem('bad-request', error.message, { headers: ['connection', 'close'] }),
+        );
       },
+      // What Node's parser refuses (malformed framing, headers too large, the header timeout) is
+      // answered as a problem, in its turn after the pipelined requests before it.
+      clientErrorHandler: (err, socket) => handler.clientError(err, socket),
       http: {
         headersTimeout: limits.headerTimeout,
+        connectionsCheckingInterval: checkingInterval(limits.headerTimeout),
         maxHeaderSize: limits.maxHeaderBytes,
-        requireHostHeader: true,
+        // The handler refuses an HTTP/1.1 request without Host itself, as a problem.
+        requireHostHeader: false,
       },
     });
     // The request is taken over at onRequest, before fastify looks at its body or content type:
@@ -99,14 +131,40 @@ export class DataListener {
     app.server.maxConnections = limits.maxConnections;
     // One more than the limit, so that the handler sees the overflow and answers 431.
     app.server.maxHeadersCount = limits.maxHeaders + 1;
+    // Methods Node's parser passes but fastify does not route (RTSP's: DESCRIBE, SETUP, ...) would
+    // get fastify's own 404: they go to the handler, which refuses them.
+    const server = app.server;
+    const toFastify = server.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
+    server.removeAllListeners('request');
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (ROUTED_METHODS.has(req.method as string)) for (const l of toFastify) l.call(server, req, res);
+      else handler.handle(req, res);
+    });
+    // `Expect:` is left to the handler: `100-continue` is answered only once the request passed
+    // every refusal (a body over the limit is never uploaded), any other expectation is 417.
+    // (Without these listeners Node sends 100 Continue at once, or a bare 417.)
+    app.server.on('checkContinue', (req, res) => handler.handle(req, res));
+    app.server.on('checkExpectation', (req, res) => handler.handle(req, res));
     // `Connection: upgrade` requests come here, not to onRequest: WebSocket pass-through (every
     // other protocol is refused). Registering the listener is what makes Node hand them over.
-    app.server.on('upgrade', (req, socket, head) => handler.upgrade(req, socket, head));
+    // Answers still owed to requests pipelined before it go out first.
+    app.server.on('upgrade', (req, socket, head) => {
+      const conn = connectionOf(socket);
+      if (conn === undefined) handler.upgrade(req, socket, head);
+      else conn.afterResponses(() => handler.upgrade(req, socket, head));
+    });
     // CONNECT would tunnel anywhere: refused.
     app.server.on('connect', (_req, socket) => {
-      socket.end(
-        'HTTP/1.1 405 Method Not Allowed\r\nallow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\ncontent-length: 0\r\nconnection: close\r\n\r\n',
-      );
+      const refusal = problem('method-not-allowed', 'CONNECT is refused: breakwater is not a forward proxy', {
+        headers: ['allow', ALLOWED_METHODS],
+      });
+      const conn = connectionOf(socket);
+      if (conn === undefined) {
+        endWithProblem(socket, refusal);
+        return;
+      }
+      conn.refused = true;
+      conn.afterResponses(() => endWithProblem(socket, refusal));
     });
     const listener = new DataListener(model, app, handler);
     listener.routeConnections();
@@ -129,7 +187,10 @@ export class DataListener {
     };
     server.removeAllListeners('connection');
     server.on('connection', (socket: Socket) => {
+      // The peer's address is kept now: a socket that is gone no longer knows it.
+      rememberPeer(socket, socket.remoteAddress);
       if (this.model.protocol !== 'h2c') {
+        trackConnection(socket);
         toHttp1(socket);
         return;
       }
@@ -160,6 +221,7 @@ export class DataListener {
         if (isH2) {
           this.http2Server().emit('connection', socket);
         } else {
+          trackConnection(socket);
           toHttp1(socket);
           socket.resume();
         }
@@ -172,16 +234,24 @@ export class DataListener {
     });
   }
 
-  /** The node:http2 server for this listener's HTTP/2 connections (made at the first one). */
+  /**
+   * The node:http2 server for this listener's HTTP/2 connections (made at the first one, and again
+   * when a reload changes `max_headers`, for the connections that open from then on).
+   */
   private http2Server(): http2.Http2Server {
-    if (this.h2) return this.h2;
+    const pairs = maxHeaderPairs(this.model.limits.maxHeaders);
+    if (this.h2 && this.h2Pairs === pairs) return this.h2;
     const h2 = http2.createServer({
       maxSessionMemory: 16,
-      // The configured header count is enforced by the handler (431); this is only a ceiling.
-      maxHeaderListPairs: 1010,
+      // A ceiling on the fields of one header block, enforced by Node while it decodes (stream
+      // reset, ENHANCE_YOUR_CALM, beyond): it bounds the header list one small block can stand
+      // for (each field can be a one-byte reference to a 4 KiB dynamic-table entry) even from a
+      // client that ignores SETTINGS. The handler enforces the configured count and size (431).
+      maxHeaderListPairs: pairs,
     });
     h2.on('session', (session) => {
       const limits = this.model.limits;
+      rememberPeer(session, session.socket.remoteAddress);
       this.h2Sessions.add(session);
       session.once('close', () => this.h2Sessions.delete(session));
       session.settings({ maxConcurrentStreams: 250, maxHeaderListSize: limits.maxHeaderBytes });
@@ -189,12 +259,17 @@ export class DataListener {
       session.setTimeout(limits.keepaliveTimeout, () => session.close());
       if (this.closing) session.close();
     });
-    h2.on('request', (req: Http2ServerRequest, res: Http2ServerResponse) => {
+    const onRequest = (req: Http2ServerRequest, res: Http2ServerResponse) => {
       // The authority stands in for Host, for routing and X-Forwarded-Host.
       if (req.headers.host === undefined && req.authority) req.headers.host = req.authority;
       this.handler.handle(req as unknown as IncomingMessage, res as unknown as ServerResponse);
-    });
+    };
+    h2.on('request', onRequest);
+    // `Expect:` as on HTTP/1.1: 100-continue only after the refusals, anything else 417.
+    h2.on('checkContinue', onRequest);
+    h2.on('checkExpectation', onRequest);
     this.h2 = h2;
+    this.h2Pairs = pairs;
     return h2;
   }
 

@@ -64,6 +64,36 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     labelNames: ['listener'] as const,
     registers: [registry],
   });
+  const sendTimeouts = new Counter({
+    name: 'breakwater_send_timeouts_total',
+    help: 'Clients disconnected because they accepted no byte of their response for limits.send_timeout (their upstream request aborted).',
+    labelNames: ['listener'] as const,
+    registers: [registry],
+  });
+  const tempFiles = new Gauge({
+    name: 'breakwater_temp_files',
+    help: 'Temporary files of buffered bodies open now, by kind (request, response).',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  });
+  const tempFileBytes = new Gauge({
+    name: 'breakwater_temp_file_bytes',
+    help: 'Bytes in the temporary files of buffered bodies now, by kind (request, response).',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  });
+  const tempFileErrors = new Counter({
+    name: 'breakwater_temp_file_errors_total',
+    help: 'Temporary files that could not be made, written or read (disk full, permissions), by kind: a request answered 507/503, a response buffered in memory only.',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+  });
+  const streamingInFlight = new Gauge({
+    name: 'breakwater_streaming_in_flight',
+    help: "Attempts streaming at the client's pace (unbuffered uploads and responses) holding a place of the upstream's streaming share.",
+    labelNames: ['upstream'] as const,
+    registers: [registry],
+  });
   const ready = new Gauge({
     name: 'breakwater_ready',
     help: '1 while breakwater reports ready, 0 while starting or draining.',
@@ -83,7 +113,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
 
   const attempts = new Counter({
     name: 'breakwater_upstream_attempts_total',
-    help: 'Attempts sent to an upstream, by outcome (2xx..5xx, connect_failure, reset, timeout, protocol_error, aborted, local).',
+    help: 'Attempts sent to an upstream, by outcome (2xx..5xx, connect_failure, reset, timeout, protocol_error, aborted, no_endpoint, streaming_limit).',
     labelNames: ['upstream', 'outcome'] as const,
     registers: [registry],
   });
@@ -281,6 +311,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     grpcCalls,
     duration,
     inflight,
+    sendTimeouts,
+    tempFiles,
+    tempFileBytes,
+    tempFileErrors,
+    streamingInFlight,
     ready,
     configInfo,
     configLoaded,

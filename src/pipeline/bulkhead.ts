@@ -17,6 +17,8 @@ import {
 interface Waiter {
   resolve: (admitted: boolean) => void;
   timer: unknown;
+  /** The promise `acquire` returned for this waiter (how `leave` finds it). */
+  promise?: Promise<boolean>;
 }
 
 export class Bulkhead {
@@ -42,7 +44,8 @@ export class Bulkhead {
       return true;
     }
     if (this.waiting.length >= this.policy.maxQueue) return false;
-    return new Promise<boolean>((resolve) => {
+    let waiter: Waiter | undefined;
+    const promise = new Promise<boolean>((resolve) => {
       const w: Waiter = {
         resolve,
         timer: this.clock.setTimeout(() => {
@@ -51,8 +54,20 @@ export class Bulkhead {
           resolve(false);
         }, this.policy.queueTimeout),
       };
+      waiter = w;
       this.waiting.push(w);
     });
+    (waiter as Waiter).promise = promise;
+    return promise;
+  }
+
+  /** Takes a waiter out of the queue at once (its client left); it resolves false. */
+  leave(queued: Promise<boolean>): void {
+    const i = this.waiting.findIndex((w) => w.promise === queued);
+    if (i < 0) return;
+    const [w] = this.waiting.splice(i, 1) as [Waiter];
+    this.clock.clearTimeout(w.timer);
+    w.resolve(false);
   }
 
   release(): void {
@@ -96,6 +111,8 @@ export class Bulkhead {
       const got = this.acquire();
       if (got === true) return admit(ctx, next);
       if (got === false) return Promise.resolve(refuse(ctx));
+      // A client that leaves while queued frees its place in the queue at once.
+      onFinish(ctx, () => this.leave(got));
       return got.then((admitted) => (admitted ? admit(ctx, next) : refuse(ctx)));
     };
   }

@@ -6,7 +6,20 @@
  */
 import { AttemptError } from '../proxy/attempt.js';
 import { problem } from '../proxy/problem.js';
-import type { Clock, Layer, Outcome } from './types.js';
+import type { Clock, Layer, Outcome, RequestContext } from './types.js';
+
+function expired(ctx: RequestContext, requestTimeout: number, routeTimeout: number): Outcome {
+  return {
+    type: 'problem',
+    problem: problem(
+      'request-timeout',
+      requestTimeout === routeTimeout
+        ? `the request did not complete within request_timeout (${requestTimeout} ms)`
+        : `the call did not complete within its grpc-timeout (${requestTimeout} ms)`,
+      { upstream: ctx.upstream.name, requestId: ctx.requestId },
+    ),
+  };
+}
 
 export function deadlineLayer(routeTimeout: number, clock: Clock): Layer {
   return (next) => (ctx) => {
@@ -22,19 +35,7 @@ export function deadlineLayer(routeTimeout: number, clock: Clock): Layer {
         ctx.current?.abort(
           new AttemptError('timeout', `the request deadline (${requestTimeout} ms) passed`, true),
         );
-        resolve({
-          type: 'problem',
-          problem: problem(
-            'request-timeout',
-            requestTimeout === routeTimeout
-              ? `the request did not complete within request_timeout (${requestTimeout} ms)`
-              : `the call did not complete within its grpc-timeout (${requestTimeout} ms)`,
-            {
-              upstream: ctx.upstream.name,
-              requestId: ctx.requestId,
-            },
-          ),
-        });
+        resolve(expired(ctx, requestTimeout, routeTimeout));
       }, requestTimeout);
       next(ctx).then(
         (outcome) => {
@@ -44,7 +45,11 @@ export function deadlineLayer(routeTimeout: number, clock: Clock): Layer {
           }
           settled = true;
           clock.clearTimeout(timer);
-          resolve(outcome);
+          // An attempt whose timeout was what was left of the deadline timed out (upstream-call
+          // marks it expired): the deadline passed, whichever of the two timers fired first.
+          resolve(
+            ctx.expired && outcome.type === 'failure' ? expired(ctx, requestTimeout, routeTimeout) : outcome,
+          );
         },
         (err: unknown) => {
           settled = true;

@@ -14,9 +14,11 @@ import { ResponseCache } from '../cache/response-cache.js';
 import type { FallbackModel, RouteModel } from '../config/resolve.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
+import { replayable } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedStatus } from './outcome.js';
+import { grpcStatusNamed, maySendAgain } from './retry.js';
 import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
 
 export type Trigger = 'breaker_open' | 'timeout' | 'error' | 'rate_limited' | 'bulkhead_full' | 'degraded';
@@ -116,14 +118,18 @@ export class FallbackChain {
     return ResponseCache.key(this.upstream, ctx.path, ctx.req.headers, this.vary);
   }
 
-  /** Serves from the chain starting at `start`; undefined when nothing in it can. */
+  /**
+   * Serves from the chain starting at `start`; undefined when nothing in it can. `grpcNamed`: the
+   * upstream's answer was a gRPC status that `retry_on` names (the call may go elsewhere).
+   */
   async serve(
     ctx: RequestContext,
     start: string | undefined,
     trigger: Trigger,
+    grpcNamed = false,
   ): Promise<Outcome | undefined> {
     for (const name of this.names(start)) {
-      const out = await this.serveOne(ctx, name);
+      const out = await this.serveOne(ctx, name, grpcNamed);
       if (out) {
         this.s.served(this.upstream, name, trigger);
         return out;
@@ -156,7 +162,11 @@ export class FallbackChain {
     };
   }
 
-  private async serveOne(ctx: RequestContext, name: string): Promise<Outcome | undefined> {
+  private async serveOne(
+    ctx: RequestContext,
+    name: string,
+    grpcNamed: boolean,
+  ): Promise<Outcome | undefined> {
     const f = this.s.fallbacks[name];
     if (!f) return undefined;
     if (f.type === 'static_response') {
@@ -173,8 +183,11 @@ export class FallbackChain {
       };
     }
     if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? 300_000);
-    // type upstream: only a request whose body can be sent again.
-    if (ctx.body !== null && !Buffer.isBuffer(ctx.body)) return undefined;
+    // type upstream: only a request whose body can be sent again (in memory or a temporary file),
+    // and, once the upstream may have processed it, only one that may be sent twice (the retry
+    // rule: a payment that got a 503 is not sent to a replica that shares its database).
+    if (!replayable(ctx.body)) return undefined;
+    if (ctx.maybeProcessed && !maySendAgain(ctx, ctx.route.retry, grpcNamed)) return undefined;
     ctx.finishers ??= [];
     const target = this.s.pipelineOf(f.upstream);
     const other: RequestContext = {
@@ -240,7 +253,12 @@ export function fallbackLayer(
     }
     const trigger = triggerOf(outcome);
     if (trigger === undefined || !chain.handles(trigger) || ctx.clientGone) return outcome;
-    const served = await chain.serve(ctx, chain.head, trigger);
+    const served = await chain.serve(
+      ctx,
+      chain.head,
+      trigger,
+      ctx.grpc && grpcStatusNamed(ctx.route.retry, outcome),
+    );
     if (!served) return outcome;
     if (outcome.type === 'response') outcome.attempt.discard();
     return served;

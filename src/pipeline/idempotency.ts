@@ -18,6 +18,7 @@ import type { BeginResult, IdempotencyStore } from '../idempotency/store.js';
 import type { BodyTee } from '../proxy/attempt.js';
 import { clientAddress } from '../proxy/client-address.js';
 import { problem } from '../proxy/problem.js';
+import { FileBody } from '../proxy/request-body.js';
 import { type Layer, type Outcome, onFinish, type RequestContext } from './types.js';
 
 export type IdempotencyResult =
@@ -50,10 +51,11 @@ export function parseIdempotencyKey(raw: string | string[]): string | undefined 
   return v.startsWith('"') || !BARE_KEY.test(v) ? undefined : v;
 }
 
-async function readBody(ctx: RequestContext, max: number): Promise<Buffer | 'too_large'> {
+async function readBody(ctx: RequestContext, max: number): Promise<Buffer | FileBody | 'too_large'> {
   const body = ctx.body;
   if (body === null) return Buffer.alloc(0);
   if (Buffer.isBuffer(body)) return body;
+  if (body instanceof FileBody) return body.size > max ? 'too_large' : body;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return 'too_large';
   const chunks: Buffer[] = [];
@@ -106,7 +108,7 @@ export function idempotencyLayer(
         'the Idempotency-Key must be one string of 1-255 visible characters, e.g. "8e03978e-40d5-43e8-bc93-6894a57f9324"',
       );
     }
-    let body: Buffer | 'too_large';
+    let body: Buffer | FileBody | 'too_large';
     try {
       body = await readBody(ctx, policy.maxBodyBytes);
     } catch (err) {
@@ -121,10 +123,21 @@ export function idempotencyLayer(
         `requests with an Idempotency-Key may carry at most ${policy.maxBodyBytes} bytes`,
       );
     }
-    ctx.body = body.length || ctx.body !== null ? body : null;
+    let bodyHash: Buffer;
+    if (body instanceof FileBody) {
+      // A body the listener buffered into a temporary file is hashed from it, not read into memory.
+      try {
+        bodyHash = await body.digest();
+      } catch {
+        return answer('body-storage-failed', 'the buffered request body could not be read back', 503);
+      }
+    } else {
+      ctx.body = body.length || ctx.body !== null ? body : null;
+      bodyHash = createHash('sha256').update(body).digest();
+    }
     const fingerprint = createHash('sha256')
       .update(`${ctx.method}\n${ctx.path}\n`)
-      .update(createHash('sha256').update(body).digest())
+      .update(bodyHash)
       .digest('base64');
     const storeKey = `${route}\n${scopeOf(policy, ctx)}\n${key}`;
 

@@ -1,12 +1,19 @@
 /**
  * Retries, safe by default.
  *
- * - Only outcomes named in `retry_on` are retried, at most `max_attempts` attempts in all.
- * - Only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) are retried after the request
- *   may have reached the upstream, unless it carries an Idempotency-Key or the route opts in
- *   (`retry_non_idempotent`). A connect failure reached nothing, so any method may be retried then.
- * - The body is kept for replay up to `max_body_bytes`; a larger body is streamed and, once sent,
- *   never retried (counted as skipped: body_too_large).
+ * - Only outcomes named in `retry_on` are retried, at most `max_attempts` attempts in all (the first
+ *   included).
+ * - A request is retried after an attempt the upstream may have processed only when it may be sent
+ *   twice (`maySendAgain`): an idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) that the
+ *   route's `idempotency` block does not cover, or an opt-in (`retry_non_idempotent`, a gRPC code
+ *   named in `retry_on`), or an Idempotency-Key that the upstream declares it honours
+ *   (`idempotency_keys: honored`). `retry.methods` narrows this further. An attempt that certainly
+ *   was not processed (connect failure, refused HTTP/2 stream) may be retried whatever the request.
+ * - A body the listener buffered (request buffering, in memory or a temporary file) is sent again
+ *   as is. A gRPC request stream that ends at once (a unary call) is kept for replay up to
+ *   `max_body_bytes`. Any other stream (a longer gRPC stream; an upload on a route with
+ *   `request_buffering: false`, which asked for streaming and is not held back here either) is
+ *   never retried once sent (counted as skipped: body_too_large).
  * - Waits grow exponentially with jitter; a `Retry-After` from the upstream is honoured (never
  *   retry earlier than it says), capped by `max_wait`; no retry starts that could not finish
  *   (wait + attempt timeout) before the request deadline (a gRPC call's grpc-timeout: wait only).
@@ -17,11 +24,34 @@
 import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
 import { grpcCodeName } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
-import { readUpTo } from '../proxy/request-body.js';
+import { readUpTo, replayable } from '../proxy/request-body.js';
 import { type Classified, classifyOutcome } from './outcome.js';
 import type { Clock, Layer, Outcome, RequestContext } from './types.js';
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
+/**
+ * Whether a request may be sent to the upstream again after an attempt that the upstream may have
+ * processed. `grpcNamed`: that attempt ended in a gRPC status that `retry_on` names (the service's
+ * word that the call may go again, as gRPC's own retryableStatusCodes).
+ */
+export function maySendAgain(ctx: RequestContext, policy: RetryPolicy, grpcNamed: boolean): boolean {
+  const method = ctx.method;
+  if (policy.methods !== undefined && !policy.methods.has(method)) return false;
+  // The upstream's own deduplication makes a keyed request safe to repeat, whatever else holds.
+  if (ctx.upstream.model.idempotencyKeys === 'honored' && ctx.req.headers['idempotency-key'] !== undefined)
+    return true;
+  // A route with proxy-side idempotency says the upstream must see the request at most once.
+  if (ctx.route.idempotency?.methods.has(method)) return false;
+  return IDEMPOTENT.has(method) || policy.retryNonIdempotent || grpcNamed;
+}
+
+/** Whether an outcome is a gRPC status (from the response headers) that `retry_on` names. */
+export function grpcStatusNamed(policy: RetryPolicy, o: Outcome): boolean {
+  if (o.type !== 'response') return false;
+  const g = o.head.grpcStatus;
+  return g !== undefined && g !== 0 && policy.retryOn.includes(grpcCodeName(g) as RetryOutcome);
+}
 
 export type SkipReason = 'budget' | 'body_too_large' | 'deadline' | 'method' | 'retry_after';
 
@@ -137,10 +167,10 @@ function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
   return undefined;
 }
 
-/** Reads the body into memory when it fits the replay buffer; otherwise leaves it streaming. */
-async function bufferBody(ctx: RequestContext, max: number): Promise<void> {
+/** Reads an unbuffered body into memory when it fits the replay buffer; otherwise leaves it streaming. */
+async function keepForReplay(ctx: RequestContext, max: number): Promise<void> {
   const body = ctx.body;
-  if (body === null || Buffer.isBuffer(body)) return;
+  if (body === null || replayable(body) || !ctx.route.requestBuffering) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
   // A gRPC call of no declared length is kept only if its stream ends at once (a unary call does);
@@ -166,7 +196,7 @@ export function retryLayer(
     budget.recordRequest();
     if (ctx.body !== null) {
       try {
-        await bufferBody(ctx, policy.maxBodyBytes);
+        await keepForReplay(ctx, policy.maxBodyBytes);
       } catch (err) {
         if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE') {
           return {
@@ -180,10 +210,6 @@ export function retryLayer(
         ctx.clientGone = true;
       }
     }
-    const idempotent =
-      IDEMPOTENT.has(ctx.method) ||
-      policy.retryNonIdempotent ||
-      ctx.req.headers['idempotency-key'] !== undefined;
     for (let retries = 0; ; retries++) {
       // Nothing is sent for a request that is already over (client gone, deadline passed, e.g.
       // while a slow client's body was being read).
@@ -194,14 +220,14 @@ export function retryLayer(
       const reason = retryReason(policy, c);
       if (reason === undefined) return outcome;
       if (retries + 1 >= policy.maxAttempts) return outcome;
-      // A connect failure reached nothing, so any method may go again; otherwise only idempotent ones.
-      // A gRPC code named in retry_on is the service's own word that the call may go again (as
-      // gRPC's retryPolicy.retryableStatusCodes): every gRPC call is a POST.
-      if (c.cause !== 'connect-failure' && c.grpc === undefined && !idempotent)
+      // An attempt that certainly was not processed (connect failure, refused stream) may go again
+      // whatever the request; after any other, only a request that may be sent twice.
+      if (
+        (outcome.type !== 'failure' || outcome.error.mayHaveReachedUpstream) &&
+        !maySendAgain(ctx, policy, c.grpc !== undefined)
+      )
         return skipped(ctx, events, 'method', outcome);
-      // (A body the listener read whole may still be over this route's replay limit.)
-      if (ctx.body !== null && (!Buffer.isBuffer(ctx.body) || ctx.body.length > policy.maxBodyBytes))
-        return skipped(ctx, events, 'body_too_large', outcome);
+      if (!replayable(ctx.body)) return skipped(ctx, events, 'body_too_large', outcome);
       let wait = backoff(policy, retries, random);
       if (outcome.type === 'response') {
         const ra = retryAfterMs(outcome.head.rawHeaders, clock.wall());

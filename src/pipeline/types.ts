@@ -9,6 +9,7 @@ import type { Readable } from 'node:stream';
 import type { RouteModel } from '../config/resolve.js';
 import type { Attempt, AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
 import type { Problem } from '../proxy/problem.js';
+import type { FileBody } from '../proxy/request-body.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
 
 export interface RequestContext {
@@ -22,12 +23,21 @@ export interface RequestContext {
   readonly path: string;
   /** performance.now() when the request arrived. */
   readonly start: number;
-  /** The request body: the client stream, a replayable buffer, or none. */
-  body: Readable | Buffer | null;
+  /**
+   * The request body: read whole (a Buffer, or a FileBody in a temporary file), the client's stream
+   * (request_buffering: false, gRPC), or none.
+   */
+  body: Readable | Buffer | FileBody | null;
   /** Attempts made so far. */
   attempts: number;
   /** The attempt in flight, aborted if the client goes away. */
   current: Attempt | undefined;
+  /**
+   * Whether an attempt may have been processed by the upstream: set when an attempt starts, undone
+   * when it failed in a way that proves it was not (connect failure, refused HTTP/2 stream). A
+   * request that may not be sent twice goes to no other upstream (fallback) once this is set.
+   */
+  maybeProcessed: boolean;
   /** Endpoints already tried, so a retry prefers another. */
   tried: Endpoint | undefined;
   /** Set when the client went away; layers stop early. */
@@ -36,9 +46,12 @@ export interface RequestContext {
   deadline: number;
   /** Set when the request deadline passed; layers stop early. */
   expired: boolean;
-  /** Run once when the response to the client is finished or aborted (bulkhead release, ...). */
+  /**
+   * Run once when the request no longer needs its upstream (bulkhead release, ...): the client
+   * response finished or was aborted, or its whole body is buffered for a slow client.
+   */
   finishers: (() => void)[] | undefined;
-  /** Set when the client response is over; later finishers run at once. */
+  /** Set when the finishers ran; later ones run at once. */
   finished: boolean;
   /** Whoever wants a copy of the response body as it streams (the Idempotency-Key store). */
   responseTee: ((status: number, headers: readonly string[]) => BodyTee | undefined) | undefined;
@@ -50,6 +63,12 @@ export interface RequestContext {
   readonly grpc: boolean;
   /** The call's own deadline from `grpc-timeout` (ms; Infinity: none). */
   readonly grpcTimeout: number;
+  /**
+   * The response is relayed at the client's pace, never buffered (gRPC, `response_buffering:
+   * false`, `Accept: text/event-stream`): its attempts take a share of the upstream's streaming
+   * connections.
+   */
+  readonly unbufferedResponse: boolean;
   /** The call's final grpc-status, once known (logs and metrics). */
   grpcStatus: number | undefined;
   /** Body bytes relayed to the client (logs). */
@@ -70,6 +89,7 @@ export type ContextInit = Pick<
   | 'body'
   | 'grpc'
   | 'grpcTimeout'
+  | 'unbufferedResponse'
 >;
 
 export function newContext(init: ContextInit): RequestContext {
@@ -87,6 +107,7 @@ export function newContext(init: ContextInit): RequestContext {
     body: init.body,
     attempts: 0,
     current: undefined,
+    maybeProcessed: false,
     tried: undefined,
     clientGone: false,
     deadline: Number.POSITIVE_INFINITY,
@@ -98,16 +119,25 @@ export function newContext(init: ContextInit): RequestContext {
     upstreamError: undefined,
     grpc: init.grpc,
     grpcTimeout: init.grpcTimeout,
+    unbufferedResponse: init.unbufferedResponse,
     grpcStatus: undefined,
     bytesOut: 0,
   };
 }
 
-/** Registers `fn` to run when the client response is over. */
+/** Registers `fn` to run when the request no longer needs its upstream (see `finishers`). */
 export function onFinish(ctx: RequestContext, fn: () => void): void {
   if (ctx.finished) fn();
   else if (ctx.finishers) ctx.finishers.push(fn);
   else ctx.finishers = [fn];
+}
+
+/** Runs the finishers, once. */
+export function runFinishers(ctx: RequestContext): void {
+  if (ctx.finished) return;
+  ctx.finished = true;
+  const fs = ctx.finishers;
+  if (fs) for (const f of fs) f();
 }
 
 export type Outcome =

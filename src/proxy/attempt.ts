@@ -2,10 +2,12 @@
  * One attempt: one request to one endpoint, on undici's dispatch API.
  *
  * The attempt resolves `head` when the response headers arrive and then holds the body (the parser
- * is paused) until the caller decides: `stream()` relays it to the client, `discard()` drops it
- * (the retry layer does this). Failures before the headers reject `head` with an AttemptError that
- * names its cause; a failure after the client response started destroys the client connection, so a
- * short body never looks complete.
+ * is paused) until the caller decides: `stream()` relays it to the client (through a ClientRelay,
+ * which buffers what a slow client cannot take yet), `discard()` drops it (the retry layer does
+ * this). Failures before the headers reject `head` with an AttemptError that names its cause; a
+ * failure after the client response started destroys the client connection, so a short body never
+ * looks complete. The attempt is settled (its connection back to the pool) when the upstream's
+ * part is over, which with a buffered response can be well before the client has it all.
  *
  * This is undici's dispatch handler in its raw form (onConnect/onHeaders/onData/onComplete/onError):
  * the form undici's core calls directly, with header names and values as Buffers, so nothing is
@@ -14,6 +16,9 @@
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { GRPC_CODES, grpcStatusIn, grpcStatusOfTrailers } from './grpc.js';
+import { ClientRelay, type CutReason, type RawTrailers, type RelayOwner, type RelayPolicy } from './relay.js';
+
+export type { RawTrailers } from './relay.js';
 
 export type AttemptCause =
   | 'connect-failure'
@@ -26,7 +31,12 @@ export type AttemptCause =
 
 export class AttemptError extends Error {
   readonly kind: AttemptCause;
-  /** Whether any of the request may have reached the upstream (a retry of a non-idempotent request is unsafe then). */
+  /**
+   * Whether the upstream may have processed the request. False only when it certainly did not: the
+   * connection failed or was refused before the request was written (TCP, TLS, connect timeout, a
+   * wait for a pooled connection that timed out), or an HTTP/2 upstream refused the stream
+   * (REFUSED_STREAM). A request that may not be sent twice is retried only then.
+   */
   readonly mayHaveReachedUpstream: boolean;
   readonly code: string | undefined;
   constructor(kind: AttemptCause, message: string, mayHaveReachedUpstream: boolean, code?: string) {
@@ -65,14 +75,14 @@ export interface AttemptOptions {
   /**
    * An HTTP/2 upstream: its stream is never paused. undici 7 drops the DATA still buffered in a
    * paused HTTP/2 stream when the trailers arrive (it stops listening for data then), which would
-   * end a response short, with its trailers, as if whole. A client that falls more than
-   * `H2_MAX_BACKLOG` behind is cut instead.
+   * end a response short, with its trailers, as if whole. A client that falls further behind than
+   * the response buffer (or, unbuffered, `H2_MAX_BACKLOG`) is cut instead.
    */
   readonly h2?: boolean;
 }
 
-/** How far (bytes queued for the client) a response from an HTTP/2 upstream may run ahead. */
-export const H2_MAX_BACKLOG = 64 * 1024 * 1024;
+/** No buffering, no send_timeout (the default of `stream()`). */
+const UNBUFFERED: RelayPolicy = { buffer: undefined, sendTimeout: 0 };
 
 /** Receives a copy of the body as it streams (the response cache); `end` only when it was whole. */
 export interface BodyTee {
@@ -193,6 +203,15 @@ export function classify(
       code,
     );
   }
+  // RFC 9113 8.7: a stream refused with REFUSED_STREAM was closed before any processing, so the
+  // request may be sent again whatever its method (Node's message names the code).
+  if (code === 'ERR_HTTP2_STREAM_ERROR' && err.message.endsWith('NGHTTP2_REFUSED_STREAM'))
+    return new AttemptError(
+      'reset',
+      'the upstream refused the HTTP/2 stream (REFUSED_STREAM) before processing it',
+      false,
+      'REFUSED_STREAM',
+    );
   if (code === 'BW_BODY_TOO_LARGE') return new AttemptError('request-body', err.message, sentHeaders, code);
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH')
     return new AttemptError(
@@ -214,27 +233,6 @@ export function classify(
   return new AttemptError('reset', `upstream error: ${err.message}`, sentHeaders, code || undefined);
 }
 
-export type RawTrailers = readonly (string | Buffer)[] | Readonly<Record<string, string | string[]>> | null;
-
-/** Trailers as one object (what addTrailers takes for HTTP/1.1 and HTTP/2 alike); undefined if none. */
-export function trailerObject(trailers: RawTrailers): Record<string, string> | undefined {
-  if (!trailers) return undefined;
-  let out: Record<string, string> | undefined;
-  if (Array.isArray(trailers)) {
-    for (let i = 0; i < trailers.length; i += 2) {
-      out ??= {};
-      out[String(trailers[i])] = String(trailers[i + 1]);
-    }
-    return out;
-  }
-  for (const [k, v] of Object.entries(trailers as Record<string, string | string[]>)) {
-    if (k.charCodeAt(0) === 58) continue;
-    out ??= {};
-    out[k] = Array.isArray(v) ? v.join(', ') : v;
-  }
-  return out;
-}
-
 enum State {
   Waiting = 0,
   Headers = 1,
@@ -243,7 +241,7 @@ enum State {
   Done = 4,
 }
 
-export class Attempt implements Dispatcher.DispatchHandler {
+export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   readonly head: Promise<ResponseHead>;
   private resolveHead!: (h: ResponseHead) => void;
   private rejectHead!: (e: AttemptError) => void;
@@ -252,13 +250,16 @@ export class Attempt implements Dispatcher.DispatchHandler {
   private pendingAbort: Error | undefined;
   private timer: NodeJS.Timeout | undefined;
   private resumeFn: (() => void) | undefined;
-  private res: ServerResponse | undefined;
+  private relay: ClientRelay | undefined;
   private bytes = 0;
   private finish: ((r: StreamResult) => void) | undefined;
   private connected = false;
   /** Chunks and the end that came before stream() was called (HEAD, 204, tiny bodies). */
   private early: Buffer[] | undefined;
   private ended: RawTrailers | undefined;
+  private upstreamDone: ((arg: unknown) => void) | undefined;
+  private upstreamDoneArg: unknown;
+  private extraSettled: (() => void) | undefined;
   private failure: AttemptError | undefined;
   private settled = false;
   private tee: BodyTee | undefined;
@@ -326,15 +327,30 @@ export class Attempt implements Dispatcher.DispatchHandler {
     if (this.opts.grpc) this.endGrpc(this.grpcStatus);
   }
 
-  /** Relays status, headers and body to the client; resolves when the body is done or broken. */
-  stream(res: ServerResponse, status: number, headers: string[], tee?: BodyTee): Promise<StreamResult> {
+  /**
+   * Relays status, headers and body to the client; resolves when the client response is over
+   * (whole, or broken). `policy`: whether what a slow client cannot take yet is buffered, and its
+   * send_timeout. `upstreamDone` is called when the upstream's part ended while the client still
+   * reads the buffered rest.
+   */
+  stream<T>(
+    res: ServerResponse,
+    status: number,
+    headers: string[],
+    tee?: BodyTee,
+    policy: RelayPolicy = UNBUFFERED,
+    upstreamDone?: (arg: T) => void,
+    arg?: T,
+  ): Promise<StreamResult> {
     if (this.state !== State.Headers) {
       return Promise.resolve({ complete: false, bytes: 0, error: this.failure });
     }
     this.state = State.Streaming;
-    this.res = res;
     this.tee = tee;
+    this.upstreamDone = upstreamDone as ((arg: unknown) => void) | undefined;
+    this.upstreamDoneArg = arg;
     res.writeHead(status, headers);
+    this.relay = new ClientRelay(res, policy, this, this.opts.h2 === true);
     const done = new Promise<StreamResult>((resolve) => {
       this.finish = resolve;
     });
@@ -347,14 +363,39 @@ export class Attempt implements Dispatcher.DispatchHandler {
       this.onComplete(this.ended);
       return done;
     }
-    res.on('drain', this.onDrain);
     this.resumeFn?.();
     return done;
   }
 
-  private readonly onDrain = (): void => {
+  /** Also calls `fn` when the attempt is settled (at once if it is). */
+  whenSettled(fn: () => void): void {
+    if (this.settled) fn();
+    else this.extraSettled = fn;
+  }
+
+  /** Why breakwater cut the client, if it did (send_timeout, ...): the access log's close reason. */
+  get cutReason(): CutReason | undefined {
+    return this.relay?.cutReason;
+  }
+
+  /** Where the response was buffered for a slow client, if it was: memory only, or a file too. */
+  get buffered(): 'memory' | 'file' | undefined {
+    return this.relay?.buffered;
+  }
+
+  // --- the relay's side (RelayOwner) ---
+
+  resumeUpstream(): void {
     this.resumeFn?.();
-  };
+  }
+
+  stopUpstream(_reason: CutReason, message: string): void {
+    if (this.state === State.Streaming) this.abort(new AttemptError('client-aborted', message, true));
+  }
+
+  relayed(complete: boolean): void {
+    this.finish?.({ complete, bytes: this.bytes });
+  }
 
   // --- undici dispatch handler ---
 
@@ -410,20 +451,10 @@ export class Attempt implements Dispatcher.DispatchHandler {
       else this.early = [chunk];
       return false;
     }
-    if (this.state !== State.Streaming || !this.res) return true;
+    if (this.state !== State.Streaming) return true;
     this.bytes += chunk.length;
     this.tee?.data(chunk);
-    const ok = this.res.write(chunk);
-    if (ok || !this.opts.h2) return ok;
-    if (this.res.writableLength > H2_MAX_BACKLOG)
-      this.abort(
-        new AttemptError(
-          'client-aborted',
-          'the client fell more than 64 MiB behind an HTTP/2 upstream',
-          true,
-        ),
-      );
-    return true;
+    return (this.relay as ClientRelay).data(chunk);
   }
 
   /** Trailers: a flat [name, value, ...] list from HTTP/1.1, an object from HTTP/2. */
@@ -432,20 +463,16 @@ export class Attempt implements Dispatcher.DispatchHandler {
       this.ended = trailers;
       return;
     }
-    if (this.state === State.Streaming && this.res) {
-      const res = this.res;
-      // Relayed where the client's framing can carry them: chunked HTTP/1.1, or HTTP/2.
-      if (res.chunkedEncoding || res.req.httpVersionMajor === 2) {
-        const t = trailerObject(trailers);
-        if (t) res.addTrailers(t);
-      }
-      res.off('drain', this.onDrain);
-      res.end();
+    if (this.state === State.Streaming) {
+      const relay = this.relay as ClientRelay;
+      // The upstream's body is whole (the cache and the Idempotency-Key store may keep it), and its
+      // connection goes back to the pool, whether or not the client has it all yet.
       this.tee?.end();
       this.settle();
       if (this.opts.grpc)
         this.endGrpc(this.grpcStatus ?? grpcStatusOfTrailers(trailers) ?? GRPC_CODES.unknown);
-      this.finish?.({ complete: true, bytes: this.bytes });
+      relay.end(trailers);
+      if (relay.draining) this.upstreamDone?.(this.upstreamDoneArg);
       return;
     }
     this.settle();
@@ -457,6 +484,7 @@ export class Attempt implements Dispatcher.DispatchHandler {
     if (this.settled) return;
     this.settled = true;
     this.opts.onSettled?.();
+    this.extraSettled?.();
   }
 
   onError(err: Error): void {
@@ -471,10 +499,10 @@ export class Attempt implements Dispatcher.DispatchHandler {
     this.failure = failure;
     if (prev === State.Waiting) {
       this.rejectHead(failure);
-    } else if (prev === State.Streaming && this.res) {
-      // Never let a cut-off body pass for a whole one: abort the client connection.
-      this.res.off('drain', this.onDrain);
-      this.res.destroy();
+    } else if (prev === State.Streaming) {
+      // Never let a cut-off body pass for a whole one: abort the client connection (and drop what
+      // was buffered for it).
+      this.relay?.fail();
       this.finish?.({ complete: false, bytes: this.bytes, error: failure });
     }
     // A gRPC stream the upstream broke is UNAVAILABLE; one breakwater dropped has no status.

@@ -8,6 +8,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
+import { requestStream } from './protocol.js';
 
 /** True when `address` (as Node reports it, IPv4-mapped IPv6 included) is a trusted proxy. */
 export type TrustCheck = (address: string) => boolean;
@@ -56,9 +57,29 @@ export function trustCheck(cidrs: readonly string[]): TrustCheck | undefined {
   };
 }
 
+/** Peer addresses captured when a connection was accepted: HTTP/1 by socket, HTTP/2 by session. */
+const PEERS = new WeakMap<object, string>();
+
+/**
+ * Remembers the address of a connection (an HTTP/1 socket, an HTTP/2 session) when it is accepted:
+ * a socket that is gone no longer knows its peer, and a request read from it before it went (a
+ * pipelined one) must still say who sent it.
+ */
+export function rememberPeer(connection: object, address: string | undefined): void {
+  if (address !== undefined) PEERS.set(connection, address);
+}
+
+/** The address of the peer that sent `req`: captured at accept, else the socket's (if still known). */
+export function peerAddress(req: IncomingMessage): string | undefined {
+  const stream = requestStream(req);
+  const connection = stream === undefined ? req.socket : stream.session;
+  const known = connection ? PEERS.get(connection) : undefined;
+  return known ?? req.socket?.remoteAddress;
+}
+
 /** The client's address: the connection's, or, behind trusted proxies, the one they forwarded. */
 export function clientAddress(req: IncomingMessage, trust: TrustCheck | undefined): string {
-  const peer = req.socket.remoteAddress ?? '';
+  const peer = peerAddress(req) ?? '';
   if (trust === undefined || !trust(peer)) return peer;
   const xff = req.headers['x-forwarded-for'];
   if (xff === undefined) return peer;

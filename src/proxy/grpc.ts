@@ -11,8 +11,8 @@
  * - `grpc-timeout` is the call's deadline.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Http2ServerResponse } from 'node:http2';
 import type { Problem, ProblemKind } from './problem.js';
+import { responseStream } from './protocol.js';
 
 /** The status codes, by the names `retry_on` uses. */
 export const GRPC_CODES = {
@@ -132,6 +132,14 @@ const CODE_OF: Record<ProblemKind, number> = {
   'upgrade-refused': GRPC_CODES.internal,
   'shutting-down': GRPC_CODES.unavailable,
   'store-unavailable': GRPC_CODES.unavailable,
+  'streaming-limit': GRPC_CODES.unavailable,
+  'body-storage-failed': GRPC_CODES.unavailable,
+  // (HTTP/1 framing and request-line refusals: a gRPC call over HTTP/2 never gets these.)
+  'header-timeout': GRPC_CODES['deadline-exceeded'],
+  'method-not-allowed': GRPC_CODES.unimplemented,
+  'expectation-failed': GRPC_CODES.internal,
+  'transfer-coding-not-implemented': GRPC_CODES.internal,
+  'http-version-not-supported': GRPC_CODES.internal,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {
@@ -179,7 +187,8 @@ export function sendGrpcProblem(res: ServerResponse, p: Problem): void {
  * END_STREAM and a bare reset: grpc-js reads that as INTERNAL.) HTTP/1.1: headers and no body.
  */
 export function sendTrailersOnly(res: ServerResponse, status: number, headers: readonly string[]): void {
-  if (res.req.httpVersionMajor !== 2) {
+  const stream = responseStream(res);
+  if (stream === undefined) {
     if (res.headersSent || res.destroyed) return;
     const out: string[] = [];
     for (let i = 0; i < headers.length; i += 2)
@@ -190,7 +199,6 @@ export function sendTrailersOnly(res: ServerResponse, status: number, headers: r
     res.end();
     return;
   }
-  const stream = (res as unknown as Http2ServerResponse).stream;
   if (stream.destroyed || stream.headersSent) return; // the client reset the stream meanwhile
   const out: Record<string, string | string[]> = { ':status': String(status) };
   for (let i = 0; i < headers.length; i += 2) {

@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { TrustCheck } from './client-address.js';
+import { isHttp2 } from './protocol.js';
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -97,11 +98,20 @@ export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeader
   const extra = connectionTokens(req.headers.connection);
   const out: string[] = [];
   let xff: string | undefined;
+  const h2 = isHttp2(req);
+  let cookie = false;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are the request line, not headers.
     if (name.charCodeAt(0) === 58) continue;
     const lower = name.toLowerCase();
+    // HTTP/2 cookie crumbs go on as one Cookie header joined by "; " (RFC 9113 8.2.3 requires it
+    // towards HTTP/1.1, where several Cookie headers are not allowed), where the first one was.
+    if (h2 && lower === 'cookie') {
+      if (!cookie) out.push('cookie', req.headers.cookie as string);
+      cookie = true;
+      continue;
+    }
     if (HOP_BY_HOP.has(lower) || (extra?.has(lower) ?? false)) continue;
     if (REQUEST_OWNED.has(lower)) {
       if (lower === 'x-forwarded-for')

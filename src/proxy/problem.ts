@@ -3,10 +3,10 @@
  * The `type` URIs are stable identifiers, listed in docs/errors.md.
  */
 import { type ServerResponse, STATUS_CODES } from 'node:http';
-import type { Http2ServerResponse } from 'node:http2';
 import type { Duplex } from 'node:stream';
 import type { AttemptError } from './attempt.js';
 import { isGrpcRequest, sendGrpcProblem } from './grpc.js';
+import { responseStream } from './protocol.js';
 
 export type ProblemKind =
   | 'no-route'
@@ -31,7 +31,14 @@ export type ProblemKind =
   | 'payload-too-large'
   | 'headers-too-large'
   | 'upgrade-refused'
-  | 'store-unavailable';
+  | 'store-unavailable'
+  | 'streaming-limit'
+  | 'body-storage-failed'
+  | 'header-timeout'
+  | 'method-not-allowed'
+  | 'expectation-failed'
+  | 'transfer-coding-not-implemented'
+  | 'http-version-not-supported';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -57,6 +64,16 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'headers-too-large': [431, 'The request headers are too large'],
   'upgrade-refused': [403, 'This protocol upgrade is not allowed'],
   'store-unavailable': [503, 'The shared store (Redis) is unreachable'],
+  'streaming-limit': [503, "The upstream's connections for streaming requests are all in use"],
+  'body-storage-failed': [507, 'breakwater could not store the body in a temporary file'],
+  'header-timeout': [408, 'The request headers did not arrive in time'],
+  'method-not-allowed': [405, 'This method is not allowed'],
+  'expectation-failed': [417, 'The expectation in the Expect header cannot be met'],
+  'transfer-coding-not-implemented': [
+    501,
+    'The request uses a transfer coding breakwater does not implement',
+  ],
+  'http-version-not-supported': [505, 'This HTTP version is not supported'],
 };
 
 export interface Problem {
@@ -112,7 +129,7 @@ function problemHeaders(p: Problem, body: string, h2 = false): string[] {
  */
 export function answered(res: ServerResponse): boolean {
   if (res.headersSent || res.destroyed) return true;
-  return res.req.httpVersionMajor === 2 && (res as unknown as Http2ServerResponse).stream.destroyed;
+  return responseStream(res)?.destroyed ?? false;
 }
 
 /** Writes a problem response unless the response has already started. */
@@ -124,7 +141,7 @@ export function sendProblem(res: ServerResponse, p: Problem): void {
     return;
   }
   const body = problemBody(p);
-  res.writeHead(p.status, problemHeaders(p, body, res.req.httpVersionMajor === 2));
+  res.writeHead(p.status, problemHeaders(p, body, responseStream(res) !== undefined));
   res.end(res.req.method === 'HEAD' ? undefined : body);
 }
 

@@ -35,6 +35,7 @@ import { causeOf, statusLabel } from '../pipeline/outcome.js';
 import type { RateLimiter } from '../pipeline/rate-limiter.js';
 import { type Endpoint, secureContextOf, tlsNameOf, type Upstream } from '../upstream/upstream.js';
 import { AttemptError, classify } from './attempt.js';
+import { peerAddress } from './client-address.js';
 import { upgradeRequestHeaders, upgradeResponseHeaders } from './headers.js';
 import { endWithProblem, failureProblem, type Problem, problem } from './problem.js';
 
@@ -293,7 +294,7 @@ class Tunnel {
         host: upstream.hostFor(endpoint, req.headers.host),
         requestId,
         proto: 'http',
-        remoteAddress: req.socket.remoteAddress,
+        remoteAddress: peerAddress(req),
         trust: route.trust,
       },
       req.headers.upgrade as string,

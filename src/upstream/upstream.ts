@@ -16,6 +16,7 @@ import { createSecureContext, rootCertificates, type SecureContext } from 'node:
 import { buildConnector, type Dispatcher, Pool } from 'undici';
 import type { EndpointModel, TlsModel, UpstreamModel } from '../config/resolve.js';
 import { type Balancer, createBalancer, PeakEwma } from './balancer.js';
+import { StreamingShare } from './streaming-share.js';
 
 export type Health = 'unknown' | 'healthy' | 'unhealthy';
 
@@ -108,6 +109,10 @@ export class Endpoint {
   readonly servername: string | undefined;
   /** Attempts in flight to this endpoint. */
   inflight = 0;
+  /** Of those, attempts streaming at the client's pace (see StreamingShare). */
+  streaming = 0;
+  /** The streaming share of this endpoint's upstream (set by the Upstream). */
+  share: StreamingShare | undefined;
   readonly weight: number;
   readonly latency: PeakEwma;
   /** From active health checks; `unknown` until the first check (routable, not yet ready). */
@@ -151,6 +156,8 @@ export class Upstream {
   private checker: HealthChecker | undefined;
   private dnsTimer: NodeJS.Timeout | undefined;
   private resolver: Resolver = systemResolver;
+  /** The share of each endpoint's connections that streaming attempts may hold. */
+  readonly share: StreamingShare;
 
   /** The endpoints now: configured IP addresses, and one per address of each configured host name. */
   get endpoints(): readonly Endpoint[] {
@@ -164,6 +171,7 @@ export class Upstream {
       random?: () => number;
       endpoints?: readonly Endpoint[];
       events?: EndpointEvents;
+      share?: StreamingShare;
     } = {},
   ) {
     this.name = model.name;
@@ -172,6 +180,9 @@ export class Upstream {
     this.events = options.events;
     this.eps = options.endpoints ?? model.endpoints.map((e) => new Endpoint(e, model, this.now));
     this.balancer = createBalancer<Endpoint>(model.loadBalancing, this.random);
+    this.share = options.share ?? new StreamingShare(model.streamingLimit);
+    this.share.limit = model.streamingLimit;
+    for (const e of this.eps) e.share = this.share;
   }
 
   /** The same endpoints, pools and health under a changed model (a reload that kept them). */
@@ -181,6 +192,7 @@ export class Upstream {
       random: this.random,
       endpoints: this.endpoints,
       events: this.events,
+      share: this.share,
     });
     next.checker = this.checker;
     next.checker?.retarget(next);
@@ -205,6 +217,23 @@ export class Upstream {
     candidates = this.byPriority(candidates);
     candidates = this.byGroup(candidates);
     return this.balancer.pick(candidates, avoid);
+  }
+
+  /**
+   * Picks an endpoint for a streaming attempt and takes its place in the streaming share: the
+   * balancer's choice when it has room, else another available endpoint that has; 'full' when
+   * every available endpoint's share is in use, undefined when none is available.
+   */
+  pickStreaming(avoid?: Endpoint): Endpoint | 'full' | undefined {
+    const first = this.pick(avoid);
+    if (first === undefined) return undefined;
+    if (this.share.tryTake(first)) return first;
+    const now = this.now();
+    const roomy = this.endpoints.filter((e) => e !== first && e.available(now) && this.share.hasRoom(e));
+    if (roomy.length === 0) return 'full';
+    const other = this.balancer.pick(roomy, avoid);
+    if (other === undefined || !this.share.tryTake(other)) return 'full';
+    return other;
   }
 
   private byPriority(candidates: Endpoint[]): Endpoint[] {
@@ -330,7 +359,10 @@ export class Upstream {
     const added = next.filter((e) => !this.eps.includes(e));
     if (removed.length === 0 && added.length === 0) return;
     this.eps = next;
-    for (const e of added) this.checker?.track(e);
+    for (const e of added) {
+      e.share = this.share;
+      this.checker?.track(e);
+    }
     for (const e of removed) void e.pool.close();
     this.events?.endpointsChanged?.(next.map((e) => e.model.url));
   }

@@ -5,6 +5,8 @@
  *   node test/bench/run.mjs                         run every scenario (dist/ must be built)
  *   node test/bench/run.mjs --only direct,breakwater-plain
  *   node test/bench/run.mjs --list                  print the scenario names and exit
+ *   npm run bench -- attack                         the slow-HTTP attack section instead
+ *                                                   (test/bench/attack.mjs: slowhttptest's four modes)
  *
  * Environment: BENCH_DURATION (s, default 8), BENCH_CONNECTIONS (default 50), BENCH_WARMUP (s,
  * default 2), BENCH_PORT_BASE (default 18000; ports are taken from BENCH_PORT_BASE..18999).
@@ -477,7 +479,7 @@ http {
 //     name: 'breakwater-policies',
 //     description: 'every resilience policy on, none triggering',
 //     upstream: `
-//       retry: { max_attempts: 3 }
+//       retry: { max_attempts: 3 }   # attempts, the first included
 //       circuit_breaker: { failure_threshold: 1000000 }
 //       rate_limiter: { max_requests_per_second: 10000000 }
 //       bulkhead: { max_concurrent: 100000 }
@@ -510,7 +512,7 @@ const SCENARIOS = [
     name: 'breakwater-policies',
     description: 'every resilience policy on (retry, breaker, limiter, bulkhead), none triggering',
     upstream: `
-      retry: { max_attempts: 3 }
+      retry: { max_attempts: 3 }   # attempts, the first included
       circuit_breaker: { failure_threshold: 1000000, failure_rate_threshold: 99%, slow_call_duration: 10s, slow_call_rate_threshold: 99% }
       rate_limiter: { max_requests_per_second: 10000000, burst_limit: 10000000 }
       bulkhead: { max_concurrent: 100000 }
@@ -893,12 +895,31 @@ function markdownTable(rows) {
 // ---------------------------------------------------------------------------------------------
 // Main.
 
-const USAGE = `Usage: node test/bench/run.mjs [--only a,b,...] [--list]
+const USAGE = `Usage: node test/bench/run.mjs [--only a,b,...] [--list] | attack [--only modes]
 Scenarios: ${SCENARIOS.map((s) => s.name).join(', ')}
 Env: BENCH_DURATION (s, default 8), BENCH_CONNECTIONS (default 50), BENCH_WARMUP (s, default 2),
      BENCH_PORT_BASE (default 18000)`;
 
+/** `attack` as the first argument: test/bench/attack.mjs in a child (its own output, table and exit code). */
+function runAttackSection(args) {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [path.join(BENCH_DIR, 'attack.mjs'), ...args], {
+      cwd: ROOT,
+      stdio: 'inherit',
+      env: process.env,
+    });
+    const handle = { name: 'attack', child, exited: false, exitInfo: '', stderrTail: '' };
+    children.add(handle);
+    child.on('exit', (code, signal) => {
+      handle.exited = true;
+      children.delete(handle);
+      resolve(code ?? (signal ? 1 : 0));
+    });
+  });
+}
+
 async function main() {
+  if (process.argv[2] === 'attack') return runAttackSection(process.argv.slice(3));
   const { values } = parseArgs({
     options: {
       only: { type: 'string' },

@@ -3,13 +3,14 @@
  * same 64-byte JSON body (content-type application/json, content-length set, keep-alive).
  *
  *   node test/bench/upstream.mjs --port 18000
+ *   node test/bench/upstream.mjs --port 18000 --big-bytes 4194304   (GET /big: that many bytes)
  *
  * Prints `listening 127.0.0.1:<port>` on stdout once it accepts connections.
  */
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
-const { values } = parseArgs({ options: { port: { type: 'string' } } });
+const { values } = parseArgs({ options: { port: { type: 'string' }, 'big-bytes': { type: 'string' } } });
 const port = Number(values.port);
 if (!Number.isInteger(port) || port <= 0) {
   process.stderr.write('upstream: --port PORT is required\n');
@@ -32,7 +33,20 @@ const HEADERS = {
   'content-length': String(BODY.length),
 };
 
+/** With --big-bytes, GET /big answers that many bytes (test/bench/attack.mjs's slow readers). */
+const BIG = values['big-bytes'] ? Buffer.alloc(Number(values['big-bytes']), 'b') : undefined;
+const BIG_HEADERS = BIG && {
+  'content-type': 'application/octet-stream',
+  'content-length': String(BIG.length),
+};
+
 const server = http.createServer((req, res) => {
+  if (BIG && req.url === '/big') {
+    req.resume();
+    res.writeHead(200, BIG_HEADERS);
+    res.end(BIG);
+    return;
+  }
   // Drain any request body before answering so the connection stays reusable.
   if (req.readableEnded) {
     res.writeHead(200, HEADERS);

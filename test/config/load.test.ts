@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +9,15 @@ import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { configJsonSchema } from '../../src/config/schema.js';
 
 const run = promisify(execFile);
-const SEEDS = join(import.meta.dirname, '../../../shared/seed-examples');
+/**
+ * The design document's two YAML blocks, copied verbatim into the repository (a clone must need
+ * nothing beside it). Their digests are pinned below: a fixture edited to fit the code fails.
+ */
+const SEEDS = join(import.meta.dirname, '../fixtures/seed-examples');
+const SEED_SHA256 = {
+  'ecommerce-promo.yaml': 'dc59efa1d6099843e3170717ca52dacedd179e63096d26d70aef6bded8ae6258',
+  'degradation.yaml': 'dd216a8b97aee89536fc03c4ad3f139eaf7b672fcf78b307721f301b9bf6ab41',
+};
 const BASE = `
 listeners:
   - name: main
@@ -36,6 +45,16 @@ async function problemsOf(yaml: string, env: Record<string, string> = {}) {
 }
 
 describe('the design document seed blocks', () => {
+  it('the fixtures are the design document blocks, byte for byte', () => {
+    for (const [file, sha256] of Object.entries(SEED_SHA256))
+      expect({
+        file,
+        sha256: createHash('sha256')
+          .update(readFileSync(join(SEEDS, file)))
+          .digest('hex'),
+      }).toEqual({ file, sha256 });
+  });
+
   it('loads the e-commerce block unchanged as the resilience defaults of every upstream', async () => {
     const seed = readFileSync(join(SEEDS, 'ecommerce-promo.yaml'), 'utf8');
     const cfg = await parseConfigText(BASE + seed, 'promo.yaml', { env: {} });
@@ -331,6 +350,12 @@ describe('breakwater validate', () => {
     expect(stdout).toMatch(/valid/);
   });
 
+  it('exits 0 for the first-hour example that docs/getting-started.md uses', async () => {
+    const file = join(import.meta.dirname, '../../config/examples/first-hour.yaml');
+    const { stdout } = await run(process.execPath, [cli, 'validate', '--config', file]);
+    expect(stdout).toBe(`${file}: valid\n`);
+  });
+
   it('exits 1 and prints file:line:column for a bad config', async () => {
     const bad = join(dir, 'bad.yaml');
     writeFileSync(bad, `${BASE}\nresilience:\n  retry:\n    max_attempts: many\n`);
@@ -364,15 +389,17 @@ describe('breakwater validate', () => {
 
 describe('shipped configs', () => {
   const root = join(import.meta.dirname, '../..');
-  it.each(['config/breakwater.yaml', 'config/compose.yaml', 'config/examples/ecommerce.yaml'])(
-    '%s is valid',
-    async (file) => {
-      const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), join(root, file), {
-        env: {},
-      });
-      expect(cfg.listeners[0]?.port).toBe(15001);
-    },
-  );
+  it.each([
+    'config/breakwater.yaml',
+    'config/compose.yaml',
+    'config/examples/ecommerce.yaml',
+    'config/examples/first-hour.yaml',
+  ])('%s is valid', async (file) => {
+    const cfg = await parseConfigText(readFileSync(join(root, file), 'utf8'), join(root, file), {
+      env: {},
+    });
+    expect(cfg.listeners[0]?.port).toBe(15001);
+  });
 
   it("the README's minimal config is valid", async () => {
     const readme = readFileSync(join(root, 'README.md'), 'utf8');
@@ -393,13 +420,13 @@ describe('shipped configs', () => {
     }
   });
 
-  it('the ConfigMap in k8s/deployment.yaml holds a valid config', async () => {
+  it('the ConfigMap in k8s/base/configmap.yaml holds a valid config', async () => {
     const { parseAllDocuments } = await import('yaml');
-    const docs = parseAllDocuments(readFileSync(join(root, 'k8s/deployment.yaml'), 'utf8')).map((d) =>
+    const docs = parseAllDocuments(readFileSync(join(root, 'k8s/base/configmap.yaml'), 'utf8')).map((d) =>
       d.toJS(),
     );
     const cm = docs.find((d) => d.kind === 'ConfigMap');
-    const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/deployment.yaml', { env: {} });
-    expect(cfg.shutdown).toEqual({ delay: 5000, drain_timeout: 20_000 });
+    const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/base/configmap.yaml', { env: {} });
+    expect(cfg.shutdown).toEqual({ delay: 0, drain_timeout: 10_000 });
   });
 });

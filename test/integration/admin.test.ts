@@ -3,11 +3,14 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, simpleConfig, startBreakwater } from '../kit/breakwater.js';
 import { freePort, spawnBreakwater, waitFor } from '../kit/process.js';
+import { requireTool } from '../kit/tools.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
+
+const promtool = requireTool('promtool', 'prometheus');
 
 function promtoolCheck(text: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn(promtool.path ?? 'promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let output = '';
     p.stdout.on('data', (d) => {
       output += d;
@@ -67,40 +70,58 @@ describe('admin listener', () => {
     expect(res.headers['content-type']).toMatch(/^text\/plain; version=0.0.4/);
     const text = await res.body.text();
     expect(text).toMatch(
-      /breakwater_requests_total\{listener="main",route="all",upstream="app",method="GET",code="200"\} 5/,
+      /breakwater_requests_total\{listener="main",route="all",upstream="app",method="GET",code="200"\} 5\n/,
     );
-    expect(text).toMatch(
-      /breakwater_request_duration_seconds_bucket\{le="0.1",listener="main",route="all",upstream="app"\} \d+/,
+    // Every request of the route is in the histogram once: its count and +Inf bucket are the
+    // route's request total, and no bucket holds more.
+    const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? Number.NaN);
+    const requests = [
+      ...text.matchAll(
+        /^breakwater_requests_total\{listener="main",route="all",upstream="app",[^}]*\} (\d+)$/gm,
+      ),
+    ].reduce((n, m) => n + Number(m[1]), 0);
+    expect(requests).toBeGreaterThanOrEqual(5);
+    const series = 'listener="main",route="all",upstream="app"';
+    expect(value(new RegExp(`^breakwater_request_duration_seconds_count\\{${series}\\} (\\d+)$`, 'm'))).toBe(
+      requests,
     );
-    expect(text).toMatch(
-      /breakwater_request_duration_seconds_count\{listener="main",route="all",upstream="app"\} \d+/,
-    );
+    expect(
+      value(
+        new RegExp(`^breakwater_request_duration_seconds_bucket\\{le="\\+Inf",${series}\\} (\\d+)$`, 'm'),
+      ),
+    ).toBe(requests);
+    expect(
+      value(new RegExp(`^breakwater_request_duration_seconds_bucket\\{le="0.1",${series}\\} (\\d+)$`, 'm')),
+    ).toBeLessThanOrEqual(requests);
   });
 
-  it('passes promtool check metrics on a scrape of the running CLI taken under load', async () => {
-    const [port, admin] = [await freePort(), await freePort()];
-    const child = spawnBreakwater(
-      `listeners: [{ name: main, port: ${port}, routes: [{ upstream: app }] }]\nadmin: { port: ${admin} }\nupstreams: { app: { endpoints: ["${up.url}"] } }\nlogging: { access_log: false }\n`,
-    );
-    try {
-      await waitFor(`http://127.0.0.1:${admin}/health/ready`);
-      const load = Array.from({ length: 300 }, (_, i) =>
-        request(`http://127.0.0.1:${port}/load/${i}`, {
-          method: i % 3 ? 'GET' : 'POST',
-          body: i % 3 ? null : 'x',
-        }).then((r) => r.body.dump()),
+  it.skipIf(!promtool.available)(
+    'passes promtool check metrics on a scrape of the running CLI taken under load',
+    async () => {
+      const [port, admin] = [await freePort(), await freePort()];
+      const child = spawnBreakwater(
+        `listeners: [{ name: main, port: ${port}, routes: [{ upstream: app }] }]\nadmin: { port: ${admin} }\nupstreams: { app: { endpoints: ["${up.url}"] } }\nlogging: { access_log: false }\n`,
       );
-      const scrape = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
-      await Promise.all(load);
-      expect(scrape).toMatch(/breakwater_process_resident_memory_bytes \d+/);
-      expect(scrape).toMatch(/breakwater_requests_in_flight\{listener="main"\}/);
-      const result = await promtoolCheck(scrape);
-      expect(result.output).toBe('');
-      expect(result.code).toBe(0);
-    } finally {
-      child.kill('SIGKILL');
-    }
-  });
+      try {
+        await waitFor(`http://127.0.0.1:${admin}/health/ready`);
+        const load = Array.from({ length: 300 }, (_, i) =>
+          request(`http://127.0.0.1:${port}/load/${i}`, {
+            method: i % 3 ? 'GET' : 'POST',
+            body: i % 3 ? null : 'x',
+          }).then((r) => r.body.dump()),
+        );
+        const scrape = await (await request(`http://127.0.0.1:${admin}/metrics`)).body.text();
+        await Promise.all(load);
+        expect(scrape).toMatch(/breakwater_process_resident_memory_bytes [1-9]\d*\n/);
+        expect(scrape).toMatch(/breakwater_requests_in_flight\{listener="main"\}/);
+        const result = await promtoolCheck(scrape);
+        expect(result.output).toBe('');
+        expect(result.code).toBe(0);
+      } finally {
+        child.kill('SIGKILL');
+      }
+    },
+  );
 
   it('writes one access-log line per request with the documented fields, secrets redacted', async () => {
     const res = await request(`${bw.url()}/logged?q=secret-token`, {

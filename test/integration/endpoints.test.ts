@@ -236,22 +236,33 @@ upstreams:
     const bw = await startBreakwater(cfg(100, 0), { file });
     cleanup.push(() => bw.stop());
     const results: string[] = [];
+    /** Answers to requests sent after the reload had returned. */
+    const afterReload: string[] = [];
+    let reloaded = false;
     const stopAt = performance.now() + 1200;
     const load = Promise.all(
       Array.from({ length: 10 }, async () => {
-        while (performance.now() < stopAt) {
+        for (let i = 0; i < 2000 && performance.now() < stopAt; i++) {
+          const sentAfterReload = reloaded;
           const res = await request(`http://127.0.0.1:${port}/x`);
-          results.push(`${res.statusCode} ${await res.body.text()}`);
+          const answer = `${res.statusCode} ${await res.body.text()}`;
+          results.push(answer);
+          if (sentAfterReload) afterReload.push(answer);
         }
       }),
     );
     await sleep(400);
+    const beforeReload = [...results];
     writeFileSync(file, cfg(0, 100));
     expect((await bw.bw.reload('blue-green')).ok).toBe(true);
+    reloaded = true;
     await load;
+    // No request failed; all blue before the switch, all green once the reload returned.
     expect(results.every((r) => r === '200 blue' || r === '200 green')).toBe(true);
-    expect(count(results, '200 blue')).toBeGreaterThan(0);
-    expect(count(results, '200 green')).toBeGreaterThan(0);
+    expect(beforeReload.length).toBeGreaterThan(0);
+    expect(new Set(beforeReload)).toEqual(new Set(['200 blue']));
+    expect(afterReload.length).toBeGreaterThan(0);
+    expect(new Set(afterReload)).toEqual(new Set(['200 green']));
     const after = await request(`http://127.0.0.1:${port}/x`);
     expect(await after.body.text()).toBe('green');
   });

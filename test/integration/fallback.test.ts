@@ -173,6 +173,7 @@ fallbacks:
   });
 
   it('rate_limited does not trigger a fallback unless `on` names it', async () => {
+    // One token, and the next only in 100 s: a slow machine cannot earn one during the test.
     const { up } = await switchable({ status: 200 });
     const bw = await proxy(`
 listeners:
@@ -181,8 +182,8 @@ listeners:
     routes: [{ match: { path_prefix: /a }, upstream: a }, { upstream: b }]
 admin: { port: 0 }
 upstreams:
-  a: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 1, burst_limit: 1 }, fallback: busy }
-  b: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 1, burst_limit: 1 }, fallback: busy_too }
+  a: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1 }, fallback: busy }
+  b: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1 }, fallback: busy_too }
 fallbacks:
   busy: { type: static_response, body: 'later' }
   busy_too: { type: static_response, status: 503, body: 'try later', on: [rate_limited] }

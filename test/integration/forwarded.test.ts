@@ -27,7 +27,8 @@ admin: { port: 0 }
 upstreams:
   app:
     endpoints: ["${up.url}"]
-    rate_limiter: { max_requests_per_second: 1, burst_limit: 1, key: client_ip }
+    # one token per client, the next only in 100 s: none comes back during a test
+    rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1, key: client_ip }
 `);
     cleanup.push(() => bw.stop());
     const get = async (xff: string) => {

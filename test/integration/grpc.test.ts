@@ -314,13 +314,38 @@ ${upstreamExtra}
   });
 
   it('answers RESOURCE_EXHAUSTED when the rate limiter refuses a call', async () => {
+    // One token, and the next only in 100 s: a slow machine cannot earn one during the test.
     const up = await server({});
-    const bw = await proxy(up.port, '    rate_limiter: { max_requests_per_second: 1, burst_limit: 1 }');
+    const bw = await proxy(up.port, '    rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1 }');
     const c = client(bw);
     expect((await unary(c, { text: 'first', count: 0 })).value?.text).toBe('echo first');
     const second = await unary(c, { text: 'second', count: 0 });
     expect(second.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
     expect(up.calls).toHaveLength(1);
+  });
+
+  it('holds gRPC calls within the streaming share: a call beyond it waits, then UNAVAILABLE; it runs once a place is free', async () => {
+    const up = await server({});
+    // One connection of two streams, half of it for streaming: one call at a time.
+    const bw = await proxy(
+      up.port,
+      '    max_connections: 1\n    max_concurrent_streams: 2\n    streaming_connections: 50%\n    timeout: 500ms',
+    );
+    const c = client(bw);
+    const chat = c.Chat();
+    chat.on('error', () => undefined);
+    chat.write({ text: 'a', count: 1 });
+    await new Promise((r) => chat.once('data', r));
+    const t0 = performance.now();
+    const second = await unary(c, { text: 'b', count: 2 });
+    expect(second.error?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(second.error?.details).toContain('streaming');
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(400);
+    const ended = new Promise((r) => chat.once('status', r));
+    chat.end();
+    await ended;
+    const third = await unary(c, { text: 'c', count: 3 });
+    expect(third.value?.text).toBe('echo c');
   });
 
   it('answers UNAVAILABLE when the upstream is down', async () => {

@@ -77,18 +77,34 @@ describe('Idempotency-Key', () => {
     expect(text).toMatch(/breakwater_idempotency_total\{route="pay",result="replayed"\} 1/);
   });
 
-  it('50 concurrent duplicates: the upstream sees exactly one; every client gets the replay or 409', async () => {
+  it('50 concurrent duplicates: the upstream sees exactly one; every other client gets a 409 or a marked replay', async () => {
     const up = await payments(150);
     const bw = await proxy(up.url);
     const results = await Promise.all(Array.from({ length: 50 }, () => pay(bw, 'dup-key', '{"amount":99}')));
+    // The contract, whatever the schedule: one charge; one original answer; every other answer is
+    // either the in-flight conflict or, once the original completed, its replay marked as such.
     expect(up.charges).toHaveLength(1);
-    const statuses = results.map((r) => r.status);
-    expect(statuses.filter((s) => s === 201)).toHaveLength(1);
-    expect(statuses.every((s) => s === 201 || s === 409)).toBe(true);
-    const conflict = results.find((r) => r.status === 409);
-    expect(JSON.parse(conflict?.body ?? '{}').type).toBe('urn:breakwater:problem:idempotency-conflict');
+    const originals = results.filter(
+      (r) => r.headers['idempotent-replayed'] === undefined && r.status !== 409,
+    );
+    expect(originals.map((r) => r.status)).toEqual([201]);
+    const original = originals[0];
+    for (const r of results) {
+      if (r === original) continue;
+      if (r.status === 409) {
+        expect(JSON.parse(r.body).type).toBe('urn:breakwater:problem:idempotency-conflict');
+        expect(r.headers['idempotent-replayed']).toBeUndefined();
+      } else {
+        expect({ status: r.status, replayed: r.headers['idempotent-replayed'], body: r.body }).toEqual({
+          status: 201,
+          replayed: 'true',
+          body: original?.body,
+        });
+      }
+    }
     const later = await pay(bw, 'dup-key', '{"amount":99}');
-    expect(later).toMatchObject({ status: 201, body: results.find((r) => r.status === 201)?.body });
+    expect(later).toMatchObject({ status: 201, body: original?.body });
+    expect(later.headers['idempotent-replayed']).toBe('true');
     expect(up.charges).toHaveLength(1);
   });
 
@@ -97,7 +113,20 @@ describe('Idempotency-Key', () => {
     const bw = await proxy(up.url, '{ conflict: wait }');
     const results = await Promise.all(Array.from({ length: 10 }, () => pay(bw, 'wait-key', '{"amount":5}')));
     expect(up.charges).toHaveLength(1);
-    expect(new Set(results.map((r) => `${r.status} ${r.body}`)).size).toBe(1);
+    // One original; the nine others waited (no 409) and got its replay, marked as one.
+    const replayed = results.filter((r) => r.headers['idempotent-replayed'] === 'true');
+    const originals = results.filter((r) => r.headers['idempotent-replayed'] === undefined);
+    expect(originals.map((r) => r.status)).toEqual([201]);
+    expect(replayed).toHaveLength(9);
+    for (const r of replayed)
+      expect({ status: r.status, body: r.body, charge: r.headers['x-charge-id'] }).toEqual({
+        status: 201,
+        body: originals[0]?.body,
+        charge: 'ch_1',
+      });
+    const text = await (await request(`${bw.adminUrl}/metrics`)).body.text();
+    expect(text).toMatch(/breakwater_idempotency_total\{route="pay",result="stored"\} 1/);
+    expect(text).toMatch(/breakwater_idempotency_total\{route="pay",result="replayed"\} 9/);
   });
 
   it('the same key with another body is 422; no key where required is 400; a malformed key is 400', async () => {

@@ -1,7 +1,9 @@
+import type { ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, spawnBreakwater, waitFor } from '../kit/process.js';
+import { until } from '../kit/until.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
 function config(upstream: string, port: number, admin: number, extra = '') {
@@ -19,10 +21,12 @@ ${extra}
 }
 
 describe('SIGTERM drains in-flight requests', () => {
+  /** Responses the upstream holds until the test lets them go. */
+  const held: ServerResponse[] = [];
   let slow: TestUpstream;
   beforeAll(async () => {
     slow = await startUpstream((_req, res) => {
-      setTimeout(() => res.end('done'), 800);
+      held.push(res);
     });
   });
   afterAll(() => slow.close());
@@ -33,22 +37,23 @@ describe('SIGTERM drains in-flight requests', () => {
     try {
       await waitFor(`http://127.0.0.1:${admin}/health/ready`);
       const inflight = Array.from({ length: 20 }, (_, i) =>
-        request(`http://127.0.0.1:${port}/work/${i}`).then(async (r) => ({
-          status: r.statusCode,
-          body: await r.body.text(),
-        })),
+        request(`http://127.0.0.1:${port}/work/${i}`).then(
+          async (r) => ({ status: r.statusCode, body: await r.body.text() }),
+          (e: { code?: string }) => ({ status: 0, body: String(e.code) }),
+        ),
       );
-      await new Promise((r) => setTimeout(r, 200));
-      expect(slow.received.length).toBe(20); // all 20 reached the upstream, none answered yet
+      // All 20 reached the upstream, which answers none of them until the drain has begun.
+      await until(() => held.length === 20, 'all 20 requests at the upstream', 10_000);
       child.kill('SIGTERM');
-      await waitFor(`http://127.0.0.1:${admin}/health/ready`, 503, 2000);
+      await waitFor(`http://127.0.0.1:${admin}/health/ready`, 503, 5000);
       const refused = await request(`http://127.0.0.1:${port}/late`).then(
         () => 'accepted',
         (e: { code?: string }) => e.code,
       );
       expect(refused).toBe('ECONNREFUSED');
+      for (const res of held.splice(0)) res.end('done');
       const results = await Promise.all(inflight);
-      expect(results.every((r) => r.status === 200 && r.body === 'done')).toBe(true);
+      expect(results).toEqual(Array(20).fill({ status: 200, body: 'done' }));
       expect(await child.exited).toBe(0);
       expect(child.stdout.some((l) => l.includes('shutdown: done'))).toBe(true);
     } finally {
@@ -68,7 +73,7 @@ describe('SIGTERM drains in-flight requests', () => {
         (r) => r.statusCode,
         (e: { code?: string }) => e.code,
       );
-      await new Promise((r) => setTimeout(r, 100));
+      await until(() => hang.received.length === 1, 'the request at the upstream', 10_000);
       const t0 = Date.now();
       child.kill('SIGTERM');
       expect(await child.exited).toBe(0);

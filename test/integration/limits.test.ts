@@ -1,15 +1,20 @@
+import net from 'node:net';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
 import { rawRequest } from '../kit/raw-client.js';
+import { sleep } from '../kit/until.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
 describe('limits and request-target hygiene', () => {
   let up: TestUpstream;
+  /** A server of its own behind the /admin route, so which route matched shows where a request lands. */
+  let adminUp: TestUpstream;
   let bw: Running;
   let port: number;
   beforeAll(async () => {
     up = await startUpstream();
+    adminUp = await startUpstream();
     bw = await startBreakwater(`
 listeners:
   - name: main
@@ -22,13 +27,14 @@ listeners:
 admin: { port: 0 }
 upstreams:
   app: { endpoints: ["${up.url}"], retry: { enabled: false } }
-  admin: { endpoints: ["${up.url}"] }
+  admin: { endpoints: ["${adminUp.url}"] }
 `);
     port = bw.bw.listenerPort('main');
   });
   afterAll(async () => {
     await bw.stop();
     await up.close();
+    await adminUp.close();
   });
 
   const status = (text: string) => text.slice(9, 12);
@@ -57,15 +63,22 @@ upstreams:
   });
 
   it.each([
-    ['/admin/../public', '/public'],
-    ['/public/%2e%2e/admin/x', '/admin/x'],
-    ['//admin//x', '/admin/x'],
-    ['/a/./b/', '/a/b/'],
-    ['/keep/%2F/and/%0D%0A', '/keep/%2F/and/%0D%0A'],
-  ])('reads %s as %s for matching and upstream alike', async (raw, normalized) => {
+    ['/admin/../public', '/public', 'app'],
+    ['/public/%2e%2e/admin/x', '/admin/x', 'admin'],
+    ['/public/%2E%2e/admin/x', '/admin/x', 'admin'],
+    ['//admin//x', '/admin/x', 'admin'],
+    ['/a/./b/', '/a/b/', 'app'],
+    ['/keep/%2F/and/%0D%0A', '/keep/%2F/and/%0D%0A', 'app'],
+  ])('reads %s as %s for matching and upstream alike (route %s)', async (raw, normalized, route) => {
+    const [appBefore, adminBefore] = [up.received.length, adminUp.received.length];
     const r = await rawRequest(port, `GET ${raw}?q=1 HTTP/1.1\r\nHost: x\r\n\r\n`);
     expect(status(r.text)).toBe('200');
-    expect(up.received.at(-1)?.url).toBe(`${normalized}?q=1`);
+    const matched = route === 'admin' ? adminUp : up;
+    expect({
+      app: up.received.length - appBefore,
+      admin: adminUp.received.length - adminBefore,
+    }).toEqual({ app: route === 'app' ? 1 : 0, admin: route === 'admin' ? 1 : 0 });
+    expect(matched.received.at(-1)?.url).toBe(`${normalized}?q=1`);
   });
 
   it.each(['/a\\b', '/a%5cb', '/../etc/passwd', '/%2e%2e/x'])('refuses the path %s with 400', async (raw) => {
@@ -83,18 +96,29 @@ upstreams:
   });
 
   it('413 for a body over the listener limit, by Content-Length or while a chunked body streams; a route may allow more', async () => {
+    const before = up.started;
     const over = Buffer.alloc(2048, 'x');
     const res = await request(`${bw.url()}/small`, { method: 'POST', body: over });
     expect(res.statusCode).toBe(413);
     expect(((await res.body.json()) as { type: string }).type).toBe(
       'urn:breakwater:problem:payload-too-large',
     );
-    const chunks = `${(2048).toString(16)}\r\n${'y'.repeat(2048)}\r\n0\r\n\r\n`;
-    const chunked = await rawRequest(
-      port,
-      `POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunks}`,
-    );
-    expect(status(chunked.text)).toBe('413');
+    // A chunked body under the limit at first, over it 200 ms later: held back, never streamed.
+    const socket = net.connect(port, '127.0.0.1');
+    let answer = '';
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+    });
+    socket.on('error', () => undefined);
+    const ended = new Promise((r) => socket.on('close', r));
+    const chunk = (n: number) => `${n.toString(16)}\r\n${'y'.repeat(n)}\r\n`;
+    socket.write(`POST /small HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk(1000)}`);
+    await sleep(200);
+    socket.end(`${chunk(1048)}0\r\n\r\n`);
+    await ended;
+    expect(status(answer)).toBe('413');
+    // Neither reached the upstream, not even its head.
+    expect(up.started).toBe(before);
     const allowed = await request(`${bw.url()}/uploads/file`, {
       method: 'POST',
       body: Buffer.alloc(4096, 'z'),

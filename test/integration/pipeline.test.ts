@@ -4,8 +4,10 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { ManualClock } from '../kit/clock.js';
 import { startFaultUpstream } from '../kit/fault-upstream.js';
 import { freePort } from '../kit/process.js';
+import { sleep, until } from '../kit/until.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
 const cleanup: (() => Promise<void>)[] = [];
@@ -22,8 +24,14 @@ async function upstream(
   return up;
 }
 
-async function proxy(upstreams: string, routes = '[{ upstream: app }]', extra = ''): Promise<Running> {
-  const bw = await startBreakwater(`
+async function proxy(
+  upstreams: string,
+  routes = '[{ upstream: app }]',
+  extra = '',
+  clock?: ManualClock,
+): Promise<Running> {
+  const bw = await startBreakwater(
+    `
 listeners:
   - name: main
     port: 0
@@ -32,7 +40,9 @@ admin: { port: 0 }
 upstreams:
 ${upstreams}
 ${extra}
-`);
+`,
+    { clock },
+  );
   cleanup.push(() => bw.stop());
   return bw;
 }
@@ -59,9 +69,10 @@ describe('the order of the policies', () => {
     fallback: busy`,
       '[{ upstream: app }]',
       `fallbacks:\n  busy: { type: static_response, status: 503, body: busy, on: [bulkhead_full] }`,
+      new ManualClock(), // no token comes back while the test runs, however slow the machine
     );
     const first = request(`${bw.url()}/1`).catch(() => undefined); // takes a token and the only slot, then hangs
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => hang.received.length === 1, 'the first request at the upstream');
     // Second: a token is left, the bulkhead is full -> bulkhead_full, answered by the fallback.
     const second = await request(`${bw.url()}/2`);
     expect(second.headers['x-breakwater-fallback']).toBe('busy');
@@ -102,9 +113,11 @@ describe('retries', () => {
     expect(await metrics(bw)).toMatch(/breakwater_retries_skipped_total\{upstream="app",reason="method"\} 1/);
   });
 
-  it('retries a POST that carries an Idempotency-Key, replaying the body byte-exact', async () => {
+  it('retries a POST with an Idempotency-Key to an upstream that honours keys, replaying the body byte-exact', async () => {
     const up = await upstream(failTwice);
-    const bw = await proxy(`  app: { endpoints: ["${up.url}"], retry: { initial_wait: 10ms } }`);
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], idempotency_keys: honored, retry: { initial_wait: 10ms } }`,
+    );
     const body = Buffer.from([0, 1, 2, 255, 10, 13]);
     const res = await request(`${bw.url()}/pay`, {
       method: 'POST',
@@ -157,10 +170,11 @@ describe('retries', () => {
     expect(up.received.map((r) => r.body.toString())).toEqual(['order 0', 'order 1', 'order 2', 'order 3']);
   });
 
-  it('does not retry a body larger than max_body_bytes once sent, and counts it', async () => {
+  it('does not retry an unbuffered (request_buffering: false) body once sent, and counts it', async () => {
     const up = await upstream(failTwice);
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, max_body_bytes: 1024 } }`,
+      '[{ upstream: app, request_buffering: false }]',
     );
     const big = Buffer.alloc(4096, 'a');
     const res = await request(`${bw.url()}/big`, { method: 'PUT', body: big });
@@ -173,37 +187,72 @@ describe('retries', () => {
     );
   });
 
+  it('retries a body the listener buffered, whatever retry.max_body_bytes says', async () => {
+    const up = await upstream(failTwice);
+    const bw = await proxy(
+      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, max_body_bytes: 1024 } }`,
+    );
+    const big = Buffer.alloc(4096, 'a');
+    const res = await request(`${bw.url()}/big`, { method: 'PUT', body: big });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    expect(up.received).toHaveLength(3);
+    expect(up.received.every((r) => r.body.equals(big))).toBe(true);
+  });
+
   it('stops retrying when the retry budget is spent', async () => {
     const up = await upstream((_n, _req, res) => {
       res.statusCode = 503;
       res.end();
     });
+    // The budget counts per second of the injected clock, which stands still: all three requests
+    // fall in one second, whatever the machine's speed.
+    const clock = new ManualClock();
     const bw = await proxy(
-      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 1ms, budget: { ratio: 0%, min_per_second: 1, window: 2s } } }`,
+      `  app: { endpoints: ["${up.url}"], retry: { initial_wait: 0ms, budget: { ratio: 0%, min_per_second: 1, window: 2s } } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    for (let i = 0; i < 3; i++) await (await request(`${bw.url()}/b`)).body.dump();
+    const attempts: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await request(`${bw.url()}/b`);
+      attempts.push(String(res.headers['x-breakwater-attempts']));
+      await res.body.dump();
+    }
     // 3 requests and max_attempts 3 would make 9 attempts; the budget allows one retry a second.
-    expect(up.received.length).toBeGreaterThanOrEqual(4);
-    expect(up.received.length).toBeLessThanOrEqual(5);
-    expect(await metrics(bw)).toMatch(
-      /breakwater_retries_skipped_total\{upstream="app",reason="budget"\} \d/,
-    );
+    expect(attempts).toEqual(['2', '1', '1']);
+    expect(up.received).toHaveLength(4);
+    const text = await metrics(bw);
+    expect(text).toMatch(/breakwater_retries_total\{upstream="app",reason="5xx"\} 1\n/);
+    expect(text).toMatch(/breakwater_retries_skipped_total\{upstream="app",reason="budget"\} 3\n/);
   });
 });
 
 describe('timeouts', () => {
   it('request_timeout bounds the whole request: 504, attempt aborted, remaining budget sent upstream', async () => {
-    const up = await upstream(() => undefined);
+    // `timeout` may not exceed `request_timeout` (refused at load), so both are 400ms: the attempt
+    // is cut to what is left of the deadline, and when it ends the deadline has passed. Were
+    // request_timeout ignored, the attempt timeout would answer `upstream-timeout` instead.
+    let aborted = false;
+    const up = await upstream((_n, _req, res) => {
+      res.on('close', () => {
+        aborted = !res.writableEnded;
+      });
+    });
     const bw = await proxy(`  app: { endpoints: ["${up.url}"], timeout: 400ms, request_timeout: 400ms }`);
     const t0 = performance.now();
     const res = await request(`${bw.url()}/slow`);
     expect(res.statusCode).toBe(504);
-    const type = ((await res.body.json()) as { type: string }).type;
-    expect(['urn:breakwater:problem:request-timeout', 'urn:breakwater:problem:upstream-timeout']).toContain(
-      type,
-    );
-    expect(performance.now() - t0).toBeLessThan(1500);
+    expect(await res.body.json()).toMatchObject({
+      type: 'urn:breakwater:problem:request-timeout',
+      detail: 'the request did not complete within request_timeout (400 ms)',
+    });
+    expect(performance.now() - t0).toBeLessThan(4000);
+    expect(up.received).toHaveLength(1);
     expect(Number(up.received[0]?.headers['x-breakwater-timeout-ms'])).toBeLessThanOrEqual(400);
+    // The upstream's request was cut, not left running.
+    await until(() => aborted, 'the upstream request aborted', 3000);
   });
 
   it('answers 408 and sends nothing upstream when a slow body does not arrive within request_timeout', async () => {
@@ -291,7 +340,7 @@ describe('circuit breaker', () => {
       res.end();
     });
     const seed = readFileSync(
-      join(import.meta.dirname, '../../../shared/seed-examples/ecommerce-promo.yaml'),
+      join(import.meta.dirname, '../fixtures/seed-examples/ecommerce-promo.yaml'),
       'utf8',
     );
     const bw = await proxy(
@@ -356,84 +405,134 @@ describe('clients that leave', () => {
   });
 
   it('a client that leaves while queued in the bulkhead gives its slot back and is never sent upstream', async () => {
-    const up = await upstream((_n, _req, res) => {
-      setTimeout(() => res.end('done'), 300);
+    // /a is held at the upstream until the test lets it go; anything else is answered at once.
+    let releaseA: () => void = () => undefined;
+    const up = await upstream((_n, req, res) => {
+      if (req.url === '/a') releaseA = () => res.end('done');
+      else res.end('done');
     });
     const bw = await proxy(
-      `  app: { endpoints: ["${up.url}"], bulkhead: { max_concurrent: 1, max_queue: 1, queue_timeout: 2s } }`,
+      `  app: { endpoints: ["${up.url}"], bulkhead: { max_concurrent: 1, max_queue: 1, queue_timeout: 10s } }`,
     );
+    const gauge = async (name: string) =>
+      Number(
+        new RegExp(`breakwater_bulkhead_${name}\\{upstream="app"\\} (\\d+)`).exec(await metrics(bw))?.[1],
+      );
     const first = request(`${bw.url()}/a`).then((r) => r.body.text());
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => up.received.length === 1, '/a at the upstream');
     const ac = new AbortController();
     const queued = request(`${bw.url()}/b`, { signal: ac.signal }).catch(() => 'aborted');
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => (await gauge('queued')) === 1, '/b queued');
     ac.abort();
     expect(await queued).toBe('aborted');
+    await until(async () => (await gauge('queued')) === 0, 'the queue empty again');
+    releaseA();
     expect(await first).toBe('done');
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => (await gauge('in_flight')) === 0, 'the slot given back');
     const after = await request(`${bw.url()}/c`);
     expect(await after.body.text()).toBe('done');
     expect(up.received.map((r) => r.url)).toEqual(['/a', '/c']);
-    expect(await metrics(bw)).toMatch(/breakwater_bulkhead_in_flight\{upstream="app"\} 0/);
+    expect(await gauge('in_flight')).toBe(0);
   });
 });
 
 describe('rate limiter and shaper', () => {
+  // The limiter reads the injected clock: time moves only when the test says, so no request can
+  // earn a token by arriving late on a busy machine, and the shaper releases exactly on schedule.
   it('reject mode: a burst beyond burst_limit gets 429 with Retry-After and RateLimit headers', async () => {
     const up = await upstream((_n, _req, res) => res.end('ok'));
+    const clock = new ManualClock();
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 2, burst_limit: 5 } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    const results = await Promise.all(
-      Array.from({ length: 8 }, () =>
-        request(`${bw.url()}/rl`).then(async (r) => ({
-          status: r.statusCode,
-          headers: r.headers,
-          body: await r.body.text(),
-        })),
-      ),
-    );
+    const burst = () =>
+      Promise.all(
+        Array.from({ length: 8 }, () =>
+          request(`${bw.url()}/rl`).then(async (r) => ({
+            status: r.statusCode,
+            headers: r.headers,
+            body: await r.body.text(),
+          })),
+        ),
+      );
+    const results = await burst();
     const ok = results.filter((r) => r.status === 200);
     const limited = results.filter((r) => r.status === 429);
     expect(ok).toHaveLength(5);
     expect(limited).toHaveLength(3);
-    expect(limited[0]?.headers['retry-after']).toBe('1');
-    expect(limited[0]?.headers['ratelimit-policy']).toBe('"default";q=2;w=1');
-    expect(limited[0]?.headers.ratelimit).toBe('"default";r=0;t=1');
+    for (const r of limited) {
+      expect(r.headers['retry-after']).toBe('1');
+      expect(r.headers['ratelimit-policy']).toBe('"default";q=2;w=1');
+      expect(r.headers.ratelimit).toBe('"default";r=0;t=1');
+    }
     expect(up.received).toHaveLength(5);
-    expect(await metrics(bw)).toMatch(/breakwater_rate_limited_total\{upstream="app",mode="reject"\} 3/);
+    // One second refills two tokens.
+    clock.advance(1000);
+    const next = await burst();
+    expect(next.map((r) => r.status).sort()).toEqual([200, 200, 429, 429, 429, 429, 429, 429]);
+    expect(up.received).toHaveLength(7);
+    expect(await metrics(bw)).toMatch(/breakwater_rate_limited_total\{upstream="app",mode="reject"\} 9\n/);
   });
 
   it('shape mode: excess requests wait and are released at the configured rate, not rejected', async () => {
     const up = await upstream((_n, _req, res) => res.end('ok'));
+    const clock = new ManualClock();
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 20, burst_limit: 1, mode: shape, max_delay: 2s } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    const t0 = performance.now();
-    const statuses = await Promise.all(
+    const statuses = Promise.all(
       Array.from({ length: 10 }, () =>
         request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => r.statusCode)),
       ),
     );
-    const took = performance.now() - t0;
-    expect(statuses.every((s) => s === 200)).toBe(true);
-    // 1 at once, then 9 more at 20/s: at least 450 ms.
-    expect(took).toBeGreaterThanOrEqual(400);
-    expect(await metrics(bw)).toMatch(/breakwater_rate_limiter_delayed_total\{upstream="app"\} 9/);
+    // One at once, nine queued (every one of them counted as delayed)...
+    await until(async () => /_delayed_total\{upstream="app"\} 9\n/.test(await metrics(bw)), 'nine delayed');
+    await until(() => up.received.length === 1, 'the first request through');
+    // ...then one every 50 ms of the clock, none earlier.
+    for (let released = 2; released <= 10; released++) {
+      clock.advance(49);
+      await sleep(30);
+      expect(up.received).toHaveLength(released - 1);
+      clock.advance(1);
+      await until(() => up.received.length === released, `request ${released} released`);
+    }
+    expect(await statuses).toEqual(Array(10).fill(200));
+    expect(await metrics(bw)).not.toMatch(
+      /breakwater_rate_limited_total\{upstream="app",mode="shape"\} [1-9]/,
+    );
   });
 
   it('shape mode rejects past max_queue', async () => {
     const up = await upstream((_n, _req, res) => res.end('ok'));
+    const clock = new ManualClock();
     const bw = await proxy(
       `  app: { endpoints: ["${up.url}"], rate_limiter: { max_requests_per_second: 5, burst_limit: 1, mode: shape, max_queue: 2, max_delay: 5s } }`,
+      undefined,
+      undefined,
+      clock,
     );
-    const statuses = await Promise.all(
+    const statuses: number[] = [];
+    const all = Promise.all(
       Array.from({ length: 6 }, () =>
-        request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => r.statusCode)),
+        request(`${bw.url()}/s`).then((r) => r.body.dump().then(() => statuses.push(r.statusCode))),
       ),
     );
-    expect(statuses.filter((s) => s === 200)).toHaveLength(3);
-    expect(statuses.filter((s) => s === 429)).toHaveLength(3);
+    // One through, two queued, three refused at once, while the clock stands still.
+    await until(() => statuses.length === 4, 'three refused, one through');
+    expect([...statuses].sort()).toEqual([200, 429, 429, 429]);
+    await sleep(30);
+    expect(up.received).toHaveLength(1);
+    // The two queued go at 200 ms and 400 ms of the clock.
+    clock.advance(400);
+    await all;
+    expect([...statuses].sort()).toEqual([200, 200, 200, 429, 429, 429]);
+    expect(up.received).toHaveLength(3);
   });
 });
 
@@ -447,7 +546,7 @@ describe('bulkhead', () => {
       '[{ match: { path_prefix: /stuck }, upstream: stuck }, { upstream: ok }]',
     );
     const hanging = [0, 1].map(() => request(`${bw.url()}/stuck`).catch(() => undefined));
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => hang.received.length === 2, 'both slots taken');
     const t0 = performance.now();
     const queued = await request(`${bw.url()}/stuck`);
     expect(queued.statusCode).toBe(503);

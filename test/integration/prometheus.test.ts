@@ -10,7 +10,10 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
 import { freePort, waitFor } from '../kit/process.js';
+import { requireTool } from '../kit/tools.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
+
+const prometheus = requireTool('prometheus', 'prometheus');
 
 interface PromResult {
   status: string;
@@ -18,7 +21,7 @@ interface PromResult {
   data: { resultType: string; result: { metric: Record<string, string>; value: [number, string] }[] };
 }
 
-describe('Prometheus scrapes breakwater', () => {
+describe.skipIf(!prometheus.available)('Prometheus scrapes breakwater', () => {
   let up: TestUpstream;
   let bw: Running;
   let prom: ChildProcess;
@@ -44,7 +47,7 @@ upstreams:
       `global: { scrape_interval: 1s, evaluation_interval: 1s }\nscrape_configs:\n  - job_name: breakwater\n    static_configs: [{ targets: ["${admin}"] }]\n`,
     );
     prom = spawn(
-      'prometheus',
+      prometheus.path ?? 'prometheus',
       [
         `--config.file=${join(dir, 'prometheus.yml')}`,
         `--storage.tsdb.path=${join(dir, 'data')}`,
@@ -52,7 +55,10 @@ upstreams:
       ],
       { stdio: 'ignore' },
     );
-    await waitFor(`${promUrl}/-/ready`, 200, 20_000);
+    // A program that cannot start (permissions, a broken install) fails here, not as an unhandled error.
+    const failed = new Promise<never>((_, reject) => prom.once('error', reject));
+    failed.catch(() => undefined);
+    await Promise.race([waitFor(`${promUrl}/-/ready`, 200, 20_000), failed]);
   }, 40_000);
 
   afterAll(async () => {

@@ -89,13 +89,18 @@ describe('slow clients', () => {
     for (const c of cleanup.splice(0).reverse()) await c();
   });
 
-  async function proxy(up: CountingUpstream, limits: string, upstreamExtra = ''): Promise<Running> {
+  async function proxy(
+    up: CountingUpstream,
+    limits: string,
+    upstreamExtra = '',
+    routeExtra = '',
+  ): Promise<Running> {
     const bw = await startBreakwater(`
 listeners:
   - name: main
     port: 0
     limits: { ${limits} }
-    routes: [{ upstream: app }]
+    routes: [{ upstream: app ${routeExtra} }]
 admin: { port: 0 }
 upstreams:
   app: { endpoints: ["${up.url}"], max_connections: 8 ${upstreamExtra} }
@@ -123,9 +128,14 @@ logging: { level: warn }
   it('answers 408 to a streamed body that stalls, and aborts its upstream request', async () => {
     const up = await countingUpstream();
     cleanup.push(() => up.close());
-    const bw = await proxy(up, 'body_idle_timeout: 300ms, max_body_bytes: 1MiB');
+    const bw = await proxy(
+      up,
+      'body_idle_timeout: 300ms, max_body_bytes: 1MiB',
+      '',
+      ', request_buffering: false',
+    );
     const c = rawConnection(bw.bw.listenerPort('main'));
-    // Larger than the 64 KiB body buffer: it streams to the upstream as it arrives.
+    // request_buffering: false: it streams to the upstream as it arrives.
     c.socket.write('POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n');
     c.socket.write(Buffer.alloc(100_000, 'a'));
     await c.closed;
@@ -149,6 +159,95 @@ logging: { level: warn }
     expect(res.statusCode).toBe(200);
     expect(await res.body.text()).toBe(String(body.length));
   });
+
+  it('holds 150 slow 100 KB uploads, 150 slow 900 KB uploads and 200 slowloris connections away from the upstream until their bodies are whole; normal requests keep their latency', async () => {
+    const up = await countingUpstream();
+    cleanup.push(() => up.close());
+    const bw = await proxy(up, 'header_timeout: 30s, body_idle_timeout: 30s, max_body_bytes: 1MiB');
+    const port = bw.bw.listenerPort('main');
+    const normal = async (workers: number, n: number) => {
+      const latencies: number[] = [];
+      let failed = 0;
+      await Promise.all(
+        Array.from({ length: workers }, async () => {
+          for (let i = 0; i < n; i++) {
+            const t0 = performance.now();
+            const res = await request(`${bw.url()}/normal`, {
+              method: i % 2 ? 'GET' : 'POST',
+              body: i % 2 ? null : 'hi',
+            });
+            await res.body.dump();
+            latencies.push(performance.now() - t0);
+            if (res.statusCode !== 200) failed++;
+            await sleep(20);
+          }
+        }),
+      );
+      return { latencies, failed };
+    };
+    const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(0.99 * (xs.length - 1))] as number;
+    await normal(2, 10); // warm-up
+    const unloaded = await normal(4, 30);
+    const served = up.completed;
+
+    const uploads: { c: ReturnType<typeof rawConnection>; size: number; sent: number; done: boolean }[] = [];
+    const loris: ReturnType<typeof rawConnection>[] = [];
+    for (let i = 0; i < 150; i++) {
+      for (const size of [100_000, 900_000]) {
+        const c = rawConnection(port);
+        c.socket.write(
+          `POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: ${size}\r\nConnection: close\r\n\r\nx`,
+        );
+        uploads.push({ c, size, sent: 1, done: false });
+      }
+    }
+    for (let i = 0; i < 200; i++) {
+      const c = rawConnection(port);
+      c.socket.write('GET /slow HTTP/1.1\r\nHost: x\r\n');
+      loris.push(c);
+    }
+    // One byte a second from each.
+    const drip = setInterval(() => {
+      for (const u of uploads)
+        if (!u.done && !u.c.socket.destroyed) {
+          u.c.socket.write('x');
+          u.sent++;
+        }
+      for (const l of loris) if (!l.socket.destroyed) l.socket.write('X');
+    }, 1000);
+    try {
+      await sleep(500);
+      const loaded = await normal(4, 30);
+      expect(loaded.failed).toBe(0);
+      expect(p99(loaded.latencies)).toBeLessThan(p99(unloaded.latencies) + 100);
+      console.log(
+        `slow uploads: unloaded p99 ${p99(unloaded.latencies).toFixed(1)} ms, loaded p99 ${p99(loaded.latencies).toFixed(1)} ms`,
+      );
+      // The upstream saw only the normal requests, on its few connections.
+      expect(up.completed).toBe(served + 120);
+      expect(up.aborted).toBe(0);
+      expect(up.maxOpen).toBeLessThanOrEqual(8);
+      // Five of each finish their bodies at once: only now do they reach the upstream, whole.
+      const finishing = [
+        ...uploads.filter((u) => u.size === 100_000).slice(0, 5),
+        ...uploads.filter((u) => u.size === 900_000).slice(0, 5),
+      ];
+      for (const u of finishing) {
+        u.done = true;
+        u.c.socket.write(Buffer.alloc(u.size - u.sent, 'y'));
+      }
+      await Promise.all(finishing.map((u) => u.c.closed));
+      for (const u of finishing) {
+        expect(u.c.text()).toMatch(/^HTTP\/1.1 200 /);
+        expect(u.c.text().endsWith(`\r\n\r\n${u.size}`)).toBe(true);
+      }
+      expect(up.completed).toBe(served + 130);
+      expect(up.aborted).toBe(0);
+    } finally {
+      clearInterval(drip);
+      for (const c of [...uploads.map((u) => u.c), ...loris]) c.socket.destroy();
+    }
+  }, 60_000);
 
   it('keeps serving normal clients through 300 slowloris and 300 slow-POST connections', async () => {
     const up = await countingUpstream();

@@ -1,124 +1,110 @@
 /**
  * Request smuggling and malformed framing: ambiguous or broken client requests must be refused with
- * 400 and a closed connection, and nothing of them may reach the upstream (RFC 9112 sections 2.2,
- * 3, 3.2, 5.2, 6.1, 6.3, 7.1). A byte-counting TCP relay sits between breakwater and the recording
- * upstream, so even a request whose headers were forwarded but whose body then failed to parse
- * shows up as bytes the upstream received.
+ * 400 (501 for a transfer coding breakwater does not implement, 505 for an HTTP version it does not
+ * speak) as a problem, and a closed connection, and nothing of them may reach the upstream (RFC 9112
+ * sections 2.2, 2.3, 3, 3.2, 5.2, 6.1, 6.3, 7.1). Every vector is sent twice: alone, so it must be
+ * refused on its own account, and with a smuggled request behind it, which must not be forwarded or
+ * answered either. A byte-counting TCP relay sits between breakwater and the recording upstream, so
+ * even a request whose headers were forwarded but whose body then failed to parse shows up as bytes
+ * the upstream received.
  */
 
-import type { AddressInfo } from 'node:net';
-import net from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { type Running, simpleConfig, startBreakwater } from '../kit/breakwater.js';
-import { rawRequest } from '../kit/raw-client.js';
+import { type CountingRelay, startCountingRelay } from '../kit/counting-relay.js';
+import { parseResponses, rawRequest } from '../kit/raw-client.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
-
-/** A TCP relay to `target` that counts the bytes it passes towards the target. */
-interface CountingRelay {
-  readonly url: string;
-  /** Bytes relayed towards the upstream since the last reset, as latin1 text. */
-  seen(): string;
-  reset(): void;
-  close(): Promise<void>;
-}
-
-async function startCountingRelay(targetPort: number): Promise<CountingRelay> {
-  let chunks: Buffer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, '127.0.0.1');
-    sockets.add(client);
-    sockets.add(upstream);
-    client.on('data', (d: Buffer) => {
-      chunks.push(Buffer.from(d));
-      upstream.write(d);
-    });
-    upstream.on('data', (d: Buffer) => client.write(d));
-    const done = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('end', () => upstream.end());
-    upstream.on('end', () => client.end());
-    client.on('error', done);
-    upstream.on('error', done);
-    client.on('close', done);
-    upstream.on('close', done);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    seen: () => Buffer.concat(chunks).toString('latin1'),
-    reset: () => {
-      chunks = [];
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 const settle = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Every vector carries a smuggled follow-up request to this path where it can. */
+/** Each vector is sent alone, then with this request smuggled behind it (in its body where it can be). */
 const SMUGGLED = '/smuggled';
 const smuggled = `GET ${SMUGGLED} HTTP/1.1\r\nHost: x\r\n\r\n`;
 
-const vectors: [name: string, bytes: string][] = [
+/** name, the request with `tail` where the smuggled request goes, and the status it must get. */
+const vectors: [name: string, bytes: (tail: string) => string, status: number][] = [
   [
     'Content-Length together with Transfer-Encoding: chunked (CL.TE / TE.CL)',
-    `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: ${5 + smuggled.length}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`,
+    (t) =>
+      `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: ${5 + t.length}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${t}`,
+    400,
   ],
   [
     'Transfer-Encoding: chunked together with Content-Length (TE first)',
-    `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\n${smuggled}\r\n0\r\n\r\n`,
+    (t) =>
+      `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n${t ? `${t.length.toString(16)}\r\n${t}\r\n` : ''}0\r\n\r\n`,
+    400,
   ],
   [
     'two Content-Length headers with different values',
-    `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: ${5 + smuggled.length}\r\n\r\nhello${smuggled}`,
+    (t) =>
+      `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: ${5 + (t || '!').length}\r\n\r\nhello${t || '!'}`,
+    400,
   ],
-  ['Content-Length: +5', `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello${smuggled}`],
-  ['Content-Length: 5a', `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5a\r\n\r\nhello${smuggled}`],
-  ['Content-Length: -1', `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\nhello${smuggled}`],
+  ['Content-Length: +5', (t) => `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello${t}`, 400],
+  ['Content-Length: 5a', (t) => `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5a\r\n\r\nhello${t}`, 400],
+  ['Content-Length: -1', (t) => `POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\nhello${t}`, 400],
   [
     'Transfer-Encoding: xchunked',
-    `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${smuggled}`,
+    (t) => `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n${t}`,
+    400,
   ],
   [
     'Transfer-Encoding with a space before the colon',
-    `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${smuggled}`,
+    (t) =>
+      `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n${t}`,
+    400,
   ],
   [
     'Transfer-Encoding: chunked, identity (chunked not last)',
-    `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${smuggled}`,
+    (t) => `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${t}`,
+    400,
   ],
   [
     'Transfer-Encoding on an HTTP/1.0 request',
-    `POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n${smuggled}`,
+    (t) => `POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n${t}`,
+    400,
+  ],
+  [
+    'a transfer coding other than chunked (gzip, chunked)',
+    (t) =>
+      `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n${t}`,
+    501,
   ],
   [
     'obs-fold header continuation line',
-    `GET /a HTTP/1.1\r\nHost: x\r\nX-Folded: first\r\n  second\r\n\r\n${smuggled}`,
+    (t) => `GET /a HTTP/1.1\r\nHost: x\r\nX-Folded: first\r\n  second\r\n\r\n${t}`,
+    400,
   ],
-  ['bare LF line endings', `GET /a HTTP/1.1\nHost: x\nX-A: 1\n\n${smuggled}`],
-  ['a bare CR inside a header value', `GET /a HTTP/1.1\r\nHost: x\r\nX-A: one\rtwo\r\n\r\n${smuggled}`],
+  ['bare LF line endings', (t) => `GET /a HTTP/1.1\nHost: x\nX-A: 1\n\n${t}`, 400],
+  ['a bare CR inside a header value', (t) => `GET /a HTTP/1.1\r\nHost: x\r\nX-A: one\rtwo\r\n\r\n${t}`, 400],
   [
     'a bad chunk size (zz)',
-    `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n${smuggled}`,
+    (t) => `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n${t}`,
+    400,
   ],
   [
     'a chunk extension with invalid characters',
-    `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;e\x01x\x7ft="a"\r\nhello\r\n0\r\n\r\n${smuggled}`,
+    (t) =>
+      `POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;e\x01x\x7ft="a"\r\nhello\r\n0\r\n\r\n${t}`,
+    400,
   ],
-  ['a request line without a version (GET /)', `GET /a\r\nHost: x\r\n\r\n${smuggled}`],
-  ['two Host headers', `GET /a HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n${smuggled}`],
-  ['a Host header with a list', `GET /a HTTP/1.1\r\nHost: a.example, b.example\r\n\r\n${smuggled}`],
+  ['a request line without a version (GET /, HTTP/0.9)', (t) => `GET /a\r\nHost: x\r\n\r\n${t}`, 400],
+  [
+    'a request line saying HTTP/2.0',
+    (t) => `POST /a HTTP/2.0\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello${t}`,
+    505,
+  ],
+  ['an HTTP/1.1 request without Host', (t) => `GET /a HTTP/1.1\r\nX-A: 1\r\n\r\n${t}`, 400],
+  ['two Host headers', (t) => `GET /a HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n${t}`, 400],
+  ['a Host header with a list', (t) => `GET /a HTTP/1.1\r\nHost: a.example, b.example\r\n\r\n${t}`, 400],
 ];
+
+/** Each vector alone, then with the smuggled request behind it. */
+const cases = vectors.flatMap(([name, bytes, status]) => [
+  [`${name}, alone`, bytes(''), status] as const,
+  [`${name}, with a smuggled request behind it`, bytes(smuggled), status] as const,
+]);
 
 describe('request smuggling and malformed requests', () => {
   let up: TestUpstream;
@@ -141,28 +127,35 @@ describe('request smuggling and malformed requests', () => {
     relay.reset();
   });
 
-  it.each(vectors)('refuses %s: 400, connection closed, nothing upstream', async (_name, bytes) => {
-    const r = await rawRequest(port, bytes, 400);
-    await settle(50);
-    const statusLines = r.text.match(/HTTP\/1\.[01] \d{3} [^\r\n]*/g) ?? [];
-    // One combined object, so a failure shows everything breakwater did at once.
-    expect({
-      firstStatusLine: r.text.slice(0, r.text.indexOf('\r\n')),
-      // Exactly one response: the smuggled follow-up was not answered either.
-      responses: statusLines.length,
-      connectionEnded: r.end !== 'open',
-      smuggledReachedUpstream: up.received.some((x) => x.url.includes(SMUGGLED)),
-      upstreamRequests: up.received.map((x) => `${x.method} ${x.url} host=${String(x.headers.host)}`),
-      upstreamBytes: relay.seen(),
-    }).toEqual({
-      firstStatusLine: expect.stringMatching(/^HTTP\/1\.1 400 /),
-      responses: 1,
-      connectionEnded: true,
-      smuggledReachedUpstream: false,
-      upstreamRequests: [],
-      upstreamBytes: '',
-    });
-  });
+  it.each(cases)(
+    'refuses %s: its own status, connection closed, nothing upstream',
+    async (_name, bytes, status) => {
+      const r = await rawRequest(port, bytes, 400);
+      await settle(50);
+      const { responses, rest } = parseResponses(r.text);
+      // One combined object, so a failure shows everything breakwater did at once.
+      expect({
+        firstStatusLine: r.text.slice(0, r.text.indexOf('\r\n')),
+        contentType: responses[0]?.headers['content-type'],
+        // Exactly one response: the smuggled follow-up was not answered either.
+        responses: responses.length,
+        rest,
+        connectionEnded: r.end !== 'open',
+        smuggledReachedUpstream: up.received.some((x) => x.url.includes(SMUGGLED)),
+        upstreamRequests: up.received.map((x) => `${x.method} ${x.url} host=${String(x.headers.host)}`),
+        upstreamBytes: relay.seen(),
+      }).toEqual({
+        firstStatusLine: expect.stringMatching(new RegExp(`^HTTP/1\\.1 ${status} `)),
+        contentType: 'application/problem+json',
+        responses: 1,
+        rest: '',
+        connectionEnded: true,
+        smuggledReachedUpstream: false,
+        upstreamRequests: [],
+        upstreamBytes: '',
+      });
+    },
+  );
 
   describe('positive controls', () => {
     it('passes a normal chunked POST', async () => {

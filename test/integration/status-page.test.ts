@@ -9,11 +9,14 @@ import { type Browser, chromium } from 'playwright-core';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { requireTool } from '../kit/tools.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
+
+const chromiumTool = requireTool('chromium', 'chromium', { override: process.env.CHROMIUM_PATH });
 
 const ARTIFACTS = join(import.meta.dirname, '../../test-artifacts');
 
-describe('status page', () => {
+describe.skipIf(!chromiumTool.available)('status page', () => {
   let browser: Browser;
   let up: TestUpstream;
   let ok: TestUpstream;
@@ -22,7 +25,7 @@ describe('status page', () => {
 
   beforeAll(async () => {
     browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+      executablePath: chromiumTool.path,
       args: [
         '--no-sandbox',
         '--disable-gpu',

@@ -21,6 +21,10 @@ import { ConfigError, parseConfigText } from '../../src/config/load.js';
 import { indent, type Running, startBreakwater } from '../kit/breakwater.js';
 import { h2Request } from '../kit/h2.js';
 import { CLI } from '../kit/process.js';
+import { requireTool } from '../kit/tools.js';
+
+/** The certificates are made with openssl (Debian's package; present on most machines). */
+const openssl = requireTool('openssl', 'openssl');
 
 const run = promisify(execFile);
 let dir = '';
@@ -37,16 +41,17 @@ afterEach(async () => {
  * of its own (`stranger`), which breakwater does not trust.
  */
 beforeAll(async () => {
+  if (!openssl.available) return;
   dir = mkdtempSync(join(tmpdir(), 'bw-tls-'));
-  const openssl = (...args: string[]) => run('/usr/bin/openssl', args, { cwd: dir });
+  const ssl = (...args: string[]) => run(openssl.path ?? 'openssl', args, { cwd: dir });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2'];
   const ca = (name: string) =>
-    openssl(
+    ssl(
       ...['req', '-x509', ...ec, '-keyout', `${name}.key`, '-out', `${name}.pem`, '-subj', `/CN=${name}`],
       ...['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'],
     );
   const leaf = (issuer: string, name: string, cn: string, ext: string) =>
-    openssl(
+    ssl(
       ...['req', '-x509', '-CA', `${issuer}.pem`, '-CAkey', `${issuer}.key`, ...ec],
       ...['-keyout', `${name}.key`, '-out', `${name}.pem`, '-subj', `/CN=${cn}`],
       ...['-addext', 'basicConstraints=CA:FALSE', '-addext', ext],
@@ -172,7 +177,7 @@ async function problemsOf(yaml: string) {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-describe('certificate verification', () => {
+describe.skipIf(!openssl.available)('certificate verification', () => {
   it('with tls.ca_file: 200 and the body, Host is the endpoint, X-Forwarded-Proto the client side', async () => {
     const up = await httpsUpstream('server');
     const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem'));
@@ -223,7 +228,7 @@ describe('certificate verification', () => {
   });
 });
 
-describe('the TLS name', () => {
+describe.skipIf(!openssl.available)('the TLS name', () => {
   it('server_name overrides SNI and the name checked: api.internal at 127.0.0.1 -> 200; a wrong name -> 502', async () => {
     const up = await httpsUpstream('api');
     const right = await proxy(yamlOf([up.url()], 'ca_file: ca.pem\nserver_name: api.internal'));
@@ -268,7 +273,7 @@ describe('the TLS name', () => {
   });
 });
 
-describe('mutual TLS', () => {
+describe.skipIf(!openssl.available)('mutual TLS', () => {
   const mtls = () => ({ ca: readFileSync(at('ca.pem')), requestCert: true, rejectUnauthorized: true });
 
   it('with cert_file and key_file: 200, and the server sees the client certificate', async () => {
@@ -295,7 +300,7 @@ describe('mutual TLS', () => {
   });
 });
 
-describe('insecure_skip_verify', () => {
+describe.skipIf(!openssl.available)('insecure_skip_verify', () => {
   it('accepts an unverifiable certificate, and warns at load and at every reload', async () => {
     const up = await httpsUpstream('stranger');
     const bw = await proxy(yamlOf([up.url()], 'insecure_skip_verify: true'));
@@ -311,7 +316,7 @@ describe('insecure_skip_verify', () => {
   });
 });
 
-describe('handshake failures are connect failures', () => {
+describe.skipIf(!openssl.available)('handshake failures are connect failures', () => {
   it('retried on another endpoint, a POST too (nothing reached the first)', async () => {
     const stranger = await httpsUpstream('stranger');
     const good = await httpsUpstream('server');
@@ -360,7 +365,7 @@ describe('handshake failures are connect failures', () => {
   });
 });
 
-describe('health checks', () => {
+describe.skipIf(!openssl.available)('health checks', () => {
   it('run over the same TLS pool: healthy with the CA, unhealthy without it', async () => {
     const up = await httpsUpstream('server');
     const check = 'health_check: { path: /health, interval: 50ms }';
@@ -381,7 +386,7 @@ upstreams:
   });
 });
 
-describe('config', () => {
+describe.skipIf(!openssl.available)('config', () => {
   it('a missing ca_file is an error with file, line, column and key', async () => {
     const yaml = yamlOf(['https://127.0.0.1:9443'], 'ca_file: missing-ca.pem');
     const problems = await problemsOf(yaml);
@@ -445,7 +450,7 @@ describe('config', () => {
   });
 });
 
-describe('reload', () => {
+describe.skipIf(!openssl.available)('reload', () => {
   it('re-reads the files: a fixed CA file makes new pools, an unchanged one keeps them, an unreadable one keeps the last good config', async () => {
     const up = await httpsUpstream('server');
     writeFileSync(at('trust.pem'), readFileSync(at('other-ca.pem')));
@@ -533,7 +538,7 @@ async function h2sUpstream(cert: string): Promise<H2TlsUpstream> {
   };
 }
 
-describe('HTTP/2 over TLS (protocol: h2)', () => {
+describe.skipIf(!openssl.available)('HTTP/2 over TLS (protocol: h2)', () => {
   it('with tls.ca_file: the upstream sees HTTP/2 (ALPN h2), the client gets 200 and the body', async () => {
     const up = await h2sUpstream('server');
     const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem', 'protocol: h2'));
@@ -711,7 +716,7 @@ function echo(ws: WebSocket, text: string): Promise<{ data: string; binary: bool
   });
 }
 
-describe('WebSocket to a wss:// upstream', () => {
+describe.skipIf(!openssl.available)('WebSocket to a wss:// upstream', () => {
   it('with tls.ca_file: the handshake succeeds and a text message echoes back', async () => {
     const up = await wssUpstream('server');
     const bw = await proxy(yamlOf([up.url()], 'ca_file: ca.pem'));

@@ -22,6 +22,7 @@ export interface Running {
 
 export async function startBreakwater(
   yaml: string,
+  /** `clock`: an injected clock (test/kit/clock.ts) for the policies, so a test sets the time. */
   options: { env?: Record<string, string>; file?: string; clock?: Clock } = {},
 ): Promise<Running> {
   let file = options.file;

@@ -1,39 +1,18 @@
 /**
  * A real redis-server (Debian's package) for tests: started on a free loopback port with a temp dir
- * and no persistence, stopped by its PID. Tests that need it use
- * `describe.skipIf(redisSkip)(...)`: without redis-server they skip with a printed reason, unless
- * BREAKWATER_REQUIRE_TOOLS=1 (CI), where the missing tool fails them instead.
+ * and no persistence, stopped by its PID. Tests that need it use `describe.skipIf(!redisTool.available)`:
+ * the lookup is test/kit/tools.ts's, so without redis-server they skip with its one-line reason, and
+ * under BREAKWATER_REQUIRE_TOOLS=1 (CI) the missing program fails the test file instead.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { freePort } from './process.js';
+import { requireTool } from './tools.js';
 
-function findOnPath(name: string): string | undefined {
-  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/bin', '/usr/local/bin']) {
-    if (!dir) continue;
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
-export const REDIS_SERVER = findOnPath('redis-server');
-
-/** True when the Redis tests must skip (redis-server missing and not required); the reason is printed once. */
-export const redisSkip: boolean = (() => {
-  if (REDIS_SERVER) return false;
-  if (process.env.BREAKWATER_REQUIRE_TOOLS === '1') return false; // run, and fail in startRedis
-  console.warn('skipping Redis tests: redis-server is not installed (apt-get install redis-server)');
-  return true;
-})();
+export const redisTool = requireTool('redis-server', 'redis-server');
 
 export interface RedisServer {
   readonly port: number;
@@ -74,11 +53,8 @@ export async function waitForRedis(port: number, timeoutMs = 10_000): Promise<vo
 }
 
 export async function startRedis(): Promise<RedisServer> {
-  if (!REDIS_SERVER)
-    throw new Error(
-      'redis-server is not installed and BREAKWATER_REQUIRE_TOOLS=1 requires it (apt-get install redis-server)',
-    );
-  const bin = REDIS_SERVER;
+  const bin = redisTool.path;
+  if (bin === undefined) throw new Error(redisTool.reason);
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'bw-redis-'));
   let proc: ChildProcess | undefined;

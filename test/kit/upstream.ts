@@ -16,19 +16,30 @@ export interface Received {
 export interface TestUpstream {
   readonly port: number;
   readonly url: string;
+  /** Requests received whole (head and body), in order. */
   readonly received: Received[];
+  /** Request heads received, whether or not their body ever completed. */
+  readonly started: number;
+  /** TCP connections accepted. */
+  readonly connections: number;
   close(): Promise<void>;
 }
 
 export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer) => void;
 
-/** Starts an upstream that buffers each request body, then calls `handler`. */
+/**
+ * Starts an upstream that buffers each request body, then calls `handler`. `lenient` lifts Node's
+ * own header limits (16 KiB, 2,000 headers), so that whatever a proxy forwards is received and
+ * recorded rather than refused by the upstream itself.
+ */
 export async function startUpstream(
   handler: UpstreamHandler = defaultHandler,
-  options: { keepBody?: boolean } = {},
+  options: { keepBody?: boolean; lenient?: boolean } = {},
 ): Promise<TestUpstream> {
   const received: Received[] = [];
-  const server = http.createServer((req, res) => {
+  const counts = { started: 0, connections: 0 };
+  const server = http.createServer(options.lenient ? { maxHeaderSize: 1024 * 1024 } : {}, (req, res) => {
+    counts.started++;
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => {
       if (options.keepBody !== false) chunks.push(c);
@@ -45,12 +56,22 @@ export async function startUpstream(
       handler(req, res, body);
     });
   });
+  if (options.lenient) server.maxHeadersCount = 0;
+  server.on('connection', () => {
+    counts.connections++;
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   return {
     port,
     url: `http://127.0.0.1:${port}`,
     received,
+    get started() {
+      return counts.started;
+    },
+    get connections() {
+      return counts.connections;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

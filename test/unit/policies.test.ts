@@ -2,6 +2,7 @@
  * Policies in isolation, with a ManualClock: time is stepped, never slept.
  */
 import type { IncomingMessage } from 'node:http';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS, type RetryPolicy, type RouteModel } from '../../src/config/resolve.js';
 import { Bulkhead } from '../../src/pipeline/bulkhead.js';
@@ -21,7 +22,7 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     route: {
       timeouts: { attempt: 1000, request: 10_000, connect: 1000, body: 1000 },
     } as unknown as RouteModel,
-    upstream: { name: 'app' } as RequestContext['upstream'],
+    upstream: { name: 'app', model: { idempotencyKeys: 'ignored' } } as RequestContext['upstream'],
     requestId: 'r1',
     method,
     path: '/',
@@ -29,6 +30,7 @@ function ctx(method = 'GET', headers: Record<string, string> = {}): RequestConte
     body: null,
     grpc: false,
     grpcTimeout: Number.POSITIVE_INFINITY,
+    unbufferedResponse: false,
   });
 }
 
@@ -64,10 +66,33 @@ describe('backoff and Retry-After', () => {
       100, 200, 400, 800, 1000, 1000,
     ]);
   });
-  it('full jitter draws in [0, wait), equal jitter in [wait/2, wait)', () => {
+  it('full jitter draws in [0, wait), equal jitter in [wait/2, wait]', () => {
     expect(backoff({ ...policy, jitter: 'full' }, 2, () => 0)).toBe(0);
     expect(backoff({ ...policy, jitter: 'full' }, 2, () => 0.999)).toBe(399);
     expect(backoff({ ...policy, jitter: 'equal' }, 2, () => 0)).toBe(200);
+    expect(backoff({ ...policy, jitter: 'equal' }, 2, () => 0.999)).toBe(399);
+    // Every draw of Math.random's range [0, 1), at every retry, for any policy: within the bounds,
+    // never past the wait (nor max_wait). Equal jitter may reach the whole wait when a draw within
+    // 2^-52 of 1 rounds up (base/2 + 0.99..98 * base/2 is base in floating point).
+    fc.assert(
+      fc.property(
+        fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+        fc.integer({ min: 0, max: 12 }),
+        fc.integer({ min: 1, max: 5000 }),
+        fc.integer({ min: 1, max: 60_000 }),
+        fc.constantFrom(1.5, 2, 3),
+        (r, retry, initialWait, maxWait, multiplier) => {
+          const p = { ...policy, initialWait, maxWait, multiplier };
+          const wait = Math.min(maxWait, initialWait * multiplier ** retry);
+          const full = backoff({ ...p, jitter: 'full' }, retry, () => r);
+          const equal = backoff({ ...p, jitter: 'equal' }, retry, () => r);
+          expect(full).toBeGreaterThanOrEqual(0);
+          expect(full).toBeLessThan(wait);
+          expect(equal).toBeGreaterThanOrEqual(Math.floor(wait / 2));
+          expect(equal).toBeLessThanOrEqual(wait);
+        },
+      ),
+    );
   });
   it('reads Retry-After as seconds or as an HTTP date', () => {
     const wall = Date.parse('Fri, 27 Nov 2026 10:00:00 GMT');
@@ -144,7 +169,7 @@ describe('retry layer', () => {
     expect(log).toEqual(['retry:5xx', 'retry:5xx']);
   });
 
-  it('does not retry a POST unless it has an Idempotency-Key, except after a connect failure', async () => {
+  it('does not retry a POST that may have been processed, but does after a connect failure', async () => {
     const clock = new ManualClock();
     const { log, events: ev } = events();
     const layer = retryLayer(policy, new RetryBudget(policy.budget, clock), clock, () => 0, ev);
