@@ -16,6 +16,7 @@ import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
+import { countsFields } from './pipeline/circuit-breaker.js';
 import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
@@ -130,7 +131,7 @@ export class Breakwater {
     await this.apply(config, source);
     this.phase = 'serving';
     metrics.ready.set(1);
-    logger.info({ admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
+    logger.info({ event: 'ready', admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
   }
 
   /**
@@ -283,7 +284,13 @@ export class Breakwater {
           const listener = await DataListener.start(l, new ProxyHandler(deps));
           bound.push(listener);
           logger.info(
-            { listener: l.name, host: l.host, port: listener.port, routes: l.routes.length },
+            {
+              event: 'listener_bound',
+              listener: l.name,
+              host: l.host,
+              port: listener.port,
+              routes: l.routes.length,
+            },
             'listener bound',
           );
         }
@@ -297,7 +304,7 @@ export class Breakwater {
     this.listeners.splice(0, this.listeners.length, ...keep, ...bound);
     for (const l of retired) {
       logger.info(
-        { listener: l.model.name, port: l.port },
+        { event: 'listener_closing', listener: l.model.name, port: l.port },
         'listener closing (removed or moved by the new config)',
       );
       // It drains as at shutdown: what is still open after the drain timeout (WebSockets, slow
@@ -309,6 +316,22 @@ export class Breakwater {
         clearTimeout(cut);
         this.retired.delete(l);
       });
+    }
+    // What a removed upstream (or endpoint) exported goes with it: its collectors first (so a
+    // scrape does not set its gauges again), then every series with its label.
+    if (previous) {
+      for (const [name, u] of previous.upstreams) {
+        const kept = upstreams.get(name);
+        if (!kept) {
+          metrics.collectors.delete(`upstream:${name}`);
+          metrics.collectors.delete(`endpoints:${name}`);
+          await metrics.forget({ upstream: name });
+          continue;
+        }
+        const urls = new Set(kept.endpoints.map((e) => e.model.url));
+        for (const e of u.endpoints)
+          if (!urls.has(e.model.url)) await metrics.forget({ upstream: name, endpoint: e.model.url });
+      }
     }
     // Pools no longer used finish their requests in flight, then close.
     if (previous) {
@@ -474,8 +497,10 @@ export class Breakwater {
         breaker: b
           ? {
               state: b.state,
-              ...b.stats(),
-              retry_after_ms: Math.round(b.retryAfterMs()),
+              // A forced breaker is the operator's: it never probes, so there is no time to wait.
+              forced: b.state === 'forced_open' || b.state === 'forced_closed',
+              ...countsFields(b.stats()),
+              retry_after_ms: b.state === 'open' ? Math.round(b.retryAfterMs()) : null,
               recent_transitions: b.recent.map((t) => ({
                 from: t.from,
                 to: t.to,
@@ -534,7 +559,7 @@ export class Breakwater {
   forceBreaker(
     upstream: string,
     mode: 'open' | 'close' | 'auto',
-  ): { ok: true; state: string } | { ok: false; status: number; error: string } {
+  ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string } {
     const p = this.policies.get(upstream);
     if (!p) return { ok: false, status: 404, error: `no upstream ${upstream}` };
     if (!p.breaker)
@@ -548,17 +573,20 @@ export class Breakwater {
     const dir = dirname(this.config.file);
     const base = basename(this.config.file);
     let timer: NodeJS.Timeout | undefined;
-    // The text last checked. It starts empty, not with a read of the file: such a read can finish
-    // after the file changed, and the change would then pass unseen. The hash comparison below is
-    // what keeps an unchanged file from reloading.
-    let lastSeen = '';
+    // The hash of the file as last seen. It starts from the running config's hash, known at once,
+    // not from a read of the file at start: such a read can finish after the file changed, and the
+    // change would then pass unseen. An unchanged file therefore never reloads, and an edit made
+    // right after start is not mistaken for the file the running config came from.
+    let lastSeen = this.configHash;
     const check = async () => {
       try {
         const text = await readFile(this.config.file, 'utf8');
-        if (text === lastSeen) return;
-        lastSeen = text;
-        if (createHash('sha256').update(text).digest('hex').slice(0, 16) !== this.configHash)
-          await this.reload('file change');
+        const hash = createHash('sha256').update(text).digest('hex').slice(0, 16);
+        if (hash === lastSeen) return;
+        lastSeen = hash;
+        // A file back to the running version changes nothing, but after a failed reload it is
+        // validated again so that /config/status stops showing the failure.
+        if (hash !== this.configHash || this.lastReload?.ok === false) await this.reload('file change');
       } catch {
         // the file is being replaced; the next event will tell
       }
@@ -612,7 +640,12 @@ export class Breakwater {
     this.phase = 'draining';
     this.metrics.ready.set(0);
     this.logger.info(
-      { drain_timeout_ms: drainTimeout, delay_ms: this.config.shutdown.delay },
+      {
+        event: 'shutdown',
+        phase: 'draining',
+        drain_timeout_ms: drainTimeout,
+        delay_ms: this.config.shutdown.delay,
+      },
       'shutdown: draining',
     );
     if (this.config.shutdown.delay > 0 && drainTimeout > 0) await sleep(this.config.shutdown.delay);
@@ -641,7 +674,7 @@ export class Breakwater {
     await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
     this.phase = 'stopped';
-    this.logger.info({ took_ms: Date.now() - started }, 'shutdown: done');
+    this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
     this.logger.flush?.();
   }
 }

@@ -2,8 +2,8 @@
 /**
  * breakwater's command line.
  *
- *   breakwater [--config FILE]            run (FILE defaults to $BREAKWATER_CONFIG, then config/breakwater.yaml)
- *   breakwater validate --config FILE     check a file, print every problem, exit 0 or 1
+ *   breakwater [run] [--config FILE | FILE]        run (FILE defaults to $BREAKWATER_CONFIG, then config/breakwater.yaml)
+ *   breakwater validate [--config FILE | FILE]     check a file, print every problem, exit 0 or 1
  *   breakwater schema                     print the JSON Schema of the config file
  *   breakwater --version | --help
  */
@@ -14,8 +14,9 @@ import { ConfigError, loadConfigFile } from './config/load.js';
 import { configJsonSchema } from './config/schema.js';
 
 const USAGE = `Usage:
-  breakwater [--config FILE]          run breakwater
+  breakwater [run] [--config FILE]    run breakwater
   breakwater validate --config FILE   check a config file and exit 0 (valid) or 1 (invalid)
+  breakwater validate FILE            the same
   breakwater schema                   print the JSON Schema of the config file
 Options:
   -c, --config FILE   config file (default: $BREAKWATER_CONFIG, else config/breakwater.yaml)
@@ -49,16 +50,25 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`breakwater ${version()}\n`);
     return 0;
   }
-  const command = positionals[0] ?? 'run';
+  const usageError = (message: string) => {
+    process.stderr.write(`breakwater: ${message}\n${USAGE}\n`);
+    return 2;
+  };
+  const [command = 'run', ...args] = positionals;
   if (command === 'schema') {
+    if (args.length) return usageError(`unexpected argument "${args[0]}" after schema`);
     process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
     return 0;
   }
   if (command !== 'run' && command !== 'validate') {
-    process.stderr.write(`breakwater: unknown command "${command}"\n${USAGE}\n`);
-    return 2;
+    const hint = /\.ya?ml$/i.test(command) ? ` (to run with this file: breakwater --config ${command})` : '';
+    return usageError(`unknown command "${command}"${hint}`);
   }
-  const file = values.config ?? process.env.BREAKWATER_CONFIG ?? 'config/breakwater.yaml';
+  // The file may be given as an argument (breakwater validate my.yaml) or with --config, not both.
+  if (args.length > 1) return usageError(`unexpected argument "${args[1]}"`);
+  if (args.length === 1 && values.config !== undefined && args[0] !== values.config)
+    return usageError(`two config files given: --config ${values.config} and ${args[0]}`);
+  const file = args[0] ?? values.config ?? process.env.BREAKWATER_CONFIG ?? 'config/breakwater.yaml';
   let loaded: Awaited<ReturnType<typeof loadConfigFile>>;
   try {
     loaded = await loadConfigFile(file);

@@ -1,6 +1,10 @@
 /**
- * The admin listener: health, metrics and (later) operator endpoints, on their own port so the
- * data plane's routes can never shadow them. Each group of routes is its own small plugin.
+ * The admin listener: health, metrics and operator endpoints, on their own port so the data
+ * plane's routes can never shadow them. Each group of routes is its own small plugin.
+ *
+ * Bodies are read as text whatever their content type (curl's `-d` says
+ * `application/x-www-form-urlencoded`), and each write call parses its JSON itself; every error,
+ * fastify's own included, is answered as `application/problem+json` (problem.ts).
  */
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
@@ -10,6 +14,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { configRoutes } from './config-routes.js';
 import { healthRoutes, type Readiness } from './health.js';
 import { metricsRoute } from './metrics.js';
+import { adminProblem, kindOfStatus } from './problem.js';
 import { stateRoutes } from './state-routes.js';
 import { statusPage } from './status-page.js';
 
@@ -23,7 +28,7 @@ export interface AdminRuntime {
   forceBreaker(
     upstream: string,
     mode: 'open' | 'close' | 'auto',
-  ): { ok: true; state: string } | { ok: false; status: number; error: string };
+  ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string };
 }
 
 export interface AdminDeps {
@@ -36,11 +41,23 @@ export interface AdminDeps {
   readonly adminToken: string | undefined;
 }
 
+/** Admin calls carry a few bytes of JSON. */
+const ADMIN_BODY_LIMIT = 64 * 1024;
+
 export class AdminListener {
   private constructor(readonly app: FastifyInstance) {}
 
   static async start(deps: AdminDeps): Promise<AdminListener> {
-    const app = Fastify({ logger: false, forceCloseConnections: true });
+    const app = Fastify({ logger: false, forceCloseConnections: true, bodyLimit: ADMIN_BODY_LIMIT });
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+    app.setNotFoundHandler((req, reply) =>
+      adminProblem(reply, 404, 'not-found', `no admin endpoint ${req.method} ${req.url.split('?')[0]}`),
+    );
+    app.setErrorHandler((err: { statusCode?: number; message?: string }, _req, reply) => {
+      const status = err.statusCode !== undefined && err.statusCode >= 400 ? err.statusCode : 500;
+      return adminProblem(reply, status, kindOfStatus(status), err.message ?? String(err));
+    });
     await app.register(healthRoutes(deps.readiness));
     await app.register(metricsRoute(deps.metrics));
     await app.register(configRoutes(deps.runtime, deps.adminToken));

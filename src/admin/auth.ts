@@ -6,6 +6,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { adminProblem } from './problem.js';
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$/;
 
@@ -25,14 +26,13 @@ export function requireOperator(token: string | undefined) {
   return async (request: FastifyRequest, reply: FastifyReply) => {
     if (isLoopback(request.socket.remoteAddress)) return;
     if (token && tokenMatches(request.headers.authorization, token)) return;
-    reply.code(403).type('application/problem+json');
-    return reply.send({
-      type: 'urn:breakwater:problem:admin-forbidden',
-      title: 'Admin changes need loopback or the admin token',
-      status: 403,
-      detail: token
+    return adminProblem(
+      reply,
+      403,
+      'forbidden',
+      token
         ? 'send Authorization: Bearer <token> (the value of admin.token_env)'
         : 'this call is allowed from loopback only (no admin token is configured)',
-    });
+    );
   };
 }

@@ -4,8 +4,10 @@
  * `POST /config/reload`.
  */
 import type { FastifyInstance } from 'fastify';
+import { formatProblem } from '../config/load.js';
 import type { AdminRuntime } from './admin.js';
 import { requireOperator } from './auth.js';
+import { adminProblem } from './problem.js';
 
 const SECRET_KEY = /token|secret|password|passwd|authorization|api[-_]?key|cookie/i;
 
@@ -35,8 +37,14 @@ export function configRoutes(runtime: AdminRuntime, token: string | undefined) {
     });
     app.post('/config/reload', { preHandler: requireOperator(token) }, async (_req, reply) => {
       const status = await runtime.reload('POST /config/reload');
-      reply.code(status.ok ? 200 : 422);
-      return status;
+      if (status.ok) return status;
+      return adminProblem(
+        reply,
+        422,
+        'config-invalid',
+        status.problems.map((p) => formatProblem(p).trim()).join('\n'),
+        { ...status },
+      );
     });
   };
 }

@@ -59,7 +59,7 @@ const PAGE = `<!doctype html>
     if (g) rows.push(['rate limiter', 'global ' + u.rate_limiter.rate_per_second + '/s (burst ' + u.rate_limiter.burst + '), ' + (g.remaining === null ? '–' : g.remaining) + ' left; ' + (g.store.up ? 'Redis up' : 'Redis DOWN: ' + (g.fallback === 'local' ? 'local share ' + fmt(g.local_share_per_second, 1) + '/s' : g.fallback))]);
     else if (u.rate_limiter) rows.push(['rate limiter', fmt(u.rate_limiter.tokens, 0) + ' / ' + u.rate_limiter.burst + ' tokens, ' + u.rate_limiter.queued + ' queued (' + u.rate_limiter.mode + ')']);
     if (u.bulkhead) rows.push(['bulkhead', u.bulkhead.in_flight + ' / ' + u.bulkhead.max_concurrent + ' in flight, ' + u.bulkhead.queued + ' queued']);
-    if (b) rows.push(['breaker', state + (b.retry_after_ms ? ', probe in ' + fmt(b.retry_after_ms / 1000, 1) + ' s' : '') + (state === 'closed' ? ', ' + b.consecutiveFailures + ' consecutive failures' : '')]);
+    if (b) rows.push(['breaker', state + (b.forced ? ' (by the operator: no probes)' : '') + (b.retry_after_ms ? ', probe in ' + fmt(b.retry_after_ms / 1000, 1) + ' s' : '') + (state === 'closed' ? ', ' + b.consecutive_failures + ' consecutive failures' : '')]);
     if (u.degradation) rows.push(['degradation', degraded ? 'DEGRADED' + (u.degradation.last ? ' (' + u.degradation.last.condition + ')' : '') : 'normal']);
     rows.push(['fallback', u.fallback ? u.fallback + ', ' + u.traffic.fallbacks + ' served' : 'none']);
     for (const e of u.endpoints) rows.push(['endpoint', e.url + ' (' + e.health + (e.ejected_for_ms ? ', ejected ' + fmt(e.ejected_for_ms / 1000, 0) + ' s' : '') + ', ' + e.in_flight + ' in flight)']);

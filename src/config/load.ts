@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { substituteEnv } from './env.js';
+import { formatPath, issueMessage, misindented, unknownKeyMessage } from './explain.js';
 import { type ResolvedConfig, resolveConfig } from './resolve.js';
 import { configSchema } from './schema.js';
 
@@ -37,14 +38,7 @@ export function formatProblem(p: ConfigProblem): string {
   return `  ${p.file}:${p.line}:${p.column} ${p.key ? `${p.key}: ` : ''}${p.message}`;
 }
 
-export function formatPath(path: readonly PropertyKey[]): string {
-  let out = '';
-  for (const seg of path) {
-    if (typeof seg === 'number') out += `[${seg}]`;
-    else out += out ? `.${String(seg)}` : String(seg);
-  }
-  return out;
-}
+export { formatPath };
 
 export interface LoadOptions {
   readonly env?: Readonly<Record<string, string | undefined>>;
@@ -95,9 +89,14 @@ export async function parseConfigText(
   const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
   const result = configSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
+    const said = new Set<string>();
     for (const issue of result.error.issues) {
-      for (const located of locateIssue(doc, issue)) {
-        if (!envKeys.has(located.key)) at(located.offset, located.key, located.message);
+      for (const located of locateIssue(doc, issue, raw, text)) {
+        // A mis-indented entry raises several issues; it is said once.
+        const id = `${located.key}\0${located.message}`;
+        if (envKeys.has(located.key) || said.has(id)) continue;
+        said.add(id);
+        at(located.offset, located.key, located.message);
       }
     }
   }
@@ -121,9 +120,27 @@ interface Located {
   message: string;
 }
 
-/** Finds where in the file a schema issue belongs: the value, the offending key, or the nearest parent. */
-function locateIssue(doc: Document, issue: z.core.$ZodIssue): Located[] {
+/**
+ * Finds where in the file a schema issue belongs (the value, the offending key, or the nearest
+ * parent) and words it (explain.ts). `text` is the file, for the value's own spelling.
+ */
+function locateIssue(doc: Document, issue: z.core.$ZodIssue, raw: unknown, text: string): Located[] {
   const path = issue.path as (string | number)[];
+  const wrongLevel = misindented(issue, raw);
+  if (wrongLevel) {
+    const entry = doc.getIn(wrongLevel.path.slice(0, -1), true);
+    const pair = isMap(entry)
+      ? entry.items.find((it) => isPair(it) && isScalar(it.key) && it.key.value === wrongLevel.path.at(-1))
+      : undefined;
+    const keyNode = pair && isScalar(pair.key) ? pair.key : undefined;
+    return [
+      {
+        offset: keyNode?.range?.[0] ?? nodeAt(doc, wrongLevel.path)?.range?.[0],
+        key: formatPath(wrongLevel.path),
+        message: wrongLevel.message,
+      },
+    ];
+  }
   if (issue.code === 'unrecognized_keys') {
     const parent = nodeAt(doc, path);
     return issue.keys.map((k) => {
@@ -134,213 +151,20 @@ function locateIssue(doc: Document, issue: z.core.$ZodIssue): Located[] {
       return {
         offset: keyNode?.range?.[0] ?? parent?.range?.[0],
         key: formatPath([...path, k]),
-        message: `unknown key "${k}"${suggest(k, issue)}`,
+        message: unknownKeyMessage(k, path, raw),
       };
     });
   }
   let node = nodeAt(doc, path);
-  let message = describeIssue(issue);
+  const range = node?.range;
+  const source = range ? text.slice(range[0], range[1]) : undefined;
+  let message = issueMessage(issue, raw, source);
   if (!node) {
     // A required key is missing: point at the map that should hold it.
     for (let i = path.length - 1; i >= 0 && !node; i--) node = nodeAt(doc, path.slice(0, i));
     if (issue.code === 'invalid_type' && issue.input === undefined) message = 'is required';
   }
   return [{ offset: node?.range?.[0], key: formatPath(path), message }];
-}
-
-function describeIssue(issue: z.core.$ZodIssue): string {
-  if (issue.code === 'invalid_type' && issue.input === undefined) return 'is required';
-  if (issue.code === 'invalid_type') return `expected ${issue.expected}, got ${describeValue(issue.input)}`;
-  if (issue.code === 'invalid_value')
-    return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
-  return issue.message;
-}
-
-function describeValue(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'object') return 'a map';
-  return `${typeof v} ${JSON.stringify(v)}`;
-}
-
-/** A near-miss hint for typos: `reset_timout` -> did you mean "reset_timeout"? */
-function suggest(key: string, _issue: z.core.$ZodIssue): string {
-  const candidates = KNOWN_KEYS;
-  let best: string | undefined;
-  let bestScore = 3;
-  for (const c of candidates) {
-    const d = editDistance(key, c);
-    if (d < bestScore) {
-      bestScore = d;
-      best = c;
-    }
-  }
-  return best ? ` (did you mean "${best}"?)` : '';
-}
-
-const KNOWN_KEYS = [
-  'listeners',
-  'admin',
-  'upstreams',
-  'resilience',
-  'fallbacks',
-  'degradation',
-  'logging',
-  'shutdown',
-  'name',
-  'host',
-  'port',
-  'routes',
-  'match',
-  'path_prefix',
-  'methods',
-  'headers',
-  'upstream',
-  'strip_prefix',
-  'timeout',
-  'request_timeout',
-  'connect_timeout',
-  'body_timeout',
-  'websocket',
-  'websocket_idle_timeout',
-  'websocket_max_duration',
-  'allow_trace',
-  'retry',
-  'circuit_breaker',
-  'rate_limiter',
-  'bulkhead',
-  'endpoints',
-  'host_header',
-  'max_connections',
-  'body_idle_timeout',
-  'body_buffer_bytes',
-  'send_timeout',
-  'request_buffering',
-  'response_buffering',
-  'streaming_connections',
-  'buffering',
-  'temp_dir',
-  'response_buffer_bytes',
-  'max_temp_file_bytes',
-  'opt_out_header',
-  'trusted_proxies',
-  'protocol',
-  'max_concurrent_streams',
-  'keepalive_timeout',
-  'fallback',
-  'idempotency_keys',
-  'enabled',
-  'max_attempts',
-  'initial_wait',
-  'max_wait',
-  'multiplier',
-  'jitter',
-  'retry_on',
-  'max_body_bytes',
-  'retry_non_idempotent',
-  'attempts_header',
-  'budget',
-  'ratio',
-  'min_per_second',
-  'window',
-  'failure_threshold',
-  'reset_timeout',
-  'half_open_requests',
-  'success_threshold',
-  'minimum_calls',
-  'failure_rate_threshold',
-  'slow_call_duration',
-  'slow_call_rate_threshold',
-  'failure_on',
-  'max_requests_per_second',
-  'burst_limit',
-  'mode',
-  'max_delay',
-  'max_queue',
-  'key',
-  'max_keys',
-  'max_concurrent',
-  'queue_timeout',
-  'services',
-  'fallback_strategy',
-  'type',
-  'status',
-  'body',
-  'body_file',
-  'on',
-  'then',
-  'max_stale',
-  'vary',
-  'conditions',
-  'threshold',
-  'quantile',
-  'minimum_requests',
-  'recovery',
-  'probe_ratio',
-  'level',
-  'access_log',
-  'access_log_headers',
-  'delay',
-  'drain_timeout',
-  'cache',
-  'max_bytes',
-  'max_entry_bytes',
-  'statuses',
-  'idempotency',
-  'required',
-  'ttl',
-  'key_scope',
-  'conflict',
-  'store_server_errors',
-  'token_env',
-  'load_balancing',
-  'group_weights',
-  'failover_threshold',
-  'panic',
-  'dns_refresh',
-  'limits',
-  'max_header_bytes',
-  'max_headers',
-  'header_timeout',
-  'max_requests_per_connection',
-  'health_check',
-  'interval',
-  'healthy_threshold',
-  'unhealthy_threshold',
-  'expected_statuses',
-  'outlier_detection',
-  'consecutive_failures',
-  'base_ejection_time',
-  'max_ejection_time',
-  'max_ejection_percent',
-  'readiness',
-  'require_upstreams',
-  'weight',
-  'priority',
-  'group',
-  'url',
-  'size',
-  'tls',
-  'ca_file',
-  'cert_file',
-  'key_file',
-  'server_name',
-  'insecure_skip_verify',
-  'min_version',
-];
-
-function editDistance(a: string, b: string): number {
-  const dp = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = dp[0] ?? 0;
-    dp[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const tmp = dp[j] ?? 0;
-      dp[j] = Math.min((dp[j] ?? 0) + 1, (dp[j - 1] ?? 0) + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = tmp;
-    }
-  }
-  return dp[b.length] ?? 0;
 }
 
 function nodeAt(doc: Document, path: readonly (string | number)[]): Node | undefined {

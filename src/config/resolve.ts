@@ -10,12 +10,12 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
 import type { RETRIABLE_GRPC } from '../proxy/grpc.js';
+import { type FlatFallback, flattenFallbacks } from './inline-fallbacks.js';
 import type {
   BulkheadInput,
   CircuitBreakerInput,
   Config,
   DegradationInput,
-  FallbackInput,
   RateLimiterInput,
   RedisStoreInput,
   RetryInput,
@@ -301,10 +301,11 @@ export interface ListenerModel {
   readonly routes: readonly RouteModel[];
 }
 
+/** A fallback, named or written in place (then named after its place: `payments/fallback`). */
 export type FallbackModel =
-  | (Extract<FallbackInput, { type: 'static_response' }> & { readonly bodyBytes: Buffer })
-  | Extract<FallbackInput, { type: 'cache' }>
-  | Extract<FallbackInput, { type: 'upstream' }>;
+  | (Extract<FlatFallback, { type: 'static_response' }> & { readonly bodyBytes: Buffer })
+  | Extract<FlatFallback, { type: 'cache' }>
+  | Extract<FlatFallback, { type: 'upstream' }>;
 
 export interface ResolvedConfig {
   readonly file: string;
@@ -662,6 +663,7 @@ export async function resolveConfig(
   const r = cfg.resilience;
   const base = dirname(resolvePath(file));
 
+  const flat = flattenFallbacks(cfg);
   const upstreams: Record<string, UpstreamModel> = {};
   for (const [name, u] of Object.entries(cfg.upstreams)) {
     const hh = u.host_header ?? 'endpoint';
@@ -702,7 +704,7 @@ export async function resolveConfig(
       circuitBreaker: breakerOf([r.circuit_breaker, u.circuit_breaker]),
       rateLimiter: limiterOf([r.rate_limiter, u.rate_limiter]),
       bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
-      fallback: u.fallback ?? r.fallback?.services?.[name]?.fallback_strategy,
+      fallback: flat.upstreamFallback[name] ?? r.fallback?.services?.[name]?.fallback_strategy,
       idempotencyKeys: u.idempotency_keys ?? 'ignored',
       tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
       protocol: u.protocol ?? 'http1',
@@ -774,7 +776,7 @@ export async function resolveConfig(
   });
 
   const fallbacks: Record<string, FallbackModel> = {};
-  for (const [name, f] of Object.entries(cfg.fallbacks)) {
+  for (const [name, f] of Object.entries(flat.fallbacks)) {
     if (f.type === 'static_response') {
       let bodyBytes = Buffer.from(f.body ?? '', 'utf8');
       if (f.body_file !== undefined) {
@@ -782,7 +784,7 @@ export async function resolveConfig(
           bodyBytes = await readFile(resolvePath(base, f.body_file));
         } catch (err) {
           problems.push({
-            path: ['fallbacks', name, 'body_file'],
+            path: [...(flat.paths[name] ?? ['fallbacks', name]), 'body_file'],
             message: `cannot read ${f.body_file}: ${(err as Error).message}`,
           });
         }

@@ -10,7 +10,9 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseCidr } from '../proxy/client-address.js';
 import { RETRIABLE_GRPC } from '../proxy/grpc.js';
-import { DURATION_PATTERN, parseDuration, parseRatio, RATIO_PATTERN } from './units.js';
+import { ignoredKeys } from './ignored-keys.js';
+import { flattenFallbacks } from './inline-fallbacks.js';
+import { DURATION_PATTERN, parseDuration, parsePercent, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
 const RATIO_HINT = 'a ratio such as 50% or 0.5';
@@ -67,6 +69,24 @@ export const ratio = z
       ctx.addIssue({
         code: 'custom',
         message: `expected ${RATIO_HINT} (between 0% and 100%), got ${JSON.stringify(v)}`,
+      });
+      return z.NEVER;
+    }
+    return r;
+  });
+
+/**
+ * A percentage in the file (keys named `*_percent`, as Envoy's `max_ejection_percent`): `50` or
+ * `"50%"` both mean 50 %, so `0.5` is half of one percent; a number in [0, 1] in the model.
+ */
+export const percent = z
+  .union([z.number(), z.string()], { error: 'expected a percentage from 0 to 100, such as 50 or "50%"' })
+  .transform((v, ctx) => {
+    const r = parsePercent(v);
+    if (r === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `expected a percentage from 0 to 100, such as 50 or "50%", got ${JSON.stringify(v)}`,
       });
       return z.NEVER;
     }
@@ -296,10 +316,13 @@ const fallbackTriggers = z.enum([
   'bulkhead_full',
   'degraded',
 ]);
-const fallbackCommon = {
-  on: z.array(fallbackTriggers).optional().describe('Events that trigger it. Default: all but rate_limited.'),
-  then: name.optional().describe('Fallback tried when this one cannot serve.'),
-};
+const fallbackOn = z
+  .array(fallbackTriggers)
+  .optional()
+  .describe('Events that trigger it. Default: all but rate_limited.');
+const THEN_HINT =
+  'Fallback tried when this one cannot serve: a name in `fallbacks`, or a fallback written here.';
+/** A fallback in `fallbacks`, or written in place (an upstream's `fallback`, a fallback's `then`). */
 export const fallbackSchema = z.discriminatedUnion(
   'type',
   [
@@ -309,22 +332,35 @@ export const fallbackSchema = z.discriminatedUnion(
       headers: z.record(headerName, z.string()).optional(),
       body: z.string().optional(),
       body_file: z.string().optional().describe('Path relative to the config file, read at load.'),
-      ...fallbackCommon,
+      on: fallbackOn,
+      get then() {
+        return fallbackRef.optional().describe(THEN_HINT);
+      },
     }),
     z.strictObject({
       type: z.literal('cache'),
       max_stale: duration.optional().describe('Oldest response served. Default: 5m.'),
       vary: z.array(headerName).optional().describe('Request headers that are part of the key.'),
-      ...fallbackCommon,
+      on: fallbackOn,
+      get then() {
+        return fallbackRef.optional().describe(THEN_HINT);
+      },
     }),
     z.strictObject({
       type: z.literal('upstream'),
       upstream: name.describe('The upstream that answers instead.'),
-      ...fallbackCommon,
+      on: fallbackOn,
+      get then() {
+        return fallbackRef.optional().describe(THEN_HINT);
+      },
     }),
   ],
   { error: 'expected a fallback with type static_response, cache or upstream' },
 );
+/** A fallback's name, or the fallback itself written in place. */
+const fallbackRef: z.ZodUnion<[typeof name, typeof fallbackSchema]> = z.union([name, fallbackSchema], {
+  error: 'expected the name of a fallback, or a fallback such as { type: static_response, status: 503 }',
+});
 
 const policyKeys = {
   ...timeoutKeys,
@@ -353,7 +389,11 @@ const endpointSchema = z.union(
 );
 
 export const healthCheckSchema = z.strictObject({
-  path: z.string().regex(/^\//).optional().describe('Default: /health.'),
+  path: z
+    .string()
+    .regex(/^\//, { error: 'a health check path starts with "/"' })
+    .optional()
+    .describe('Default: /health.'),
   interval: duration.optional().describe('Default: 10s.'),
   timeout: duration.optional().describe('Default: 2s.'),
   healthy_threshold: positiveInt
@@ -374,9 +414,11 @@ export const outlierDetectionSchema = z.strictObject({
     .optional()
     .describe('First ejection; each next one is longer by this much. Default: 30s.'),
   max_ejection_time: duration.optional().describe('Default: 5m.'),
-  max_ejection_percent: ratio
+  max_ejection_percent: percent
     .optional()
-    .describe('Share of endpoints that may be ejected at once. Default: 50%.'),
+    .describe(
+      'Percent of the endpoints that may be ejected at once: 50 or "50%" (a bare number is a percent, as in Envoy: 0.5 is half of one percent). Default: 50.',
+    ),
 });
 
 const hostName = z
@@ -452,7 +494,17 @@ export const upstreamSchema = z.strictObject({
   health_check: healthCheckSchema.optional(),
   outlier_detection: outlierDetectionSchema.optional(),
   host_header: z
-    .union([z.enum(['endpoint', 'preserve']), z.string().regex(/^[A-Za-z0-9.:[\]-]+$/)])
+    .union(
+      [
+        z.enum(['endpoint', 'preserve']),
+        z.string().regex(/^[A-Za-z0-9.:[\]-]+$/, {
+          error: 'expected endpoint, preserve, or a host name such as api.example.com',
+        }),
+      ],
+      {
+        error: 'expected endpoint, preserve, or a host name such as api.example.com',
+      },
+    )
     .optional()
     .describe(
       "Host sent upstream: endpoint (its host:port), preserve (the client's), or a literal. Default: endpoint.",
@@ -461,7 +513,9 @@ export const upstreamSchema = z.strictObject({
   keepalive_timeout: duration
     .optional()
     .describe('Idle time before a pooled connection closes. Default: 4s.'),
-  fallback: name.optional().describe('Name of a fallback in `fallbacks`.'),
+  fallback: fallbackRef
+    .optional()
+    .describe('The fallback: the name of one in `fallbacks`, or a fallback written here.'),
   idempotency_keys: z
     .enum(['honored', 'ignored'])
     .optional()
@@ -506,7 +560,7 @@ export const idempotencySchema = z
   .strictObject({
     enabled: z.boolean().optional().describe('Default: true when the block is present.'),
     methods: z
-      .array(z.string().regex(/^[A-Z]+$/))
+      .array(z.string().regex(/^[A-Z]+$/, { error: 'expected an upper-case HTTP method' }))
       .optional()
       .describe('Methods it applies to. Default: [POST, PATCH].'),
     required: z
@@ -564,7 +618,8 @@ export const routeSchema = z.strictObject({
     .describe('Pass WebSocket upgrades through to the upstream (false: 403). Default: true.'),
   websocket_idle_timeout: timeoutKeys.websocket_idle_timeout,
   websocket_max_duration: timeoutKeys.websocket_max_duration,
-  retry: retrySchema.optional(),
+  // The retry budget is the upstream's, shared by its routes: not a route key.
+  retry: retrySchema.omit({ budget: true }).optional(),
   idempotency: idempotencySchema.optional(),
   max_body_bytes: byteSize
     .optional()
@@ -772,7 +827,9 @@ export const configSchema = z
         port: port.default(9901),
         token_env: z
           .string()
-          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/)
+          .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, {
+            error: 'expected the name of an environment variable, such as BREAKWATER_ADMIN_TOKEN',
+          })
           .default('BREAKWATER_ADMIN_TOKEN')
           .describe(
             'Environment variable holding the bearer token that mutating admin calls from outside loopback must carry.',
@@ -914,7 +971,7 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
             `${url} is not ${scheme}//: ${why}`,
           );
       });
-    if (u.fallback !== undefined && !fallbacks.has(u.fallback)) {
+    if (typeof u.fallback === 'string' && !fallbacks.has(u.fallback)) {
       issue(['upstreams', un, 'fallback'], `fallback "${u.fallback}" is not defined${known(fallbacks)}`);
     }
     if (u.tls) {
@@ -957,24 +1014,29 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
       );
     }
   }
-  for (const [fn, f] of Object.entries(cfg.fallbacks)) {
-    if (f.then !== undefined && !fallbacks.has(f.then))
-      issue(['fallbacks', fn, 'then'], `fallback "${f.then}" is not defined${known(fallbacks)}`);
+  // Named and inline fallbacks alike; an error names where the fallback is written.
+  const flat = flattenFallbacks(cfg);
+  for (const [fn, f] of Object.entries(flat.fallbacks)) {
+    const at = flat.paths[fn] ?? ['fallbacks', fn];
+    // A `then` written in place is always defined; a name must be one of `fallbacks`.
+    if (f.then !== undefined && !flat.fallbacks[f.then])
+      issue([...at, 'then'], `fallback "${f.then}" is not defined${known(fallbacks)}`);
     if (f.type === 'upstream' && !upstreams.has(f.upstream))
-      issue(['fallbacks', fn, 'upstream'], `upstream "${f.upstream}" is not defined${known(upstreams)}`);
+      issue([...at, 'upstream'], `upstream "${f.upstream}" is not defined${known(upstreams)}`);
     if (f.type === 'static_response' && f.body !== undefined && f.body_file !== undefined) {
-      issue(['fallbacks', fn, 'body_file'], 'give body or body_file, not both');
+      issue([...at, 'body_file'], 'give body or body_file, not both');
     }
-    // A `then` chain must end.
+    // A `then` chain must end (only names can loop: an inline `then` is new).
+    if (!fallbacks.has(fn)) continue;
     const seen = new Set<string>([fn]);
     let next = f.then;
-    while (next !== undefined && fallbacks.has(next)) {
+    while (next !== undefined && flat.fallbacks[next]) {
       if (seen.has(next)) {
-        issue(['fallbacks', fn, 'then'], `fallback chain loops: ${[...seen, next].join(' -> ')}`);
+        issue([...at, 'then'], `fallback chain loops: ${[...seen, next].join(' -> ')}`);
         break;
       }
       seen.add(next);
-      next = cfg.fallbacks[next]?.then;
+      next = flat.fallbacks[next]?.then;
     }
   }
   const redis = cfg.stores.redis;
@@ -1008,6 +1070,13 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
         );
     });
   });
+  // A key that would be ignored is refused, unless its block has another problem already (a
+  // rate_limiter whose rate is misspelt is not also told that it has no rate).
+  const troubled = ctx.issues.map((i) => (i.path ?? []).join('\0'));
+  for (const k of ignoredKeys(cfg)) {
+    const block = k.path.slice(0, -1).join('\0');
+    if (!troubled.some((t) => t === block || t.startsWith(`${block}\0`))) issue(k.path, k.message);
+  }
   cfg.readiness.require_upstreams.forEach((u, i) => {
     if (!upstreams.has(u))
       issue(['readiness', 'require_upstreams', i], `upstream "${u}" is not defined${known(upstreams)}`);

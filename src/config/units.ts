@@ -1,8 +1,10 @@
 /**
- * Units used in the YAML file: durations and ratios.
+ * Units used in the YAML file: durations, ratios and percentages.
  *
  * Durations: `250ms`, `2s`, `1.5m`, `1h`, or a bare number of seconds (`60`, `"60"`, `0.25`).
  * Ratios: `50%` or a number in [0, 1] (`0.5`).
+ * Percentages (keys named `*_percent`, as Envoy writes them): `50` or `50%`; a bare number is a
+ * percent, so `0.5` is half of one percent.
  */
 
 export const DURATION_PATTERN = '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h)?\\s*$';
@@ -33,4 +35,15 @@ export function parseRatio(value: number | string): number | undefined {
   }
   const n = Number(value);
   return value.trim() !== '' && Number.isFinite(n) && n >= 0 && n <= 1 ? n : undefined;
+}
+
+/** Parses a percentage (`50`, `"50"`, `"50%"`) into [0, 1]; `undefined` if it is not one. */
+export function parsePercent(value: number | string): number | undefined {
+  const n =
+    typeof value === 'number'
+      ? value
+      : /^\s*\d+(\.\d+)?\s*%?\s*$/.test(value)
+        ? Number.parseFloat(value)
+        : Number.NaN;
+  return Number.isFinite(n) && n >= 0 && n <= 100 ? n / 100 : undefined;
 }

@@ -1,9 +1,13 @@
 /**
  * pino, configured once: JSON lines on stdout.
  *
- * Lines are written asynchronously in batches of up to 4 KiB (flushed on shutdown), so logging one
- * access line per request costs a few microseconds rather than a write per line. Secrets are
- * redacted where headers are put into a line (`redactHeaders`), not by a per-line path search.
+ * Lines are written asynchronously in batches of up to 4 KiB, so logging one access line per
+ * request costs a few microseconds rather than a write per line. A batch never waits long: the
+ * buffer is flushed at least every second, and at once after a line at warn level or above or a
+ * state change (any line with an `event` field: breaker, degradation, reload, ready, shutdown...),
+ * so `tail -f` of a log file shows them as they happen. At exit pino flushes what is left
+ * synchronously, so no line is lost. Secrets are redacted where headers are put into a line
+ * (`redactHeaders`), not by a per-line path search.
  */
 import { type Logger, pino } from 'pino';
 
@@ -31,14 +35,59 @@ export function redactHeaders(
   return out;
 }
 
+/** The longest a buffered line waits before it is written (ms). */
+export const LOG_FLUSH_INTERVAL_MS = 1000;
+const WARN = 40;
+
 export function createLogger(options: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
+  let urgent: (() => void) | undefined;
+  let destination = options.destination;
+  if (!destination) {
+    const sonic = pino.destination({
+      dest: 1,
+      sync: false,
+      minLength: 4096,
+      periodicFlush: LOG_FLUSH_INTERVAL_MS,
+    });
+    // flush() writes nothing while a write is in progress; 'drain' says that write is over, and
+    // the line that asked for a flush may still be in the buffer: flush once more then.
+    let pending = false;
+    const flush = () => {
+      try {
+        sonic.flush();
+      } catch {
+        // destroyed at exit: pino's exit handler has written everything
+      }
+    };
+    sonic.on('drain', () => {
+      if (!pending) return;
+      pending = false;
+      flush();
+    });
+    urgent = () => {
+      pending = true;
+      flush();
+    };
+    destination = sonic;
+  }
+  const flushNow = urgent;
   return pino(
     {
       level: options.level ?? 'info',
       base: { service: 'breakwater' },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
+      hooks: flushNow
+        ? {
+            logMethod(args, method, level) {
+              method.apply(this, args);
+              const first: unknown = args[0];
+              if (level >= WARN || (typeof first === 'object' && first !== null && 'event' in first))
+                flushNow();
+            },
+          }
+        : {},
     },
-    options.destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }),
+    destination,
   );
 }

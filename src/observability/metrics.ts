@@ -303,7 +303,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     return registry.metrics();
   };
 
-  return {
+  const metrics = {
     registry,
     collectors,
     scrape,
@@ -349,5 +349,34 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     websocketUpgrades,
     websocketOpen,
     websocketClosed,
+    forget,
   };
+
+  /**
+   * Removes every series whose labels include all of `labels` (an upstream a reload removed:
+   * `{ upstream }`; an endpoint: `{ upstream, endpoint }`), counters included, so nothing that
+   * no longer exists keeps exporting its last values.
+   */
+  async function forget(labels: Readonly<Record<string, string>>): Promise<void> {
+    const wanted = Object.entries(labels);
+    for (const m of Object.values(metrics)) {
+      if (!(m instanceof Counter || m instanceof Gauge || m instanceof Histogram)) continue;
+      // prom-client keeps the label names it was created with on the metric.
+      const names = (m as { labelNames?: readonly string[] }).labelNames ?? [];
+      if (!wanted.every(([k]) => names.includes(k))) continue;
+      const done = new Set<string>();
+      for (const v of (await m.get()).values) {
+        const seriesLabels: Readonly<Record<string, string | number | undefined>> = v.labels;
+        if (!wanted.every(([k, x]) => seriesLabels[k] === x)) continue;
+        // A histogram's buckets carry `le` besides the series' own labels.
+        const own = Object.fromEntries(Object.entries(seriesLabels).filter(([k]) => k !== 'le'));
+        const id = JSON.stringify(own);
+        if (done.has(id)) continue;
+        done.add(id);
+        m.remove(own);
+      }
+    }
+  }
+
+  return metrics;
 }

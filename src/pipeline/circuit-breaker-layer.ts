@@ -9,14 +9,15 @@ import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
 import { classifyOutcome } from './outcome.js';
 import type { Clock, Layer } from './types.js';
 
-/** The 503 `circuit-open` answer, Retry-After set to the time until a probe is let through. */
+/**
+ * The 503 `circuit-open` answer, Retry-After set to the time until a probe is let through; none
+ * when an operator forced the breaker open (no probe will come; nobody knows when it reopens).
+ */
 export function breakerOpenProblem(breaker: CircuitBreaker, upstream: string, requestId: string): Problem {
+  const detail = `the circuit breaker of upstream ${upstream} is ${breaker.state}`;
+  if (breaker.state === 'forced_open') return problem('circuit-open', detail, { upstream, requestId });
   const seconds = Math.max(1, Math.ceil(breaker.retryAfterMs() / 1000));
-  return problem('circuit-open', `the circuit breaker of upstream ${upstream} is ${breaker.state}`, {
-    upstream,
-    requestId,
-    headers: ['retry-after', String(seconds)],
-  });
+  return problem('circuit-open', detail, { upstream, requestId, headers: ['retry-after', String(seconds)] });
 }
 
 export function circuitBreakerLayer(

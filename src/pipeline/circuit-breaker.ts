@@ -143,9 +143,11 @@ export class CircuitBreaker {
     this.listeners.push(fn);
   }
 
-  /** Milliseconds until an open breaker lets a probe through (0 when not open). */
+  /**
+   * Milliseconds until an open breaker lets a probe through; 0 in any other state (a forced-open
+   * breaker never probes: only the operator closes it).
+   */
   retryAfterMs(): number {
-    if (this.stateValue === 'forced_open') return this.policy.resetTimeout;
     if (this.stateValue !== 'open') return 0;
     return Math.max(0, this.openedAt + this.policy.resetTimeout - this.clock.now());
   }
@@ -251,6 +253,21 @@ export class CircuitBreaker {
     if (this.recent.length > 20) this.recent.shift();
     for (const fn of this.listeners) fn(t);
   }
+}
+
+/** A transition's counts as snake_case fields, the naming of /state, the log lines and the config. */
+export function countsFields(c: Transition['counts']): {
+  consecutive_failures: number;
+  calls: number;
+  failure_rate: number;
+  slow_rate: number;
+} {
+  return {
+    consecutive_failures: c.consecutiveFailures,
+    calls: c.calls,
+    failure_rate: c.failureRate,
+    slow_rate: c.slowRate,
+  };
 }
 
 /** Whether an attempt's outcome counts as a failure under `failure_on`. */

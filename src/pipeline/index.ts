@@ -24,7 +24,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
 import type { RedisStore } from '../stores/redis.js';
 import { Bulkhead } from './bulkhead.js';
-import { BREAKER_STATES, CircuitBreaker } from './circuit-breaker.js';
+import { BREAKER_STATES, CircuitBreaker, countsFields } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
 import { DegradationMonitor } from './degradation.js';
@@ -220,7 +220,7 @@ export class UpstreamPolicies {
             from: t.from,
             to: t.to,
             reason: t.reason,
-            ...t.counts,
+            ...countsFields(t.counts),
           },
           `circuit breaker ${name}: ${t.from} -> ${t.to} (${t.reason})`,
         );

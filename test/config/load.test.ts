@@ -96,7 +96,7 @@ resilience:
   timeout: 250ms
   request_timeout: 1m
   connect_timeout: 2
-  circuit_breaker: { reset_timeout: 60, failure_rate_threshold: 50%, slow_call_rate_threshold: 0.25 }
+  circuit_breaker: { reset_timeout: 60, failure_rate_threshold: 50%, slow_call_rate_threshold: 0.25, slow_call_duration: 1s }
 `,
       't.yaml',
       { env: {} },
@@ -237,7 +237,7 @@ resilience:
     const byKey = Object.fromEntries(problems.map((p) => [p.key, p.message]));
     expect(byKey['listeners[0].routes[0].upstream']).toMatch(/upstream "nope" is not defined; defined: app/);
     expect(byKey['listeners[0].routes[0].match.path_prefx']).toMatch(
-      /unknown key "path_prefx" \(did you mean "path_prefix"\?\)/,
+      /^unknown key "path_prefx" in a route's match \(did you mean "path_prefix"\?\)$/,
     );
     expect(byKey['upstreams.app.timeout']).toMatch(/expected a duration such as 250ms/);
     expect(byKey['resilience.circuit_breaker.reset_timout']).toMatch(/did you mean "reset_timeout"/);
@@ -365,7 +365,7 @@ describe('breakwater validate', () => {
     );
     expect(err?.code).toBe(1);
     expect(err?.stderr).toContain(
-      `${bad}:18:19 resilience.retry.max_attempts: expected number, got string "many"`,
+      `${bad}:18:19 resilience.retry.max_attempts: max_attempts must be a whole number from 1 to 10, got the string "many"`,
     );
   });
 

@@ -125,6 +125,82 @@ stores:
   });
 });
 
+describe('fleet keys where they would be ignored are refused', () => {
+  it('on_store_error and replicas on a local limit', async () => {
+    const problems = await problemsOf(
+      base(', rate_limiter: { max_requests_per_second: 100, on_store_error: deny, replicas: 3 }'),
+    );
+    expect(problems).toEqual([
+      'upstreams.app.rate_limiter.on_store_error: on_store_error is read only with scope: global (a local limit never calls Redis); set scope: global, or remove on_store_error',
+      "upstreams.app.rate_limiter.replicas: replicas is read only with scope: global (it sizes each replica's share of a global limit); set scope: global, or remove replicas",
+    ]);
+  });
+
+  it('replicas in resilience when no upstream is global; accepted when resilience makes them global', async () => {
+    const top = (scope: string) =>
+      `resilience:\n  rate_limiter: { max_requests_per_second: 100, replicas: 3 ${scope} }\nstores:\n  redis: { url: "redis://127.0.0.1" }`;
+    expect(await problemsOf(base('', top('')))).toEqual([
+      "resilience.rate_limiter.replicas: replicas is read only with scope: global (it sizes each replica's share of a global limit); set scope: global, or remove replicas",
+    ]);
+    const config = await parseConfigText(base('', top(', scope: global')), 't.yaml');
+    expect(config.upstreams.app?.rateLimiter).toMatchObject({ scope: 'global', replicas: 3 });
+  });
+
+  it("a route's idempotency.on_store_error without store: redis", async () => {
+    const problems = await problemsOf(base('', '', ', idempotency: { on_store_error: forward }'));
+    expect(problems).toEqual([
+      'listeners[0].routes[0].idempotency.on_store_error: on_store_error is read only with store: redis (the memory store is never unreachable); set store: redis, or remove on_store_error',
+    ]);
+  });
+});
+
+describe('fleet keys in config error hints', () => {
+  it.each([
+    [
+      'redis at the top level',
+      base('', 'redis: { url: "redis://127.0.0.1" }'),
+      'redis: "redis" does not belong at the top level: it goes in stores: stores.redis',
+    ],
+    [
+      'replicas on an upstream',
+      base(', replicas: 3'),
+      'upstreams.app.replicas: "replicas" does not belong on an upstream: it goes in rate_limiter: upstreams.app.rate_limiter.replicas',
+    ],
+    [
+      'scope on a route',
+      base('', '', ', scope: global'),
+      'listeners[0].routes[0].scope: "scope" does not belong on a route: it goes in an upstream\'s rate_limiter: upstreams.<name>.rate_limiter.scope, or in resilience.rate_limiter (for every upstream): resilience.rate_limiter.scope; it is per upstream, shared by every route to it',
+    ],
+    [
+      "Traefik's denyOnError",
+      base(', rate_limiter: { max_requests_per_second: 1, denyOnError: true }'),
+      'upstreams.app.rate_limiter.denyOnError: unknown key "denyOnError" in rate_limiter (did you mean "on_store_error"?)',
+    ],
+    [
+      'global: true',
+      base(', rate_limiter: { max_requests_per_second: 1, global: true }'),
+      'upstreams.app.rate_limiter.global: unknown key "global" in rate_limiter (did you mean "scope"? a limit shared by every replica is scope: global)',
+    ],
+    [
+      'timeout in stores.redis',
+      base('', 'stores:\n  redis: { url: "redis://127.0.0.1", timeout: 20ms }'),
+      'stores.redis.timeout: unknown key "timeout" in stores.redis (did you mean "command_timeout"?)',
+    ],
+    [
+      'prefix in stores.redis',
+      base('', 'stores:\n  redis: { url: "redis://127.0.0.1", prefix: "bw:" }'),
+      'stores.redis.prefix: unknown key "prefix" in stores.redis (did you mean "key_prefix"?)',
+    ],
+    [
+      'circuit_breaker in stores.redis',
+      base('', 'stores:\n  redis: { url: "redis://127.0.0.1", circuit_breaker: {} }'),
+      'stores.redis.circuit_breaker: unknown key "circuit_breaker" in stores.redis (did you mean "breaker"?)',
+    ],
+  ])('%s', async (_name, yaml, message) => {
+    expect(await problemsOf(yaml)).toEqual([message]);
+  });
+});
+
 describe('config/examples/fleet.yaml', () => {
   it('is valid, with Redis and the replica count from the environment', async () => {
     const file = join(import.meta.dirname, '../../config/examples/fleet.yaml');

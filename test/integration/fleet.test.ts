@@ -540,7 +540,7 @@ logging: { level: info, access_log: false }
 });
 
 describe('fleet mode with no Redis at all', () => {
-  it('starts within connect_timeout, never crashes, and applies on_store_error: deny (503), allow and local', async () => {
+  it('starts within connect_timeout, never crashes, applies on_store_error: deny (503), allow and local, and /state shows the store down in snake_case keys', async () => {
     const port = await freePort(); // nothing listens there
     const up = await startUpstream((_req, res) => res.end('ok'));
     const started = Date.now();
@@ -587,10 +587,26 @@ logging: { level: info, access_log: false }
       expect(await metric(bw, 'breakwater_store_up', { store: 'redis' })).toBe(0);
       const state = (await (await request(`${bw.adminUrl}/state`)).body.json()) as {
         stores: { redis: { up: boolean; connection: string; last_error: string | null } };
+        upstreams: Record<string, { rate_limiter: Record<string, unknown> }>;
       };
       expect(state.stores.redis.up).toBe(false);
       expect(state.stores.redis.connection).not.toBe('ready');
       expect(state.stores.redis.last_error).toMatch(/ECONNREFUSED|not connected/);
+      expect(state.upstreams.shared?.rate_limiter).toMatchObject({
+        scope: 'global',
+        global: { fallback: 'local', local_share_per_second: 1, store: { up: false } },
+      });
+      // Every key snake_case, as the rest of /state (upstream names are the config's, not keys).
+      const camel: string[] = [];
+      const walk = (v: unknown, at: string) => {
+        if (v && typeof v === 'object')
+          for (const [k, x] of Object.entries(v)) {
+            if (at !== 'upstreams' && !/^[a-z0-9]+(_[a-z0-9]+)*$/.test(k)) camel.push(`${at}.${k}`);
+            walk(x, at ? `${at}.${k}` : k);
+          }
+      };
+      walk(state, '');
+      expect(camel).toEqual([]);
       expect(bw.logs.filter((l) => l.event === 'store_error')).toHaveLength(1);
     } finally {
       await bw.stop();

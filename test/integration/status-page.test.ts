@@ -81,7 +81,13 @@ fallbacks:
     expect(await page.locator('[data-upstream="search"] .badge').textContent()).toBe('no breaker');
 
     failing = true;
-    for (let i = 0; i < 5; i++)
+    // Two failures: still closed, and the card counts them (the /state key is consecutive_failures).
+    for (let i = 0; i < 2; i++)
+      await (await request(`${bw.url()}/pay`, { method: 'POST', body: 'x' })).body.dump();
+    await page
+      .locator('[data-upstream="payments"]', { hasText: 'closed, 2 consecutive failures' })
+      .waitFor({ timeout: 10_000 });
+    for (let i = 0; i < 3; i++)
       await (await request(`${bw.url()}/pay`, { method: 'POST', body: 'x' })).body.dump();
     await page.waitForSelector('[data-upstream="payments"] [data-breaker-state="open"]', { timeout: 10_000 });
     const card = page.locator('[data-upstream="payments"]');

@@ -372,12 +372,12 @@ describe('CircuitBreaker: rates', () => {
 });
 
 describe('CircuitBreaker: operator control', () => {
-  it("force('open') rejects until 'auto', whatever the clock says", () => {
+  it("force('open') rejects until 'auto', whatever the clock says, and schedules no probe", () => {
     const { cb, clock } = breaker({ resetTimeout: 1000 });
     cb.force('open');
     expect(cb.state).toBe('forced_open');
     expect(cb.tryAcquire()).toBeUndefined();
-    expect(cb.retryAfterMs()).toBe(1000);
+    expect(cb.retryAfterMs()).toBe(0); // no probe is scheduled: only the operator reopens it
     clock.advance(1_000_000);
     expect(cb.tryAcquire()).toBeUndefined();
     expect(cb.state).toBe('forced_open');
@@ -637,7 +637,6 @@ class Model {
   }
 
   retryAfterMs(): number {
-    if (this.state === 'forced_open') return this.p.resetTimeout;
     if (this.state !== 'open') return 0;
     return Math.max(0, this.openedAt + this.p.resetTimeout - this.clock.now());
   }
