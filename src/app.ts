@@ -188,8 +188,9 @@ export class Breakwater {
         metrics.storeUp.labels('redis').set(redis.store.up ? 1 : 0),
       );
     } else {
+      // stores.redis removed: its series go, as a removed upstream's do.
       metrics.collectors.delete('store:redis');
-      metrics.storeUp.remove('redis');
+      await metrics.forget({ store: 'redis' });
     }
 
     const upstreams = new Map<string, Upstream>();
@@ -346,7 +347,10 @@ export class Breakwater {
       this.retiredRedis.add(oldRedis.store);
       const closeOld = setTimeout(() => {
         this.retiredRedis.delete(oldRedis.store);
-        void oldRedis.store.close();
+        // (What it counted while draining goes too when no Redis replaced it.)
+        void oldRedis.store
+          .close()
+          .then(() => (this.current?.redis ? undefined : metrics.forget({ store: 'redis' })));
       }, config.shutdown.drain_timeout);
       closeOld.unref();
     }

@@ -257,11 +257,10 @@ export class RedisStore {
     });
   }
 
-  /** Closes the connection (no reconnect); later calls fail as unavailable. */
+  /** Closes the connection (no reconnect); later calls fail as unavailable; store_up is left alone. */
   async close(): Promise<void> {
     this.closed = true;
     this.client.disconnect(false);
-    this.metrics.storeUp.labels('redis').set(0);
   }
 
   private noteError(message: string): void {
@@ -270,6 +269,8 @@ export class RedisStore {
   }
 
   private updateUp(): void {
+    // A closed client speaks for nothing: the gauge is its successor's, or gone with stores.redis.
+    if (this.closed) return;
     this.metrics.storeUp.labels('redis').set(this.up ? 1 : 0);
   }
 

@@ -491,7 +491,7 @@ describe.skipIf(!redisTool.available)('fleet mode: three replicas share Redis', 
     expect(added).toBeLessThan(20 + 100);
     for (const r of fleetOf3) await r.stop();
   }, 60_000);
-  it('one Redis connection per process: kept by a reload that does not change stores.redis, replaced by one that does, closed at stop', async () => {
+  it('one Redis connection per process: kept by a reload that does not change stores.redis, replaced by one that does, closed with its metric series by one that drops it', async () => {
     const named = async () =>
       ((await client.client('LIST')) as string).split('\n').filter((l) => / name=breakwater /.test(l)).length;
     // Replicas of the tests before may still be closing their connections.
@@ -530,6 +530,22 @@ logging: { level: info, access_log: false }
       const end = Date.now() + 10_000;
       while ((await named()) !== base + 1 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
       expect(await named()).toBe(base + 1);
+      const storeSeries = async () =>
+        (await (await request(`${bw.adminUrl}/metrics`)).body.text())
+          .split('\n')
+          .filter((l) => l.startsWith('breakwater_store_'));
+      expect(await storeSeries()).not.toEqual([]);
+      // A reload that drops stores.redis: the connection closes and the store's series go with it.
+      const local = yaml('three:')
+        .replace(/^stores:\n.*\n/m, '')
+        .replace('scope: global', 'scope: local');
+      writeFileSync(file, local);
+      expect((await bw.bw.reload('test')).ok).toBe(true);
+      expect((await shoot(bw.url(), '/r/3')).status).toBe(200);
+      const gone = Date.now() + 10_000;
+      while ((await named()) !== base && Date.now() < gone) await new Promise((r) => setTimeout(r, 50));
+      expect(await named()).toBe(base);
+      expect(await storeSeries()).toEqual([]);
     } finally {
       await bw.stop();
     }
