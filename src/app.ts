@@ -513,11 +513,12 @@ export class Breakwater {
               })),
             }
           : null,
+        // A global limit's rate and burst are the fleet's; `tokens` is then the local share's bucket.
         rate_limiter: p.limiter
           ? {
               mode: p.limiter.policy.mode,
-              rate_per_second: p.limiter.policy.ratePerSecond,
-              burst: p.limiter.policy.burst,
+              rate_per_second: (p.globalLimiter ?? p.limiter).policy.ratePerSecond,
+              burst: (p.globalLimiter ?? p.limiter).policy.burst,
               tokens: p.limiter.tokens(),
               queued: p.limiter.queueLength,
               scope: p.limiter.policy.scope,

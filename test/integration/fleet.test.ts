@@ -608,8 +608,11 @@ logging: { level: info, access_log: false }
       expect(state.stores.redis.up).toBe(false);
       expect(state.stores.redis.connection).not.toBe('ready');
       expect(state.stores.redis.last_error).toMatch(/ECONNREFUSED|not connected/);
+      // rate and burst are the fleet's; the local share is half of them (replicas: 2).
       expect(state.upstreams.shared?.rate_limiter).toMatchObject({
         scope: 'global',
+        rate_per_second: 2,
+        burst: 4,
         global: { fallback: 'local', local_share_per_second: 1, store: { up: false } },
       });
       // Every key snake_case, as the rest of /state (upstream names are the config's, not keys).
