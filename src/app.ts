@@ -10,16 +10,18 @@ import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
-import { MemoryIdempotencyStore } from './idempotency/store.js';
+import { RedisIdempotencyStore } from './idempotency/redis-store.js';
+import { type IdempotencyStore, MemoryIdempotencyStore } from './idempotency/store.js';
 import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { countsFields } from './pipeline/circuit-breaker.js';
-import { buildPipeline, UpstreamPolicies } from './pipeline/index.js';
+import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
+import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
 export interface StartOptions {
@@ -47,6 +49,8 @@ interface Generation {
   readonly upstreams: Map<string, Upstream>;
   readonly policies: Map<string, UpstreamPolicies>;
   readonly cache: ResponseCache;
+  /** stores.redis and the Idempotency-Key store on it (kept across reloads while unchanged). */
+  readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
   readonly tempFiles: TempFiles;
 }
 
@@ -76,6 +80,8 @@ export class Breakwater {
   readonly listeners: DataListener[] = [];
   /** Listeners a reload removed or moved, while they drain. */
   private readonly retired = new Set<DataListener>();
+  /** Redis clients a reload replaced, until requests that started on them are done. */
+  private readonly retiredRedis = new Set<RedisStore>();
   admin: AdminListener | undefined;
   upstreams = new Map<string, Upstream>();
   policies = new Map<string, UpstreamPolicies>();
@@ -137,7 +143,6 @@ export class Breakwater {
   private async apply(config: ResolvedConfig, source: string | undefined): Promise<void> {
     const { metrics, logger } = this;
     const previous = this.current;
-    const services = { clock: this.clock, metrics, logger, random: Math.random };
     const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
     const cache =
@@ -156,6 +161,37 @@ export class Breakwater {
       metrics.cacheEntries.set(cache.entries);
     });
     const tempFiles = await this.tempFilesFor(config.buffering.tempDir, previous?.tempFiles);
+
+    // One Redis client per process; a reload that changes stores.redis makes a new one and closes
+    // the old one once requests that started on it are done with it.
+    const redisModel = config.stores.redis;
+    const keptRedis =
+      previous?.redis && same(previous.config.stores.redis, redisModel) ? previous.redis : undefined;
+    const redis =
+      keptRedis ??
+      (redisModel
+        ? (() => {
+            const store = new RedisStore(redisModel, metrics, logger, this.clock);
+            return { store, idempotency: new RedisIdempotencyStore(store) };
+          })()
+        : undefined);
+    const services: PipelineServices = {
+      clock: this.clock,
+      metrics,
+      logger,
+      random: Math.random,
+      redis: redis?.store,
+    };
+    if (redis && redis !== keptRedis) await redis.store.waitReady(redis.store.model.connectTimeout);
+    if (redis) {
+      metrics.collectors.set('store:redis', () =>
+        metrics.storeUp.labels('redis').set(redis.store.up ? 1 : 0),
+      );
+    } else {
+      // stores.redis removed: its series go, as a removed upstream's do.
+      metrics.collectors.delete('store:redis');
+      await metrics.forget({ store: 'redis' });
+    }
 
     const upstreams = new Map<string, Upstream>();
     const policies = new Map<string, UpstreamPolicies>();
@@ -181,6 +217,7 @@ export class Breakwater {
       degradation: config.degradation,
       pipelineOf,
       idempotency: this.idempotencyStore,
+      sharedIdempotency: redis?.idempotency,
     };
     for (const [name, model] of Object.entries(config.upstreams)) {
       if (model.tls?.insecureSkipVerify) {
@@ -261,6 +298,7 @@ export class Breakwater {
       }
     } catch (err) {
       await Promise.all(bound.map((l) => l.close()));
+      if (redis && redis !== keptRedis) await redis.store.close();
       throw err;
     }
     const retired = this.listeners.filter((l) => !keep.includes(l));
@@ -304,7 +342,19 @@ export class Breakwater {
       }
     }
 
-    this.current = { config, upstreams, policies, cache, tempFiles };
+    const oldRedis = previous?.redis;
+    if (oldRedis && oldRedis !== redis) {
+      this.retiredRedis.add(oldRedis.store);
+      const closeOld = setTimeout(() => {
+        this.retiredRedis.delete(oldRedis.store);
+        // (What it counted while draining goes too when no Redis replaced it.)
+        void oldRedis.store
+          .close()
+          .then(() => (this.current?.redis ? undefined : metrics.forget({ store: 'redis' })));
+      }, config.shutdown.drain_timeout);
+      closeOld.unref();
+    }
+    this.current = { config, upstreams, policies, cache, redis, tempFiles };
     this.config = config;
     this.upstreams = upstreams;
     this.policies = policies;
@@ -463,13 +513,16 @@ export class Breakwater {
               })),
             }
           : null,
+        // A global limit's rate and burst are the fleet's; `tokens` is then the local share's bucket.
         rate_limiter: p.limiter
           ? {
               mode: p.limiter.policy.mode,
-              rate_per_second: p.limiter.policy.ratePerSecond,
-              burst: p.limiter.policy.burst,
+              rate_per_second: (p.globalLimiter ?? p.limiter).policy.ratePerSecond,
+              burst: (p.globalLimiter ?? p.limiter).policy.burst,
               tokens: p.limiter.tokens(),
               queued: p.limiter.queueLength,
+              scope: p.limiter.policy.scope,
+              global: p.globalLimiter?.state() ?? null,
             }
           : null,
         bulkhead: p.bulkhead
@@ -503,6 +556,7 @@ export class Breakwater {
       config_hash: this.configHash,
       upstreams,
       cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
+      stores: { redis: this.current?.redis?.store.health() ?? null },
     };
   }
 
@@ -620,6 +674,8 @@ export class Breakwater {
     }
     this.watcher?.close();
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
+    await this.current?.redis?.store.close();
+    for (const r of this.retiredRedis) await r.close();
     await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
     this.phase = 'stopped';

@@ -2,7 +2,8 @@
  * `GET /` on the admin listener: a self-contained status page (no external assets) for the
  * operator who opens it during an incident. It reads `/state` every 2 s and shows, per upstream:
  * request rate, error rate, p50/p99 latency, the breaker state with its recent transitions, limiter
- * and bulkhead use, fallbacks served, degradation, and endpoints.
+ * and bulkhead use, fallbacks served, degradation, and endpoints; and the health of a shared store
+ * (Redis) in the header.
  */
 import type { FastifyInstance } from 'fastify';
 
@@ -54,7 +55,9 @@ const PAGE = `<!doctype html>
     const degraded = u.degradation && u.degradation.degraded;
     const cls = degraded && state === 'closed' ? 'degraded' : state;
     const rows = [];
-    if (u.rate_limiter) rows.push(['rate limiter', fmt(u.rate_limiter.tokens, 0) + ' / ' + u.rate_limiter.burst + ' tokens, ' + u.rate_limiter.queued + ' queued (' + u.rate_limiter.mode + ')']);
+    const g = u.rate_limiter && u.rate_limiter.global;
+    if (g) rows.push(['rate limiter', 'global ' + u.rate_limiter.rate_per_second + '/s (burst ' + u.rate_limiter.burst + '), ' + (g.remaining === null ? '–' : g.remaining) + ' left; ' + (g.store.up ? 'Redis up' : 'Redis DOWN: ' + (g.fallback === 'local' ? 'local share ' + fmt(g.local_share_per_second, 1) + '/s' : g.fallback))]);
+    else if (u.rate_limiter) rows.push(['rate limiter', fmt(u.rate_limiter.tokens, 0) + ' / ' + u.rate_limiter.burst + ' tokens, ' + u.rate_limiter.queued + ' queued (' + u.rate_limiter.mode + ')']);
     if (u.bulkhead) rows.push(['bulkhead', u.bulkhead.in_flight + ' / ' + u.bulkhead.max_concurrent + ' in flight, ' + u.bulkhead.queued + ' queued']);
     if (b) rows.push(['breaker', state + (b.forced ? ' (by the operator: no probes)' : '') + (b.retry_after_ms ? ', probe in ' + fmt(b.retry_after_ms / 1000, 1) + ' s' : '') + (state === 'closed' ? ', ' + b.consecutive_failures + ' consecutive failures' : '')]);
     if (u.degradation) rows.push(['degradation', degraded ? 'DEGRADED' + (u.degradation.last ? ' (' + u.degradation.last.condition + ')' : '') : 'normal']);
@@ -87,8 +90,10 @@ const PAGE = `<!doctype html>
       }).join('');
       document.getElementById('upstreams').innerHTML = html;
       const cache = s.cache ? ' · cache ' + fmt(s.cache.bytes / 1024, 0) + ' KiB in ' + s.cache.entries + ' entries' : '';
-      meta.textContent = s.phase + ' · config ' + s.config_hash + cache + ' · updated ' + new Date().toLocaleTimeString();
-      meta.className = 'meta';
+      const r = s.stores && s.stores.redis;
+      const store = r ? ' · redis ' + r.address + ' ' + (r.up ? 'up' : 'DOWN (' + r.connection + ', breaker ' + r.breaker + (r.last_error ? ', ' + r.last_error : '') + ')') : '';
+      meta.textContent = s.phase + ' · config ' + s.config_hash + cache + store + ' · updated ' + new Date().toLocaleTimeString();
+      meta.className = r && !r.up ? 'meta stale' : 'meta';
       prev = { s, at: now };
     } catch (err) {
       meta.textContent = 'cannot reach /state: ' + err;

@@ -39,6 +39,7 @@ const PLACES: Record<string, string> = {
   resilience: 'in resilience (for every upstream)',
   'fallbacks.<name>': 'in a fallback',
   'degradation.services[]': 'in a degradation service',
+  'stores.redis': 'in stores.redis',
 };
 
 /** Who owns a block, for "in an upstream's retry". */
@@ -93,6 +94,8 @@ const SYNONYMS: Record<string, readonly Synonym[]> = {
   circuit_breakers: [{ key: 'circuit_breaker' }],
   circuitbreaker: [{ key: 'circuit_breaker' }],
   cb: [{ key: 'circuit_breaker' }],
+  // (stores.redis has a breaker of its own, not a circuit_breaker)
+  circuit_breaker: [{ key: 'breaker' }],
   ratelimit: [{ key: 'rate_limiter' }],
   rate_limit: [{ key: 'rate_limiter' }],
   ratelimiter: [{ key: 'rate_limiter' }],
@@ -136,7 +139,7 @@ const SYNONYMS: Record<string, readonly Synonym[]> = {
   overall_timeout: [{ key: 'request_timeout' }],
   deadline: [{ key: 'request_timeout' }],
   idle_timeout: [{ key: 'keepalive_timeout' }, { key: 'websocket_idle_timeout' }],
-  read_timeout: [{ key: 'body_timeout' }],
+  read_timeout: [{ key: 'body_timeout' }, { key: 'command_timeout' }],
   // circuit breaker
   wait_duration_in_open_state: [{ key: 'reset_timeout' }],
   break_duration: [{ key: 'reset_timeout' }],
@@ -166,6 +169,23 @@ const SYNONYMS: Record<string, readonly Synonym[]> = {
   max_burst: [{ key: 'burst_limit' }],
   max_tokens: [{ key: 'burst_limit' }],
   bucket_size: [{ key: 'burst_limit' }],
+  // rate limiter, fleet mode (Traefik's denyOnError, Kong's fault_tolerant, Envoy's failure_mode_deny)
+  global: [{ key: 'scope', note: () => 'a limit shared by every replica is scope: global' }],
+  deny_on_error: [{ key: 'on_store_error' }],
+  fault_tolerant: [{ key: 'on_store_error' }],
+  failure_mode_deny: [{ key: 'on_store_error' }],
+  fail_open: [{ key: 'on_store_error' }],
+  replica_count: [{ key: 'replicas' }],
+  instances: [{ key: 'replicas' }],
+  // stores.redis (go-redis and ioredis names)
+  uri: [{ key: 'url' }],
+  address: [{ key: 'url' }],
+  addr: [{ key: 'url' }],
+  dial_timeout: [{ key: 'connect_timeout' }],
+  connection_timeout: [{ key: 'connect_timeout' }],
+  timeout: [{ key: 'command_timeout' }],
+  redis_url: [{ key: 'redis' }, { key: 'url' }],
+  redis_host: [{ key: 'redis' }, { key: 'url' }],
   // bulkhead
   max_concurrent_calls: [{ key: 'max_concurrent' }],
   max_concurrency: [{ key: 'max_concurrent' }],
@@ -199,7 +219,7 @@ const SYNONYMS: Record<string, readonly Synonym[]> = {
   backend: [{ key: 'upstream' }],
   service: [{ key: 'upstream' }],
   path: [{ key: 'path_prefix' }],
-  prefix: [{ key: 'path_prefix' }],
+  prefix: [{ key: 'path_prefix' }, { key: 'key_prefix' }],
   path_regex: [{ key: 'path_prefix' }],
   method: [{ key: 'methods' }],
   client_max_body_size: [{ key: 'max_body_bytes' }],

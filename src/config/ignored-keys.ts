@@ -27,6 +27,12 @@ const RATE_ONLY =
     m('failure_rate_threshold') !== undefined || m('slow_call_rate_threshold') !== undefined
       ? undefined
       : `${key} is read only with failure_rate_threshold or slow_call_rate_threshold (the consecutive-failure rule counts no window); set one, or remove ${key}`;
+const GLOBAL_ONLY =
+  (key: string, what: string): Check =>
+  (m) =>
+    m('scope') === 'global'
+      ? undefined
+      : `${key} is read only with scope: global (${what}); set scope: global, or remove ${key}`;
 const SHAPE_ONLY =
   (key: string): Check =>
   (m) =>
@@ -51,6 +57,8 @@ const CHECKS: Record<Block, Record<string, Check>> = {
     max_queue: SHAPE_ONLY('max_queue'),
     max_keys: (m) =>
       m('key') !== undefined ? undefined : 'max_keys is read only with key (client_ip or header:<name>)',
+    on_store_error: GLOBAL_ONLY('on_store_error', 'a local limit never calls Redis'),
+    replicas: GLOBAL_ONLY('replicas', "it sizes each replica's share of a global limit"),
   },
   bulkhead: {
     queue_timeout: (m) =>
@@ -172,6 +180,12 @@ export function ignoredKeys(cfg: Config): IgnoredKey[] {
         refuse(
           ['listeners', li, 'routes', ri, 'allow_trace'],
           `allow_trace is read only when the route takes TRACE requests; its match.methods (${methods.join(', ')}) leaves TRACE out: add TRACE to them, or remove allow_trace`,
+        );
+      // Only a shared store can be unreachable.
+      if (rt.idempotency?.on_store_error !== undefined && rt.idempotency.store !== 'redis')
+        refuse(
+          ['listeners', li, 'routes', ri, 'idempotency', 'on_store_error'],
+          'on_store_error is read only with store: redis (the memory store is never unreachable); set store: redis, or remove on_store_error',
         );
       if (rt.websocket !== false) return;
       for (const key of ['websocket_idle_timeout', 'websocket_max_duration'] as const)

@@ -17,6 +17,7 @@ import type {
   Config,
   DegradationInput,
   RateLimiterInput,
+  RedisStoreInput,
   RetryInput,
   RouteInput,
   TlsInput,
@@ -96,6 +97,12 @@ export interface RateLimiterPolicy {
     | { readonly kind: 'client_ip' }
     | { readonly kind: 'header'; readonly header: string };
   readonly maxKeys: number;
+  /** local: this process's bucket; global: shared through stores.redis. */
+  readonly scope: 'local' | 'global';
+  /** scope global, Redis unreachable: the local share, no limit, or 503. */
+  readonly onStoreError: 'local' | 'allow' | 'deny';
+  /** scope global: replicas sharing the limit (the local share is the limit divided by this). */
+  readonly replicas: number;
 }
 
 export interface BulkheadPolicy {
@@ -231,6 +238,27 @@ export interface IdempotencyPolicy {
     | { readonly kind: 'header'; readonly header: string };
   readonly conflict: 'reject' | 'wait';
   readonly storeServerErrors: boolean;
+  /** memory: this process; redis: stores.redis, shared by the replicas. */
+  readonly store: 'memory' | 'redis';
+  /** store redis, Redis unreachable: 503 for requests with a key, or forward them unprotected. */
+  readonly onStoreError: 'reject' | 'forward';
+}
+
+/** `stores.redis`: where and how to reach Redis (credentials kept out of `address`). */
+export interface RedisStoreModel {
+  readonly host: string;
+  readonly port: number;
+  readonly db: number;
+  readonly username: string | undefined;
+  readonly password: string | undefined;
+  /** Set for rediss:// or a tls block. */
+  readonly tls: TlsModel | undefined;
+  /** host:port/db with the scheme, for logs, /state and metrics (no credentials). */
+  readonly address: string;
+  readonly keyPrefix: string;
+  readonly commandTimeout: number;
+  readonly connectTimeout: number;
+  readonly breaker: { readonly failureThreshold: number; readonly resetTimeout: number };
 }
 
 export interface ListenerLimits {
@@ -290,6 +318,8 @@ export interface ResolvedConfig {
   readonly logging: Config['logging'];
   readonly shutdown: Config['shutdown'];
   readonly readiness: Config['readiness'];
+  /** Shared stores (fleet mode). */
+  readonly stores: { readonly redis: RedisStoreModel | undefined };
   readonly buffering: BufferingModel;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
@@ -326,7 +356,15 @@ export const DEFAULTS = {
     slowCallRateThreshold: undefined,
     failureOn: ['5xx', 408, 429, 'connect-failure', 'reset', 'timeout'],
   } satisfies CircuitBreakerPolicy,
-  rateLimiter: { mode: 'reject', maxDelay: 1_000, maxQueue: 1_000, maxKeys: 10_000 },
+  rateLimiter: {
+    mode: 'reject',
+    maxDelay: 1_000,
+    maxQueue: 1_000,
+    maxKeys: 10_000,
+    scope: 'local',
+    onStoreError: 'local',
+    replicas: 1,
+  },
   bulkhead: { maxConcurrent: 100, maxQueue: 0, queueTimeout: 1_000 } satisfies BulkheadPolicy,
   websocket: { enabled: true, idleTimeout: 300_000, maxDuration: 0 } satisfies WebSocketPolicy,
 } as const;
@@ -443,6 +481,9 @@ function limiterOf(layers: readonly (RateLimiterInput | undefined)[]): RateLimit
           ? { kind: 'client_ip' }
           : { kind: 'header', header: key.slice('header:'.length).toLowerCase() },
     maxKeys: get('max_keys') ?? d.maxKeys,
+    scope: get('scope') ?? d.scope,
+    onStoreError: get('on_store_error') ?? d.onStoreError,
+    replicas: get('replicas') ?? d.replicas,
   };
 }
 
@@ -473,6 +514,8 @@ function idempotencyOf(i: RouteInput['idempotency']): IdempotencyPolicy | undefi
         : { kind: 'header', header: scope.slice('header:'.length).toLowerCase() },
     conflict: i.conflict ?? 'reject',
     storeServerErrors: i.store_server_errors ?? true,
+    store: i.store ?? 'memory',
+    onStoreError: i.on_store_error ?? 'reject',
   };
 }
 
@@ -547,6 +590,44 @@ async function tlsOf(
     serverName: t.server_name,
     insecureSkipVerify: t.insecure_skip_verify ?? false,
     minVersion: t.min_version,
+  };
+}
+
+async function redisStoreOf(
+  r: RedisStoreInput,
+  base: string,
+  problems: ResolveProblem[],
+): Promise<RedisStoreModel> {
+  const u = new URL(r.url);
+  const secure = u.protocol === 'rediss:';
+  const port = Number(u.port || 6379);
+  const db = Number(u.pathname.replace('/', '') || 0);
+  const tls =
+    r.tls !== undefined
+      ? await tlsOf(r.tls, base, ['stores', 'redis', 'tls'], problems)
+      : secure
+        ? {
+            ca: undefined,
+            cert: undefined,
+            key: undefined,
+            serverName: undefined,
+            insecureSkipVerify: false,
+            minVersion: undefined,
+          }
+        : undefined;
+  return {
+    host: u.hostname.replace(/^\[|\]$/g, ''),
+    port,
+    db,
+    // An empty value (an unset ${VAR:-}) means none.
+    username: r.username || (u.username ? decodeURIComponent(u.username) : undefined),
+    password: r.password || (u.password ? decodeURIComponent(u.password) : undefined),
+    tls,
+    address: `${tls ? 'rediss' : 'redis'}://${u.host}/${db}`,
+    keyPrefix: r.key_prefix,
+    commandTimeout: r.command_timeout,
+    connectTimeout: r.connect_timeout,
+    breaker: { failureThreshold: r.breaker.failure_threshold, resetTimeout: r.breaker.reset_timeout },
   };
 }
 
@@ -728,6 +809,7 @@ export async function resolveConfig(
     logging: cfg.logging,
     shutdown: cfg.shutdown,
     readiness: cfg.readiness,
+    stores: { redis: cfg.stores.redis ? await redisStoreOf(cfg.stores.redis, base, problems) : undefined },
     buffering: {
       tempDir: cfg.buffering.temp_dir === undefined ? tmpdir() : resolvePath(base, cfg.buffering.temp_dir),
       responseBufferBytes: cfg.buffering.response_buffer_bytes,

@@ -265,6 +265,23 @@ export const rateLimiterSchema = z
       .optional()
       .describe('One bucket per client address or header value. Default: one bucket.'),
     max_keys: positiveInt.optional().describe('Keys remembered at most (LRU). Default: 10000.'),
+    scope: z
+      .enum(['local', 'global'])
+      .optional()
+      .describe(
+        'local: a bucket in this process; global: one limit shared by every replica through stores.redis (mode reject only). Default: local.',
+      ),
+    on_store_error: z
+      .enum(['local', 'allow', 'deny'])
+      .optional()
+      .describe(
+        "scope global, while Redis is unreachable: local (a bucket of this replica's share, the limit divided by replicas), allow (no limit) or deny (503). Default: local.",
+      ),
+    replicas: positiveInt
+      .optional()
+      .describe(
+        'scope global: replicas sharing the limit, for the local share while Redis is down; usually substituted from an environment variable. Default: 1.',
+      ),
   })
   .describe('Token bucket per upstream (the design document: 10000 req/s, burst 5000).');
 
@@ -570,6 +587,18 @@ export const idempotencySchema = z
       .boolean()
       .optional()
       .describe('Store and replay 5xx responses too. Default: true.'),
+    store: z
+      .enum(['memory', 'redis'])
+      .optional()
+      .describe(
+        'memory: this process only; redis: shared by every replica through stores.redis. Default: memory.',
+      ),
+    on_store_error: z
+      .enum(['reject', 'forward'])
+      .optional()
+      .describe(
+        'store redis, while Redis is unreachable: reject requests that carry a key (503), or forward them unprotected (a retry may then be charged twice). Default: reject.',
+      ),
   })
   .describe('Idempotency-Key handling (draft-ietf-httpapi-idempotency-key-header).');
 
@@ -718,6 +747,67 @@ export const degradationSchema = z.strictObject({
     .default([]),
 });
 
+const redisUrl = z.string().refine(
+  (v) => {
+    try {
+      const u = new URL(v);
+      return (
+        (u.protocol === 'redis:' || u.protocol === 'rediss:') &&
+        u.hostname !== '' &&
+        /^\/?(\d{1,2})?$/.test(u.pathname) &&
+        !u.search
+      );
+    } catch {
+      return false;
+    }
+  },
+  {
+    error:
+      'expected a Redis URL such as redis://127.0.0.1:6379, redis://redis:6379/2 or rediss://redis.internal:6380',
+  },
+);
+
+export const redisStoreSchema = z
+  .strictObject({
+    url: redisUrl.describe(
+      'redis://host:port/db, or rediss:// for TLS; environment substitution works here. Credentials in the URL are accepted, username/password keys are clearer.',
+    ),
+    username: z
+      .string()
+      .optional()
+      .describe('ACL user name; empty means none. Default: none (the default user).'),
+    password: z
+      .string()
+      .optional()
+      .describe('Password, best substituted from an environment variable; empty means none. Default: none.'),
+    tls: tlsSchema
+      .optional()
+      .describe('TLS towards Redis (implied by rediss://): CA, server name, client certificate.'),
+    key_prefix: z
+      .string()
+      .max(100)
+      .default('breakwater:')
+      .describe('Prefix of every key breakwater writes. Default: "breakwater:".'),
+    command_timeout: duration
+      .default(20)
+      .describe(
+        'Longest wait for one Redis answer; then the store counts as failed for that request. Default: 20ms.',
+      ),
+    connect_timeout: duration.default(1000).describe('Longest wait for a connection. Default: 1s.'),
+    breaker: z
+      .strictObject({
+        failure_threshold: positiveInt
+          .default(3)
+          .describe('Failed calls in a row that stop breakwater calling Redis. Default: 3.'),
+        reset_timeout: duration
+          .default(1000)
+          .describe('Then one call probes Redis this often until it answers. Default: 1s.'),
+      })
+      .prefault({})
+      .describe('The breaker in front of Redis: while it is open no request waits for Redis.'),
+  })
+  .describe('A Redis server shared by every replica: global rate limits and Idempotency-Keys.');
+
 export const resilienceSchema = z.strictObject({
   ...policyKeys,
   fallback: z
@@ -758,6 +848,10 @@ export const configSchema = z
           .describe('Not ready until each has a healthy endpoint (by health_check).'),
       })
       .prefault({}),
+    stores: z
+      .strictObject({ redis: redisStoreSchema.optional() })
+      .prefault({})
+      .describe('Shared stores (fleet mode): state every replica sees.'),
     buffering: z
       .strictObject({
         temp_dir: z
@@ -945,6 +1039,37 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
       next = flat.fallbacks[next]?.then;
     }
   }
+  const redis = cfg.stores.redis;
+  if (redis && redis.command_timeout <= 0)
+    issue(['stores', 'redis', 'command_timeout'], 'command_timeout must be more than 0');
+  const globalScope = (where: (string | number)[], rl: z.output<typeof rateLimiterSchema> | undefined) => {
+    const scope = rl?.scope ?? cfg.resilience.rate_limiter?.scope;
+    if (scope !== 'global') return;
+    if (!redis)
+      issue(
+        [...where, 'scope'],
+        'scope: global needs stores.redis (the limit is shared through Redis); add a stores.redis block or use scope: local',
+      );
+    if ((rl?.mode ?? cfg.resilience.rate_limiter?.mode) === 'shape')
+      issue(
+        [...where, 'mode'],
+        'mode: shape works with scope: local only (a global limit rejects with 429; queueing across replicas is not supported)',
+      );
+  };
+  if (cfg.resilience.rate_limiter?.scope === 'global')
+    globalScope(['resilience', 'rate_limiter'], cfg.resilience.rate_limiter);
+  for (const [un, u] of Object.entries(cfg.upstreams))
+    if (u.rate_limiter?.scope !== undefined || u.rate_limiter?.mode !== undefined)
+      globalScope(['upstreams', un, 'rate_limiter'], u.rate_limiter);
+  cfg.listeners.forEach((l, li) => {
+    l.routes.forEach((r, ri) => {
+      if (r.idempotency?.store === 'redis' && !redis)
+        issue(
+          ['listeners', li, 'routes', ri, 'idempotency', 'store'],
+          'store: redis needs stores.redis; add a stores.redis block or use store: memory',
+        );
+    });
+  });
   // A key that would be ignored is refused, unless its block has another problem already (a
   // rate_limiter whose rate is misspelt is not also told that it has no rate).
   const troubled = ctx.issues.map((i) => (i.path ?? []).join('\0'));
@@ -990,6 +1115,7 @@ export type UpstreamInput = z.output<typeof upstreamSchema>;
 export type TlsInput = z.output<typeof tlsSchema>;
 export type RouteInput = z.output<typeof routeSchema>;
 export type DegradationInput = z.output<typeof degradationSchema>;
+export type RedisStoreInput = z.output<typeof redisStoreSchema>;
 
 /** The JSON Schema that editors use to complete and check the YAML. */
 export function configJsonSchema(): Record<string, unknown> {

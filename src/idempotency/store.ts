@@ -18,8 +18,13 @@ export type BeginResult =
   | { readonly kind: 'completed'; readonly fingerprint: string; readonly response: StoredResponse };
 
 export interface IdempotencyStore {
-  /** Takes `key` for a new request unless a record holds it; atomic. */
-  begin(key: string, fingerprint: string, ttlMs: number): Promise<BeginResult>;
+  /**
+   * Takes `key` for a new request unless a record holds it; atomic. `inFlightMs` bounds how long
+   * the claim may stay in flight (a shared store needs it: a replica that dies mid-request must not
+   * hold the key for the whole TTL); a store of one process may ignore it. A shared store rejects
+   * when it cannot be reached.
+   */
+  begin(key: string, fingerprint: string, ttlMs: number, inFlightMs?: number): Promise<BeginResult>;
   /** Stores the final response under `key` (replayed until the TTL passes). */
   complete(key: string, response: StoredResponse, ttlMs: number): Promise<void>;
   /** Gives `key` up: the request did not produce a response worth replaying. */

@@ -220,8 +220,34 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
 
   const idempotency = new Counter({
     name: 'breakwater_idempotency_total',
-    help: 'Requests with an Idempotency-Key, by result (stored, replayed, conflict, mismatch, missing, malformed, released).',
+    help: 'Requests with an Idempotency-Key, by result (stored, replayed, conflict, mismatch, missing, malformed, released, store_error_rejected, store_error_forwarded).',
     labelNames: ['route', 'result'] as const,
+    registers: [registry],
+  });
+
+  const storeRequests = new Counter({
+    name: 'breakwater_store_requests_total',
+    help: 'Calls to a shared store (stores.redis), by operation and result (ok, error, timeout, unavailable: not sent because the store breaker is open or the client is disconnected).',
+    labelNames: ['store', 'op', 'result'] as const,
+    registers: [registry],
+  });
+  const storeDuration = new Histogram({
+    name: 'breakwater_store_duration_seconds',
+    help: 'Round trip of the calls sent to a shared store, by operation.',
+    labelNames: ['store', 'op'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25],
+    registers: [registry],
+  });
+  const storeUp = new Gauge({
+    name: 'breakwater_store_up',
+    help: '1 while a shared store is connected and its breaker closed, else 0.',
+    labelNames: ['store'] as const,
+    registers: [registry],
+  });
+  const rateLimitDecisions = new Counter({
+    name: 'breakwater_rate_limit_decisions_total',
+    help: 'Decisions of global (scope: global) rate limiters, by result (allowed, limited, unavailable) and source (store: Redis answered; cache: a denial cached until its reset; local_fallback: on_store_error applied).',
+    labelNames: ['upstream', 'result', 'source'] as const,
     registers: [registry],
   });
 
@@ -312,6 +338,10 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     cacheLookups,
     cacheEvictions,
     idempotency,
+    storeRequests,
+    storeDuration,
+    storeUp,
+    rateLimitDecisions,
     configReloads,
     endpointHealthy,
     endpointInFlight,

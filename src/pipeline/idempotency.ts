@@ -14,7 +14,7 @@
 
 import { createHash } from 'node:crypto';
 import type { IdempotencyPolicy } from '../config/resolve.js';
-import type { IdempotencyStore } from '../idempotency/store.js';
+import type { BeginResult, IdempotencyStore } from '../idempotency/store.js';
 import type { BodyTee } from '../proxy/attempt.js';
 import { clientAddress } from '../proxy/client-address.js';
 import { problem } from '../proxy/problem.js';
@@ -28,7 +28,9 @@ export type IdempotencyResult =
   | 'mismatch'
   | 'missing'
   | 'malformed'
-  | 'released';
+  | 'released'
+  | 'store_error_rejected'
+  | 'store_error_forwarded';
 
 const BARE_KEY = /^[\x21-\x7e]{1,255}$/;
 const QUOTED_KEY = /^"([\x20\x21\x23-\x5b\x5d-\x7e]{1,255})"$/;
@@ -139,10 +141,31 @@ export function idempotencyLayer(
       .digest('base64');
     const storeKey = `${route}\n${scopeOf(policy, ctx)}\n${key}`;
 
-    let r = await store.begin(storeKey, fingerprint, policy.ttl);
-    if (r.kind === 'in_flight' && r.fingerprint === fingerprint && policy.conflict === 'wait') {
-      await store.settled(storeKey, ctx.route.timeouts.request);
-      r = await store.begin(storeKey, fingerprint, policy.ttl);
+    // A claim lapses if its request never finishes (a replica that died): the request deadline
+    // twice, plus time for the response body to stream, at most the TTL.
+    const inFlight = ctx.route.timeouts.request * 2 + 10_000;
+    let r: BeginResult;
+    try {
+      r = await store.begin(storeKey, fingerprint, policy.ttl, inFlight);
+      if (r.kind === 'in_flight' && r.fingerprint === fingerprint && policy.conflict === 'wait') {
+        await store.settled(storeKey, ctx.route.timeouts.request);
+        r = await store.begin(storeKey, fingerprint, policy.ttl, inFlight);
+      }
+    } catch {
+      // Only a shared store fails here (Redis unreachable): on_store_error decides.
+      if (policy.onStoreError === 'forward') {
+        count('store_error_forwarded');
+        return next(ctx);
+      }
+      count('store_error_rejected');
+      return {
+        type: 'problem',
+        problem: problem(
+          'store-unavailable',
+          'the Idempotency-Key cannot be checked because the shared store (Redis) is unreachable; retry with the same key',
+          { upstream: ctx.upstream.name, requestId: ctx.requestId, headers: ['retry-after', '1'] },
+        ),
+      };
     }
     if (r.kind !== 'acquired') {
       if (r.fingerprint !== fingerprint) {

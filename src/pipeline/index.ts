@@ -22,12 +22,14 @@ import type { IdempotencyStore } from '../idempotency/store.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
+import type { RedisStore } from '../stores/redis.js';
 import { Bulkhead } from './bulkhead.js';
 import { BREAKER_STATES, CircuitBreaker, countsFields } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
 import { DegradationMonitor } from './degradation.js';
 import { type DegradationPlan, FallbackChain, type FallbackServices, fallbackLayer } from './fallback.js';
+import { GlobalRateLimiter, localShare } from './global-rate-limiter.js';
 import { idempotencyLayer } from './idempotency.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
@@ -39,12 +41,16 @@ export interface PipelineServices {
   readonly metrics: Metrics;
   readonly logger: Logger;
   readonly random: () => number;
+  /** stores.redis, when configured: global rate limits and the shared Idempotency-Key store use it. */
+  readonly redis?: RedisStore | undefined;
 }
 
 /** What the fallback layer needs from the whole process: fallbacks, cache, other upstreams. */
 export interface FallbackContext {
   /** Where Idempotency-Key records are kept. */
   readonly idempotency: IdempotencyStore;
+  /** The Idempotency-Key store shared by the replicas (idempotency.store: redis), if configured. */
+  readonly sharedIdempotency?: IdempotencyStore | undefined;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
   readonly cache: ResponseCache;
   readonly degradation: DegradationInput | undefined;
@@ -62,7 +68,10 @@ export const DEGRADATION_DEFAULTS = {
 /** The state one upstream's policies share across routes (and, later, across reloads). */
 export class UpstreamPolicies {
   readonly breaker: CircuitBreaker | undefined;
+  /** The local bucket; for scope global, this replica's share, used while Redis is unreachable. */
   readonly limiter: RateLimiter | undefined;
+  /** scope global: the limit shared through Redis. */
+  readonly globalLimiter: GlobalRateLimiter | undefined;
   readonly bulkhead: Bulkhead | undefined;
   readonly budget: RetryBudget;
   readonly chain: FallbackChain;
@@ -70,6 +79,7 @@ export class UpstreamPolicies {
   /** Whether this upstream's responses are teed into the response cache. */
   readonly caches: boolean;
   readonly idempotencyStore: IdempotencyStore | undefined;
+  readonly sharedIdempotencyStore: IdempotencyStore | undefined;
   /** Live traffic figures (carried across reloads). */
   readonly stats: UpstreamStats;
   /** The degradation settings this upstream was built with (compared on reload). */
@@ -92,6 +102,7 @@ export class UpstreamPolicies {
     this.stats = previous?.stats ?? new UpstreamStats();
     const stats = this.stats;
     this.idempotencyStore = fallback.idempotency;
+    this.sharedIdempotencyStore = fallback.sharedIdempotency;
     this.chain = new FallbackChain(name, model.fallback, {
       fallbacks: fallback.fallbacks,
       cache: fallback.cache,
@@ -169,7 +180,20 @@ export class UpstreamPolicies {
       keptBreaker ?? (model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined);
     this.limiter =
       keep(previous?.limiter, previous?.model.rateLimiter, model.rateLimiter) ??
-      (model.rateLimiter ? new RateLimiter(model.rateLimiter, clock) : undefined);
+      (model.rateLimiter
+        ? new RateLimiter(
+            model.rateLimiter.scope === 'global' ? localShare(model.rateLimiter) : model.rateLimiter,
+            clock,
+          )
+        : undefined);
+    const redis = model.rateLimiter?.scope === 'global' ? services.redis : undefined;
+    const prevGlobal = previous?.globalLimiter;
+    this.globalLimiter =
+      redis && model.rateLimiter && this.limiter
+        ? prevGlobal && prevGlobal.store === redis && prevGlobal.local === this.limiter
+          ? prevGlobal
+          : new GlobalRateLimiter(model.rateLimiter, redis, this.limiter, name, clock, metrics, logger)
+        : undefined;
     this.bulkhead =
       keep(previous?.bulkhead, previous?.model.bulkhead, model.bulkhead) ??
       (model.bulkhead ? new Bulkhead(model.bulkhead, clock) : undefined);
@@ -233,10 +257,12 @@ export function buildPipeline(
   const { clock, metrics, random } = services;
   const name = policies.model.name;
   const layers: Layer[] = [];
-  if (route.idempotency && policies.idempotencyStore) {
+  const idempotencyStore =
+    route.idempotency?.store === 'redis' ? policies.sharedIdempotencyStore : policies.idempotencyStore;
+  if (route.idempotency && idempotencyStore) {
     const counters = new Map<string, { inc(): void }>();
     layers.push(
-      idempotencyLayer(route.idempotency, policies.idempotencyStore, route.name, (result) => {
+      idempotencyLayer(route.idempotency, idempotencyStore, route.name, (result) => {
         let c = counters.get(result);
         if (!c) {
           c = metrics.idempotency.labels(route.name, result);
@@ -249,7 +275,7 @@ export function buildPipeline(
   if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {
     layers.push(fallbackLayer(policies.chain, policies.degradation, clock));
   }
-  const limiter = policies.limiter;
+  const limiter = policies.globalLimiter ?? policies.limiter;
   if (limiter) {
     const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
     const delayed = metrics.shaped.labels(name);

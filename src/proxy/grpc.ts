@@ -131,6 +131,7 @@ const CODE_OF: Record<ProblemKind, number> = {
   'headers-too-large': GRPC_CODES.internal,
   'upgrade-refused': GRPC_CODES.internal,
   'shutting-down': GRPC_CODES.unavailable,
+  'store-unavailable': GRPC_CODES.unavailable,
   'streaming-limit': GRPC_CODES.unavailable,
   'body-storage-failed': GRPC_CODES.unavailable,
   // (HTTP/1 framing and request-line refusals: a gRPC call over HTTP/2 never gets these.)

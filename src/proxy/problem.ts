@@ -31,6 +31,7 @@ export type ProblemKind =
   | 'payload-too-large'
   | 'headers-too-large'
   | 'upgrade-refused'
+  | 'store-unavailable'
   | 'streaming-limit'
   | 'body-storage-failed'
   | 'header-timeout'
@@ -62,6 +63,7 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'payload-too-large': [413, 'The request body is too large'],
   'headers-too-large': [431, 'The request headers are too large'],
   'upgrade-refused': [403, 'This protocol upgrade is not allowed'],
+  'store-unavailable': [503, 'The shared store (Redis) is unreachable'],
   'streaming-limit': [503, "The upstream's connections for streaming requests are all in use"],
   'body-storage-failed': [507, 'breakwater could not store the body in a temporary file'],
   'header-timeout': [408, 'The request headers did not arrive in time'],

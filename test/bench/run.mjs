@@ -20,7 +20,16 @@
  * takes YAML fragments (see the commented examples next to SCENARIOS).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -229,8 +238,9 @@ function indent(fragment, spaces) {
  * @param {string} [o.upstream] YAML keys added under `upstreams.backend` (next to `endpoints`).
  * @param {string} [o.route] YAML keys added to the route (next to `upstream: backend`).
  * @param {string} [o.listener] YAML keys added to the listener (next to `port`).
- * @param {string} [o.extra] top-level YAML sections added at the end (e.g. `fallbacks:`,
- *   `resilience:`). Do not repeat `listeners`, `admin`, `upstreams` or `logging`.
+ * @param {string | ((ctx: object) => string)} [o.extra] top-level YAML sections added at the end
+ *   (e.g. `fallbacks:`, `resilience:`), or a function of the run context that returns them. Do not
+ *   repeat `listeners`, `admin`, `upstreams` or `logging`.
  * @param {boolean} [o.accessLog] logging.access_log (default false). stdout goes to /dev/null.
  * @param {string} [o.logLevel] logging.level (default info).
  */
@@ -274,7 +284,7 @@ function breakwaterScenario({
         'logging:\n' +
         `  level: ${logLevel}\n` +
         `  access_log: ${accessLog ? 'true' : 'false'}\n` +
-        indent(extra, 0);
+        indent(typeof extra === 'function' ? extra(ctx) : extra, 0);
       const file = path.join(dir, 'breakwater.yaml');
       writeFileSync(file, yaml);
       const handle = startChild(name, process.execPath, [CLI, '--config', file]);
@@ -284,7 +294,13 @@ function breakwaterScenario({
         await stopChild(handle);
         throw new Error(`${err.message}\n--- generated config ${file} ---\n${yaml}`);
       }
-      return { port, configFile: file, stop: () => stopChild(handle, 5000) };
+      return {
+        port,
+        adminPort,
+        pid: handle.child.pid,
+        configFile: file,
+        stop: () => stopChild(handle, 5000),
+      };
     },
   };
 }
@@ -330,6 +346,69 @@ function nginxVersion(bin) {
 
 function h2loadAvailable() {
   return which('h2load') ? true : 'no h2load on PATH (Debian: apt-get install nghttp2-client)';
+}
+
+/** One PING to redis-server on 127.0.0.1:port; resolves true on PONG. */
+function redisPing(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, HOST);
+    const done = (v) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.setTimeout(500, () => done(false));
+    s.on('error', () => done(false));
+    s.on('connect', () => s.write('PING\r\n'));
+    s.on('data', (d) => done(d.toString('latin1').startsWith('+PONG')));
+  });
+}
+
+/**
+ * A breakwater scenario that needs Redis (stores.redis): a redis-server child (no persistence) is
+ * started first on a bench port, its URL given to `extra(redisUrl)`, and stopped after breakwater.
+ * Skipped when redis-server is not installed (Debian: apt-get install redis-server).
+ */
+function redisBreakwaterScenario({ extra, ...options }) {
+  return {
+    name: options.name,
+    description: options.description,
+    kind: 'breakwater',
+    available() {
+      return which('redis-server') ? true : 'no redis-server on PATH (Debian: apt-get install redis-server)';
+    },
+    async start(ctx) {
+      const redisPort = await ctx.allocPort();
+      const dir = makeTempDir(`${options.name}-redis`);
+      const redis = startChild('redis-server', which('redis-server'), [
+        ...['--port', String(redisPort), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir],
+      ]);
+      const deadline = Date.now() + 10_000;
+      while (!(await redisPing(redisPort))) {
+        if (redis.exited || Date.now() > deadline) {
+          await stopChild(redis);
+          throw new Error(`redis-server did not start on ${HOST}:${redisPort}: ${redis.stderrTail}`);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      try {
+        const bw = await breakwaterScenario({
+          ...options,
+          extra: extra(`redis://${HOST}:${redisPort}`),
+        }).start(ctx);
+        return {
+          ...bw,
+          storePid: redis.child.pid,
+          stop: async () => {
+            await bw.stop();
+            await stopChild(redis);
+          },
+        };
+      } catch (err) {
+        await stopChild(redis);
+        throw err;
+      }
+    },
+  };
 }
 
 const nginxScenario = {
@@ -485,6 +564,24 @@ const SCENARIOS = [
     h2load: ['-c', '5', '-m', '10'],
     available: h2loadAvailable,
   },
+  // A rate limit shared through Redis against the same limit kept in the process, both set high
+  // enough never to trigger: the cost per request of one EVALSHA round trip.
+  breakwaterScenario({
+    name: 'breakwater-limit-local',
+    description: 'rate_limiter scope local (the in-process bucket), never triggering',
+    upstream: 'rate_limiter: { max_requests_per_second: 10000000, burst_limit: 10000000 }',
+  }),
+  redisBreakwaterScenario({
+    name: 'breakwater-limit-global',
+    description: 'rate_limiter scope global (GCRA in Redis, one EVALSHA per request), never triggering',
+    upstream: 'rate_limiter: { max_requests_per_second: 10000000, burst_limit: 10000000, scope: global }',
+    // A command_timeout far above the round trip, so a busy machine measures the Redis path and
+    // not the local fallback (the decisions by source are printed after the run).
+    extra: (url) => `
+      stores:
+        redis: { url: "${url}", command_timeout: 250ms }
+    `,
+  }),
   breakwaterScenario({
     name: 'breakwater-plain-accesslog',
     description: 'as breakwater-plain with logging.access_log: true (stdout to /dev/null)',
@@ -618,7 +715,6 @@ async function h2load(port, args) {
     if (/^(finished in|requests:|status codes:)/.test(line)) console.log(`  h2load: ${line.trim()}`);
   const num = (re) => Number((re.exec(out)?.[1] ?? 'NaN').replace(/,/g, ''));
   const latency = new LatencyRecorder();
-  const { readFileSync } = await import('node:fs');
   for (const line of readFileSync(log, 'utf8').split('\n')) {
     const f = line.split('\t');
     if (f.length >= 3) latency.record(Number(f[2]) / 1000); // µs -> ms
@@ -637,6 +733,41 @@ async function h2load(port, args) {
     non2xx: num(/(\d+) 3xx/) + num(/(\d+) 4xx/) + num(/(\d+) 5xx/),
     totalRequests: total,
   };
+}
+
+/** User + system CPU time of a process in ms, from /proc (undefined elsewhere or without a pid). */
+function cpuMs(pid) {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // utime and stime are fields 14 and 15 of stat(5), in clock ticks (100 per second on Linux).
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+/** How the global limiter decided during a run (from the admin /metrics): source -> count. */
+async function storeDecisions(adminPort) {
+  const text = await new Promise((resolve, reject) => {
+    http
+      .get({ host: HOST, port: adminPort, path: '/metrics', agent: false, timeout: 5000 }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => {
+          body += c;
+        });
+        res.on('end', () => resolve(body));
+      })
+      .on('error', reject);
+  });
+  const out = {};
+  for (const m of text.matchAll(
+    /^breakwater_rate_limit_decisions_total\{[^}]*source="([a-z_]+)"[^}]*\} (\d+)/gm,
+  ))
+    out[m[1]] = (out[m[1]] ?? 0) + Number(m[2]);
+  return out;
 }
 
 async function runScenario(scenario, ctx) {
@@ -662,8 +793,18 @@ async function runScenario(scenario, ctx) {
     console.log(`  warm-up ${settings.warmup}s on 127.0.0.1:${started.port}`);
     await cannon(started.port, settings.warmup);
     console.log(`  measure ${settings.duration}s, ${settings.connections} connections`);
+    const cpuBefore = [cpuMs(started.pid), cpuMs(started.storePid)];
     const measured = await cannon(started.port, settings.duration);
-    return { firstResponse: check, ...summarize(measured) };
+    const cpuAfter = [cpuMs(started.pid), cpuMs(started.storePid)];
+    const summary = summarize(measured);
+    const perRequest = (i) =>
+      cpuBefore[i] === undefined || cpuAfter[i] === undefined || !summary.totalRequests
+        ? undefined
+        : ((cpuAfter[i] - cpuBefore[i]) * 1000) / summary.totalRequests;
+    const cpu = { cpuUsPerRequest: perRequest(0), storeCpuUsPerRequest: perRequest(1) };
+    if (started.adminPort !== undefined && started.storePid !== undefined)
+      cpu.storeDecisions = await storeDecisions(started.adminPort);
+    return { firstResponse: check, ...summary, ...cpu };
   } finally {
     await started.stop();
   }
@@ -720,6 +861,7 @@ function markdownTable(rows) {
     'p50 ms',
     'p99 ms',
     'errors / non-2xx',
+    'proxy CPU µs/req',
     'vs direct',
     ...peers.map((p) => `vs ${p.name}`),
   ];
@@ -738,6 +880,10 @@ function markdownTable(rows) {
       fmt(r.p50, 2),
       fmt(r.p99, 2),
       `${r.errors + r.timeouts} / ${r.non2xx}`,
+      r.cpuUsPerRequest === undefined
+        ? '—'
+        : fmt(r.cpuUsPerRequest, 1) +
+          (r.storeCpuUsPerRequest === undefined ? '' : ` (+${fmt(r.storeCpuUsPerRequest, 1)} Redis)`),
       direct ? ratio(r.reqPerSec, direct.reqPerSec) : '—',
       ...peers.map((p) => (r.kind === 'breakwater' ? ratio(r.reqPerSec, p.reqPerSec) : '—')),
     ];
@@ -850,6 +996,16 @@ async function main() {
           `  ${fmt(measured.reqPerSec)} req/s, p50 ${fmt(measured.p50, 2)} ms, p99 ${fmt(measured.p99, 2)} ms, ` +
             `errors ${measured.errors}, timeouts ${measured.timeouts}, non-2xx ${measured.non2xx}`,
         );
+        if (measured.cpuUsPerRequest !== undefined)
+          console.log(
+            `  CPU per request: ${fmt(measured.cpuUsPerRequest, 1)} µs in breakwater` +
+              (measured.storeCpuUsPerRequest === undefined
+                ? ''
+                : `, ${fmt(measured.storeCpuUsPerRequest, 1)} µs in redis-server`) +
+              (measured.storeDecisions
+                ? `; limiter decisions by source ${JSON.stringify(measured.storeDecisions)}`
+                : ''),
+          );
       } catch (err) {
         console.log(`  failed: ${err.message}`);
         rows.push({ ...base, error: String(err.message) });

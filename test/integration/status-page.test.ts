@@ -9,6 +9,7 @@ import { type Browser, chromium } from 'playwright-core';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
+import { freePort } from '../kit/process.js';
 import { requireTool } from '../kit/tools.js';
 import { startUpstream, type TestUpstream } from '../kit/upstream.js';
 
@@ -99,5 +100,34 @@ fallbacks:
     mkdirSync(ARTIFACTS, { recursive: true });
     const shot = await page.screenshot({ path: join(ARTIFACTS, 'status-page.png'), fullPage: true });
     expect(shot.length).toBeGreaterThan(10_000);
+  }, 30_000);
+
+  it("shows the Redis store's health and a global limit's fallback while Redis cannot be reached", async () => {
+    // Fleet mode with nothing listening where Redis should be (no redis-server needed).
+    const nowhere = await freePort();
+    const fleet = await startBreakwater(`
+listeners: [{ name: main, port: 0, routes: [{ upstream: orders }] }]
+admin: { port: 0 }
+stores:
+  redis: { url: "redis://127.0.0.1:${nowhere}", connect_timeout: 100ms }
+upstreams:
+  orders:
+    endpoints: ["${ok.url}"]
+    rate_limiter: { max_requests_per_second: 10, scope: global, replicas: 2 }
+`);
+    try {
+      const page = await browser.newPage({ viewport: { width: 1200, height: 700 } });
+      await page.goto(`${fleet.adminUrl}/`);
+      const card = page.locator('[data-upstream="orders"]', { hasText: 'Redis DOWN' });
+      await card.waitFor({ timeout: 10_000 });
+      expect(await card.textContent()).toContain(
+        'global 10/s (burst 10), – left; Redis DOWN: local share 5.0/s',
+      );
+      const meta = page.locator('#meta');
+      expect(await meta.textContent()).toContain(`· redis redis://127.0.0.1:${nowhere}/0 DOWN (`);
+      expect(await meta.getAttribute('class')).toBe('meta stale');
+    } finally {
+      await fleet.stop();
+    }
   }, 30_000);
 });
