@@ -968,7 +968,7 @@ function transferCodingsRefusal(te: string): [number, string] | undefined {
   if (codings.length === 1) return undefined;
   return [
     501,
-    `the transfer coding ${JSON.stringify(codings.slice(0, -1).join(', '))} is not implemented; send chunked alone`,
+    `breakwater does not implement the transfer coding ${JSON.stringify(codings.slice(0, -1).join(', '))}: send chunked alone`,
   ];
 }
 

@@ -140,7 +140,7 @@ function retriedPerTable(c: Case, failure: Failure): boolean {
 describe('which failed attempts are retried', () => {
   // [method, key, route idempotency, upstream honours keys, failure, retried]
   const rows: [string, boolean, boolean, boolean, Failure, boolean][] = [
-    // Nothing was processed: any request goes again.
+    // Nothing was processed: every request goes again.
     ['POST', false, false, false, 'refused', true],
     ['POST', true, true, false, 'refused', true],
     ['PATCH', true, true, false, 'refused-stream', true],
