@@ -22,10 +22,10 @@ import type { RateLimiterPolicy } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { clientAddress } from '../proxy/client-address.js';
-import { type Problem, problem } from '../proxy/problem.js';
+import { problem } from '../proxy/problem.js';
 import type { RedisStore, StoreHealth } from '../stores/redis.js';
 import { script } from '../stores/redis.js';
-import type { RateLimiter, RateLimiterEvents } from './rate-limiter.js';
+import { type RateLimiter, type RateLimiterEvents, rateLimitedProblem } from './rate-limiter.js';
 import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
 
 /**
@@ -250,23 +250,12 @@ export class GlobalRateLimiter {
 
   /** 429 from the global state: no token for `retryMs`. */
   private limitedProblem(upstream: string, requestId: string, retryMs: number): Outcome {
-    const seconds = Math.max(1, Math.ceil(retryMs / 1000));
-    const p: Problem = problem(
-      'rate-limited',
-      `upstream ${upstream} is limited to ${this.policy.ratePerSecond} requests/s across all replicas (burst ${this.policy.burst})`,
-      {
-        upstream,
-        requestId,
-        headers: [
-          'retry-after',
-          String(seconds),
-          'ratelimit-policy',
-          this.policyHeader,
-          'ratelimit',
-          `"default";r=0;t=${seconds}`,
-        ],
-      },
-    );
+    const detail = `upstream ${upstream} is limited to ${this.policy.ratePerSecond} requests/s across all replicas (burst ${this.policy.burst})`;
+    const p = rateLimitedProblem(detail, upstream, requestId, {
+      policyHeader: this.policyHeader,
+      remaining: 0,
+      retryMs,
+    });
     return { type: 'problem', problem: p };
   }
 }

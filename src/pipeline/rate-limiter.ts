@@ -101,25 +101,39 @@ export class RateLimiter {
   /** The 429 `rate-limited` answer, with Retry-After and the RateLimit headers. */
   limitedProblem(bucket: TokenBucket, upstream: string, requestId: string): Problem {
     const p = this.policy;
-    const ms = bucket.msUntilToken();
-    const seconds = Math.max(1, Math.ceil(ms / 1000));
-    return problem(
-      'rate-limited',
+    const detail =
       p.mode === 'shape'
         ? `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s and its queue is full`
-        : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`,
-      {
-        upstream,
-        requestId,
-        headers: [
-          'retry-after',
-          String(seconds),
-          'ratelimit-policy',
-          this.policyHeader,
-          'ratelimit',
-          `"default";r=${Math.floor(Math.max(0, bucket.tokens()))};t=${seconds}`,
-        ],
-      },
-    );
+        : `upstream ${upstream} is limited to ${p.ratePerSecond} requests/s (burst ${p.burst})`;
+    return rateLimitedProblem(detail, upstream, requestId, {
+      policyHeader: this.policyHeader,
+      remaining: Math.floor(Math.max(0, bucket.tokens())),
+      retryMs: bucket.msUntilToken(),
+    });
   }
+}
+
+/**
+ * The 429 `rate-limited` answer of a local or a global limit: Retry-After (whole seconds, at least 1)
+ * and the RateLimit-Policy / RateLimit headers.
+ */
+export function rateLimitedProblem(
+  detail: string,
+  upstream: string,
+  requestId: string,
+  state: { readonly policyHeader: string; readonly remaining: number; readonly retryMs: number },
+): Problem {
+  const seconds = Math.max(1, Math.ceil(state.retryMs / 1000));
+  return problem('rate-limited', detail, {
+    upstream,
+    requestId,
+    headers: [
+      'retry-after',
+      String(seconds),
+      'ratelimit-policy',
+      state.policyHeader,
+      'ratelimit',
+      `"default";r=${state.remaining};t=${seconds}`,
+    ],
+  });
 }
