@@ -116,7 +116,7 @@ describe('streaming', () => {
     const [port, admin] = [await freePort(), await freePort()];
     const child = spawnBreakwater(config(upstreamUrl, port, admin, 'logging: { access_log: false }'));
     try {
-      await waitFor(`http://127.0.0.1:${admin}/health/live`);
+      await waitFor(`http://127.0.0.1:${admin}/health/ready`);
       const baseline = await child.peakRss();
       async function* body() {
         for (let sent = 0; sent < SIZE; sent += chunk.length) yield chunk;
