@@ -42,9 +42,13 @@ RUN rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx \
         /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg /opt/yarn-* \
     && groupadd --gid 10001 breakwater \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin breakwater
+        --shell /usr/sbin/nologin breakwater \
+    && mkdir -p /var/lib/breakwater && chown 10001:10001 /var/lib/breakwater && chmod 0700 /var/lib/breakwater
+# /var/lib/breakwater: the embedded store (data_dir) of deferred deliveries and saga logs, the one
+# directory the process writes; mount a volume there to keep it across containers.
 ENV NODE_ENV=production \
-    BREAKWATER_CONFIG=/etc/breakwater/breakwater.yaml
+    BREAKWATER_CONFIG=/etc/breakwater/breakwater.yaml \
+    BREAKWATER_DATA_DIR=/var/lib/breakwater
 WORKDIR /app
 COPY package.json ./
 COPY --from=deps /app/node_modules ./node_modules

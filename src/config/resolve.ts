@@ -321,6 +321,11 @@ export interface ResolvedConfig {
   /** Shared stores (fleet mode). */
   readonly stores: { readonly redis: RedisStoreModel | undefined };
   readonly buffering: BufferingModel;
+  /**
+   * Where the embedded store lives (absolute): `data_dir`, else $BREAKWATER_DATA_DIR, else
+   * breakwater-data beside the config file. Opened only by a feature that needs it.
+   */
+  readonly dataDir: string;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -816,6 +821,7 @@ export async function resolveConfig(
       maxTempFileBytes: cfg.buffering.max_temp_file_bytes,
       optOutHeader: cfg.buffering.opt_out_header.toLowerCase(),
     },
+    dataDir: resolvePath(base, cfg.data_dir ?? process.env.BREAKWATER_DATA_DIR ?? 'breakwater-data'),
     fallbackOf,
   };
   return { config: deepFreeze(config), problems };

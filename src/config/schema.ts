@@ -848,6 +848,13 @@ export const configSchema = z
           .describe('Not ready until each has a healthy endpoint (by health_check).'),
       })
       .prefault({}),
+    data_dir: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        'Directory of the embedded store (deferred deliveries, saga logs), made when a feature needs it. Relative paths are relative to the config file. Default: $BREAKWATER_DATA_DIR, else breakwater-data beside the config file.',
+      ),
     stores: z
       .strictObject({ redis: redisStoreSchema.optional() })
       .prefault({})
