@@ -18,8 +18,15 @@ import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { countsFields } from './pipeline/circuit-breaker.js';
 import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
+import {
+  type InternalRequest,
+  type InternalResult,
+  internalCall,
+  type UpstreamPipeline,
+} from './pipeline/internal-call.js';
 import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
+import { problem } from './proxy/problem.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
 import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
@@ -52,6 +59,8 @@ interface Generation {
   /** stores.redis and the Idempotency-Key store on it (kept across reloads while unchanged). */
   readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
   readonly tempFiles: TempFiles;
+  /** An upstream's fallback-free pipeline (fallbacks of type upstream, internal calls). */
+  readonly pipelineOf: (name: string) => UpstreamPipeline;
 }
 
 /**
@@ -354,7 +363,7 @@ export class Breakwater {
       }, config.shutdown.drain_timeout);
       closeOld.unref();
     }
-    this.current = { config, upstreams, policies, cache, redis, tempFiles };
+    this.current = { config, upstreams, policies, cache, redis, tempFiles, pipelineOf };
     this.config = config;
     this.upstreams = upstreams;
     this.policies = policies;
@@ -621,6 +630,31 @@ export class Breakwater {
       default:
         return { ready: false, reason: 'draining' };
     }
+  }
+
+  /**
+   * A call breakwater makes itself (deferred delivery, saga steps) through `upstream`'s pipeline
+   * on the live config; never rejects. An upstream the config no longer has is a 503 failure.
+   */
+  callUpstream(
+    upstream: string,
+    request: InternalRequest,
+    maxResponseBytes: number,
+  ): Promise<InternalResult> {
+    const g = this.current;
+    if (!g?.upstreams.has(upstream)) {
+      return Promise.resolve({
+        type: 'failure',
+        problem: problem('no-healthy-endpoint', `the config has no upstream ${upstream}`, {
+          upstream,
+          requestId: request.requestId,
+        }),
+        cause: 'refused',
+        maybeProcessed: false,
+        attempts: 0,
+      });
+    }
+    return internalCall(g.pipelineOf(upstream), request, maxResponseBytes, () => this.clock.now());
   }
 
   /** The port a listener is bound to (useful with port 0). */

@@ -250,7 +250,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   private pendingAbort: Error | undefined;
   private timer: NodeJS.Timeout | undefined;
   private resumeFn: (() => void) | undefined;
-  private relay: ClientRelay | undefined;
+  private relay: ClientRelay | BufferSink | undefined;
   private bytes = 0;
   private finish: ((r: StreamResult) => void) | undefined;
   private connected = false;
@@ -367,6 +367,30 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     return done;
   }
 
+  /**
+   * Reads the whole body into memory instead of relaying it (calls breakwater makes itself:
+   * deferred deliveries, saga steps). A body over `maxBytes` fails the attempt (never a cut-off
+   * body passed off as whole).
+   */
+  collect(maxBytes: number): Promise<StreamResult & { readonly body: Buffer }> {
+    if (this.state !== State.Headers) {
+      return Promise.resolve({ complete: false, bytes: 0, error: this.failure, body: EMPTY });
+    }
+    this.state = State.Streaming;
+    const sink = new BufferSink(maxBytes, this);
+    this.relay = sink;
+    const done = new Promise<StreamResult>((resolve) => {
+      this.finish = resolve;
+    });
+    if (this.early) {
+      for (const chunk of this.early) this.onData(chunk);
+      this.early = undefined;
+    }
+    if (this.ended !== undefined) this.onComplete(this.ended);
+    else this.resumeFn?.();
+    return done.then((r) => ({ ...r, body: r.complete ? sink.body() : EMPTY }));
+  }
+
   /** Also calls `fn` when the attempt is settled (at once if it is). */
   whenSettled(fn: () => void): void {
     if (this.settled) fn();
@@ -454,7 +478,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     if (this.state !== State.Streaming) return true;
     this.bytes += chunk.length;
     this.tee?.data(chunk);
-    return (this.relay as ClientRelay).data(chunk);
+    return (this.relay as ClientRelay | BufferSink).data(chunk);
   }
 
   /** Trailers: a flat [name, value, ...] list from HTTP/1.1, an object from HTTP/2. */
@@ -464,7 +488,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
       return;
     }
     if (this.state === State.Streaming) {
-      const relay = this.relay as ClientRelay;
+      const relay = this.relay as ClientRelay | BufferSink;
       // The upstream's body is whole (the cache and the Idempotency-Key store may keep it), and its
       // connection goes back to the pool, whether or not the client has it all yet.
       this.tee?.end();
@@ -510,5 +534,50 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
       this.endGrpc(
         failure.kind === 'client-aborted' ? undefined : (this.grpcStatus ?? GRPC_CODES.unavailable),
       );
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Where `collect()` puts a body: memory, up to a limit. */
+class BufferSink {
+  private readonly chunks: Buffer[] = [];
+  private size = 0;
+  readonly draining = false;
+  readonly cutReason: CutReason | undefined = undefined;
+  readonly buffered: 'memory' | 'file' | undefined = undefined;
+
+  constructor(
+    private readonly max: number,
+    private readonly owner: Attempt,
+  ) {}
+
+  data(chunk: Buffer): boolean {
+    this.size += chunk.length;
+    if (this.size > this.max) {
+      this.owner.abort(
+        new AttemptError(
+          'protocol',
+          `the upstream's response body is over ${this.max} bytes`,
+          true,
+          'BW_RESPONSE_TOO_LARGE',
+        ),
+      );
+      return false;
+    }
+    this.chunks.push(chunk);
+    return true;
+  }
+
+  end(_trailers: RawTrailers): void {
+    this.owner.relayed(true);
+  }
+
+  fail(): void {
+    this.chunks.length = 0;
+  }
+
+  body(): Buffer {
+    return this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks, this.size);
   }
 }
