@@ -173,7 +173,14 @@ export class RenderError extends Error {
   override readonly name = 'RenderError';
 }
 
-const CONTROL = /[\u0000-\u0008\u000a-\u001f\u007f]/;
+/** Whether `s` holds a character a header value may not (controls other than tab, DEL). */
+function hasControl(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if ((c < 32 && c !== 9) || c === 127) return true;
+  }
+  return false;
+}
 
 /** Renders `t`; throws RenderError when a reference has no value or a value cannot go there. */
 export function render(t: Template, input: RenderInput): string {
@@ -226,7 +233,7 @@ function place(value: unknown, ref: Reference, t: Template): string {
     case 'path':
       return encodeURIComponent(text);
     case 'header':
-      if (CONTROL.test(text))
+      if (hasControl(text))
         throw new RenderError(
           `{{ ${ref.path.join('.')} }} holds a control character, not allowed in a header`,
         );
