@@ -74,6 +74,9 @@ export interface ClientAnswer {
   readonly problem?: { readonly kind: string; readonly detail: string } | undefined;
 }
 
+/** Longest wait at stop for the sagas' current actions. */
+const STOP_WAIT = 2000;
+
 export class LogUnavailable extends Error {
   override readonly name = 'LogUnavailable';
 }
@@ -196,7 +199,16 @@ export class SagaEngine {
       w.wake();
     }
     this.waits.clear();
-    await Promise.allSettled([...this.live.values()]);
+    // A step call in flight is bounded by its upstream's request_timeout; shutdown does not wait
+    // that long (what it was doing is in the log, and the next start recovers it).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.live.values()]),
+      new Promise((r) => {
+        timer = setTimeout(r, STOP_WAIT);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   /** Resolves when no saga is being driven (tests). */
