@@ -90,7 +90,7 @@ export async function fakeService(name: string, behaviour: Behaviour): Promise<F
 export function checkoutConfig(
   urls: { orders: string; payments: string; inventory: string },
   dataDir: string,
-  opts: { timeout?: string; compensateMaxAttempts?: number; inventoryExtra?: string } = {},
+  opts: { timeout?: string; compensateMaxAttempts?: number; inventoryPolicies?: string } = {},
 ): string {
   const comp = `initial_wait: 20ms, max_wait: 100ms, max_attempts: ${opts.compensateMaxAttempts ?? 10}`;
   return `
@@ -104,7 +104,7 @@ logging: { level: info }
 upstreams:
   orders: { endpoints: ["${urls.orders}"], retry: { max_attempts: 1 } }
   payments: { endpoints: ["${urls.payments}"], retry: { max_attempts: 1 } }
-  inventory: { endpoints: ["${urls.inventory}"], retry: { max_attempts: 1 }${opts.inventoryExtra ?? ''} }
+  inventory: { endpoints: ["${urls.inventory}"], ${opts.inventoryPolicies ?? 'retry: { max_attempts: 1 }'} }
 sagas:
   checkout:
     trigger: { listener: main, method: POST, path: /checkout/:cart }
