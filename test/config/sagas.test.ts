@@ -154,3 +154,18 @@ describe('saga templates', () => {
     expect(() => render(missing, input)).toThrow(/has no value/);
   });
 });
+
+describe('the e-commerce example', () => {
+  it('has a checkout saga: order -> payment -> inventory reservation', async () => {
+    const { readFileSync } = await import('node:fs');
+    const file = new URL('../../config/examples/ecommerce.yaml', import.meta.url).pathname;
+    const cfg = await parseConfigText(readFileSync(file, 'utf8'), file, { env: {} });
+    const s = cfg.sagas.checkout;
+    expect(s?.steps.map((x) => [x.name, x.call.upstream, x.compensate?.upstream])).toEqual([
+      ['order', 'orders', 'orders'],
+      ['payment', 'payments', 'payments'],
+      ['reservation', 'inventory', 'inventory'],
+    ]);
+    expect(s?.trigger).toMatchObject({ listener: 'outbound', method: 'POST', path: '/checkout' });
+  });
+});
