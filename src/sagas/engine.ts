@@ -31,7 +31,8 @@ export interface SagaLog {
   /** Resolves once the record is durable. */
   put(rec: SagaRecord): Promise<void>;
   get(id: string): SagaRecord | undefined;
-  list(): SagaRecord[];
+  /** Every record, oldest first (ids are time-ordered), or newest first with `reverse`. */
+  list(options?: { readonly reverse?: boolean }): Iterable<SagaRecord>;
   remove(id: string): Promise<void>;
 }
 
@@ -58,6 +59,8 @@ export interface EngineDeps {
   readonly log: SagaLog;
   /** The live definition of a saga (a reload may change or remove it). */
   readonly model: (name: string) => SagaModel | undefined;
+  /** The names of the sagas defined now (for the retention sweep). */
+  readonly names?: () => readonly string[];
   readonly observer?: SagaObserver;
   readonly newId?: () => string;
   /** The saga's URL, for the Long-Running-Action header. */
@@ -82,8 +85,9 @@ export class LogUnavailable extends Error {
 }
 
 export class SagaEngine {
-  /** Sagas being driven now, by id. */
+  /** Sagas being driven now, by id: the drive loop's promise and the saga's name. */
   private readonly live = new Map<string, Promise<void>>();
+  private readonly liveSaga = new Map<string, string>();
   private readonly waits = new Set<{ handle: unknown; wake: () => void }>();
   private stopped = false;
   /** Parsed JSON of answers and request bodies, for templates. */
@@ -94,10 +98,7 @@ export class SagaEngine {
   /** Sagas driven now, by saga name. */
   inFlightBy(): Map<string, number> {
     const by = new Map<string, number>();
-    for (const id of this.live.keys()) {
-      const rec = this.deps.log.get(id);
-      if (rec) by.set(rec.saga, (by.get(rec.saga) ?? 0) + 1);
-    }
+    for (const saga of this.liveSaga.values()) by.set(saga, (by.get(saga) ?? 0) + 1);
     return by;
   }
 
@@ -107,9 +108,10 @@ export class SagaEngine {
    * with LogUnavailable when the record cannot be written (nothing was sent then).
    */
   async begin(model: SagaModel, request: RequestRecord): Promise<{ id: string; answer: ClientAnswer }> {
+    if (this.stopped) throw new LogUnavailable('breakwater is shutting down');
     const now = this.deps.clock.wall();
     const rec: SagaRecord = {
-      id: this.deps.newId?.() ?? randomUUID(),
+      id: this.deps.newId?.() ?? timeOrderedId(now),
       saga: model.name,
       state: 'running',
       createdAt: now,
@@ -177,18 +179,26 @@ export class SagaEngine {
     return 'ok';
   }
 
-  /** Removes completed and compensated sagas older than their retention. Returns how many. */
+  /**
+   * Removes completed and compensated sagas older than their retention. Returns how many. The log
+   * is read oldest first and only as far as a saga could have expired (ids are time-ordered).
+   */
   async sweep(defaultRetention = 86_400_000): Promise<number> {
     const now = this.deps.clock.wall();
-    let n = 0;
+    const retentions = [defaultRetention];
+    for (const name of this.deps.names?.() ?? [])
+      retentions.push(this.deps.model(name)?.retention ?? defaultRetention);
+    const horizon = now - Math.min(...retentions);
+    const expired: string[] = [];
     for (const rec of this.deps.log.list()) {
+      if (rec.createdAt > horizon) break;
       if (rec.state !== 'completed' && rec.state !== 'compensated') continue;
       const keep = this.deps.model(rec.saga)?.retention ?? defaultRetention;
       if ((rec.finishedAt ?? rec.updatedAt) + keep > now || this.live.has(rec.id)) continue;
-      await this.deps.log.remove(rec.id);
-      n++;
+      expired.push(rec.id);
     }
-    return n;
+    for (const id of expired) await this.deps.log.remove(id);
+    return expired.length;
   }
 
   /** Stops driving sagas (their records stay; the next start recovers them). */
@@ -219,8 +229,12 @@ export class SagaEngine {
   private track(rec: SagaRecord, model: SagaModel, forwardEnded?: (rec: SagaRecord) => void): void {
     const run = this.drive(rec, model, forwardEnded)
       .catch((err: unknown) => this.deps.observer?.logFailed?.(rec, err))
-      .finally(() => this.live.delete(rec.id));
+      .finally(() => {
+        this.live.delete(rec.id);
+        this.liveSaga.delete(rec.id);
+      });
     this.live.set(rec.id, run);
+    this.liveSaga.set(rec.id, rec.saga);
   }
 
   private transition(rec: SagaRecord, e: SagaEvent): void {
@@ -542,6 +556,17 @@ export class SagaEngine {
     };
     return problemAnswer(f.kind, f.status, `step ${rec.failedStep}: ${f.detail}`, sagaHeaders);
   }
+}
+
+/**
+ * A UUID whose first 48 bits are the time in ms (the layout of UUIDv7, RFC 9562): the log's keys
+ * sort by creation, so listing newest first and the retention sweep read only what they need.
+ */
+export function timeOrderedId(nowMs: number): string {
+  const hex = Math.floor(nowMs).toString(16).padStart(12, '0').slice(-12);
+  const rest = randomUUID().replace(/-/g, '').slice(12);
+  const v = `${hex}7${rest.slice(1, 4)}${((Number.parseInt(rest[4] as string, 16) & 0x3) | 0x8).toString(16)}${rest.slice(5, 20)}`;
+  return `${v.slice(0, 8)}-${v.slice(8, 12)}-${v.slice(12, 16)}-${v.slice(16, 20)}-${v.slice(20, 32)}`;
 }
 
 function problemAnswer(kind: string, status: number, detail: string, extra: readonly string[]): ClientAnswer {

@@ -28,10 +28,8 @@ export class EmbeddedSagaLog implements SagaLog {
     return this.db.get(id);
   }
 
-  list(): SagaRecord[] {
-    const out: SagaRecord[] = [];
-    for (const { value } of this.db.getRange()) out.push(value);
-    return out;
+  *list(options: { readonly reverse?: boolean } = {}): Iterable<SagaRecord> {
+    for (const { value } of this.db.getRange({ reverse: options.reverse === true })) yield value;
   }
 
   async remove(id: string): Promise<void> {
@@ -52,8 +50,10 @@ export class MemorySagaLog implements SagaLog {
     const r = this.records.get(id);
     return r && structuredClone(r);
   }
-  list(): SagaRecord[] {
-    return [...this.records.values()].map((r) => structuredClone(r));
+  list(options: { readonly reverse?: boolean } = {}): SagaRecord[] {
+    const ids = [...this.records.keys()].sort();
+    if (options.reverse) ids.reverse();
+    return ids.map((id) => structuredClone(this.records.get(id) as SagaRecord));
   }
   async remove(id: string): Promise<void> {
     this.records.delete(id);

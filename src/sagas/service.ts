@@ -61,6 +61,7 @@ export class SagaService {
       call: deps.call,
       log,
       model: (name) => deps.models()[name],
+      names: () => Object.keys(deps.models()),
       sagaUrl: deps.sagaUrl,
       observer: {
         transition: (rec, e) =>
@@ -124,9 +125,9 @@ export class SagaService {
     const { logger } = deps;
     await engine.sweep();
     const recovered = engine.recover();
-    const unknown = log
-      .list()
-      .filter((r) => (r.state === 'running' || r.state === 'compensating') && !deps.models()[r.saga]);
+    const unknown = [...log.list()].filter(
+      (r) => (r.state === 'running' || r.state === 'compensating') && !deps.models()[r.saga],
+    );
     for (const r of unknown)
       logger.warn(
         { event: 'saga_undefined', saga: r.saga, saga_id: r.id, state: r.state },
@@ -172,16 +173,16 @@ export class SagaService {
     };
   }
 
+  /** Newest first (ids are time-ordered), read only as far as `limit` matches. */
   list(filter: { state?: SagaState | undefined; saga?: string | undefined; limit: number }): SagaRecord[] {
-    return this.log
-      .list()
-      .filter(
-        (r) =>
-          (filter.state === undefined || r.state === filter.state) &&
-          (filter.saga === undefined || r.saga === filter.saga),
-      )
-      .sort((a, b) => b.createdAt - a.createdAt)
-      .slice(0, filter.limit);
+    const out: SagaRecord[] = [];
+    for (const r of this.log.list({ reverse: true })) {
+      if (filter.state !== undefined && r.state !== filter.state) continue;
+      if (filter.saga !== undefined && r.saga !== filter.saga) continue;
+      out.push(r);
+      if (out.length >= filter.limit) break;
+    }
+    return out;
   }
 
   get(id: string): SagaRecord | undefined {

@@ -324,3 +324,14 @@ describe('saga engine (state machine, virtual clock, fake services)', () => {
     expect(svc.undone).toEqual([0]);
   });
 });
+
+describe('saga ids', () => {
+  it('are UUIDs (version 7 layout) that sort by creation time', async () => {
+    const { timeOrderedId } = await import('../../src/sagas/engine.js');
+    const ids = [1_700_000_000_000, 1_700_000_000_001, 1_800_000_000_000].map((t) => timeOrderedId(t));
+    for (const id of ids)
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect([...ids].sort()).toEqual(ids);
+    expect(new Set(Array.from({ length: 1000 }, () => timeOrderedId(1))).size).toBe(1000);
+  });
+});
