@@ -208,6 +208,20 @@ describe('sagas', () => {
     expect((await admin(b, `/sagas/${id}`)).status).toBe(404);
   });
 
+  it('a config without sagas never touches data_dir', async () => {
+    const { existsSync } = await import('node:fs');
+    const unused = join(dir, 'never-made');
+    const yaml = checkoutConfig(
+      { orders: orders.url, payments: payments.url, inventory: inventory.url },
+      unused,
+    );
+    bw = await startBreakwater(yaml.slice(0, yaml.indexOf('sagas:')));
+    expect((await fetch(`${bw.url()}/checkout/cart-3`, { method: 'POST', body: '{}' })).status).toBe(201);
+    expect(orders.calls.at(-1)?.path).toBe('/checkout/cart-3');
+    expect(existsSync(unused)).toBe(false);
+    expect((await admin(bw, '/sagas')).body).toEqual({ sagas: [] });
+  });
+
   it('a body that is not JSON is 400 when a template reads request.body; nothing is called', async () => {
     const b = await start();
     const r = await fetch(`${b.url()}/checkout/cart-3`, { method: 'POST', body: 'not json' });

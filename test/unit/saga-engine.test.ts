@@ -335,3 +335,83 @@ describe('saga ids', () => {
     expect(new Set(Array.from({ length: 1000 }, () => timeOrderedId(1))).size).toBe(1000);
   });
 });
+
+describe('steps of unknown outcome with a status call', () => {
+  const statusModel = (): SagaModel => {
+    const input: SagaInput = {
+      trigger: { listener: 'main', method: 'POST', path: '/go' },
+      steps: [
+        {
+          name: 's0',
+          call: { upstream: 'svc0', path: '/do' },
+          compensate: { upstream: 'svc0', path: '/undo' },
+        },
+        {
+          name: 's1',
+          call: { upstream: 'svc1', path: '/do' },
+          compensate: { upstream: 'svc1', path: '/undo' },
+          status: { upstream: 'svc1', path: '/status/{{ saga.id }}', max_attempts: 3, initial_wait: 10 },
+        },
+      ],
+      timeout: 10_000,
+      long_running_action: false,
+      max_response_bytes: 65536,
+      retention: 86_400_000,
+    };
+    return sagasOf({ go: input }, []).go as SagaModel;
+  };
+
+  async function run(statusAnswers: number[]) {
+    const clock = new VirtualClock();
+    const log = new MemorySagaLog();
+    const calls: string[] = [];
+    const answers = [...statusAnswers];
+    const call = async (upstream: string, req: InternalRequest): Promise<InternalResult> => {
+      await clock.after(5);
+      calls.push(`${upstream} ${req.method} ${req.path.replace(/\/status\/.*/, '/status')}`);
+      if (upstream === 'svc1' && req.path === '/do')
+        return {
+          type: 'failure',
+          problem: problem('upstream-timeout', 'no answer'),
+          cause: 'timeout',
+          maybeProcessed: true,
+          attempts: 1,
+        };
+      const status = req.path.startsWith('/status') ? (answers.shift() ?? 503) : 200;
+      return { type: 'response', status, headers: [], body: Buffer.from('{}'), attempts: 1 };
+    };
+    const model = statusModel();
+    const engine = new SagaEngine({ clock, call, log, model: () => model });
+    const started = engine.begin(model, request);
+    await clock.settle();
+    const { id, answer } = await started;
+    await engine.idle();
+    return { rec: log.get(id) as SagaRecord, calls, answer };
+  }
+
+  it('status 2xx: the step was applied and the saga completes', async () => {
+    const { rec, calls, answer } = await run([503, 200]);
+    expect(rec.state).toBe('completed');
+    expect(answer.status).toBe(200);
+    expect(calls).toEqual(['svc0 POST /do', 'svc1 POST /do', 'svc1 GET /status', 'svc1 GET /status']);
+  });
+
+  it('status 404: the step was not applied; only the step before it is compensated', async () => {
+    const { rec, calls } = await run([404]);
+    expect(rec.state).toBe('compensated');
+    expect(rec.steps.map((s) => s.state)).toEqual(['compensated', 'not_applied']);
+    expect(calls).toEqual(['svc0 POST /do', 'svc1 POST /do', 'svc1 GET /status', 'svc0 POST /undo']);
+  });
+
+  it('a status that stays unclear: after max_attempts the step is compensated as if applied', async () => {
+    const { rec, calls } = await run([503, 503, 503]);
+    expect(rec.state).toBe('compensated');
+    expect(calls.slice(2)).toEqual([
+      'svc1 GET /status',
+      'svc1 GET /status',
+      'svc1 GET /status',
+      'svc1 POST /undo',
+      'svc0 POST /undo',
+    ]);
+  });
+});
