@@ -222,6 +222,37 @@ describe('sagas', () => {
     expect((await admin(bw, '/sagas')).body).toEqual({ sagas: [] });
   });
 
+  it('a reload that adds a saga opens the log then; one that changes it keeps the sagas', async () => {
+    const { existsSync, writeFileSync } = await import('node:fs');
+    const file = join(dir, 'breakwater.yaml');
+    const data = join(dir, 'data');
+    const yaml = checkoutConfig(
+      { orders: orders.url, payments: payments.url, inventory: inventory.url },
+      data,
+    );
+    const without = yaml.slice(0, yaml.indexOf('sagas:'));
+    writeFileSync(file, without);
+    bw = await startBreakwater(without, { file });
+    expect(existsSync(data)).toBe(false);
+    writeFileSync(file, yaml);
+    const reload = await admin(bw, '/config/reload', { method: 'POST' });
+    expect(reload.status).toBe(200);
+    expect(existsSync(data)).toBe(true);
+    const r = await checkout(bw);
+    expect(r.status).toBe(201);
+    const id = r.headers.get('x-breakwater-saga-id') as string;
+    // The trigger moves; the log and its sagas stay.
+    writeFileSync(file, yaml.replace('/checkout/:cart', '/buy/:cart'));
+    expect((await admin(bw, '/config/reload', { method: 'POST' })).status).toBe(200);
+    const moved = await fetch(`${bw.url()}/buy/cart-3`, {
+      method: 'POST',
+      body: JSON.stringify({ customer: 'c-2', amount: 1 }),
+    });
+    expect(moved.status).toBe(201);
+    expect((await admin(bw, `/sagas/${id}`)).body.state).toBe('completed');
+    expect(((await admin(bw, '/sagas')).body.sagas as unknown[]).length).toBe(2);
+  });
+
   it('a body that is not JSON is 400 when a template reads request.body; nothing is called', async () => {
     const b = await start();
     const r = await fetch(`${b.url()}/checkout/cart-3`, { method: 'POST', body: 'not json' });
