@@ -415,3 +415,42 @@ describe('steps of unknown outcome with a status call', () => {
     ]);
   });
 });
+
+describe('retention', () => {
+  it('removes completed and compensated sagas past their retention, never parked ones', async () => {
+    const clock = new VirtualClock();
+    const log = new MemorySagaLog();
+    const ok: Plan = { outcomes: ['ok'], compensationFailures: [0], compensable: [true] };
+    const failing: Plan = {
+      outcomes: ['ok', 'fail'],
+      compensationFailures: [99, 0],
+      compensable: [true, true],
+    };
+    const ids: string[] = [];
+    for (const [plan, attempts] of [
+      [ok, 10],
+      [failing, 2],
+    ] as const) {
+      const model = modelOf(plan, attempts);
+      const engine = new SagaEngine({ clock, call: new Services(plan, clock).call, log, model: () => model });
+      const started = engine.begin(model, request);
+      await clock.settle();
+      ids.push((await started).id);
+      await engine.idle();
+    }
+    expect(ids.map((id) => log.get(id)?.state)).toEqual(['completed', 'failed_to_compensate']);
+    const model = modelOf(ok);
+    const engine = new SagaEngine({
+      clock,
+      call: async () => ({ type: 'response', status: 200, headers: [], body: Buffer.alloc(0), attempts: 1 }),
+      log,
+      model: () => model,
+      names: () => ['go'],
+    });
+    expect(await engine.sweep()).toBe(0);
+    clock.t += 86_400_000 + 1;
+    expect(await engine.sweep()).toBe(1);
+    expect(log.get(ids[0] as string)).toBeUndefined();
+    expect(log.get(ids[1] as string)?.state).toBe('failed_to_compensate');
+  });
+});
