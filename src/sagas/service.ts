@@ -161,10 +161,21 @@ export class SagaService {
   ): ((method: string, path: string) => SagaTrigger | undefined) | undefined {
     const models = Object.values(all).filter((m) => m.trigger.listener === listener);
     if (models.length === 0) return undefined;
+    // Every request of the listener is checked: a method and a literal prefix decide most without
+    // allocating (the path is split only when it could be a trigger with parameters).
+    const checks = models.map((m) => {
+      const first = m.trigger.segments.findIndex((x) => typeof x !== 'string');
+      const prefix =
+        first < 0
+          ? m.trigger.path
+          : `/${m.trigger.segments.slice(0, first).join('/')}${first > 0 ? '/' : ''}`;
+      return { m, exact: first < 0, prefix };
+    });
     return (method, path) => {
-      for (const m of models) {
+      for (const { m, exact, prefix } of checks) {
         if (m.trigger.method !== method) continue;
-        const params = matchTrigger(m.trigger.segments, path);
+        if (exact ? path !== prefix : !path.startsWith(prefix)) continue;
+        const params = exact ? {} : matchTrigger(m.trigger.segments, path);
         if (params === undefined) continue;
         return (req, res, requestId, url) =>
           runTrigger(this.engine, m, params, req, res, requestId, url, limits, this.deps.logger);
