@@ -34,6 +34,17 @@ export interface Template {
   readonly json: boolean;
 }
 
+/** Whether `v` is a compiled template (GET /config shows its source). */
+export function isTemplate(v: unknown): v is Template {
+  return (
+    v !== null &&
+    typeof v === 'object' &&
+    typeof (v as Template).source === 'string' &&
+    Array.isArray((v as Template).texts) &&
+    Array.isArray((v as Template).refs)
+  );
+}
+
 export interface TemplateError {
   /** 0-based character offset in the template. */
   readonly at: number;

@@ -81,6 +81,13 @@ describe('sagas', () => {
     expect(got.body.state).toBe('completed');
     expect((got.body.steps as { state: string }[]).map((s) => s.state)).toEqual(['done', 'done', 'done']);
     expect(await metric(b, 'breakwater_sagas_total{saga="checkout",outcome="completed"}')).toBe(1);
+    // GET /config shows the templates as written.
+    const cfg = (await admin(b, '/config')).body as {
+      config: { sagas: { checkout: { steps: { compensate: { path: string } }[] } } };
+    };
+    expect(cfg.config.sagas.checkout.steps[1]?.compensate.path).toBe(
+      '/payments/{{ steps.payment.body.id }}/refund',
+    );
   });
 
   it('inventory fails: payment refund then order cancel, once each; the client gets inventory’s error with the saga id', async () => {
