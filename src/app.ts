@@ -28,6 +28,8 @@ import { type Clock, type Handler, type RequestContext, systemClock } from './pi
 import type { ResponseHead } from './proxy/attempt.js';
 import { problem } from './proxy/problem.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
+import { SagaService } from './sagas/service.js';
+import { EmbeddedStore } from './stores/embedded.js';
 import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
@@ -105,6 +107,10 @@ export class Breakwater {
   private stopping: Promise<void> | undefined;
   /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
   private readonly tempDirs: TempFiles[] = [];
+  /** The embedded store in data_dir, opened by the first feature that needs it. */
+  private store: Promise<EmbeddedStore> | undefined;
+  /** Sagas, once a config has had `sagas:` (kept across reloads: sagas in flight go on). */
+  private sagaService: SagaService | undefined;
 
   private constructor(
     public config: ResolvedConfig,
@@ -255,6 +261,21 @@ export class Breakwater {
       return (headers: readonly string[]) => cache.tee(key, head.status, headers, () => this.clock.wall());
     };
 
+    // Sagas: the log is opened (and the sagas in flight recovered, below) only when configured.
+    let sagasOpened = false;
+    if (!this.sagaService && Object.keys(config.sagas).length > 0) {
+      this.sagaService = await SagaService.open({
+        store: await this.embeddedStore(config.dataDir),
+        clock: this.clock,
+        call: (upstream, request, max) => this.callUpstream(upstream, request, max),
+        metrics,
+        logger,
+        models: () => this.config.sagas,
+        sagaUrl: (id) =>
+          `http://${this.config.admin.host}:${this.admin?.port ?? this.config.admin.port}/sagas/${id}`,
+      });
+      sagasOpened = true;
+    }
     const handlers = new Map<string, HandlerDeps>();
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
@@ -274,6 +295,11 @@ export class Breakwater {
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
         policiesOf: (name) => policies.get(name),
+        sagaTrigger: this.sagaService?.triggerFor(
+          l.name,
+          { maxBodyBytes: l.limits.maxBodyBytes },
+          config.sagas,
+        ),
       });
     }
 
@@ -374,6 +400,18 @@ export class Breakwater {
       metrics.configInfo.labels(this.configHash).set(1);
     }
     metrics.configLoaded.set(Date.now() / 1000);
+    if (sagasOpened) await this.sagaService?.recover();
+  }
+
+  /** The process's one embedded store (data_dir), opened on first use. */
+  embeddedStore(dir = this.config.dataDir): Promise<EmbeddedStore> {
+    this.store ??= EmbeddedStore.open(dir);
+    return this.store;
+  }
+
+  /** Sagas (the admin API), when a config has had `sagas:`. */
+  sagas(): SagaService | undefined {
+    return this.sagaService;
   }
 
   /**
@@ -707,7 +745,9 @@ export class Breakwater {
       await closing;
     }
     this.watcher?.close();
+    await this.sagaService?.stop();
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
+    if (this.store) await (await this.store).close();
     await this.current?.redis?.store.close();
     for (const r of this.retiredRedis) await r.close();
     await Promise.all(this.tempDirs.map((t) => t.dispose()));

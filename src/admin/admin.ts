@@ -11,6 +11,8 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { ReloadStatus } from '../app.js';
 import type { ResolvedConfig } from '../config/resolve.js';
 import type { Metrics } from '../observability/metrics.js';
+import { sagaRoutes } from '../sagas/admin-routes.js';
+import type { SagaService } from '../sagas/service.js';
 import { configRoutes } from './config-routes.js';
 import { healthRoutes, type Readiness } from './health.js';
 import { metricsRoute } from './metrics.js';
@@ -29,6 +31,8 @@ export interface AdminRuntime {
     upstream: string,
     mode: 'open' | 'close' | 'auto',
   ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string };
+  /** Sagas (src/sagas), when the config has them. */
+  sagas?(): SagaService | undefined;
 }
 
 export interface AdminDeps {
@@ -62,6 +66,7 @@ export class AdminListener {
     await app.register(metricsRoute(deps.metrics));
     await app.register(configRoutes(deps.runtime, deps.adminToken));
     await app.register(stateRoutes(deps.runtime, deps.adminToken));
+    await app.register(sagaRoutes(deps.runtime, deps.adminToken));
     await app.register(statusPage());
     await app.listen({ host: deps.host, port: deps.port });
     return new AdminListener(app);

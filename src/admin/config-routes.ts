@@ -5,6 +5,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { formatProblem } from '../config/load.js';
+import { isTemplate } from '../sagas/template.js';
 import type { AdminRuntime } from './admin.js';
 import { requireOperator } from './auth.js';
 import { adminProblem } from './problem.js';
@@ -16,6 +17,10 @@ export function redactedConfig(value: unknown, key = ''): unknown {
   if (SECRET_KEY.test(key) && key !== 'token_env') return '[REDACTED]';
   if (value instanceof Set) return [...value];
   if (Buffer.isBuffer(value)) return `<${value.length} bytes>`;
+  // A saga's compiled template is shown as written; a header pair named like a secret is redacted.
+  if (isTemplate(value)) return value.source;
+  if (Array.isArray(value) && value.length === 2 && typeof value[0] === 'string' && isTemplate(value[1]))
+    return [value[0], redactedConfig(value[1], value[0])];
   if (Array.isArray(value)) return value.map((v) => redactedConfig(v));
   if (value && typeof value === 'object') {
     const out: Record<string, unknown> = {};

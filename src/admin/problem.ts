@@ -14,6 +14,8 @@ export type AdminProblemKind =
   | 'no-circuit-breaker'
   | 'payload-too-large'
   | 'config-invalid'
+  | 'unknown-saga'
+  | 'saga-conflict'
   | 'internal-error';
 
 const TITLES: Record<AdminProblemKind, string> = {
@@ -24,6 +26,8 @@ const TITLES: Record<AdminProblemKind, string> = {
   'no-circuit-breaker': 'The upstream has no circuit breaker',
   'payload-too-large': 'The request body is too large for an admin call',
   'config-invalid': 'The config file is invalid; the last good config keeps serving',
+  'unknown-saga': 'No saga of that id',
+  'saga-conflict': 'The saga is not in a state that allows this',
   'internal-error': 'The admin call failed',
 };
 

@@ -10,6 +10,7 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
 import type { RETRIABLE_GRPC } from '../proxy/grpc.js';
+import { type SagaModel, sagasOf } from '../sagas/model.js';
 import { type FlatFallback, flattenFallbacks } from './inline-fallbacks.js';
 import type {
   BulkheadInput,
@@ -326,6 +327,8 @@ export interface ResolvedConfig {
    * breakwater-data beside the config file. Opened only by a feature that needs it.
    */
   readonly dataDir: string;
+  /** `sagas.<name>`, templates compiled (empty: no saga, and the embedded store is never opened). */
+  readonly sagas: Readonly<Record<string, SagaModel>>;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -822,6 +825,7 @@ export async function resolveConfig(
       optOutHeader: cfg.buffering.opt_out_header.toLowerCase(),
     },
     dataDir: resolvePath(base, cfg.data_dir ?? process.env.BREAKWATER_DATA_DIR ?? 'breakwater-data'),
+    sagas: sagasOf(cfg.sagas, problems),
     fallbackOf,
   };
   return { config: deepFreeze(config), problems };

@@ -808,6 +808,122 @@ export const redisStoreSchema = z
   })
   .describe('A Redis server shared by every replica: global rate limits and Idempotency-Keys.');
 
+const sagaMethod = z
+  .enum(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'])
+  .describe('HTTP method.');
+const sagaStatuses = z.array(z.number().int().min(100).max(599));
+const sagaTemplate = (what: string) =>
+  z
+    .string()
+    .describe(`${what}; a template: {{ request.body.x }}, {{ steps.<step>.body.y }}, {{ saga.id }}...`);
+const sagaCallKeys = {
+  upstream: name.describe('The upstream called, through its pipeline (limits, breaker, retries).'),
+  path: z
+    .string()
+    .regex(/^\//, { error: 'a path starts with "/"' })
+    .describe('Path and query sent; a template (values are percent-encoded).'),
+  headers: z.record(headerName, z.string()).optional().describe('Headers sent; values are templates.'),
+  body: sagaTemplate('Body sent').optional(),
+};
+const sagaRetryKeys = {
+  max_attempts: positiveInt.max(1000).optional(),
+  initial_wait: duration.optional().describe('Wait before the second attempt. Default: 100ms.'),
+  max_wait: duration.optional().describe('Longest wait between attempts (doubling). Default: 30s.'),
+};
+
+export const sagaStepSchema = z.strictObject({
+  name: name.describe('The step, as steps.<name> in templates, metrics and the admin API.'),
+  call: z
+    .strictObject({
+      ...sagaCallKeys,
+      method: sagaMethod.optional().describe('Default: POST.'),
+      body: sagaTemplate("Body sent. Default: the trigger request's body").optional(),
+      success_statuses: sagaStatuses
+        .optional()
+        .describe('Statuses of 400 and above that still count as success. Default: none.'),
+    })
+    .describe('The step: one request, its Idempotency-Key <saga id>:<step>.'),
+  compensate: z
+    .strictObject({
+      ...sagaCallKeys,
+      method: sagaMethod.optional().describe('Default: POST.'),
+      success_statuses: sagaStatuses
+        .optional()
+        .describe(
+          'Statuses of 400 and above that count as compensated (nothing left to undo). Default: [404, 410].',
+        ),
+      ...sagaRetryKeys,
+      max_age: duration
+        .optional()
+        .describe('Give up (failed_to_compensate) this long after the first attempt. Default: 1h.'),
+    })
+    .optional()
+    .describe(
+      'Undoes the step, retried with backoff until it succeeds, max_attempts (default 10) or max_age; Idempotency-Key <saga id>:<step>:compensate. Default: none (nothing to undo).',
+    ),
+  status: z
+    .strictObject({
+      ...sagaCallKeys,
+      method: sagaMethod.optional().describe('Default: GET.'),
+      not_applied_statuses: sagaStatuses
+        .optional()
+        .describe('Answers that mean the step was not applied. Default: [404].'),
+      ...sagaRetryKeys,
+    })
+    .optional()
+    .describe(
+      'Asked when the outcome of the step is unknown (a timeout after it was sent): 2xx = applied, not_applied_statuses = not applied, else asked again up to max_attempts (default 3), then the step is compensated. Default: none (an unknown outcome is compensated).',
+    ),
+});
+
+const sagaAnswer = z.strictObject({
+  status: z.number().int().min(200).max(599),
+  headers: z.record(headerName, z.string()).optional().describe('Values are templates.'),
+  body: sagaTemplate('Body').optional(),
+});
+
+export const sagaSchema = z.strictObject({
+  trigger: z
+    .strictObject({
+      listener: name.describe('The listener whose requests start the saga (matched before its routes).'),
+      method: sagaMethod.default('POST'),
+      path: z
+        .string()
+        .regex(/^\/[^?#]*$/, { error: 'a trigger path starts with "/" and has no query' })
+        .describe('Exact path; a segment ":name" matches any one segment, as request.params.name.'),
+    })
+    .describe('The request that starts a saga.'),
+  steps: z.array(sagaStepSchema).min(1, { error: 'a saga needs at least one step' }),
+  timeout: duration
+    .default(30_000)
+    .describe(
+      'The steps must all succeed within this; past it the step in flight counts as of unknown outcome and the saga compensates. Default: 30s.',
+    ),
+  response: z
+    .union([z.strictObject({ step: name.describe('Whose answer the client gets.') }), sagaAnswer], {
+      error: 'expected { step: <name> } or { status, headers, body }',
+    })
+    .optional()
+    .describe("What the client gets when every step succeeded. Default: the last step's answer."),
+  failure_response: sagaAnswer
+    .optional()
+    .describe("What the client gets when a step failed. Default: the failed step's answer."),
+  long_running_action: z
+    .boolean()
+    .default(false)
+    .describe(
+      'Send Long-Running-Action: <admin URL of the saga> on every step call (MicroProfile LRA). Default: false.',
+    ),
+  max_response_bytes: byteSize
+    .default(256 * 1024)
+    .describe(
+      'A step answer is read (and logged) up to this size; a longer one fails the step. Default: 256KiB.',
+    ),
+  retention: duration
+    .default(86_400_000)
+    .describe('Finished sagas (completed, compensated) stay in the log this long. Default: 24h.'),
+});
+
 export const resilienceSchema = z.strictObject({
   ...policyKeys,
   fallback: z
@@ -854,6 +970,12 @@ export const configSchema = z
       .optional()
       .describe(
         'Directory of the embedded store (deferred deliveries, saga logs), made when a feature needs it. Relative paths are relative to the config file. Default: $BREAKWATER_DATA_DIR, else breakwater-data beside the config file.',
+      ),
+    sagas: z
+      .record(name, sagaSchema)
+      .optional()
+      .describe(
+        'Sagas: a request on a listener that runs several steps on upstreams in order, and compensates the completed ones in reverse when one fails; durable in data_dir.',
       ),
     stores: z
       .strictObject({ redis: redisStoreSchema.optional() })
@@ -1099,6 +1221,42 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
         issue(['upstreams', un, 'group_weights', g], `no endpoint of ${un} is in group "${g}"`);
     }
   }
+  const triggers = new Map<string, string>();
+  for (const [sn, saga] of Object.entries(cfg.sagas ?? {})) {
+    const at = ['sagas', sn];
+    if (!listenerNames.has(saga.trigger.listener))
+      issue(
+        [...at, 'trigger', 'listener'],
+        `listener "${saga.trigger.listener}" is not defined${known(listenerNames)}`,
+      );
+    const shape = `${saga.trigger.listener} ${saga.trigger.method} ${saga.trigger.path.replace(/:[^/]+/g, ':')}`;
+    const other = triggers.get(shape);
+    if (other !== undefined)
+      issue(
+        [...at, 'trigger', 'path'],
+        `saga ${other} has the same trigger (${saga.trigger.method} ${saga.trigger.path})`,
+      );
+    triggers.set(shape, sn);
+    const stepNames = new Set<string>();
+    saga.steps.forEach((step, si) => {
+      if (stepNames.has(step.name))
+        issue([...at, 'steps', si, 'name'], `step name "${step.name}" is used twice`);
+      stepNames.add(step.name);
+      for (const part of ['call', 'compensate', 'status'] as const) {
+        const c = step[part];
+        if (c && !upstreams.has(c.upstream))
+          issue(
+            [...at, 'steps', si, part, 'upstream'],
+            `upstream "${c.upstream}" is not defined${known(upstreams)}`,
+          );
+      }
+    });
+    if (saga.response && 'step' in saga.response && !stepNames.has(saga.response.step))
+      issue(
+        [...at, 'response', 'step'],
+        `no step "${saga.response.step}"; steps: ${[...stepNames].join(', ')}`,
+      );
+  }
   cfg.degradation?.services.forEach((s, i) => {
     if (!upstreams.has(s.name))
       issue(['degradation', 'services', i, 'name'], `upstream "${s.name}" is not defined${known(upstreams)}`);
@@ -1123,6 +1281,8 @@ export type TlsInput = z.output<typeof tlsSchema>;
 export type RouteInput = z.output<typeof routeSchema>;
 export type DegradationInput = z.output<typeof degradationSchema>;
 export type RedisStoreInput = z.output<typeof redisStoreSchema>;
+export type SagaInput = z.output<typeof sagaSchema>;
+export type SagaStepInput = z.output<typeof sagaStepSchema>;
 
 /** The JSON Schema that editors use to complete and check the YAML. */
 export function configJsonSchema(): Record<string, unknown> {

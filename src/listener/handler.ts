@@ -39,6 +39,7 @@ import type { RelayPolicy } from '../proxy/relay.js';
 import { bufferBody, watchBodyIdle } from '../proxy/request-body.js';
 import type { TempFileError, TempFiles } from '../proxy/temp-files.js';
 import { type TunnelPolicies, upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
+import type { SagaTrigger } from '../sagas/service.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
 import { connectionOf } from './connection.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
@@ -60,6 +61,8 @@ export interface HandlerDeps {
   /** Temporary files of buffered bodies, and the buffering settings. */
   readonly tempFiles: TempFiles;
   readonly buffering: BufferingModel;
+  /** The saga a request starts, matched before the routes (only when a saga starts on this listener). */
+  readonly sagaTrigger?: ((method: string, path: string) => SagaTrigger | undefined) | undefined;
   /** The response cache's tee for this response, when it should be stored. */
   readonly teeFor?: (
     ctx: RequestContext,
@@ -261,6 +264,13 @@ export class ProxyHandler {
       return;
     }
     if (pathOnly !== rawPath) url = q < 0 ? (pathOnly as string) : `${pathOnly}${url.slice(q)}`;
+    // A saga's trigger is matched before the routes (src/sagas).
+    const saga = this.deps.sagaTrigger?.(method, pathOnly as string);
+    if (saga !== undefined) {
+      res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
+      saga(req, res, requestId, url);
+      return;
+    }
     const route = this.router.match(method, pathOnly as string, req.headers);
 
     if (!route) {

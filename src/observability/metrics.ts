@@ -296,6 +296,43 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
+  const sagas = new Counter({
+    name: 'breakwater_sagas_total',
+    help: 'Sagas that ended, by outcome (completed, compensated, failed_to_compensate).',
+    labelNames: ['saga', 'outcome'] as const,
+    registers: [registry],
+  });
+  const sagasInFlight = new Gauge({
+    name: 'breakwater_sagas_in_flight',
+    help: 'Sagas running or compensating in this process now.',
+    labelNames: ['saga'] as const,
+    registers: [registry],
+  });
+  const sagasParked = new Gauge({
+    name: 'breakwater_sagas_failed_to_compensate',
+    help: 'Sagas in the log in state failed_to_compensate, waiting for an operator (retry or forget).',
+    labelNames: ['saga'] as const,
+    registers: [registry],
+  });
+  const sagaDuration = new Histogram({
+    name: 'breakwater_saga_duration_seconds',
+    help: "Time from a saga's start to its end (completed, compensated or failed_to_compensate).",
+    labelNames: ['saga'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600],
+    registers: [registry],
+  });
+  const sagaCompensations = new Counter({
+    name: 'breakwater_saga_compensations_total',
+    help: 'Compensation calls of saga steps, by outcome (success; failure: to be retried; gave_up: max_attempts or max_age reached).',
+    labelNames: ['saga', 'step', 'outcome'] as const,
+    registers: [registry],
+  });
+  const sagasRecovered = new Counter({
+    name: 'breakwater_sagas_recovered_total',
+    help: 'Sagas found running or compensating in the saga log at start-up and driven on.',
+    registers: [registry],
+  });
+
   /** Gauges that read live state are set by these just before each scrape (keyed, so a reload replaces its own). */
   const collectors = new Map<string, () => void>();
   const scrape = async (): Promise<string> => {
@@ -349,6 +386,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     websocketUpgrades,
     websocketOpen,
     websocketClosed,
+    sagas,
+    sagasInFlight,
+    sagasParked,
+    sagaDuration,
+    sagaCompensations,
+    sagasRecovered,
     forget,
   };
 

@@ -140,6 +140,9 @@ const CODE_OF: Record<ProblemKind, number> = {
   'expectation-failed': GRPC_CODES.internal,
   'transfer-coding-not-implemented': GRPC_CODES.internal,
   'http-version-not-supported': GRPC_CODES.internal,
+  'saga-timeout': GRPC_CODES['deadline-exceeded'],
+  'saga-unavailable': GRPC_CODES.unavailable,
+  'saga-failed': GRPC_CODES.aborted,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

@@ -38,7 +38,10 @@ export type ProblemKind =
   | 'method-not-allowed'
   | 'expectation-failed'
   | 'transfer-coding-not-implemented'
-  | 'http-version-not-supported';
+  | 'http-version-not-supported'
+  | 'saga-timeout'
+  | 'saga-unavailable'
+  | 'saga-failed';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -74,7 +77,15 @@ const TITLES: Record<ProblemKind, [number, string]> = {
     'The request uses a transfer coding breakwater does not implement',
   ],
   'http-version-not-supported': [505, 'This HTTP version is not supported'],
+  'saga-timeout': [504, 'The steps of the saga did not all succeed within its timeout'],
+  'saga-unavailable': [503, 'The saga cannot run now'],
+  'saga-failed': [502, 'A step of the saga failed'],
 };
+
+/** Whether `kind` names a problem type (a kind read back from a saga log). */
+export function isProblemKind(kind: string): kind is ProblemKind {
+  return Object.hasOwn(TITLES, kind);
+}
 
 export interface Problem {
   readonly kind: ProblemKind;
