@@ -10,6 +10,7 @@ import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
+import { Deferred } from './deferred/index.js';
 import { RedisIdempotencyStore } from './idempotency/redis-store.js';
 import { type IdempotencyStore, MemoryIdempotencyStore } from './idempotency/store.js';
 import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
@@ -28,6 +29,7 @@ import { type Clock, type Handler, type RequestContext, systemClock } from './pi
 import type { ResponseHead } from './proxy/attempt.js';
 import { problem } from './proxy/problem.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
+import { EmbeddedStore } from './stores/embedded.js';
 import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
@@ -105,6 +107,10 @@ export class Breakwater {
   private stopping: Promise<void> | undefined;
   /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
   private readonly tempDirs: TempFiles[] = [];
+  /** The embedded store in data_dir, opened by the first feature that needs it (kept until stop). */
+  private store: Promise<EmbeddedStore> | undefined;
+  /** Deferred delivery, opened with the first config that has a route with `deferred:`. */
+  deferred: Deferred | undefined;
 
   private constructor(
     public config: ResolvedConfig,
@@ -139,6 +145,7 @@ export class Breakwater {
     });
     await this.apply(config, source);
     this.phase = 'serving';
+    this.deferred?.deliverer.start();
     metrics.ready.set(1);
     logger.info({ event: 'ready', admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
   }
@@ -255,6 +262,19 @@ export class Breakwater {
       return (headers: readonly string[]) => cache.tee(key, head.status, headers, () => this.clock.wall());
     };
 
+    if (!this.deferred && Deferred.wanted(config.listeners.flatMap((l) => l.routes)))
+      this.deferred = await Deferred.open(await this.embeddedStore(), {
+        metrics,
+        logger,
+        clock: this.clock,
+        random: Math.random,
+        caps: () => this.config.deferredStore,
+        send: (u, r, max) => this.callUpstream(u, r, max),
+        base: () => this.adminBase(),
+      });
+    const deferredPipeline = (r: RouteModel) =>
+      buildPipeline(r, policies.get(r.upstream) as UpstreamPolicies, services, { withFallback: false });
+
     const handlers = new Map<string, HandlerDeps>();
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
@@ -274,6 +294,7 @@ export class Breakwater {
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
         policiesOf: (name) => policies.get(name),
+        deferred: this.deferred?.routes(l.routes, deferredPipeline),
       });
     }
 
@@ -374,6 +395,38 @@ export class Breakwater {
       metrics.configInfo.labels(this.configHash).set(1);
     }
     metrics.configLoaded.set(Date.now() / 1000);
+    if (this.phase === 'serving') this.deferred?.deliverer.start();
+  }
+
+  /**
+   * The process's one embedded store (data_dir), opened on first use; later calls get the same
+   * one. A reload that changes data_dir keeps it (a warning says a restart is needed).
+   */
+  embeddedStore(): Promise<EmbeddedStore> {
+    if (!this.store) {
+      const dir = this.config.dataDir;
+      this.store = EmbeddedStore.open(dir);
+      this.store.catch(() => {
+        this.store = undefined;
+      });
+      return this.store;
+    }
+    return this.store.then((s) => {
+      if (s.dir !== this.config.dataDir)
+        this.logger.warn(
+          { event: 'data_dir_changed', data_dir: this.config.dataDir, in_use: s.dir },
+          `data_dir changed to ${this.config.dataDir}; the store in ${s.dir} stays in use until breakwater restarts`,
+        );
+      return s;
+    });
+  }
+
+  /** The admin listener's URL as a client on this host reaches it (Location of deferred items). */
+  private adminBase(): string {
+    const h = this.config.admin.host;
+    const host =
+      h === '0.0.0.0' || h === '' ? '127.0.0.1' : h === '::' ? '[::1]' : h.includes(':') ? `[${h}]` : h;
+    return `http://${host}:${this.admin?.port ?? this.config.admin.port}`;
   }
 
   /**
@@ -565,6 +618,7 @@ export class Breakwater {
       config_hash: this.configHash,
       upstreams,
       cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
+      deferred: this.deferred ? { upstreams: this.deferred.queue.upstreams() } : null,
       stores: { redis: this.current?.redis?.store.health() ?? null },
     };
   }
@@ -707,11 +761,15 @@ export class Breakwater {
       await closing;
     }
     this.watcher?.close();
+    // Deliveries in flight get a moment to finish; the others go back to pending.
+    await this.deferred?.stop(Math.min(drainTimeout, 5_000));
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
     await this.current?.redis?.store.close();
     for (const r of this.retiredRedis) await r.close();
     await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
+    const store = await this.store?.catch(() => undefined);
+    await store?.close();
     this.phase = 'stopped';
     this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
     this.logger.flush?.();
@@ -735,6 +793,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     requestBuffering: true,
     responseBuffering: true,
     allowTrace: false,
+    deferred: undefined,
   };
 }
 

@@ -14,6 +14,7 @@ export type AdminProblemKind =
   | 'no-circuit-breaker'
   | 'payload-too-large'
   | 'config-invalid'
+  | 'conflict'
   | 'internal-error';
 
 const TITLES: Record<AdminProblemKind, string> = {
@@ -24,6 +25,7 @@ const TITLES: Record<AdminProblemKind, string> = {
   'no-circuit-breaker': 'The upstream has no circuit breaker',
   'payload-too-large': 'The request body is too large for an admin call',
   'config-invalid': 'The config file is invalid; the last good config keeps serving',
+  conflict: 'The item is not in a state that allows this',
   'internal-error': 'The admin call failed',
 };
 

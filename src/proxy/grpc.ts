@@ -140,6 +140,9 @@ const CODE_OF: Record<ProblemKind, number> = {
   'expectation-failed': GRPC_CODES.internal,
   'transfer-coding-not-implemented': GRPC_CODES.internal,
   'http-version-not-supported': GRPC_CODES.internal,
+  // (gRPC calls are never deferred.)
+  'deferred-store-full': GRPC_CODES.unavailable,
+  'deferred-store-failed': GRPC_CODES.unavailable,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

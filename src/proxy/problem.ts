@@ -38,7 +38,9 @@ export type ProblemKind =
   | 'method-not-allowed'
   | 'expectation-failed'
   | 'transfer-coding-not-implemented'
-  | 'http-version-not-supported';
+  | 'http-version-not-supported'
+  | 'deferred-store-full'
+  | 'deferred-store-failed';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -74,6 +76,8 @@ const TITLES: Record<ProblemKind, [number, string]> = {
     'The request uses a transfer coding breakwater does not implement',
   ],
   'http-version-not-supported': [505, 'This HTTP version is not supported'],
+  'deferred-store-full': [503, 'The queue of deferred requests is full'],
+  'deferred-store-failed': [503, 'The request could not be stored for later delivery'],
 };
 
 export interface Problem {
