@@ -269,7 +269,15 @@ export class DeferredQueue {
   }
 
   get(id: string): Item | undefined {
-    return this.db.get(id);
+    return this.current(id);
+  }
+
+  /** The stored item, with the state the index has now (a delivery being handed out is ahead of the disk). */
+  private current(id: string): Item | undefined {
+    const item = this.db.get(id);
+    const l = this.live.get(id);
+    if (item && l && l.state === 'delivering') item.state = 'delivering';
+    return item;
   }
 
   /** Items matching `filter`, oldest first, at most `limit`. */
@@ -403,7 +411,7 @@ export class DeferredQueue {
 
   /** Cancels a pending item (a delivering one: 409, try again). */
   async cancel(id: string): Promise<ChangeResult> {
-    const item = this.db.get(id);
+    const item = this.current(id);
     if (!item) return { ok: false, status: 404, detail: `no deferred item ${id}` };
     if (item.state !== 'pending')
       return {
@@ -420,7 +428,7 @@ export class DeferredQueue {
    * attempts and max_age starting over; a pending one is tried now. Synced or delivering: 409.
    */
   async replay(id: string): Promise<ChangeResult> {
-    const item = this.db.get(id);
+    const item = this.current(id);
     if (!item) return { ok: false, status: 404, detail: `no deferred item ${id}` };
     if (item.state === 'synced' || item.state === 'delivering')
       return {

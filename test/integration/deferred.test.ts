@@ -1,7 +1,8 @@
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { startBreakwater } from '../kit/breakwater.js';
 import { startDedupUpstream } from '../kit/dedup-upstream.js';
 import { type Child, freePort, spawnBreakwater, waitFor } from '../kit/process.js';
 import { until } from '../kit/until.js';
@@ -27,7 +28,7 @@ async function setup(): Promise<Setup> {
   };
 }
 
-function config(s: Setup, extra = '', deferredExtra = ''): string {
+function config(s: Setup, extra = '', schedule = '[50ms, 100ms]'): string {
   return `
 listeners:
   - name: main
@@ -36,9 +37,8 @@ listeners:
       - name: orders
         upstream: orders
         deferred:
-          schedule: [50ms, 100ms]
+          schedule: ${schedule}
           ordering_key: x-customer
-${deferredExtra}
 admin:
   port: ${s.admin}
 upstreams:
@@ -258,4 +258,166 @@ describe('deferred delivery', () => {
       await up.close();
     }
   }, 60_000);
+
+  it('admin API: list with filters, get, cancel, replay, bulk by filter; errors as admin problems', async () => {
+    const s = await setup();
+    // Items stay pending (the first try is 10 minutes away) until replayed.
+    const child = await start(config(s, '', '[10m]'), s.admin);
+    const api = (path: string, method = 'GET', body?: string) =>
+      fetch(`http://127.0.0.1:${s.admin}${path}`, { method, ...(body === undefined ? {} : { body }) });
+    try {
+      const ids: string[] = [];
+      for (const k of ['a', 'b', 'c']) {
+        const r = await post(s.port, `adm-${k}`, `c-${k}`);
+        expect(r.status).toBe(202);
+        ids.push(((await r.json()) as { id: string }).id);
+      }
+      expect((await items(s.admin, 'status=pending')).map((i) => i.idempotency_key)).toEqual([
+        'adm-a',
+        'adm-b',
+        'adm-c',
+      ]);
+      expect(await items(s.admin, 'status=pending&upstream=nope')).toEqual([]);
+      expect(await items(s.admin, 'older_than=1h')).toEqual([]);
+      const cancel = await api(`/deferred/${ids[0]}/cancel`, 'POST');
+      expect(cancel.status).toBe(200);
+      expect(((await cancel.json()) as { status: string }).status).toBe('cancelled');
+      const again = await api(`/deferred/${ids[0]}/cancel`, 'POST');
+      expect(again.status).toBe(409);
+      expect(((await again.json()) as { type: string }).type).toBe('urn:breakwater:problem:admin-conflict');
+      const replay = await api(`/deferred/${ids[0]}/replay`, 'POST');
+      expect(((await replay.json()) as { status: string }).status).toBe('pending');
+      // The replayed item is tried at once (the upstream is down) and waits for its next try.
+      await until(
+        async () => {
+          const i = (await (await api(`/deferred/${ids[0]}`)).json()) as {
+            status: string;
+            history: unknown[];
+          };
+          return i.status === 'pending' && i.history.length === 1;
+        },
+        'the replayed item tried',
+        10_000,
+      );
+      const bare = await api('/deferred/cancel', 'POST', '{}');
+      expect(bare.status).toBe(400);
+      await bare.arrayBuffer();
+      const bulk = await api('/deferred/cancel', 'POST', '{"status": "pending"}');
+      expect(await bulk.json()).toEqual({ matched: 3, changed: 3 });
+      expect((await api('/deferred?status=bogus')).status).toBe(400);
+      const missing = await api('/deferred/no-such-id');
+      expect(missing.status).toBe(404);
+      expect(((await missing.json()) as { type: string }).type).toBe(
+        'urn:breakwater:problem:admin-not-found',
+      );
+      const up = await startDedupUpstream(s.upPort);
+      try {
+        // Cancelled items are not delivered...
+        await new Promise((r) => setTimeout(r, 500));
+        expect(up.received()).toBe(0);
+        // ...until replayed.
+        expect(await (await api('/deferred/replay', 'POST', '{"status": "cancelled"}')).json()).toEqual({
+          matched: 3,
+          changed: 3,
+        });
+        await until(() => up.processed.size === 3, 'replayed items delivered', 30_000);
+        await until(async () => (await items(s.admin, 'status=synced')).length === 3, 'synced', 10_000);
+        const synced = await api(`/deferred/${ids[1]}/replay`, 'POST');
+        expect(synced.status).toBe(409);
+        await synced.arrayBuffer();
+      } finally {
+        await up.close();
+      }
+    } finally {
+      await stop(child);
+    }
+  }, 60_000);
+
+  it('SIGTERM during a delivery puts the item back to pending; the next start delivers it', async () => {
+    const s = await setup();
+    const yaml = config(s, 'shutdown: { drain_timeout: 300ms }');
+    const child = await start(yaml, s.admin);
+    expect((await post(s.port, 'slow-1', 'c-1')).status).toBe(202);
+    const slow = await startDedupUpstream(s.upPort, { delayMs: 5_000 });
+    try {
+      await until(() => slow.seen.has('slow-1'), 'delivery started', 10_000);
+      child.kill('SIGTERM');
+      expect(await child.exited).toBe(0);
+    } finally {
+      await slow.close();
+    }
+    const lines = child.stdout.map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(
+      lines.some((l) => l.event === 'deferred_state' && l.from === 'delivering' && l.to === 'pending'),
+    ).toBe(true);
+    const up = await startDedupUpstream(s.upPort);
+    const again = await start(yaml, s.admin);
+    try {
+      await until(() => up.processed.has('slow-1'), 'delivered after the restart', 30_000);
+    } finally {
+      await stop(again);
+      await up.close();
+    }
+  }, 60_000);
+
+  it("deferred wins over the route's fallback for the writes it covers; other requests get the fallback", async () => {
+    const s = await setup();
+    const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    routes:
+      - name: orders
+        upstream: orders
+        deferred: { schedule: [10m] }
+admin: { port: 0 }
+upstreams:
+  orders:
+    endpoints: [http://127.0.0.1:${s.upPort}]
+    fallback: { type: static_response, status: 200, body: "from the fallback" }
+data_dir: ${s.dataDir}
+`);
+    try {
+      const write = await fetch(`${bw.url()}/orders`, {
+        method: 'POST',
+        headers: { 'idempotency-key': 'fb-1' },
+        body: 'x',
+      });
+      expect(write.status).toBe(202);
+      expect(write.headers.get('x-breakwater-fallback')).toBeNull();
+      expect(((await write.json()) as { status: string }).status).toBe('pending');
+      const read = await fetch(`${bw.url()}/orders`);
+      expect(read.status).toBe(200);
+      expect(await read.text()).toBe('from the fallback');
+      // Without an Idempotency-Key (require_idempotency_key: true) a write is not deferred.
+      const unkeyed = await fetch(`${bw.url()}/orders`, { method: 'POST', body: 'x' });
+      expect(await unkeyed.text()).toBe('from the fallback');
+      const state = (await (await fetch(`${bw.adminUrl}/state`)).json()) as {
+        deferred: { upstreams: Record<string, { pending: number }> };
+      };
+      expect(state.deferred.upstreams.orders?.pending).toBe(1);
+    } finally {
+      await bw.stop();
+    }
+  });
+
+  it('a config without deferred never opens the store (data_dir is not made)', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'bw-nodefer-')), 'data');
+    const bw = await startBreakwater(`
+listeners:
+  - { name: main, port: 0, routes: [{ upstream: app }] }
+admin: { port: 0 }
+upstreams:
+  app: { endpoints: [http://127.0.0.1:1] }
+data_dir: ${dir}
+`);
+    try {
+      const r = await fetch(`${bw.adminUrl}/deferred`);
+      expect(r.status).toBe(404);
+      expect(((await r.json()) as { detail: string }).detail).toContain('deferred delivery is off');
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      await bw.stop();
+    }
+  });
 });
