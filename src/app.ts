@@ -262,8 +262,14 @@ export class Breakwater {
       return (headers: readonly string[]) => cache.tee(key, head.status, headers, () => this.clock.wall());
     };
 
+    const openStore = await this.store?.catch(() => undefined);
+    if (openStore && openStore.dir !== config.dataDir)
+      logger.warn(
+        { event: 'data_dir_changed', data_dir: config.dataDir, in_use: openStore.dir },
+        `data_dir changed to ${config.dataDir}; the store in ${openStore.dir} stays in use until breakwater restarts`,
+      );
     if (!this.deferred && Deferred.wanted(config.listeners.flatMap((l) => l.routes)))
-      this.deferred = await Deferred.open(await this.embeddedStore(), {
+      this.deferred = await Deferred.open(await this.embeddedStore(config.dataDir), {
         metrics,
         logger,
         clock: this.clock,
@@ -399,26 +405,18 @@ export class Breakwater {
   }
 
   /**
-   * The process's one embedded store (data_dir), opened on first use; later calls get the same
-   * one. A reload that changes data_dir keeps it (a warning says a restart is needed).
+   * The process's one embedded store (data_dir), opened on first use (in `dir`, the live config's
+   * data_dir unless a config being applied says otherwise); later calls get the same one. A reload
+   * that changes data_dir keeps it (a warning says a restart is needed).
    */
-  embeddedStore(): Promise<EmbeddedStore> {
+  embeddedStore(dir = this.config.dataDir): Promise<EmbeddedStore> {
     if (!this.store) {
-      const dir = this.config.dataDir;
       this.store = EmbeddedStore.open(dir);
       this.store.catch(() => {
         this.store = undefined;
       });
-      return this.store;
     }
-    return this.store.then((s) => {
-      if (s.dir !== this.config.dataDir)
-        this.logger.warn(
-          { event: 'data_dir_changed', data_dir: this.config.dataDir, in_use: s.dir },
-          `data_dir changed to ${this.config.dataDir}; the store in ${s.dir} stays in use until breakwater restarts`,
-        );
-      return s;
-    });
+    return this.store;
   }
 
   /** The admin listener's URL as a client on this host reaches it (Location of deferred items). */

@@ -34,6 +34,8 @@ export class Deliverer {
     private readonly send: Send,
     private readonly concurrency: () => number,
     private readonly logger: Logger,
+    /** Wall-clock ms (items' times are wall-clock: they outlive the process). */
+    private readonly now: () => number,
   ) {
     queue.onDue = () => this.poke();
   }
@@ -66,7 +68,7 @@ export class Deliverer {
       const { items, nextAt } = await this.queue.take((u) => limit - (this.perUpstream.get(u) ?? 0));
       for (const item of items) this.deliver(item);
       clearTimeout(this.timer);
-      const wait = Math.min(MAX_SLEEP, Math.max(0, nextAt - Date.now()));
+      const wait = Math.min(MAX_SLEEP, Math.max(0, nextAt - this.now()));
       this.timer = setTimeout(() => void this.tick(), Number.isFinite(wait) ? wait : MAX_SLEEP);
       this.timer.unref();
     } catch (err) {

@@ -35,7 +35,13 @@ export class Deferred {
 
   static async open(store: EmbeddedStore, deps: DeferredDeps): Promise<Deferred> {
     const queue = await DeferredQueue.open(store, deps);
-    const deliverer = new Deliverer(queue, deps.send, () => deps.caps().concurrency, deps.logger);
+    const deliverer = new Deliverer(
+      queue,
+      deps.send,
+      () => deps.caps().concurrency,
+      deps.logger,
+      () => deps.clock.wall(),
+    );
     return new Deferred(queue, deliverer, deps);
   }
 

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -416,6 +416,46 @@ data_dir: ${dir}
       expect(r.status).toBe(404);
       expect(((await r.json()) as { detail: string }).detail).toContain('deferred delivery is off');
       expect(existsSync(dir)).toBe(false);
+    } finally {
+      await bw.stop();
+    }
+  });
+
+  it('a reload that adds deferred opens the store; one that moves data_dir keeps it and warns', async () => {
+    const s = await setup();
+    const dir2 = join(mkdtempSync(join(tmpdir(), 'bw-moved-')), 'data');
+    const yaml = (deferred: boolean, dataDir: string) => `
+listeners:
+  - name: main
+    port: 0
+    routes:
+      - name: orders
+        upstream: orders
+${deferred ? '        deferred: { schedule: [10m] }' : ''}
+admin: { port: 0 }
+upstreams:
+  orders: { endpoints: [http://127.0.0.1:${s.upPort}] }
+data_dir: ${dataDir}
+`;
+    const bw = await startBreakwater(yaml(false, s.dataDir));
+    try {
+      expect((await fetch(`${bw.adminUrl}/deferred`)).status).toBe(404);
+      writeFileSync(bw.bw.config.file, yaml(true, s.dataDir));
+      expect((await bw.bw.reload('test')).ok).toBe(true);
+      const r = await fetch(`${bw.url()}/orders`, {
+        method: 'POST',
+        headers: { 'idempotency-key': 'rl-1' },
+        body: 'x',
+      });
+      expect(r.status).toBe(202);
+      await r.arrayBuffer();
+      writeFileSync(bw.bw.config.file, yaml(true, dir2));
+      expect((await bw.bw.reload('test')).ok).toBe(true);
+      expect(bw.logs.some((l) => l.event === 'data_dir_changed')).toBe(true);
+      expect(existsSync(dir2)).toBe(false);
+      expect((await items(bw.bw.admin?.port ?? 0, 'status=pending')).map((i) => i.idempotency_key)).toEqual([
+        'rl-1',
+      ]);
     } finally {
       await bw.stop();
     }
