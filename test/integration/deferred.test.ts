@@ -460,4 +460,70 @@ data_dir: ${dataDir}
       await bw.stop();
     }
   });
+
+  it('an item not delivered within max_age ends expired; one out of max_attempts ends failed', async () => {
+    const s = await setup();
+    const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    routes:
+      - name: short
+        match: { path_prefix: /short }
+        upstream: orders
+        deferred: { schedule: [100ms], max_age: 400ms }
+      - name: counted
+        upstream: orders
+        deferred: { schedule: [50ms], max_attempts: 2 }
+admin: { port: 0 }
+upstreams:
+  orders: { endpoints: [http://127.0.0.1:${s.upPort}], retry: { max_attempts: 1 } }
+data_dir: ${s.dataDir}
+`);
+    try {
+      for (const [path, key] of [
+        ['/short', 'exp-1'],
+        ['/counted', 'cnt-1'],
+      ] as const) {
+        const r = await fetch(`${bw.url()}${path}`, {
+          method: 'POST',
+          headers: { 'idempotency-key': key },
+          body: 'x',
+        });
+        expect(r.status).toBe(202);
+        await r.arrayBuffer();
+      }
+      const admin = bw.bw.admin?.port ?? 0;
+      await until(async () => (await items(admin, 'status=expired')).length === 1, 'expired', 10_000);
+      await until(async () => (await items(admin, 'status=failed')).length === 1, 'failed', 10_000);
+      expect((await items(admin, 'status=expired'))[0]?.idempotency_key).toBe('exp-1');
+      const failed = (await items(admin, 'status=failed'))[0] as { id: string; idempotency_key: string };
+      expect(failed.idempotency_key).toBe('cnt-1');
+      const detail = (await (await fetch(`${bw.adminUrl}/deferred/${failed.id}`)).json()) as {
+        attempts: number;
+      };
+      expect(detail.attempts).toBe(2);
+      expect(bw.logs.some((l) => l.event === 'deferred_state' && l.to === 'expired' && l.level === 'warn')).toBe(
+        true,
+      );
+    } finally {
+      await bw.stop();
+    }
+  });
+
+  it('a second process on the same data_dir with a deferred route refuses to start, naming the directory', async () => {
+    const s = await setup();
+    const first = await start(config(s), s.admin);
+    try {
+      const other = { ...s, port: await freePort(), admin: await freePort() };
+      const second = spawnBreakwater(config(other));
+      const code = await second.exited;
+      expect(code).not.toBe(0);
+      expect(second.stderr.join('') + second.stdout.join('\n')).toContain(
+        `another breakwater process delivers deferred requests from ${s.dataDir}`,
+      );
+    } finally {
+      await stop(first);
+    }
+  }, 30_000);
 });
