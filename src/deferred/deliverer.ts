@@ -107,11 +107,18 @@ export class Deliverer {
           'deferred deliverer: a result could not be stored',
         );
       }
-    })().finally(() => {
-      this.inFlight.delete(item.id);
-      this.perUpstream.set(item.upstream, (this.perUpstream.get(item.upstream) ?? 1) - 1);
-      this.poke();
-    });
+    })()
+      .catch((err: unknown) =>
+        this.logger.error(
+          { err, event: 'deferred_error', id: item.id },
+          'deferred deliverer: a delivery failed',
+        ),
+      )
+      .finally(() => {
+        this.inFlight.delete(item.id);
+        this.perUpstream.set(item.upstream, (this.perUpstream.get(item.upstream) ?? 1) - 1);
+        this.poke();
+      });
     this.inFlight.set(item.id, { item, done });
   }
 
