@@ -503,9 +503,9 @@ data_dir: ${s.dataDir}
         attempts: number;
       };
       expect(detail.attempts).toBe(2);
-      expect(bw.logs.some((l) => l.event === 'deferred_state' && l.to === 'expired' && l.level === 'warn')).toBe(
-        true,
-      );
+      expect(
+        bw.logs.some((l) => l.event === 'deferred_state' && l.to === 'expired' && l.level === 'warn'),
+      ).toBe(true);
     } finally {
       await bw.stop();
     }
