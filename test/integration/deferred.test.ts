@@ -1,4 +1,5 @@
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -526,4 +527,49 @@ data_dir: ${s.dataDir}
       await stop(first);
     }
   }, 30_000);
+
+  it('a body buffered in a temporary file is stored whole and delivered byte for byte', async () => {
+    const s = await setup();
+    const bw = await startBreakwater(`
+listeners:
+  - name: main
+    port: 0
+    limits: { body_buffer_bytes: 1KiB }
+    routes:
+      - name: orders
+        upstream: orders
+        deferred: { schedule: [50ms] }
+admin: { port: 0 }
+upstreams:
+  orders: { endpoints: [http://127.0.0.1:${s.upPort}] }
+data_dir: ${s.dataDir}
+`);
+    const body = Buffer.alloc(200 * 1024);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 7) % 251;
+    const got: Buffer[] = [];
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        got.push(Buffer.concat(chunks));
+        res.writeHead(201).end();
+      });
+    });
+    try {
+      const r = await fetch(`${bw.url()}/orders`, {
+        method: 'POST',
+        headers: { 'idempotency-key': 'big-1' },
+        body,
+      });
+      expect(r.status).toBe(202);
+      await r.arrayBuffer();
+      await new Promise<void>((resolve) => server.listen(s.upPort, '127.0.0.1', resolve));
+      await until(() => got.length === 1, 'delivered', 10_000);
+      expect(got[0]?.equals(body)).toBe(true);
+    } finally {
+      await bw.stop();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
 });
