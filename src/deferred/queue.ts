@@ -18,6 +18,7 @@ import type { Metrics } from '../observability/metrics.js';
 import type { InternalResult } from '../pipeline/internal-call.js';
 import type { Clock } from '../pipeline/types.js';
 import { type EmbeddedStore, lockFile } from '../stores/embedded.js';
+import { DueHeap } from './heap.js';
 import {
   HISTORY,
   type Item,
@@ -94,6 +95,11 @@ export class DeferredQueue {
   private readonly lanes = new Map<string, string[]>();
   /** Lanes with a delivery in flight. */
   private readonly busyLanes = new Set<string>();
+  /**
+   * Per upstream, lane heads by their next try (an entry is stale once its item is no longer a
+   * pending head with that time; stale entries are dropped when they surface).
+   */
+  private readonly due = new Map<string, DueHeap>();
   /** route \0 Idempotency-Key -> id, for items still to deliver (a client's retry gets the same item). */
   private readonly keys = new Map<string, string>();
   private readonly finishedCounts: Record<State, number> = {
@@ -191,6 +197,31 @@ export class DeferredQueue {
     let at = ids.length;
     while (at > 0 && (this.live.get(ids[at - 1] as string)?.seq ?? 0) > item.seq) at--;
     ids.splice(at, 0, item.id);
+    if (at === 0) this.schedule(l);
+  }
+
+  /** Puts a lane head in its upstream's schedule at its next try. */
+  private schedule(l: Live): void {
+    let h = this.due.get(l.upstream);
+    if (!h) {
+      h = new DueHeap();
+      this.due.set(l.upstream, h);
+    }
+    h.push({ id: l.id, lane: l.lane, at: l.nextAt });
+  }
+
+  /** Schedules a lane's head if it is pending and the lane free (after a change in the lane). */
+  private scheduleHead(lane: string): void {
+    if (this.busyLanes.has(lane)) return;
+    const head = this.live.get(this.lanes.get(lane)?.[0] ?? '');
+    if (head?.state === 'pending') this.schedule(head);
+  }
+
+  /** Whether a schedule entry still stands for a pending lane head due at that time. */
+  private valid(id: string, lane: string, at: number): Live | undefined {
+    const l = this.live.get(id);
+    if (l?.state !== 'pending' || l.nextAt !== at || this.busyLanes.has(lane)) return undefined;
+    return this.lanes.get(lane)?.[0] === id ? l : undefined;
   }
 
   private unindex(l: Live): void {
@@ -205,7 +236,10 @@ export class DeferredQueue {
     else if (at === 0) {
       // The lane moves on at once: the next item waited only for this one.
       const next = this.live.get(ids[0] as string);
-      if (next) next.nextAt = Math.min(next.nextAt, this.deps.clock.wall());
+      if (next) {
+        next.nextAt = Math.min(next.nextAt, this.deps.clock.wall());
+        this.schedule(next);
+      }
     }
   }
 
@@ -302,28 +336,33 @@ export class DeferredQueue {
     const now = this.deps.clock.wall();
     let nextAt = Number.POSITIVE_INFINITY;
     const taken: Item[] = [];
-    const given = new Map<string, number>();
-    for (const [lane, ids] of this.lanes) {
-      if (this.busyLanes.has(lane)) continue;
-      const l = this.live.get(ids[0] as string);
-      if (l?.state !== 'pending') continue;
-      if (l.nextAt > now) {
-        if (l.nextAt < nextAt) nextAt = l.nextAt;
-        continue;
+    for (const [upstream, h] of this.due) {
+      let left = room(upstream);
+      for (let top = h.peek(); top !== undefined; top = h.peek()) {
+        const l = this.valid(top.id, top.lane, top.at);
+        if (!l) {
+          h.pop();
+          continue;
+        }
+        if (top.at > now) {
+          if (top.at < nextAt) nextAt = top.at;
+          break;
+        }
+        if (left <= 0) break;
+        h.pop();
+        const item = this.db.get(l.id);
+        if (!item) {
+          this.unindex(l);
+          continue;
+        }
+        left--;
+        l.state = 'delivering';
+        this.busyLanes.add(l.lane);
+        item.state = 'delivering';
+        item.updatedAt = now;
+        taken.push(item);
       }
-      const n = given.get(l.upstream) ?? 0;
-      if (n >= room(l.upstream)) continue;
-      const item = this.db.get(l.id);
-      if (!item) {
-        this.unindex(l);
-        continue;
-      }
-      given.set(l.upstream, n + 1);
-      l.state = 'delivering';
-      this.busyLanes.add(lane);
-      item.state = 'delivering';
-      item.updatedAt = now;
-      taken.push(item);
+      if (h.size === 0) this.due.delete(upstream);
     }
     if (taken.length > 0) {
       await this.store.transaction(() => {
@@ -378,6 +417,7 @@ export class DeferredQueue {
         l.state = to === 'delivering' ? 'delivering' : 'pending';
         l.nextAt = item.nextAt;
       }
+      this.scheduleHead(l.lane);
     } else if (!isFinished(to)) {
       if (isFinished(from)) this.finishedCounts[from]--;
       this.index(item);
@@ -404,6 +444,7 @@ export class DeferredQueue {
       if (l) {
         l.state = 'pending';
         this.busyLanes.delete(l.lane);
+        this.scheduleHead(l.lane);
       }
       this.logState(item, 'delivering');
     }

@@ -226,4 +226,27 @@ describe('the queue on the embedded store', () => {
       await store.close();
     }
   });
+
+  it('an earlier item replayed into a lane that is delivering goes next, once that delivery is over', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'bw-dq-'));
+    dirs.push(dir);
+    const clock = new ManualClock();
+    const { store, queue } = await openQueue(dir, clock);
+    try {
+      for (const k of ['p1', 'p2', 'p3']) await queue.enqueue(item(k, 'P'), 0);
+      const t1 = await queue.take(() => 10);
+      await queue.settle(t1.items[0] as NonNullable<(typeof t1.items)[0]>, answer(400)); // p1 failed
+      const t2 = await queue.take(() => 10);
+      expect(t2.items.map((i) => i.idempotencyKey)).toEqual(['p2']);
+      const p1 = queue.list({ status: 'failed' }, 10).items[0] as { id: string };
+      expect((await queue.replay(p1.id)).ok).toBe(true);
+      // p2 is still being delivered: nothing else of the lane goes meanwhile.
+      expect((await queue.take(() => 10)).items).toEqual([]);
+      await queue.settle(t2.items[0] as NonNullable<(typeof t2.items)[0]>, answer(201));
+      expect((await queue.take(() => 10)).items.map((i) => i.idempotencyKey)).toEqual(['p1']);
+    } finally {
+      await queue.close();
+      await store.close();
+    }
+  });
 });
