@@ -10,6 +10,7 @@ import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
+import { Deferred } from './deferred/index.js';
 import { RedisIdempotencyStore } from './idempotency/redis-store.js';
 import { type IdempotencyStore, MemoryIdempotencyStore } from './idempotency/store.js';
 import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
@@ -107,10 +108,12 @@ export class Breakwater {
   private stopping: Promise<void> | undefined;
   /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
   private readonly tempDirs: TempFiles[] = [];
-  /** The embedded store in data_dir, opened by the first feature that needs it. */
+  /** The embedded store in data_dir, opened by the first feature that needs it (kept until stop). */
   private store: Promise<EmbeddedStore> | undefined;
   /** Sagas, once a config has had `sagas:` (kept across reloads: sagas in flight go on). */
   private sagaService: SagaService | undefined;
+  /** Deferred delivery, opened with the first config that has a route with `deferred:`. */
+  deferred: Deferred | undefined;
 
   private constructor(
     public config: ResolvedConfig,
@@ -145,6 +148,7 @@ export class Breakwater {
     });
     await this.apply(config, source);
     this.phase = 'serving';
+    this.deferred?.deliverer.start();
     metrics.ready.set(1);
     logger.info({ event: 'ready', admin: `${config.admin.host}:${this.admin.port}` }, 'breakwater ready');
   }
@@ -261,6 +265,12 @@ export class Breakwater {
       return (headers: readonly string[]) => cache.tee(key, head.status, headers, () => this.clock.wall());
     };
 
+    const openStore = await this.store?.catch(() => undefined);
+    if (openStore && openStore.dir !== config.dataDir)
+      logger.warn(
+        { event: 'data_dir_changed', data_dir: config.dataDir, in_use: openStore.dir },
+        `data_dir changed to ${config.dataDir}; the store in ${openStore.dir} stays in use until breakwater restarts`,
+      );
     // Sagas: the log is opened (and the sagas in flight recovered, below) only when configured.
     let sagasOpened = false;
     if (!this.sagaService && Object.keys(config.sagas).length > 0) {
@@ -271,11 +281,23 @@ export class Breakwater {
         metrics,
         logger,
         models: () => this.config.sagas,
-        sagaUrl: (id) =>
-          `http://${this.config.admin.host}:${this.admin?.port ?? this.config.admin.port}/sagas/${id}`,
+        sagaUrl: (id) => `${this.adminBase()}/sagas/${id}`,
       });
       sagasOpened = true;
     }
+    if (!this.deferred && Deferred.wanted(config.listeners.flatMap((l) => l.routes)))
+      this.deferred = await Deferred.open(await this.embeddedStore(config.dataDir), {
+        metrics,
+        logger,
+        clock: this.clock,
+        random: Math.random,
+        caps: () => this.config.deferredStore,
+        send: (u, r, max) => this.callUpstream(u, r, max),
+        base: () => this.adminBase(),
+      });
+    const deferredPipeline = (r: RouteModel) =>
+      buildPipeline(r, policies.get(r.upstream) as UpstreamPolicies, services, { withFallback: false });
+
     const handlers = new Map<string, HandlerDeps>();
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
@@ -300,6 +322,7 @@ export class Breakwater {
           { maxBodyBytes: l.limits.maxBodyBytes },
           config.sagas,
         ),
+        deferred: this.deferred?.routes(l.routes, deferredPipeline),
       });
     }
 
@@ -400,18 +423,36 @@ export class Breakwater {
       metrics.configInfo.labels(this.configHash).set(1);
     }
     metrics.configLoaded.set(Date.now() / 1000);
+    if (this.phase === 'serving') this.deferred?.deliverer.start();
     if (sagasOpened) await this.sagaService?.recover();
-  }
-
-  /** The process's one embedded store (data_dir), opened on first use. */
-  embeddedStore(dir = this.config.dataDir): Promise<EmbeddedStore> {
-    this.store ??= EmbeddedStore.open(dir);
-    return this.store;
   }
 
   /** Sagas (the admin API), when a config has had `sagas:`. */
   sagas(): SagaService | undefined {
     return this.sagaService;
+  }
+
+  /**
+   * The process's one embedded store (data_dir), opened on first use (in `dir`, the live config's
+   * data_dir unless a config being applied says otherwise); later calls get the same one. A reload
+   * that changes data_dir keeps it (a warning says a restart is needed).
+   */
+  embeddedStore(dir = this.config.dataDir): Promise<EmbeddedStore> {
+    if (!this.store) {
+      this.store = EmbeddedStore.open(dir);
+      this.store.catch(() => {
+        this.store = undefined;
+      });
+    }
+    return this.store;
+  }
+
+  /** The admin listener's URL as a client on this host reaches it (Location of deferred items). */
+  private adminBase(): string {
+    const h = this.config.admin.host;
+    const host =
+      h === '0.0.0.0' || h === '' ? '127.0.0.1' : h === '::' ? '[::1]' : h.includes(':') ? `[${h}]` : h;
+    return `http://${host}:${this.admin?.port ?? this.config.admin.port}`;
   }
 
   /**
@@ -603,6 +644,7 @@ export class Breakwater {
       config_hash: this.configHash,
       upstreams,
       cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
+      deferred: this.deferred ? { upstreams: this.deferred.queue.upstreams() } : null,
       stores: { redis: this.current?.redis?.store.health() ?? null },
     };
   }
@@ -746,12 +788,16 @@ export class Breakwater {
     }
     this.watcher?.close();
     await this.sagaService?.stop();
+    // Deliveries in flight get a moment to finish; the others go back to pending.
+    await this.deferred?.stop(Math.min(drainTimeout, 5_000));
     await Promise.all([...this.upstreams.values()].map((u) => u.destroy()));
     if (this.store) await (await this.store).close();
     await this.current?.redis?.store.close();
     for (const r of this.retiredRedis) await r.close();
     await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
+    const store = await this.store?.catch(() => undefined);
+    await store?.close();
     this.phase = 'stopped';
     this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
     this.logger.flush?.();
@@ -775,6 +821,7 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     requestBuffering: true,
     responseBuffering: true,
     allowTrace: false,
+    deferred: undefined,
   };
 }
 

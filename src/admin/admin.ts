@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { ReloadStatus } from '../app.js';
 import type { ResolvedConfig } from '../config/resolve.js';
+import { type DeferredRuntime, deferredRoutes } from '../deferred/admin-routes.js';
 import type { Metrics } from '../observability/metrics.js';
 import { sagaRoutes } from '../sagas/admin-routes.js';
 import type { SagaService } from '../sagas/service.js';
@@ -21,7 +22,7 @@ import { stateRoutes } from './state-routes.js';
 import { statusPage } from './status-page.js';
 
 /** What the admin endpoints need from the running breakwater. */
-export interface AdminRuntime {
+export interface AdminRuntime extends DeferredRuntime {
   readonly config: ResolvedConfig;
   readonly configHash: string;
   readonly lastReload: ReloadStatus | undefined;
@@ -67,6 +68,7 @@ export class AdminListener {
     await app.register(configRoutes(deps.runtime, deps.adminToken));
     await app.register(stateRoutes(deps.runtime, deps.adminToken));
     await app.register(sagaRoutes(deps.runtime, deps.adminToken));
+    await app.register(deferredRoutes(deps.runtime, deps.adminToken));
     await app.register(statusPage());
     await app.listen({ host: deps.host, port: deps.port });
     return new AdminListener(app);

@@ -16,6 +16,7 @@ export type AdminProblemKind =
   | 'config-invalid'
   | 'unknown-saga'
   | 'saga-conflict'
+  | 'conflict'
   | 'internal-error';
 
 const TITLES: Record<AdminProblemKind, string> = {
@@ -28,6 +29,7 @@ const TITLES: Record<AdminProblemKind, string> = {
   'config-invalid': 'The config file is invalid; the last good config keeps serving',
   'unknown-saga': 'No saga of that id',
   'saga-conflict': 'The saga is not in a state that allows this',
+  conflict: 'The item is not in a state that allows this',
   'internal-error': 'The admin call failed',
 };
 

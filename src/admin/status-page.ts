@@ -2,8 +2,8 @@
  * `GET /` on the admin listener: a self-contained status page (no external assets) for the
  * operator who opens it during an incident. It reads `/state` every 2 s and shows, per upstream:
  * request rate, error rate, p50/p99 latency, the breaker state with its recent transitions, limiter
- * and bulkhead use, fallbacks served, degradation, and endpoints; and the health of a shared store
- * (Redis) in the header.
+ * and bulkhead use, fallbacks served, degradation, endpoints, the deferred-delivery queue; and the
+ * health of a shared store (Redis) in the header.
  */
 import type { FastifyInstance } from 'fastify';
 
@@ -49,7 +49,7 @@ const PAGE = `<!doctype html>
   let prev = null;
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
   const fmt = (n, d = 0) => (n === null || n === undefined || Number.isNaN(n) ? '–' : Number(n).toFixed(d));
-  function card(name, u, rate) {
+  function card(name, u, rate, dq) {
     const b = u.breaker;
     const state = b ? b.state : 'none';
     const degraded = u.degradation && u.degradation.degraded;
@@ -61,6 +61,7 @@ const PAGE = `<!doctype html>
     if (u.bulkhead) rows.push(['bulkhead', u.bulkhead.in_flight + ' / ' + u.bulkhead.max_concurrent + ' in flight, ' + u.bulkhead.queued + ' queued']);
     if (b) rows.push(['breaker', state + (b.forced ? ' (by the operator: no probes)' : '') + (b.retry_after_ms ? ', probe in ' + fmt(b.retry_after_ms / 1000, 1) + ' s' : '') + (state === 'closed' ? ', ' + b.consecutive_failures + ' consecutive failures' : '')]);
     if (u.degradation) rows.push(['degradation', degraded ? 'DEGRADED' + (u.degradation.last ? ' (' + u.degradation.last.condition + ')' : '') : 'normal']);
+    if (dq !== undefined) rows.push(['deferred queue', dq ? dq.pending + ' pending, ' + dq.delivering + ' delivering, oldest ' + fmt(dq.oldest_pending_age_ms / 1000, 0) + ' s' : 'empty']);
     rows.push(['fallback', u.fallback ? u.fallback + ', ' + u.traffic.fallbacks + ' served' : 'none']);
     for (const e of u.endpoints) rows.push(['endpoint', e.url + ' (' + e.health + (e.ejected_for_ms ? ', ejected ' + fmt(e.ejected_for_ms / 1000, 0) + ' s' : '') + ', ' + e.in_flight + ' in flight)']);
     const transitions = b && b.recent_transitions.length
@@ -86,7 +87,8 @@ const PAGE = `<!doctype html>
         const dt = prev ? (now - prev.at) / 1000 : 0;
         const dReq = p ? u.traffic.requests - p.traffic.requests : 0;
         const dErr = p ? u.traffic.errors - p.traffic.errors : 0;
-        return card(name, u, { rps: dt > 0 ? dReq / dt : null, errorRate: dReq > 0 ? dErr / dReq : 0 });
+        const dq = s.deferred ? s.deferred.upstreams[name] || null : undefined;
+        return card(name, u, { rps: dt > 0 ? dReq / dt : null, errorRate: dReq > 0 ? dErr / dReq : 0 }, dq);
       }).join('');
       document.getElementById('upstreams').innerHTML = html;
       const cache = s.cache ? ' · cache ' + fmt(s.cache.bytes / 1024, 0) + ' KiB in ' + s.cache.entries + ' entries' : '';

@@ -226,6 +226,33 @@ export interface RouteModel {
   readonly responseBuffering: boolean;
   /** TRACE is forwarded (else 405). */
   readonly allowTrace: boolean;
+  /** Deferred delivery of writes the upstream cannot take now (undefined: off). */
+  readonly deferred: DeferredPolicy | undefined;
+}
+
+/** A route's `deferred:` block, defaults applied. */
+export interface DeferredPolicy {
+  /** connect_failure, breaker_open, timeout_before_send, bulkhead_full, rate_limited. */
+  readonly on: ReadonlySet<string>;
+  /** 5xx statuses the upstream answered that defer the request. */
+  readonly onStatus: ReadonlySet<number>;
+  readonly methods: ReadonlySet<string>;
+  readonly requireIdempotencyKey: boolean;
+  /** ms */
+  readonly maxAge: number;
+  /** 0: no limit. */
+  readonly maxAttempts: number;
+  /** ms before each delivery attempt; the last repeats. */
+  readonly schedule: readonly number[];
+  /** Lower-case header name, or undefined (no ordering). */
+  readonly orderingKey: string | undefined;
+}
+
+export interface DeferredStoreModel {
+  readonly maxItems: number;
+  readonly maxBytes: number;
+  readonly retention: number;
+  readonly concurrency: number;
 }
 
 export interface IdempotencyPolicy {
@@ -329,6 +356,8 @@ export interface ResolvedConfig {
   readonly dataDir: string;
   /** `sagas.<name>`, templates compiled (empty: no saga, and the embedded store is never opened). */
   readonly sagas: Readonly<Record<string, SagaModel>>;
+  /** Caps and retention of the deferred-delivery queue (in the embedded store). */
+  readonly deferredStore: DeferredStoreModel;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -505,6 +534,29 @@ function bulkheadOf(layers: readonly (BulkheadInput | undefined)[]): BulkheadPol
     maxConcurrent: get('max_concurrent') ?? d.maxConcurrent,
     maxQueue: get('max_queue') ?? d.maxQueue,
     queueTimeout: get('queue_timeout') ?? d.queueTimeout,
+  };
+}
+
+const DEFERRED_ON: readonly (string | number)[] = [
+  'connect_failure',
+  'breaker_open',
+  503,
+  'timeout_before_send',
+];
+
+function deferredOf(d: RouteInput['deferred']): DeferredPolicy | undefined {
+  if (!d) return undefined;
+  const on = d.on ?? DEFERRED_ON;
+  return {
+    on: new Set(on.filter((x): x is string => typeof x === 'string')),
+    onStatus: new Set(on.filter((x): x is number => typeof x === 'number')),
+    methods: new Set(d.methods ?? ['POST', 'PUT', 'PATCH', 'DELETE']),
+    requireIdempotencyKey: d.require_idempotency_key ?? true,
+    maxAge: d.max_age ?? 24 * 3_600_000,
+    maxAttempts: d.max_attempts ?? 0,
+    schedule: d.schedule ?? [5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000],
+    orderingKey:
+      d.ordering_key === undefined || d.ordering_key === 'none' ? undefined : d.ordering_key.toLowerCase(),
   };
 }
 
@@ -778,6 +830,7 @@ export async function resolveConfig(
           requestBuffering: rt.request_buffering ?? true,
           responseBuffering: rt.response_buffering ?? true,
           allowTrace: rt.allow_trace ?? false,
+          deferred: deferredOf(rt.deferred),
         };
       }),
     };
@@ -826,6 +879,12 @@ export async function resolveConfig(
     },
     dataDir: resolvePath(base, cfg.data_dir ?? process.env.BREAKWATER_DATA_DIR ?? 'breakwater-data'),
     sagas: sagasOf(cfg.sagas, problems),
+    deferredStore: {
+      maxItems: cfg.deferred_store?.max_items ?? 100_000,
+      maxBytes: cfg.deferred_store?.max_bytes ?? 256 * 1024 * 1024,
+      retention: cfg.deferred_store?.retention ?? 7 * 24 * 3_600_000,
+      concurrency: cfg.deferred_store?.concurrency ?? 4,
+    },
     fallbackOf,
   };
   return { config: deepFreeze(config), problems };

@@ -602,6 +602,69 @@ export const idempotencySchema = z
   })
   .describe('Idempotency-Key handling (draft-ietf-httpapi-idempotency-key-header).');
 
+export const DEFERRED_TRIGGERS = [
+  'connect_failure',
+  'breaker_open',
+  'timeout_before_send',
+  'bulkhead_full',
+  'rate_limited',
+] as const;
+
+export const deferredSchema = z
+  .strictObject({
+    on: z
+      .array(
+        z.union([
+          z.enum(DEFERRED_TRIGGERS),
+          z.number().int().min(500).max(599),
+          z
+            .string()
+            .regex(/^5\d\d$/, { error: 'expected a 5xx status' })
+            .transform(Number),
+        ]),
+      )
+      .min(1)
+      .optional()
+      .describe(
+        'When the live attempt failed this way, the request is stored and answered 202: connect_failure (no connection, no healthy endpoint, a reset before the request was written), breaker_open, timeout_before_send (a timeout before the request was sent; after it only when the request has an Idempotency-Key), bulkhead_full, rate_limited, or a 5xx status the upstream answered (e.g. 503). Default: [connect_failure, breaker_open, 503, timeout_before_send].',
+      ),
+    methods: z
+      .array(z.string().regex(/^[A-Z]+$/, { error: 'expected an upper-case HTTP method' }))
+      .min(1)
+      .optional()
+      .describe('Methods that may be deferred. Default: [POST, PUT, PATCH, DELETE].'),
+    require_idempotency_key: z
+      .boolean()
+      .optional()
+      .describe(
+        'Defer only requests that carry an Idempotency-Key (forwarded on every delivery, so the upstream deduplicates); others get the usual error. Default: true.',
+      ),
+    max_age: duration
+      .optional()
+      .describe('An item not delivered within this time from its arrival ends expired. Default: 24h.'),
+    max_attempts: positiveInt
+      .optional()
+      .describe(
+        'Deliveries tried at most (the live attempt not counted); then failed. Default: no limit within max_age.',
+      ),
+    schedule: z
+      .array(duration)
+      .min(1)
+      .optional()
+      .describe(
+        'Wait before each delivery attempt, the last one repeated, each with ±20% jitter. Default: [5s, 30s, 2m, 10m, 30m, 1h].',
+      ),
+    ordering_key: z
+      .union([z.literal('none'), headerName])
+      .optional()
+      .describe(
+        'A request header whose value orders deliveries: items with the same value are delivered one at a time in arrival order (one failing value never blocks another); none: no order. Default: none.',
+      ),
+  })
+  .describe(
+    'Deferred delivery: a write the upstream cannot take now is stored durably (data_dir), answered 202 Accepted, and delivered later.',
+  );
+
 export const routeSchema = z.strictObject({
   name: name.optional().describe('Used in metrics and logs. Default: <listener>-<index>.'),
   match: routeMatch.optional(),
@@ -642,6 +705,7 @@ export const routeSchema = z.strictObject({
     .describe(
       'Forward TRACE requests (they echo the request back, cookies and credentials included: cross-site tracing). Default: false (405).',
     ),
+  deferred: deferredSchema.optional(),
 });
 
 export const limitsSchema = z.strictObject({
@@ -977,6 +1041,31 @@ export const configSchema = z
       .describe(
         'Sagas: a request on a listener that runs several steps on upstreams in order, and compensates the completed ones in reverse when one fails; durable in data_dir.',
       ),
+    deferred_store: z
+      .strictObject({
+        max_items: positiveInt
+          .optional()
+          .describe(
+            'Items waiting for delivery (pending or delivering) at most; one more is answered 503 deferred-store-full. Default: 100000.',
+          ),
+        max_bytes: byteSize
+          .optional()
+          .describe(
+            'Bytes of the requests waiting for delivery at most (503 deferred-store-full beyond). Default: 256MiB.',
+          ),
+        retention: duration
+          .optional()
+          .describe(
+            'How long a finished item (synced, failed, expired, cancelled) is kept for the admin API. Default: 168h (7 days).',
+          ),
+        concurrency: positiveInt
+          .optional()
+          .describe(
+            'Deliveries in flight at once per upstream (each also passes the upstream limiter, bulkhead and breaker). Default: 4.',
+          ),
+      })
+      .optional()
+      .describe('The deferred-delivery queue in the embedded store (data_dir): caps and retention.'),
     stores: z
       .strictObject({ redis: redisStoreSchema.optional() })
       .prefault({})
@@ -1192,6 +1281,11 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
       globalScope(['upstreams', un, 'rate_limiter'], u.rate_limiter);
   cfg.listeners.forEach((l, li) => {
     l.routes.forEach((r, ri) => {
+      if (r.deferred && r.request_buffering === false)
+        issue(
+          ['listeners', li, 'routes', ri, 'deferred'],
+          'deferred needs the request body read whole to store it: remove request_buffering: false from this route, or remove deferred',
+        );
       if (r.idempotency?.store === 'redis' && !redis)
         issue(
           ['listeners', li, 'routes', ri, 'idempotency', 'store'],
@@ -1283,6 +1377,7 @@ export type DegradationInput = z.output<typeof degradationSchema>;
 export type RedisStoreInput = z.output<typeof redisStoreSchema>;
 export type SagaInput = z.output<typeof sagaSchema>;
 export type SagaStepInput = z.output<typeof sagaStepSchema>;
+export type DeferredInput = z.output<typeof deferredSchema>;
 
 /** The JSON Schema that editors use to complete and check the YAML. */
 export function configJsonSchema(): Record<string, unknown> {

@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2 from 'node:http2';
 import { type Duplex, Transform, type TransformCallback } from 'node:stream';
 import type { BufferingModel, ListenerModel, RouteModel } from '../config/resolve.js';
+import type { DeferredRoute } from '../deferred/intake.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
@@ -63,6 +64,8 @@ export interface HandlerDeps {
   readonly buffering: BufferingModel;
   /** The saga a request starts, matched before the routes (only when a saga starts on this listener). */
   readonly sagaTrigger?: ((method: string, path: string) => SagaTrigger | undefined) | undefined;
+  /** Routes with `deferred:`: their intake (undefined: none on this listener). */
+  readonly deferred?: ReadonlyMap<RouteModel, DeferredRoute> | undefined;
   /** The response cache's tee for this response, when it should be stored. */
   readonly teeFor?: (
     ctx: RequestContext,
@@ -394,7 +397,9 @@ export class ProxyHandler {
 
   /** Runs the pipeline and commits its outcome; anything thrown on the way ends the response. */
   private run(ctx: RequestContext, pipeline: Handler): void {
-    pipeline(ctx)
+    // A write on a route with `deferred:` may be stored and answered 202 instead (no fallback).
+    const deferred = this.deps.deferred?.get(ctx.route);
+    (deferred?.takes(ctx) ? deferred.run(ctx) : pipeline(ctx))
       .then((outcome) => this.commit(ctx, outcome))
       .then(
         (bytes) => {

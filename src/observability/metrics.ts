@@ -332,6 +332,34 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     help: 'Sagas found running or compensating in the saga log at start-up and driven on.',
     registers: [registry],
   });
+  const deferredEnqueued = new Counter({
+    name: 'breakwater_deferred_enqueued_total',
+    help: 'Requests stored for later delivery (answered 202), by route and upstream.',
+    labelNames: ['route', 'upstream'] as const,
+    registers: [registry],
+  });
+  const deferredItems = new Gauge({
+    name: 'breakwater_deferred_items',
+    help: 'Deferred items in the store, by state (pending, delivering, synced, failed, expired, cancelled).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+  });
+  const deferredOldestPending = new Gauge({
+    name: 'breakwater_deferred_oldest_pending_age_seconds',
+    help: 'Age of the oldest deferred item still to deliver (pending or delivering); 0 when none.',
+    registers: [registry],
+  });
+  const deferredDeliveries = new Counter({
+    name: 'breakwater_deferred_deliveries_total',
+    help: 'Delivery attempts of deferred items, by outcome (synced, failed, expired, retry).',
+    labelNames: ['upstream', 'outcome'] as const,
+    registers: [registry],
+  });
+  const deferredStoreBytes = new Gauge({
+    name: 'breakwater_deferred_store_bytes',
+    help: 'Bytes the embedded store (data_dir) takes on disk.',
+    registers: [registry],
+  });
 
   /** Gauges that read live state are set by these just before each scrape (keyed, so a reload replaces its own). */
   const collectors = new Map<string, () => void>();
@@ -392,6 +420,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     sagaDuration,
     sagaCompensations,
     sagasRecovered,
+    deferredEnqueued,
+    deferredItems,
+    deferredOldestPending,
+    deferredDeliveries,
+    deferredStoreBytes,
     forget,
   };
 

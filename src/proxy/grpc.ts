@@ -143,6 +143,9 @@ const CODE_OF: Record<ProblemKind, number> = {
   'saga-timeout': GRPC_CODES['deadline-exceeded'],
   'saga-unavailable': GRPC_CODES.unavailable,
   'saga-failed': GRPC_CODES.aborted,
+  // (gRPC calls are never deferred.)
+  'deferred-store-full': GRPC_CODES.unavailable,
+  'deferred-store-failed': GRPC_CODES.unavailable,
 };
 
 export function grpcCodeForProblem(kind: ProblemKind): number {

@@ -41,7 +41,9 @@ export type ProblemKind =
   | 'http-version-not-supported'
   | 'saga-timeout'
   | 'saga-unavailable'
-  | 'saga-failed';
+  | 'saga-failed'
+  | 'deferred-store-full'
+  | 'deferred-store-failed';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -80,6 +82,8 @@ const TITLES: Record<ProblemKind, [number, string]> = {
   'saga-timeout': [504, 'The steps of the saga did not all succeed within its timeout'],
   'saga-unavailable': [503, 'The saga cannot run now'],
   'saga-failed': [502, 'A step of the saga failed'],
+  'deferred-store-full': [503, 'The queue of deferred requests is full'],
+  'deferred-store-failed': [503, 'The request could not be stored for later delivery'],
 };
 
 /** Whether `kind` names a problem type (a kind read back from a saga log). */

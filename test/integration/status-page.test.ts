@@ -3,7 +3,8 @@
  * loads it, watches a breaker open after the upstream fails, and leaves a screenshot in
  * test-artifacts/ for a person to look at.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Browser, chromium } from 'playwright-core';
 import { request } from 'undici';
@@ -128,6 +129,36 @@ upstreams:
       expect(await meta.getAttribute('class')).toBe('meta stale');
     } finally {
       await fleet.stop();
+    }
+  }, 30_000);
+
+  it("shows each upstream's deferred queue", async () => {
+    const down = await freePort();
+    const dataDir = mkdtempSync(join(tmpdir(), 'bw-status-deferred-'));
+    const q = await startBreakwater(`
+listeners: [{ name: main, port: 0, routes: [{ upstream: orders, deferred: { schedule: [10m] } }] }]
+admin: { port: 0 }
+upstreams:
+  orders: { endpoints: ["http://127.0.0.1:${down}"] }
+data_dir: ${dataDir}
+`);
+    try {
+      for (let i = 0; i < 3; i++) {
+        const r = await request(`${q.url()}/orders`, {
+          method: 'POST',
+          headers: { 'idempotency-key': `sp-${i}` },
+          body: 'x',
+        });
+        expect(r.statusCode).toBe(202);
+        await r.body.dump();
+      }
+      const page = await browser.newPage({ viewport: { width: 1200, height: 700 } });
+      await page.goto(`${q.adminUrl}/`);
+      const card = page.locator('[data-upstream="orders"]', { hasText: 'deferred queue' });
+      await card.waitFor({ timeout: 10_000 });
+      expect(await card.textContent()).toMatch(/deferred queue3 pending, 0 delivering, oldest \d+ s/);
+    } finally {
+      await q.stop();
     }
   }, 30_000);
 });
