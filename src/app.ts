@@ -17,9 +17,15 @@ import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import { countsFields } from './pipeline/circuit-breaker.js';
-import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
-import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
+import {
+  buildPipeline,
+  buildUpgradePipeline,
+  type PipelineServices,
+  UpstreamPolicies,
+} from './pipeline/index.js';
+import { type Call, type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
+import type { HandshakeResponse } from './proxy/handshake.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
 import { RedisStore } from './stores/redis.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
@@ -52,6 +58,15 @@ interface Generation {
   /** stores.redis and the Idempotency-Key store on it (kept across reloads while unchanged). */
   readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
   readonly tempFiles: TempFiles;
+  /** An upstream's pipeline for calls breakwater makes itself (see `Breakwater.internalPipeline`). */
+  readonly pipelineOf: (upstream: string) => InternalPipeline;
+}
+
+/** A pipeline for a call without a client: its handler, the upstream, and the route it runs as. */
+export interface InternalPipeline {
+  readonly handler: Handler;
+  readonly upstream: Upstream;
+  readonly route: RouteModel;
 }
 
 /**
@@ -197,8 +212,8 @@ export class Breakwater {
     const policies = new Map<string, UpstreamPolicies>();
     // Fallbacks of type upstream call another upstream through its own policies, minus its
     // fallbacks (so two upstreams naming each other cannot loop).
-    const fallbackPipelines = new Map<string, { handler: Handler; upstream: Upstream; route: RouteModel }>();
-    const pipelineOf = (name: string) => {
+    const fallbackPipelines = new Map<string, InternalPipeline>();
+    const pipelineOf = (name: string): InternalPipeline => {
       let p = fallbackPipelines.get(name);
       if (!p) {
         const upstream = upstreams.get(name) as Upstream;
@@ -249,8 +264,12 @@ export class Breakwater {
     const handlers = new Map<string, HandlerDeps>();
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
-      for (const r of l.routes)
-        pipelines.set(r, buildPipeline(r, policies.get(r.upstream) as UpstreamPolicies, services));
+      const upgrades = new Map<RouteModel, Call<HandshakeResponse>>();
+      for (const r of l.routes) {
+        const p = policies.get(r.upstream) as UpstreamPolicies;
+        pipelines.set(r, buildPipeline(r, p, services));
+        upgrades.set(r, buildUpgradePipeline(p, services));
+      }
       handlers.set(l.name, {
         listener: l,
         upstreams,
@@ -264,7 +283,8 @@ export class Breakwater {
         buffering: config.buffering,
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
-        policiesOf: (name) => policies.get(name),
+        upgrades,
+        clock: this.clock,
       });
     }
 
@@ -354,7 +374,7 @@ export class Breakwater {
       }, config.shutdown.drain_timeout);
       closeOld.unref();
     }
-    this.current = { config, upstreams, policies, cache, redis, tempFiles };
+    this.current = { config, upstreams, policies, cache, redis, tempFiles, pipelineOf };
     this.config = config;
     this.upstreams = upstreams;
     this.policies = policies;
@@ -621,6 +641,19 @@ export class Breakwater {
       default:
         return { ready: false, reason: 'draining' };
     }
+  }
+
+  /**
+   * The pipeline of `upstream` for a call breakwater makes itself, with no client connection (a
+   * fallback of type upstream; a replayed or composed call): the upstream's own timeouts and retry
+   * policy, its limiter, bulkhead and breaker, without its fallbacks. Its context is made with
+   * `newContext` and `callRequest` (pipeline/types.ts), `res: undefined`; its maker runs
+   * `runFinishers(ctx)` once done with the response (that gives back the bulkhead slot). Undefined
+   * for an unknown upstream.
+   */
+  internalPipeline(upstream: string): InternalPipeline | undefined {
+    const current = this.current;
+    return current?.upstreams.has(upstream) ? current.pipelineOf(upstream) : undefined;
   }
 
   /** The port a listener is bound to (useful with port 0). */

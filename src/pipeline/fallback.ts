@@ -12,12 +12,11 @@
 
 import { ResponseCache } from '../cache/response-cache.js';
 import type { FallbackModel, RouteModel } from '../config/resolve.js';
-import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
 import { replayable } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
-import { classifyOutcome, judgedStatus } from './outcome.js';
+import { classifyOutcome, judgedAtTrailers, judgedStatus, trailersVerdict } from './outcome.js';
 import { grpcStatusNamed, maySendAgain } from './retry.js';
 import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
 
@@ -236,15 +235,10 @@ export function fallbackLayer(
     const outcome = await next(ctx);
     if (monitor) {
       const latency = clock.now() - t0;
-      if (
-        ctx.grpc &&
-        outcome.type === 'response' &&
-        outcome.head.grpcStatus === undefined &&
-        outcome.head.status === 200
-      ) {
+      if (outcome.type === 'response' && judgedAtTrailers(ctx.grpc, outcome)) {
         // Judged by the grpc-status in the trailers, when the stream is over.
-        outcome.attempt.grpcEnd().then((code) => {
-          if (code !== undefined) monitor.record(latency, grpcHttpEquivalent(code) >= 500);
+        trailersVerdict(outcome).then((c) => {
+          if (c !== undefined) monitor.record(latency, (c.status as number) >= 500);
         });
       } else {
         const c = classifyOutcome(outcome);

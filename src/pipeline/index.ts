@@ -22,6 +22,7 @@ import type { IdempotencyStore } from '../idempotency/store.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
+import { type HandshakeResponse, handshakeCall } from '../proxy/handshake.js';
 import type { RedisStore } from '../stores/redis.js';
 import { Bulkhead } from './bulkhead.js';
 import { BREAKER_STATES, CircuitBreaker, countsFields } from './circuit-breaker.js';
@@ -33,7 +34,15 @@ import { GlobalRateLimiter, localShare } from './global-rate-limiter.js';
 import { idempotencyLayer } from './idempotency.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
-import type { Clock, Handler, Layer } from './types.js';
+import {
+  type Call,
+  type CallResponse,
+  type Clock,
+  compose,
+  type Handler,
+  type HttpResponse,
+  type Layer,
+} from './types.js';
 import { upstreamCall } from './upstream-call.js';
 
 export interface PipelineServices {
@@ -248,6 +257,49 @@ function reasonLabel(reason: string): string {
   return 'operator';
 }
 
+/** The kinds of call a pipeline is built for. */
+export type CallKind = 'request' | 'upgrade';
+
+/**
+ * The layers that admit a call to an upstream, whatever the call: the rate limiter (or the global
+ * limit) and the bulkhead, outermost first, and the circuit breaker, asked for each attempt
+ * (innermost). HTTP requests and WebSocket handshakes are admitted by these same layers, with the
+ * same metrics; each kind of call places them in its stack (`buildPipeline`, `buildUpgradePipeline`).
+ * A handshake is answered at once: it takes a token of the local bucket (a global limit's local
+ * share) and is never queued by a shaper.
+ */
+export function admissionLayers<R extends CallResponse>(
+  policies: UpstreamPolicies,
+  services: PipelineServices,
+  kind: CallKind,
+): { readonly admit: Layer<R>[]; readonly breaker: Layer<R> | undefined } {
+  const { clock, metrics } = services;
+  const name = policies.model.name;
+  const admit: Layer<R>[] = [];
+  const limiter = kind === 'upgrade' ? policies.limiter : (policies.globalLimiter ?? policies.limiter);
+  if (limiter) {
+    const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
+    const delayed = metrics.shaped.labels(name);
+    const events = { rejected: () => rejected.inc(), delayed: () => delayed.inc() };
+    admit.push(
+      limiter === policies.limiter
+        ? policies.limiter.layer<R>(name, events, kind === 'request')
+        : limiter.layer<R>(name, events),
+    );
+  }
+  if (policies.bulkhead) {
+    const rejected = metrics.bulkheadRejected.labels(name);
+    admit.push(policies.bulkhead.layer<R>(name, () => rejected.inc()));
+  }
+  let breaker: Layer<R> | undefined;
+  if (policies.breaker) {
+    const rejected = metrics.breakerRejected.labels(name);
+    breaker = circuitBreakerLayer<R>(policies.breaker, name, clock, () => rejected.inc());
+  }
+  return { admit, breaker };
+}
+
+/** An HTTP request's pipeline for `route` (see the order at the top of this file). */
 export function buildPipeline(
   route: RouteModel,
   policies: UpstreamPolicies,
@@ -275,21 +327,8 @@ export function buildPipeline(
   if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {
     layers.push(fallbackLayer(policies.chain, policies.degradation, clock));
   }
-  const limiter = policies.globalLimiter ?? policies.limiter;
-  if (limiter) {
-    const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
-    const delayed = metrics.shaped.labels(name);
-    layers.push(
-      limiter.layer(name, {
-        rejected: () => rejected.inc(),
-        delayed: () => delayed.inc(),
-      }),
-    );
-  }
-  if (policies.bulkhead) {
-    const rejected = metrics.bulkheadRejected.labels(name);
-    layers.push(policies.bulkhead.layer(name, () => rejected.inc()));
-  }
+  const admission = admissionLayers<HttpResponse>(policies, services, 'request');
+  layers.push(...admission.admit);
   layers.push(deadlineLayer(route.timeouts.request, clock));
   layers.push(
     retryLayer(route.retry, policies.budget, clock, random, {
@@ -297,10 +336,7 @@ export function buildPipeline(
       skipped: (reason) => metrics.retriesSkipped.labels(name, reason).inc(),
     }),
   );
-  if (policies.breaker) {
-    const rejected = metrics.breakerRejected.labels(name);
-    layers.push(circuitBreakerLayer(policies.breaker, name, clock, () => rejected.inc()));
-  }
+  if (admission.breaker) layers.push(admission.breaker);
   // Every attempt (retries included) is counted by outcome.
   const attemptCounters = new Map<string, { inc(): void }>();
   const countAttempt = (label: string) => {
@@ -311,8 +347,19 @@ export function buildPipeline(
     }
     c.inc();
   };
+  return compose(layers, upstreamCall(clock, countAttempt));
+}
 
-  let handler = upstreamCall(clock, countAttempt);
-  for (let i = layers.length - 1; i >= 0; i--) handler = (layers[i] as Layer)(handler);
-  return handler;
+/**
+ * A WebSocket handshake's pipeline for `route`: admitted as any request to the upstream (limiter,
+ * bulkhead, breaker), then the handshake, sent once. No idempotency, fallback, deadline or retry: a
+ * handshake is not replayed, and a fallback answer would not be a WebSocket.
+ */
+export function buildUpgradePipeline(
+  policies: UpstreamPolicies,
+  services: PipelineServices,
+): Call<HandshakeResponse> {
+  const admission = admissionLayers<HandshakeResponse>(policies, services, 'upgrade');
+  const layers = admission.breaker ? [...admission.admit, admission.breaker] : admission.admit;
+  return compose(layers, handshakeCall(services.clock));
 }

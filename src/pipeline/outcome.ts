@@ -1,11 +1,12 @@
 /**
- * How policies read an attempt's outcome: a status, or a failure cause in the vocabulary of
- * `retry_on` / `failure_on` (`connect-failure`, `reset`, `timeout`). A malformed response counts as
- * a 502, as the client sees it.
+ * How policies read a call's outcome, whatever the call (an HTTP attempt, a WebSocket handshake):
+ * a status, or a failure cause in the vocabulary of `retry_on` / `failure_on` (`connect-failure`,
+ * `reset`, `timeout`). A malformed response counts as a 502, as the client sees it. This file is
+ * the one place outcomes are classified, and where a gRPC call is judged when its trailers arrive.
  */
-import type { AttemptError, ResponseHead } from '../proxy/attempt.js';
+import type { AttemptError } from '../proxy/attempt.js';
 import { grpcHttpEquivalent } from '../proxy/grpc.js';
-import type { Outcome } from './types.js';
+import type { CallResponse, Outcome } from './types.js';
 
 export type FailureCause = 'connect-failure' | 'reset' | 'timeout' | 'aborted';
 
@@ -43,12 +44,12 @@ export function causeOf(err: AttemptError): FailureCause | undefined {
 }
 
 /** The status a response is judged by: a gRPC call's grpc-status counts as its HTTP equivalent. */
-export function judgedStatus(head: ResponseHead): number {
+export function judgedStatus(head: CallResponse['head']): number {
   const g = head.grpcStatus;
   return g === undefined || g === 0 ? head.status : grpcHttpEquivalent(g);
 }
 
-export function classifyOutcome(o: Outcome): Classified {
+export function classifyOutcome(o: Outcome<CallResponse>): Classified {
   if (o.type === 'response') {
     const g = o.head.grpcStatus;
     if (g !== undefined) {
@@ -65,4 +66,24 @@ export function classifyOutcome(o: Outcome): Classified {
   }
   if (o.type === 'local') return { status: o.status, cause: undefined, label: 'fallback' };
   return { status: o.problem.status, cause: undefined, label: 'local' };
+}
+
+/** A gRPC status as policies judge it (its HTTP equivalent: UNAVAILABLE is 503). */
+export function classifyGrpc(code: number): Classified {
+  const s = grpcHttpEquivalent(code);
+  return { status: s, grpc: code, cause: undefined, label: statusLabel(s) };
+}
+
+/** Whether an outcome is a gRPC call whose status is still to come, in its trailers. */
+export function judgedAtTrailers(grpc: boolean, o: Outcome<CallResponse>): boolean {
+  return grpc && o.type === 'response' && o.head.grpcStatus === undefined && o.head.status === 200;
+}
+
+/**
+ * The verdict on a gRPC call whose status comes in its trailers (see `judgedAtTrailers`), once the
+ * stream is over: undefined when it ended without one (cut, reset). Waiting for it never holds the
+ * response: it is relayed meanwhile.
+ */
+export function trailersVerdict(o: CallResponse): Promise<Classified | undefined> {
+  return o.attempt.grpcEnd().then((code) => (code === undefined ? undefined : classifyGrpc(code)));
 }
