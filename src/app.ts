@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
+import { type Clock, systemClock, systemRandom } from './clock.js';
 import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
 import { RedisIdempotencyStore } from './idempotency/redis-store.js';
@@ -23,7 +24,7 @@ import {
   type PipelineServices,
   UpstreamPolicies,
 } from './pipeline/index.js';
-import { type Call, type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
+import type { Call, Handler, RequestContext } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
 import type { HandshakeResponse } from './proxy/handshake.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
@@ -34,6 +35,8 @@ export interface StartOptions {
   readonly logger?: Logger;
   readonly metrics?: Metrics;
   readonly clock?: Clock;
+  /** Randomness (jitter, the balancers); the process's by default. */
+  readonly random?: () => number;
   /** The config file's text, hashed into breakwater_config_info. */
   readonly source?: string;
 }
@@ -106,7 +109,7 @@ export class Breakwater {
   private current: Generation | undefined;
   private reloading: Promise<unknown> = Promise.resolve();
   private watcher: FSWatcher | undefined;
-  readonly idempotencyStore = new MemoryIdempotencyStore();
+  readonly idempotencyStore: MemoryIdempotencyStore;
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
   /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
@@ -117,12 +120,21 @@ export class Breakwater {
     readonly logger: Logger,
     readonly metrics: Metrics,
     private readonly clock: Clock,
-  ) {}
+    private readonly random: () => number,
+  ) {
+    this.idempotencyStore = new MemoryIdempotencyStore({ clock });
+  }
 
   static async start(config: ResolvedConfig, options: StartOptions = {}): Promise<Breakwater> {
     const logger = options.logger ?? createLogger({ level: config.logging.level });
     const metrics = options.metrics ?? createMetrics();
-    const bw = new Breakwater(config, logger, metrics, options.clock ?? systemClock);
+    const bw = new Breakwater(
+      config,
+      logger,
+      metrics,
+      options.clock ?? systemClock,
+      options.random ?? systemRandom,
+    );
     try {
       await bw.bind(options.source);
     } catch (err) {
@@ -194,7 +206,7 @@ export class Breakwater {
       clock: this.clock,
       metrics,
       logger,
-      random: Math.random,
+      random: this.random,
       redis: redis?.store,
     };
     if (redis && redis !== keptRedis) await redis.store.waitReady(redis.store.model.connectTimeout);
@@ -245,7 +257,7 @@ export class Breakwater {
       const upstream =
         old && same(poolSettings(old.model), poolSettings(model))
           ? old.withModel(model)
-          : new Upstream(model, { now: () => this.clock.now(), random: Math.random });
+          : new Upstream(model, { clock: this.clock, random: this.random });
       upstream.startHealthChecks(this.endpointEvents(name));
       upstreams.set(name, upstream);
       policies.set(
@@ -384,7 +396,7 @@ export class Breakwater {
       metrics.configInfo.reset();
       metrics.configInfo.labels(this.configHash).set(1);
     }
-    metrics.configLoaded.set(Date.now() / 1000);
+    metrics.configLoaded.set(this.clock.wall() / 1000);
   }
 
   /**
@@ -674,7 +686,7 @@ export class Breakwater {
   }
 
   private async doStop(drainTimeout: number): Promise<void> {
-    const started = Date.now();
+    const started = this.clock.now();
     this.phase = 'draining';
     this.metrics.ready.set(0);
     this.logger.info(
@@ -712,7 +724,10 @@ export class Breakwater {
     await Promise.all(this.tempDirs.map((t) => t.dispose()));
     await this.admin?.close();
     this.phase = 'stopped';
-    this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
+    this.logger.info(
+      { event: 'shutdown', phase: 'done', took_ms: Math.round(this.clock.now() - started) },
+      'shutdown: done',
+    );
     this.logger.flush?.();
   }
 }

@@ -5,13 +5,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2 from 'node:http2';
 import { type Duplex, Transform, type TransformCallback } from 'node:stream';
+import type { Clock } from '../clock.js';
 import type { BufferingModel, ListenerModel, RouteModel } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
 import {
   type Call,
-  type Clock,
   type Handler,
   type ListenerContext,
   newContext,

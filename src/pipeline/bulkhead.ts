@@ -3,12 +3,13 @@
  * response to the client is over), `max_queue` more waiting up to `queue_timeout`; beyond that 503
  * at once. A hanging upstream can then hold only its own slots, never the whole process.
  */
+
+import type { Clock } from '../clock.js';
 import type { BulkheadPolicy } from '../config/resolve.js';
 import { type Problem, problem } from '../proxy/problem.js';
 import {
   type Call,
   type CallResponse,
-  type Clock,
   type Layer,
   type Outcome,
   onFinish,

@@ -3,10 +3,12 @@
  * told every attempt's result. An open breaker answers 503 `circuit-open` with Retry-After set to
  * the time until it lets a probe through.
  */
+
+import type { Clock } from '../clock.js';
 import { type Problem, problem } from '../proxy/problem.js';
 import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
 import { classifyOutcome, judgedAtTrailers, trailersVerdict } from './outcome.js';
-import type { CallResponse, Clock, Layer } from './types.js';
+import type { CallResponse, Layer } from './types.js';
 
 /**
  * The 503 `circuit-open` answer, Retry-After set to the time until a probe is let through; none

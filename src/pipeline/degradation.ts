@@ -13,8 +13,9 @@
  * degraded only probes are measured, so a smaller sample is judged (min(minimum_requests, 5));
  * with fewer probes than that in the window the upstream stays degraded.
  */
+
+import type { Clock } from '../clock.js';
 import type { DegradationInput } from '../config/schema.js';
-import type { Clock } from './types.js';
 
 type Condition = NonNullable<DegradationInput>['services'][number]['conditions'][number];
 

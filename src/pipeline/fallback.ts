@@ -11,6 +11,7 @@
  */
 
 import { ResponseCache } from '../cache/response-cache.js';
+import type { Clock } from '../clock.js';
 import type { FallbackModel, RouteModel } from '../config/resolve.js';
 import { problem } from '../proxy/problem.js';
 import { replayable } from '../proxy/request-body.js';
@@ -18,7 +19,7 @@ import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedAtTrailers, judgedStatus, trailersVerdict } from './outcome.js';
 import { grpcStatusNamed, maySendAgain } from './retry.js';
-import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
+import type { Handler, Layer, Outcome, RequestContext } from './types.js';
 
 export type Trigger = 'breaker_open' | 'timeout' | 'error' | 'rate_limited' | 'bulkhead_full' | 'degraded';
 export const DEFAULT_TRIGGERS: readonly Trigger[] = [

@@ -18,6 +18,7 @@
  * measures them on this process's monotonic clock, so no wall clock is compared across machines.
  */
 import { LRUCache } from 'lru-cache';
+import type { Clock } from '../clock.js';
 import type { RateLimiterPolicy } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -26,7 +27,7 @@ import { problem } from '../proxy/problem.js';
 import type { RedisStore, StoreHealth } from '../stores/redis.js';
 import { script } from '../stores/redis.js';
 import { type RateLimiter, type RateLimiterEvents, rateLimitedProblem } from './rate-limiter.js';
-import type { Call, CallResponse, Clock, Layer, Outcome, ProblemOutcome, RequestContext } from './types.js';
+import type { Call, CallResponse, Layer, Outcome, ProblemOutcome, RequestContext } from './types.js';
 
 /**
  * KEYS[1]: the limit's key. ARGV[1]: emission interval (µs per request, 1e6 / rate).

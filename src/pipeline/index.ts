@@ -16,6 +16,7 @@
  * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
  */
 import type { ResponseCache } from '../cache/response-cache.js';
+import type { Clock } from '../clock.js';
 import type { FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
 import type { DegradationInput } from '../config/schema.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
@@ -37,7 +38,6 @@ import { RetryBudget, retryLayer } from './retry.js';
 import {
   type Call,
   type CallResponse,
-  type Clock,
   compose,
   type Handler,
   type HttpResponse,

@@ -8,11 +8,12 @@
  *   only past those is it answered 429.
  */
 import { LRUCache } from 'lru-cache';
+import type { Clock } from '../clock.js';
 import type { RateLimiterPolicy } from '../config/resolve.js';
 import { clientAddress } from '../proxy/client-address.js';
 import { type Problem, problem } from '../proxy/problem.js';
 import { TokenBucket } from './token-bucket.js';
-import type { Call, CallResponse, Clock, Layer, Outcome, RequestContext } from './types.js';
+import type { Call, CallResponse, Layer, Outcome, RequestContext } from './types.js';
 
 export interface RateLimiterEvents {
   rejected(): void;

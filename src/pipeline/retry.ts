@@ -21,12 +21,14 @@
  *   with `budget.min_per_second` always allowed, so retries cannot turn an outage into a storm.
  * - Each retry prefers an endpoint not tried yet (the balancer's `avoid`).
  */
+
+import type { Clock } from '../clock.js';
 import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
 import { grpcCodeName } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
 import { readUpTo, replayable } from '../proxy/request-body.js';
 import { type Classified, classifyOutcome } from './outcome.js';
-import type { Clock, Layer, Outcome, RequestContext } from './types.js';
+import type { Layer, Outcome, RequestContext } from './types.js';
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 
@@ -168,14 +170,18 @@ function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
 }
 
 /** Reads an unbuffered body into memory when it fits the replay buffer; otherwise leaves it streaming. */
-async function keepForReplay(ctx: RequestContext, max: number): Promise<void> {
+async function keepForReplay(ctx: RequestContext, max: number, clock: Clock): Promise<void> {
   const body = ctx.body;
   if (body === null || replayable(body) || !ctx.route.requestBuffering) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
   // A gRPC call of no declared length is kept only if its stream ends at once (a unary call does);
   // a client-streaming or bidi call goes on streaming, and is not retried once sent.
-  ctx.body = await readUpTo(body, max, ctx.grpc && declared === undefined ? GRPC_BODY_WAIT_MS : undefined);
+  ctx.body = await readUpTo(
+    body,
+    max,
+    ctx.grpc && declared === undefined ? { ms: GRPC_BODY_WAIT_MS, clock } : undefined,
+  );
 }
 
 /** A gRPC retry is not started with less than this left of the call's deadline. */
@@ -196,7 +202,7 @@ export function retryLayer(
     budget.recordRequest();
     if (ctx.body !== null) {
       try {
-        await keepForReplay(ctx, policy.maxBodyBytes);
+        await keepForReplay(ctx, policy.maxBodyBytes, clock);
       } catch (err) {
         if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE') {
           return {

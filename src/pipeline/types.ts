@@ -255,18 +255,3 @@ export function compose<R extends CallResponse>(layers: readonly Layer<R>[], inn
   for (let i = layers.length - 1; i >= 0; i--) call = (layers[i] as Layer<R>)(call);
   return call;
 }
-
-/** Time as policies see it: a monotonic `now` in ms, timers, and wall-clock ms for HTTP dates. */
-export interface Clock {
-  now(): number;
-  wall(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export const systemClock: Clock = {
-  now: () => performance.now(),
-  wall: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-};

@@ -1,13 +1,15 @@
 /**
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
+
+import type { Clock } from '../clock.js';
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
 import { FileBody, replayable } from '../proxy/request-body.js';
 import type { Endpoint } from '../upstream/upstream.js';
 import { classifyOutcome, judgedAtTrailers, judgedStatus, statusLabel, trailersVerdict } from './outcome.js';
-import type { Clock, Handler, HttpResponse, Outcome, RequestContext } from './types.js';
+import type { Handler, HttpResponse, Outcome, RequestContext } from './types.js';
 
 /** Header that tells the upstream how long breakwater will wait for this attempt (ms). */
 export const TIMEOUT_HEADER = 'x-breakwater-timeout-ms';
@@ -93,6 +95,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       headers,
       body,
       timeout,
+      clock,
       bodyTimeout: route.timeouts.body,
       servername: endpoint.servername,
       onSettled: streaming

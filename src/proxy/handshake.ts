@@ -12,10 +12,10 @@
 import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
+import type { Clock } from '../clock.js';
 import {
   type Call,
   type CallResponse,
-  type Clock,
   type Outcome,
   onFinish,
   type RequestContext,

@@ -22,10 +22,11 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Clock } from '../clock.js';
 import type { RouteModel } from '../config/resolve.js';
 import type { Recorder } from '../listener/recorder.js';
 import { classifyOutcome, statusLabel } from '../pipeline/outcome.js';
-import { type Call, type Clock, type Outcome, type RequestContext, runFinishers } from '../pipeline/types.js';
+import { type Call, type Outcome, type RequestContext, runFinishers } from '../pipeline/types.js';
 import type { Handshake, HandshakeResponse } from './handshake.js';
 import { upgradeResponseHeaders } from './headers.js';
 import { endWithProblem, failureProblem, type Problem, problem } from './problem.js';
