@@ -10,9 +10,10 @@
  * - `systemRandom`: the process's randomness (jitter, the balancer's random choices).
  *
  * Documented exceptions (test/unit/clock.test.ts lists them, and fails on any other):
- * - the process lifecycle in app.ts (the drain timer at shutdown and when a reload retires a
- *   listener, the config file watcher's debounce) runs on real time, so a test's stepped clock can
- *   never stall a shutdown or a reload;
+ * - the process lifecycle (lifecycle/shutdown.ts: the shutdown delay and drain timer;
+ *   lifecycle/reload.ts: the drain of a listener or Redis client a reload retired;
+ *   lifecycle/watch.ts: the config file watcher's debounce) runs on real time, so a test's stepped
+ *   clock can never stall a shutdown or a reload;
  * - the status page's script (admin/status-page.ts) runs in the browser;
  * - the relay's send_timeout (proxy/relay.ts) is an idle timer refreshed on every write to the
  *   client (Node's `timer.refresh()`, a field write on the hot path), like a socket's timeout;

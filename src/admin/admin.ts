@@ -8,28 +8,14 @@
  */
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
-import type { ReloadStatus } from '../app.js';
-import type { ResolvedConfig } from '../config/resolve.js';
 import type { Metrics } from '../observability/metrics.js';
 import { configRoutes } from './config-routes.js';
 import { healthRoutes, type Readiness } from './health.js';
 import { metricsRoute } from './metrics.js';
 import { adminProblem, kindOfStatus } from './problem.js';
+import type { AdminRuntime } from './runtime.js';
 import { stateRoutes } from './state-routes.js';
 import { statusPage } from './status-page.js';
-
-/** What the admin endpoints need from the running breakwater. */
-export interface AdminRuntime {
-  readonly config: ResolvedConfig;
-  readonly configHash: string;
-  readonly lastReload: ReloadStatus | undefined;
-  reload(trigger: string): Promise<ReloadStatus>;
-  state(): unknown;
-  forceBreaker(
-    upstream: string,
-    mode: 'open' | 'close' | 'auto',
-  ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string };
-}
 
 export interface AdminDeps {
   readonly host: string;

@@ -20,6 +20,7 @@ import type { Clock } from '../clock.js';
 import type { FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
 import type { DegradationInput } from '../config/schema.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
+import { carried, sameSettings } from '../lifecycle/survives.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
@@ -107,7 +108,6 @@ export class UpstreamPolicies {
   ) {
     const { clock, metrics, logger } = services;
     const name = model.name;
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
     this.stats = previous?.stats ?? new UpstreamStats();
     const stats = this.stats;
     this.idempotencyStore = fallback.idempotency;
@@ -130,7 +130,7 @@ export class UpstreamPolicies {
         ? { svc, window: d.window, min: d.minimum_requests, recovery: d.recovery, probe: d.probe_ratio }
         : undefined;
     const prevMonitor = previous?.degradation?.monitor;
-    if (svc && prevMonitor && same(previous?.degradationSettings, degradationSettings)) {
+    if (svc && prevMonitor && sameSettings(previous?.degradationSettings, degradationSettings)) {
       this.degradation = { monitor: prevMonitor, fallback: svc.fallback };
     } else if (svc && d) {
       const monitor = new DegradationMonitor(
@@ -182,8 +182,7 @@ export class UpstreamPolicies {
         `degradation of ${name} names static_response, but its fallbacks have none: while degraded, requests still go upstream`,
       );
     }
-    const keep = <T>(prev: T | undefined, prevSettings: unknown, settings: unknown): T | undefined =>
-      prev !== undefined && same(prevSettings, settings) ? prev : undefined;
+    const keep = carried;
     const keptBreaker = keep(previous?.breaker, previous?.model.circuitBreaker, model.circuitBreaker);
     this.breaker =
       keptBreaker ?? (model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined);

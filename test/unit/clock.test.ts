@@ -20,8 +20,11 @@ const DIRECT =
 const EXCEPTIONS: Record<string, string> = {
   'clock.ts': 'the clock module itself',
   'admin/status-page.ts': "the status page's script runs in the browser",
-  'app.ts':
-    'the process lifecycle (drain timers at shutdown and when a reload retires a listener or Redis client, the config watcher) runs on real time: a stepped test clock must never stall it',
+  'lifecycle/shutdown.ts':
+    'the shutdown delay and drain timer run on real time: a stepped test clock must never stall a shutdown',
+  'lifecycle/reload.ts':
+    "a retired listener's drain timer and a retired Redis client's close run on real time, as shutdown's",
+  'lifecycle/watch.ts': "the config file watcher's debounce waits for the file system, in real time",
   'proxy/relay.ts':
     "send_timeout is an idle timer refreshed on every write (Node's timer.refresh(), a field write on the hot path), like a socket's idle timeout",
 };
