@@ -283,7 +283,7 @@ export const rateLimiterSchema = z
         'scope global: replicas sharing the limit, for the local share while Redis is down; usually substituted from an environment variable. Default: 1.',
       ),
   })
-  .describe('Token bucket per upstream (the design document: 10000 req/s, burst 5000).');
+  .describe('Token bucket per upstream: a rate and a burst (e.g. 10000 requests/s, burst 5000).');
 
 export const bulkheadSchema = z
   .strictObject({
@@ -815,7 +815,7 @@ export const resilienceSchema = z.strictObject({
       services: z.record(name, z.strictObject({ fallback_strategy: name })).optional(),
     })
     .optional()
-    .describe("Which fallback each upstream uses (the design document's form)."),
+    .describe("Which fallback each upstream uses (`services.<upstream>.fallback_strategy`), as an upstream's own `fallback` does."),
 });
 
 export const configSchema = z

@@ -1,5 +1,5 @@
 /**
- * Graceful degradation, per upstream (the design document's section 2.4).
+ * Graceful degradation, per upstream.
  *
  * The monitor keeps the outcomes of the last `window` (latency to response headers, and whether
  * the request failed) and judges the conditions over them once at least `minimum_requests` are in

@@ -212,7 +212,7 @@ export class FallbackChain {
 
 export interface DegradationPlan {
   readonly monitor: DegradationMonitor;
-  /** A fallback name, or the type words of the seed: static_response, cache_only. */
+  /** A fallback name, or a type word: static_response (the chain's static answer), cache_only. */
   readonly fallback: string;
 }
 

@@ -2,9 +2,10 @@
  * The policy stack of a route, outermost first. This file is the architecture: reading
  * `buildPipeline` tells what happens to a request and in which order.
  *
- *   idempotency             per route: replay, 409/422/400, or forward and store the response
- *   fallback / degradation  outermost: answers from a fallback when anything below fails (or
- *                           at once while the upstream is degraded)
+ *   idempotency             outermost, per route: replay, 409/422/400, or forward and store the
+ *                           response (a fallback's answer is never stored as the key's response)
+ *   fallback / degradation  answers from a fallback when anything below fails (or at once while
+ *                           the upstream is degraded)
  *   rate limiter / shaper   per upstream: 429, or wait in the shaper queue
  *   bulkhead                per upstream: a concurrency slot held until the response is over
  *   deadline                request_timeout over everything below (attempts, waits, retries)
@@ -14,6 +15,10 @@
  *
  * Per-upstream state (breaker, limiter, bulkhead, retry budget) lives in UpstreamPolicies, shared
  * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
+ *
+ * A WebSocket handshake passes the same admission layers (limiter, bulkhead, breaker; see
+ * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`); a call
+ * breakwater makes itself runs an upstream's request pipeline with a context that has no client.
  */
 import type { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
@@ -75,7 +80,7 @@ export const DEGRADATION_DEFAULTS = {
   probeRatio: 0.05,
 };
 
-/** The state one upstream's policies share across routes (and, later, across reloads). */
+/** The state one upstream's policies share across routes and, while its settings stay the same, across reloads. */
 export class UpstreamPolicies {
   readonly breaker: CircuitBreaker | undefined;
   /** The local bucket; for scope global, this replica's share, used while Redis is unreachable. */

@@ -4,7 +4,7 @@
  * mode reject: a request takes a token or is answered 429 at once, with Retry-After and the IETF
  *   draft's RateLimit-Policy / RateLimit headers (draft-ietf-httpapi-ratelimit-headers-10).
  * mode shape: a request without a token reserves one owed in the future and waits for it (the
- *   design document's traffic shaper: excess waits, not fails), up to `max_delay` and `max_queue`;
+ *   traffic shaper: excess waits instead of failing), up to `max_delay` and `max_queue`;
  *   only past those is it answered 429.
  */
 import { LRUCache } from 'lru-cache';
