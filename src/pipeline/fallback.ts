@@ -12,7 +12,7 @@
 
 import { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
-import type { FallbackModel, RouteModel } from '../config/resolve.js';
+import { DEFAULTS, type FallbackModel, type RouteModel } from '../config/resolve.js';
 import { problem } from '../proxy/problem.js';
 import { replayable } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
@@ -182,7 +182,7 @@ export class FallbackChain {
         age: undefined,
       };
     }
-    if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? 300_000);
+    if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? DEFAULTS.cacheMaxStale);
     // type upstream: only a request whose body can be sent again (in memory or a temporary file),
     // and, once the upstream may have processed it, only one that may be sent twice (the retry
     // rule: a payment that got a 503 is not sent to a replica that shares its database).
@@ -278,7 +278,7 @@ async function serveDegraded(
     const served = await chain.serve(ctx, start, 'degraded');
     if (served) return served;
   } else if (plan.fallback === 'cache_only') {
-    const hit = chain.fromCache(ctx, 'cache_only', 300_000);
+    const hit = chain.fromCache(ctx, 'cache_only', DEFAULTS.cacheMaxStale);
     if (hit) {
       chain.s.served(chain.upstream, 'cache_only', 'degraded');
       return hit;

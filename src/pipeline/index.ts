@@ -22,7 +22,7 @@
  */
 import type { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
-import type { FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
+import { DEFAULTS, type FallbackModel, type RouteModel, type UpstreamModel } from '../config/resolve.js';
 import type { DegradationInput } from '../config/schema.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
 import { carried, sameSettings } from '../lifecycle/survives.js';
@@ -72,13 +72,6 @@ export interface FallbackContext {
   /** The fallback-free pipeline of an upstream, for fallbacks of type upstream. */
   readonly pipelineOf: FallbackServices['pipelineOf'];
 }
-
-export const DEGRADATION_DEFAULTS = {
-  window: 10_000,
-  minimumRequests: 20,
-  recovery: 10_000,
-  probeRatio: 0.05,
-};
 
 /** The state one upstream's policies share across routes and, while its settings stay the same, across reloads. */
 export class UpstreamPolicies {
@@ -141,10 +134,10 @@ export class UpstreamPolicies {
       const monitor = new DegradationMonitor(
         svc.conditions,
         {
-          window: d.window ?? DEGRADATION_DEFAULTS.window,
-          minimumRequests: d.minimum_requests ?? DEGRADATION_DEFAULTS.minimumRequests,
-          recovery: d.recovery ?? DEGRADATION_DEFAULTS.recovery,
-          probeRatio: d.probe_ratio ?? DEGRADATION_DEFAULTS.probeRatio,
+          window: d.window ?? DEFAULTS.degradation.window,
+          minimumRequests: d.minimum_requests ?? DEFAULTS.degradation.minimumRequests,
+          recovery: d.recovery ?? DEFAULTS.degradation.recovery,
+          probeRatio: d.probe_ratio ?? DEFAULTS.degradation.probeRatio,
         },
         clock,
         services.random,
