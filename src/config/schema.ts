@@ -815,7 +815,9 @@ export const resilienceSchema = z.strictObject({
       services: z.record(name, z.strictObject({ fallback_strategy: name })).optional(),
     })
     .optional()
-    .describe("Which fallback each upstream uses (`services.<upstream>.fallback_strategy`), as an upstream's own `fallback` does."),
+    .describe(
+      "Which fallback each upstream uses (`services.<upstream>.fallback_strategy`), as an upstream's own `fallback` does.",
+    ),
 });
 
 export const configSchema = z
