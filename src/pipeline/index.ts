@@ -32,7 +32,7 @@ import { UpstreamStats } from '../observability/upstream-stats.js';
 import { type HandshakeResponse, handshakeCall } from '../proxy/handshake.js';
 import type { RedisStore } from '../stores/redis.js';
 import { Bulkhead } from './bulkhead.js';
-import { BREAKER_STATES, CircuitBreaker, countsFields } from './circuit-breaker.js';
+import { CircuitBreaker } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
 import { DegradationMonitor } from './degradation.js';
@@ -41,6 +41,7 @@ import { GlobalRateLimiter, localShare } from './global-rate-limiter.js';
 import { idempotencyLayer } from './idempotency.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
+import { forgetBreaker, observeBreaker, observeDegradation, strategyContext } from './strategy-context.js';
 import {
   type Call,
   type CallResponse,
@@ -106,6 +107,7 @@ export class UpstreamPolicies {
   ) {
     const { clock, metrics, logger } = services;
     const name = model.name;
+    const sctx = strategyContext(name, services);
     this.stats = previous?.stats ?? new UpstreamStats();
     const stats = this.stats;
     this.idempotencyStore = fallback.idempotency;
@@ -142,25 +144,7 @@ export class UpstreamPolicies {
         clock,
         services.random,
       );
-      metrics.degraded.labels(name).set(0);
-      monitor.onChange((c) => {
-        metrics.degraded.labels(name).set(c.degraded ? 1 : 0);
-        const fields = {
-          event: 'degradation',
-          upstream: name,
-          degraded: c.degraded,
-          condition: c.condition,
-          value: c.value,
-          threshold: c.threshold,
-          requests: c.requests,
-        };
-        if (c.degraded)
-          logger.warn(
-            fields,
-            `upstream ${name} degraded: ${c.condition} ${c.value} against threshold ${c.threshold}`,
-          );
-        else logger.info(fields, `upstream ${name} recovered from degradation`);
-      });
+      observeDegradation(monitor, sctx);
       this.degradation = { monitor, fallback: svc.fallback };
     }
     this.degradationSettings = degradationSettings;
@@ -207,31 +191,8 @@ export class UpstreamPolicies {
       keep(previous?.budget, previous?.model.retry.budget, model.retry.budget) ??
       new RetryBudget(model.retry.budget, clock);
 
-    const breaker = this.breaker;
-    if (!breaker) for (const st of BREAKER_STATES) metrics.breakerState.remove(name, st);
-    if (breaker && !keptBreaker) {
-      const setState = () => {
-        for (const s of BREAKER_STATES) metrics.breakerState.labels(name, s).set(s === breaker.state ? 1 : 0);
-      };
-      setState();
-      breaker.onTransition((t) => {
-        setState();
-        metrics.breakerTransitions.labels(name, t.from, t.to, reasonLabel(t.reason)).inc();
-        const log =
-          t.to === 'open' || t.to === 'forced_open' ? logger.warn.bind(logger) : logger.info.bind(logger);
-        log(
-          {
-            event: 'circuit_breaker_transition',
-            upstream: name,
-            from: t.from,
-            to: t.to,
-            reason: t.reason,
-            ...countsFields(t.counts),
-          },
-          `circuit breaker ${name}: ${t.from} -> ${t.to} (${t.reason})`,
-        );
-      });
-    }
+    if (!this.breaker) forgetBreaker(sctx);
+    else if (!keptBreaker) observeBreaker(this.breaker, sctx);
     const { limiter, bulkhead } = this;
     metrics.collectors.set(`upstream:${name}`, () => {
       if (limiter) metrics.limiterQueue.labels(name).set(limiter.queueLength);
@@ -241,17 +202,6 @@ export class UpstreamPolicies {
       }
     });
   }
-}
-
-/** Bounded label for a transition reason (the free text goes to the log line). */
-function reasonLabel(reason: string): string {
-  if (reason.includes('consecutive')) return 'consecutive_failures';
-  if (reason.startsWith('failure rate')) return 'failure_rate';
-  if (reason.startsWith('slow-call')) return 'slow_call_rate';
-  if (reason.startsWith('reset_timeout')) return 'reset_timeout';
-  if (reason.includes('probe failed')) return 'probe_failed';
-  if (reason.includes('probe')) return 'probes_succeeded';
-  return 'operator';
 }
 
 /** The kinds of call a pipeline is built for. */
