@@ -6,8 +6,8 @@
 
 import type { Clock } from '../clock.js';
 import { type Problem, problem } from '../proxy/problem.js';
-import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
-import { classifyOutcome, judgedAtTrailers, trailersVerdict } from './outcome.js';
+import type { CircuitBreaker } from './circuit-breaker.js';
+import { classifyOutcome, compileOutcomes, judgedAtTrailers, trailersVerdict } from './outcome.js';
 import type { CallResponse, Layer } from './types.js';
 
 /**
@@ -28,7 +28,8 @@ export function circuitBreakerLayer<R extends CallResponse>(
   clock: Clock,
   onRejected: () => void,
 ): Layer<R> {
-  const failureOn = breaker.policy.failureOn;
+  // failure_on compiled once: a call looks its status or cause up.
+  const failureOn = compileOutcomes(breaker.policy.failureOn);
   return (next) => async (ctx) => {
     const permit = breaker.tryAcquire();
     if (!permit) {
@@ -43,7 +44,11 @@ export function circuitBreakerLayer<R extends CallResponse>(
       const elapsed = clock.now() - t0;
       trailersVerdict(outcome).then((c) => {
         const result =
-          c === undefined ? 'ignored' : isFailure(failureOn, c.status, undefined) ? 'failure' : 'success';
+          c === undefined
+            ? 'ignored'
+            : failureOn.match(c.status, undefined) !== undefined
+              ? 'failure'
+              : 'success';
         breaker.onResult(permit, result, elapsed);
       });
       return outcome;
@@ -52,7 +57,7 @@ export function circuitBreakerLayer<R extends CallResponse>(
     const result =
       c.cause === 'aborted' || ctx.clientGone || outcome.type === 'problem'
         ? 'ignored'
-        : isFailure(failureOn, c.status, c.cause)
+        : failureOn.match(c.status, c.cause) !== undefined
           ? 'failure'
           : 'success';
     breaker.onResult(permit, result, clock.now() - t0);

@@ -87,3 +87,61 @@ export function judgedAtTrailers(grpc: boolean, o: Outcome<CallResponse>): boole
 export function trailersVerdict(o: CallResponse): Promise<Classified | undefined> {
   return o.attempt.grpcEnd().then((code) => (code === undefined ? undefined : classifyGrpc(code)));
 }
+
+/**
+ * A `retry_on` / `failure_on` list compiled once, when a policy is built (as Envoy compiles
+ * `retry_on`): for a status or a cause, the first entry of the list that names it (the reason a
+ * retry is counted under), or undefined. A call looks one slot up instead of walking the list.
+ */
+export interface OutcomeMatcher {
+  /** The first entry naming this status or cause, or undefined. */
+  match(status: number | undefined, cause: string | undefined): string | undefined;
+  /** Whether the list names this gRPC status (by its name, e.g. `unavailable`). */
+  readonly grpcNames: ReadonlySet<string>;
+}
+
+const STATUS_SLOTS = 600;
+
+export function compileOutcomes(list: readonly (string | number)[]): OutcomeMatcher {
+  const slots: (string | undefined)[] = new Array<string | undefined>(STATUS_SLOTS).fill(undefined);
+  const causes = new Map<string, string>();
+  const names = new Set<string>();
+  /** Statuses past the table (600 and up): an exact number, or 5xx's `>= 500`. */
+  const beyond: ((s: number) => string | undefined)[] = [];
+  const mark = (from: number, to: number, reason: string) => {
+    for (let s = from; s <= to && s < STATUS_SLOTS; s++) slots[s] ??= reason;
+  };
+  for (const entry of list) {
+    if (typeof entry === 'number') {
+      const reason = String(entry);
+      mark(entry, entry, reason);
+      if (entry >= STATUS_SLOTS) beyond.push((s) => (s === entry ? reason : undefined));
+    } else if (entry === '5xx') {
+      mark(500, STATUS_SLOTS - 1, '5xx');
+      beyond.push(() => '5xx');
+    } else if (entry === '4xx') {
+      mark(400, 499, '4xx');
+    } else if (entry === 'gateway-error') {
+      mark(502, 504, 'gateway-error');
+    } else {
+      if (!causes.has(entry)) causes.set(entry, entry);
+      names.add(entry);
+    }
+  }
+  return {
+    grpcNames: names,
+    match(status, cause) {
+      if (status !== undefined) {
+        const r =
+          Number.isInteger(status) && status >= 0 && status < STATUS_SLOTS ? slots[status] : undefined;
+        if (r !== undefined) return r;
+        if (status >= STATUS_SLOTS)
+          for (const b of beyond) {
+            const hit = b(status);
+            if (hit !== undefined) return hit;
+          }
+      }
+      return cause === undefined ? undefined : causes.get(cause);
+    },
+  };
+}
