@@ -3,30 +3,35 @@
  * from a resolved config, and the shutdown sequence (readiness off, stop accepting, drain, exit).
  */
 import { createHash } from 'node:crypto';
-import { type FSWatcher, watch } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { basename, dirname } from 'node:path';
+import type { FSWatcher } from 'node:fs';
 import { AdminListener } from './admin/admin.js';
 import { ResponseCache } from './cache/response-cache.js';
-import { ConfigError, type ConfigProblem, formatProblem, loadConfigFile } from './config/load.js';
+import { type Clock, systemClock, systemRandom } from './clock.js';
+import { loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
 import { Deferred } from './deferred/index.js';
 import { RedisIdempotencyStore } from './idempotency/redis-store.js';
 import { type IdempotencyStore, MemoryIdempotencyStore } from './idempotency/store.js';
+import { type BreakerCommandResult, forceBreaker } from './lifecycle/breaker-command.js';
+import { type ReloadStatus, Reloads, retireAfter, retireListener } from './lifecycle/reload.js';
+import { delay, drain } from './lifecycle/shutdown.js';
+import { stateOf } from './lifecycle/state.js';
+import { poolSettings, sameSettings } from './lifecycle/survives.js';
+import { watchConfigFile } from './lifecycle/watch.js';
 import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
-import { countsFields } from './pipeline/circuit-breaker.js';
-import { buildPipeline, type PipelineServices, UpstreamPolicies } from './pipeline/index.js';
 import {
-  type InternalRequest,
-  type InternalResult,
-  internalCall,
-  type UpstreamPipeline,
-} from './pipeline/internal-call.js';
-import { type Clock, type Handler, type RequestContext, systemClock } from './pipeline/types.js';
+  buildPipeline,
+  buildUpgradePipeline,
+  type PipelineServices,
+  UpstreamPolicies,
+} from './pipeline/index.js';
+import { type InternalRequest, type InternalResult, internalCall } from './pipeline/internal-call.js';
+import type { Call, Handler, RequestContext } from './pipeline/types.js';
 import type { ResponseHead } from './proxy/attempt.js';
+import type { HandshakeResponse } from './proxy/handshake.js';
 import { problem } from './proxy/problem.js';
 import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
 import { SagaService } from './sagas/service.js';
@@ -38,20 +43,15 @@ export interface StartOptions {
   readonly logger?: Logger;
   readonly metrics?: Metrics;
   readonly clock?: Clock;
+  /** Randomness (jitter, the balancers); the process's by default. */
+  readonly random?: () => number;
   /** The config file's text, hashed into breakwater_config_info. */
   readonly source?: string;
 }
 
 type Phase = 'starting' | 'serving' | 'draining' | 'stopped';
 
-export interface ReloadStatus {
-  readonly ok: boolean;
-  readonly trigger: string;
-  readonly at: string;
-  /** Hash of the config that is live after this attempt. */
-  readonly hash: string;
-  readonly problems: readonly ConfigProblem[];
-}
+export type { ReloadStatus } from './lifecycle/reload.js';
 
 /** Everything built from one config. */
 interface Generation {
@@ -62,30 +62,15 @@ interface Generation {
   /** stores.redis and the Idempotency-Key store on it (kept across reloads while unchanged). */
   readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
   readonly tempFiles: TempFiles;
-  /** An upstream's fallback-free pipeline (fallbacks of type upstream, internal calls). */
-  readonly pipelineOf: (name: string) => UpstreamPipeline;
+  /** An upstream's pipeline for calls breakwater makes itself (see `Breakwater.internalPipeline`). */
+  readonly pipelineOf: (upstream: string) => InternalPipeline;
 }
 
-/**
- * What decides whether an upstream's connection pools can be kept across a reload. The TLS model
- * holds the certificate files' bytes (JSON-serialized by content), so a changed file makes new pools.
- */
-function poolSettings(m: UpstreamModel): unknown {
-  const hc = m.healthCheck
-    ? { ...m.healthCheck, expectedStatuses: [...(m.healthCheck.expectedStatuses ?? [])] }
-    : undefined;
-  return [
-    m.endpoints,
-    m.maxConnections,
-    m.keepaliveTimeout,
-    m.timeouts.connect,
-    m.timeouts.body,
-    hc,
-    m.outlierDetection,
-    m.tls,
-    m.protocol,
-    m.maxConcurrentStreams,
-  ];
+/** A pipeline for a call without a client: its handler, the upstream, and the route it runs as. */
+export interface InternalPipeline {
+  readonly handler: Handler;
+  readonly upstream: Upstream;
+  readonly route: RouteModel;
 }
 
 export class Breakwater {
@@ -99,11 +84,10 @@ export class Breakwater {
   policies = new Map<string, UpstreamPolicies>();
   cache: ResponseCache | undefined;
   configHash = '';
-  lastReload: ReloadStatus | undefined;
   private current: Generation | undefined;
-  private reloading: Promise<unknown> = Promise.resolve();
   private watcher: FSWatcher | undefined;
-  readonly idempotencyStore = new MemoryIdempotencyStore();
+  private readonly reloads: Reloads;
+  readonly idempotencyStore: MemoryIdempotencyStore;
   private phase: Phase = 'starting';
   private stopping: Promise<void> | undefined;
   /** Every temporary-file directory made (a reload may move temp_dir); removed at stop. */
@@ -120,12 +104,31 @@ export class Breakwater {
     readonly logger: Logger,
     readonly metrics: Metrics,
     private readonly clock: Clock,
-  ) {}
+    private readonly random: () => number,
+  ) {
+    this.idempotencyStore = new MemoryIdempotencyStore({ clock });
+    this.reloads = new Reloads({
+      metrics,
+      logger,
+      file: () => this.config.file,
+      load: async () => {
+        const loaded = await loadConfigFile(this.config.file);
+        await this.apply(loaded.config, loaded.source);
+      },
+      hash: () => this.configHash,
+    });
+  }
 
   static async start(config: ResolvedConfig, options: StartOptions = {}): Promise<Breakwater> {
     const logger = options.logger ?? createLogger({ level: config.logging.level });
     const metrics = options.metrics ?? createMetrics();
-    const bw = new Breakwater(config, logger, metrics, options.clock ?? systemClock);
+    const bw = new Breakwater(
+      config,
+      logger,
+      metrics,
+      options.clock ?? systemClock,
+      options.random ?? systemRandom,
+    );
     try {
       await bw.bind(options.source);
     } catch (err) {
@@ -162,10 +165,9 @@ export class Breakwater {
   private async apply(config: ResolvedConfig, source: string | undefined): Promise<void> {
     const { metrics, logger } = this;
     const previous = this.current;
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
     const cache =
-      previous && same(previous.config.cache, config.cache)
+      previous && sameSettings(previous.config.cache, config.cache)
         ? previous.cache
         : new ResponseCache(
             config.cache.max_bytes,
@@ -185,7 +187,7 @@ export class Breakwater {
     // the old one once requests that started on it are done with it.
     const redisModel = config.stores.redis;
     const keptRedis =
-      previous?.redis && same(previous.config.stores.redis, redisModel) ? previous.redis : undefined;
+      previous?.redis && sameSettings(previous.config.stores.redis, redisModel) ? previous.redis : undefined;
     const redis =
       keptRedis ??
       (redisModel
@@ -198,7 +200,7 @@ export class Breakwater {
       clock: this.clock,
       metrics,
       logger,
-      random: Math.random,
+      random: this.random,
       redis: redis?.store,
     };
     if (redis && redis !== keptRedis) await redis.store.waitReady(redis.store.model.connectTimeout);
@@ -216,8 +218,8 @@ export class Breakwater {
     const policies = new Map<string, UpstreamPolicies>();
     // Fallbacks of type upstream call another upstream through its own policies, minus its
     // fallbacks (so two upstreams naming each other cannot loop).
-    const fallbackPipelines = new Map<string, { handler: Handler; upstream: Upstream; route: RouteModel }>();
-    const pipelineOf = (name: string) => {
+    const fallbackPipelines = new Map<string, InternalPipeline>();
+    const pipelineOf = (name: string): InternalPipeline => {
       let p = fallbackPipelines.get(name);
       if (!p) {
         const upstream = upstreams.get(name) as Upstream;
@@ -247,9 +249,9 @@ export class Breakwater {
       }
       const old = previous?.upstreams.get(name);
       const upstream =
-        old && same(poolSettings(old.model), poolSettings(model))
+        old && sameSettings(poolSettings(old.model), poolSettings(model))
           ? old.withModel(model)
-          : new Upstream(model, { now: () => this.clock.now(), random: Math.random });
+          : new Upstream(model, { clock: this.clock, random: this.random });
       upstream.startHealthChecks(this.endpointEvents(name));
       upstreams.set(name, upstream);
       policies.set(
@@ -290,7 +292,7 @@ export class Breakwater {
         metrics,
         logger,
         clock: this.clock,
-        random: Math.random,
+        random: this.random,
         caps: () => this.config.deferredStore,
         send: (u, r, max) => this.callUpstream(u, r, max),
         base: () => this.adminBase(),
@@ -301,8 +303,12 @@ export class Breakwater {
     const handlers = new Map<string, HandlerDeps>();
     for (const l of config.listeners) {
       const pipelines = new Map<RouteModel, Handler>();
-      for (const r of l.routes)
-        pipelines.set(r, buildPipeline(r, policies.get(r.upstream) as UpstreamPolicies, services));
+      const upgrades = new Map<RouteModel, Call<HandshakeResponse>>();
+      for (const r of l.routes) {
+        const p = policies.get(r.upstream) as UpstreamPolicies;
+        pipelines.set(r, buildPipeline(r, p, services));
+        upgrades.set(r, buildUpgradePipeline(p, services));
+      }
       handlers.set(l.name, {
         listener: l,
         upstreams,
@@ -316,13 +322,14 @@ export class Breakwater {
         buffering: config.buffering,
         teeFor,
         statsOf: (name) => policies.get(name)?.stats,
-        policiesOf: (name) => policies.get(name),
         sagaTrigger: this.sagaService?.triggerFor(
           l.name,
           { maxBodyBytes: l.limits.maxBodyBytes },
           config.sagas,
         ),
         deferred: this.deferred?.routes(l.routes, deferredPipeline),
+        upgrades,
+        clock: this.clock,
       });
     }
 
@@ -361,21 +368,7 @@ export class Breakwater {
     }
     const retired = this.listeners.filter((l) => !keep.includes(l));
     this.listeners.splice(0, this.listeners.length, ...keep, ...bound);
-    for (const l of retired) {
-      logger.info(
-        { event: 'listener_closing', listener: l.model.name, port: l.port },
-        'listener closing (removed or moved by the new config)',
-      );
-      // It drains as at shutdown: what is still open after the drain timeout (WebSockets, slow
-      // responses) is cut, and a stop meanwhile waits for it too.
-      this.retired.add(l);
-      const cut = setTimeout(() => l.forceClose(), config.shutdown.drain_timeout);
-      cut.unref();
-      void l.close().then(() => {
-        clearTimeout(cut);
-        this.retired.delete(l);
-      });
-    }
+    for (const l of retired) retireListener(l, config.shutdown.drain_timeout, this.retired, logger);
     // What a removed upstream (or endpoint) exported goes with it: its collectors first (so a
     // scrape does not set its gauges again), then every series with its label.
     if (previous) {
@@ -403,14 +396,13 @@ export class Breakwater {
     const oldRedis = previous?.redis;
     if (oldRedis && oldRedis !== redis) {
       this.retiredRedis.add(oldRedis.store);
-      const closeOld = setTimeout(() => {
+      retireAfter(config.shutdown.drain_timeout, () => {
         this.retiredRedis.delete(oldRedis.store);
         // (What it counted while draining goes too when no Redis replaced it.)
         void oldRedis.store
           .close()
           .then(() => (this.current?.redis ? undefined : metrics.forget({ store: 'redis' })));
-      }, config.shutdown.drain_timeout);
-      closeOld.unref();
+      });
     }
     this.current = { config, upstreams, policies, cache, redis, tempFiles, pipelineOf };
     this.config = config;
@@ -422,7 +414,7 @@ export class Breakwater {
       metrics.configInfo.reset();
       metrics.configInfo.labels(this.configHash).set(1);
     }
-    metrics.configLoaded.set(Date.now() / 1000);
+    metrics.configLoaded.set(this.clock.wall() / 1000);
     if (this.phase === 'serving') this.deferred?.deliverer.start();
     if (sagasOpened) await this.sagaService?.recover();
   }
@@ -461,34 +453,11 @@ export class Breakwater {
    * `GET /config/status`. Reloads run one at a time.
    */
   reload(trigger: string): Promise<ReloadStatus> {
-    const run = async (): Promise<ReloadStatus> => {
-      const at = new Date().toISOString();
-      try {
-        const loaded = await loadConfigFile(this.config.file);
-        await this.apply(loaded.config, loaded.source);
-        this.metrics.configReloads.labels('success').inc();
-        this.lastReload = { ok: true, trigger, at, hash: this.configHash, problems: [] };
-        this.logger.info(
-          { event: 'config_reload', trigger, result: 'success', hash: this.configHash },
-          'config reloaded',
-        );
-      } catch (err) {
-        const problems =
-          err instanceof ConfigError
-            ? err.problems
-            : [{ file: this.config.file, line: 0, column: 0, key: '', message: String(err) }];
-        this.metrics.configReloads.labels('failure').inc();
-        this.lastReload = { ok: false, trigger, at, hash: this.configHash, problems };
-        this.logger.error(
-          { event: 'config_reload', trigger, result: 'failure', problems },
-          `config reload rejected, the last good config keeps serving:\n${problems.map(formatProblem).join('\n')}`,
-        );
-      }
-      return this.lastReload;
-    };
-    const next = this.reloading.then(run, run);
-    this.reloading = next;
-    return next;
+    return this.reloads.reload(trigger);
+  }
+
+  get lastReload(): ReloadStatus | undefined {
+    return this.reloads.last;
   }
 
   /**
@@ -580,118 +549,34 @@ export class Breakwater {
 
   /** Per upstream: breaker, limiter, bulkhead, degradation, endpoints; and the cache (GET /state). */
   state(): unknown {
-    const now = this.clock.now();
-    const upstreams: Record<string, unknown> = {};
-    for (const [name, p] of this.policies) {
-      const u = this.upstreams.get(name);
-      const b = p.breaker;
-      upstreams[name] = {
-        breaker: b
-          ? {
-              state: b.state,
-              // A forced breaker is the operator's: it never probes, so there is no time to wait.
-              forced: b.state === 'forced_open' || b.state === 'forced_closed',
-              ...countsFields(b.stats()),
-              retry_after_ms: b.state === 'open' ? Math.round(b.retryAfterMs()) : null,
-              recent_transitions: b.recent.map((t) => ({
-                from: t.from,
-                to: t.to,
-                reason: t.reason,
-                ago_ms: Math.round(now - t.at),
-              })),
-            }
-          : null,
-        // A global limit's rate and burst are the fleet's; `tokens` is then the local share's bucket.
-        rate_limiter: p.limiter
-          ? {
-              mode: p.limiter.policy.mode,
-              rate_per_second: (p.globalLimiter ?? p.limiter).policy.ratePerSecond,
-              burst: (p.globalLimiter ?? p.limiter).policy.burst,
-              tokens: p.limiter.tokens(),
-              queued: p.limiter.queueLength,
-              scope: p.limiter.policy.scope,
-              global: p.globalLimiter?.state() ?? null,
-            }
-          : null,
-        bulkhead: p.bulkhead
-          ? {
-              max_concurrent: p.bulkhead.policy.maxConcurrent,
-              in_flight: p.bulkhead.inFlight,
-              queued: p.bulkhead.queueLength,
-            }
-          : null,
-        degradation: p.degradation
-          ? { degraded: p.degradation.monitor.degraded, last: p.degradation.monitor.last ?? null }
-          : null,
-        fallback: p.chain.head ?? null,
-        traffic: p.stats.snapshot(now),
-        endpoints:
-          u?.endpoints.map((e) => ({
-            url: e.model.url,
-            weight: e.weight,
-            priority: e.model.priority,
-            group: e.model.group ?? null,
-            health: e.health,
-            ejected_for_ms: Math.max(0, Math.round(e.ejectedUntil - now)),
-            in_flight: e.inflight,
-            streaming: e.streaming,
-          })) ?? [],
-      };
-    }
-    const cache = this.cache;
-    return {
+    return stateOf({
       phase: this.phase,
-      config_hash: this.configHash,
-      upstreams,
-      cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
-      deferred: this.deferred ? { upstreams: this.deferred.queue.upstreams() } : null,
-      stores: { redis: this.current?.redis?.store.health() ?? null },
-    };
+      configHash: this.configHash,
+      policies: this.policies,
+      upstreams: this.upstreams,
+      cache: this.cache,
+      redis: this.current?.redis?.store,
+      deferred: this.deferred ? { upstreams: this.deferred.queue.upstreams() } : undefined,
+      now: this.clock.now(),
+    });
   }
 
   /** Operator control of an upstream's breaker (POST /upstreams/<name>/breaker). */
-  forceBreaker(
-    upstream: string,
-    mode: 'open' | 'close' | 'auto',
-  ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string } {
-    const p = this.policies.get(upstream);
-    if (!p) return { ok: false, status: 404, error: `no upstream ${upstream}` };
-    if (!p.breaker)
-      return { ok: false, status: 409, error: `upstream ${upstream} has no circuit_breaker configured` };
-    p.breaker.force(mode);
-    return { ok: true, state: p.breaker.state };
+  forceBreaker(upstream: string, mode: 'open' | 'close' | 'auto'): BreakerCommandResult {
+    return forceBreaker(this.policies, upstream, mode);
   }
 
   /** Watches the config file's directory (a Kubernetes ConfigMap swaps its `..data` symlink). */
   watchConfig(debounceMs = 300): void {
-    const dir = dirname(this.config.file);
-    const base = basename(this.config.file);
-    let timer: NodeJS.Timeout | undefined;
-    // The hash of the file as last seen. It starts from the running config's hash, known at once,
-    // not from a read of the file at start: such a read can finish after the file changed, and the
-    // change would then pass unseen. An unchanged file therefore never reloads, and an edit made
-    // right after start is not mistaken for the file the running config came from.
-    let lastSeen = this.configHash;
-    const check = async () => {
-      try {
-        const text = await readFile(this.config.file, 'utf8');
-        const hash = createHash('sha256').update(text).digest('hex').slice(0, 16);
-        if (hash === lastSeen) return;
-        lastSeen = hash;
-        // A file back to the running version changes nothing, but after a failed reload it is
-        // validated again so that /config/status stops showing the failure.
-        if (hash !== this.configHash || this.lastReload?.ok === false) await this.reload('file change');
-      } catch {
-        // the file is being replaced; the next event will tell
-      }
-    };
-    this.watcher = watch(dir, (_event, name) => {
-      if (name !== null && name !== base && !name.startsWith('..')) return;
-      clearTimeout(timer);
-      timer = setTimeout(() => void check(), debounceMs);
-    });
-    this.watcher.on('error', (err) =>
-      this.logger.warn({ err }, 'config watch failed; SIGHUP and POST /config/reload still work'),
+    this.watcher = watchConfigFile(
+      {
+        file: this.config.file,
+        runningHash: () => this.configHash,
+        lastFailed: () => this.lastReload?.ok === false,
+        reload: (trigger) => this.reload(trigger),
+        logger: this.logger,
+      },
+      debounceMs,
     );
   }
 
@@ -737,6 +622,19 @@ export class Breakwater {
     return internalCall(g.pipelineOf(upstream), request, maxResponseBytes, () => this.clock.now());
   }
 
+  /**
+   * The pipeline of `upstream` for a call breakwater makes itself, with no client connection (a
+   * fallback of type upstream; a replayed or composed call): the upstream's own timeouts and retry
+   * policy, its limiter, bulkhead and breaker, without its fallbacks. Its context is made with
+   * `newContext` and `callRequest` (pipeline/types.ts), `res: undefined`; its maker runs
+   * `runFinishers(ctx)` once done with the response (that gives back the bulkhead slot). Undefined
+   * for an unknown upstream.
+   */
+  internalPipeline(upstream: string): InternalPipeline | undefined {
+    const current = this.current;
+    return current?.upstreams.has(upstream) ? current.pipelineOf(upstream) : undefined;
+  }
+
   /** The port a listener is bound to (useful with port 0). */
   listenerPort(name: string): number {
     const l = this.listeners.find((x) => x.model.name === name);
@@ -755,7 +653,7 @@ export class Breakwater {
   }
 
   private async doStop(drainTimeout: number): Promise<void> {
-    const started = Date.now();
+    const started = this.clock.now();
     this.phase = 'draining';
     this.metrics.ready.set(0);
     this.logger.info(
@@ -767,25 +665,8 @@ export class Breakwater {
       },
       'shutdown: draining',
     );
-    if (this.config.shutdown.delay > 0 && drainTimeout > 0) await sleep(this.config.shutdown.delay);
-    const all = [...this.listeners, ...this.retired];
-    const closing = Promise.all(all.map((l) => l.close()));
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      closing.then(() => false),
-      new Promise<boolean>((resolve) => {
-        timer = setTimeout(() => resolve(true), drainTimeout);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      this.logger.warn(
-        { drain_timeout_ms: drainTimeout },
-        'shutdown: drain timeout passed, closing remaining connections',
-      );
-      for (const l of all) l.forceClose();
-      await closing;
-    }
+    if (this.config.shutdown.delay > 0 && drainTimeout > 0) await delay(this.config.shutdown.delay);
+    await drain([...this.listeners, ...this.retired], drainTimeout, this.logger);
     this.watcher?.close();
     await this.sagaService?.stop();
     // Deliveries in flight get a moment to finish; the others go back to pending.
@@ -799,7 +680,10 @@ export class Breakwater {
     const store = await this.store?.catch(() => undefined);
     await store?.close();
     this.phase = 'stopped';
-    this.logger.info({ event: 'shutdown', phase: 'done', took_ms: Date.now() - started }, 'shutdown: done');
+    this.logger.info(
+      { event: 'shutdown', phase: 'done', took_ms: Math.round(this.clock.now() - started) },
+      'shutdown: done',
+    );
     this.logger.flush?.();
   }
 }
@@ -823,8 +707,4 @@ function fallbackRoute(model: UpstreamModel): RouteModel {
     allowTrace: false,
     deferred: undefined,
   };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -8,33 +8,16 @@
  */
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
-import type { ReloadStatus } from '../app.js';
-import type { ResolvedConfig } from '../config/resolve.js';
-import { type DeferredRuntime, deferredRoutes } from '../deferred/admin-routes.js';
+import { deferredRoutes } from '../deferred/admin-routes.js';
 import type { Metrics } from '../observability/metrics.js';
 import { sagaRoutes } from '../sagas/admin-routes.js';
-import type { SagaService } from '../sagas/service.js';
 import { configRoutes } from './config-routes.js';
 import { healthRoutes, type Readiness } from './health.js';
 import { metricsRoute } from './metrics.js';
 import { adminProblem, kindOfStatus } from './problem.js';
+import type { AdminRuntime } from './runtime.js';
 import { stateRoutes } from './state-routes.js';
 import { statusPage } from './status-page.js';
-
-/** What the admin endpoints need from the running breakwater. */
-export interface AdminRuntime extends DeferredRuntime {
-  readonly config: ResolvedConfig;
-  readonly configHash: string;
-  readonly lastReload: ReloadStatus | undefined;
-  reload(trigger: string): Promise<ReloadStatus>;
-  state(): unknown;
-  forceBreaker(
-    upstream: string,
-    mode: 'open' | 'close' | 'auto',
-  ): { ok: true; state: string } | { ok: false; status: 404 | 409; error: string };
-  /** Sagas (src/sagas), when the config has them. */
-  sagas?(): SagaService | undefined;
-}
 
 export interface AdminDeps {
   readonly host: string;

@@ -6,9 +6,9 @@
 import type { FastifyInstance } from 'fastify';
 import { formatProblem } from '../config/load.js';
 import { isTemplate } from '../sagas/template.js';
-import type { AdminRuntime } from './admin.js';
 import { requireOperator } from './auth.js';
 import { adminProblem } from './problem.js';
+import type { AdminRuntime } from './runtime.js';
 
 const SECRET_KEY = /token|secret|password|passwd|authorization|api[-_]?key|cookie/i;
 

@@ -5,9 +5,9 @@
  * `-d`), or `?mode=` in the query.
  */
 import type { FastifyInstance } from 'fastify';
-import type { AdminRuntime } from './admin.js';
 import { requireOperator } from './auth.js';
 import { adminProblem, jsonBody } from './problem.js';
+import type { AdminRuntime } from './runtime.js';
 
 const MODES = new Set(['open', 'close', 'auto']);
 

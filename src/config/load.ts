@@ -7,10 +7,10 @@
 import { readFile } from 'node:fs/promises';
 import { type Document, isMap, isPair, isScalar, LineCounter, type Node, parseDocument } from 'yaml';
 import type { z } from 'zod';
+import { checkedConfigSchema } from './cross-check.js';
 import { substituteEnv } from './env.js';
 import { formatPath, issueMessage, misindented, unknownKeyMessage } from './explain.js';
 import { type ResolvedConfig, resolveConfig } from './resolve.js';
-import { configSchema } from './schema.js';
 
 export interface ConfigProblem {
   readonly file: string;
@@ -87,7 +87,7 @@ export async function parseConfigText(
   const envKeys = new Set(envProblems.map((p) => formatPath(p.path)));
 
   const raw: unknown = doc.toJS({ maxAliasCount: 100 }) ?? {};
-  const result = configSchema.safeParse(raw, { reportInput: true });
+  const result = checkedConfigSchema.safeParse(raw, { reportInput: true });
   if (!result.success) {
     const said = new Set<string>();
     for (const issue of result.error.issues) {

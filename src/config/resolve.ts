@@ -403,6 +403,10 @@ export const DEFAULTS = {
     replicas: 1,
   },
   bulkhead: { maxConcurrent: 100, maxQueue: 0, queueTimeout: 1_000 } satisfies BulkheadPolicy,
+  /** `degradation`'s window, minimum_requests, recovery and probe_ratio. */
+  degradation: { window: 10_000, minimumRequests: 20, recovery: 10_000, probeRatio: 0.05 },
+  /** A cache fallback's `max_stale`, and how stale an answer `cache_only` degradation serves. */
+  cacheMaxStale: 300_000,
   websocket: { enabled: true, idleTimeout: 300_000, maxDuration: 0 } satisfies WebSocketPolicy,
 } as const;
 

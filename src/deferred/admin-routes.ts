@@ -49,7 +49,7 @@ export function deferredRoutes(runtime: DeferredRuntime, token: string | undefin
       const limit = Math.min(MAX_LIMIT, Number(req.query.limit ?? DEFAULT_LIMIT));
       if (!Number.isInteger(limit) || limit < 1)
         return adminProblem(reply, 400, 'bad-request', `limit must be a whole number from 1 to ${MAX_LIMIT}`);
-      const now = Date.now();
+      const now = q.now();
       const { items, truncated } = q.list(f, limit);
       reply.header('cache-control', 'no-store');
       return { items: items.map((i) => summary(i, now)), count: items.length, truncated };
@@ -61,7 +61,7 @@ export function deferredRoutes(runtime: DeferredRuntime, token: string | undefin
       if (!item) return adminProblem(reply, 404, 'not-found', `no deferred item ${req.params.id}`);
       reply.header('cache-control', 'no-store');
       return {
-        ...summary(item, Date.now()),
+        ...summary(item, q.now()),
         history: item.history.map((h) => ({
           at: new Date(h.at).toISOString(),
           status: h.status ?? null,
@@ -80,7 +80,7 @@ export function deferredRoutes(runtime: DeferredRuntime, token: string | undefin
           const r = action === 'cancel' ? await q.cancel(req.params.id) : await q.replay(req.params.id);
           if (!r.ok)
             return adminProblem(reply, r.status, r.status === 404 ? 'not-found' : 'conflict', r.detail);
-          return summary(r.item, Date.now());
+          return summary(r.item, q.now());
         },
       );
       app.post<{ Querystring: Query }>(

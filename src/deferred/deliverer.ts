@@ -8,6 +8,7 @@
  * puts the others back to `pending`.
  */
 
+import type { Clock } from '../clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { InternalRequest, InternalResult } from '../pipeline/internal-call.js';
 import type { Item } from './model.js';
@@ -23,7 +24,7 @@ export type Send = (upstream: string, r: InternalRequest, maxAnswerBytes: number
 export class Deliverer {
   private readonly inFlight = new Map<string, { item: Item; done: Promise<void> }>();
   private readonly perUpstream = new Map<string, number>();
-  private timer: NodeJS.Timeout | undefined;
+  private timer: unknown;
   private scheduled = false;
   private running = false;
   private stopped = false;
@@ -34,8 +35,8 @@ export class Deliverer {
     private readonly send: Send,
     private readonly concurrency: () => number,
     private readonly logger: Logger,
-    /** Wall-clock ms (items' times are wall-clock: they outlive the process). */
-    private readonly now: () => number,
+    /** Items' times are wall-clock (`clock.wall()`): they outlive the process. */
+    private readonly clock: Clock,
   ) {
     queue.onDue = () => this.poke();
   }
@@ -67,15 +68,17 @@ export class Deliverer {
       const limit = this.concurrency();
       const { items, nextAt } = await this.queue.take((u) => limit - (this.perUpstream.get(u) ?? 0));
       for (const item of items) this.deliver(item);
-      clearTimeout(this.timer);
-      const wait = Math.min(MAX_SLEEP, Math.max(0, nextAt - this.now()));
-      this.timer = setTimeout(() => void this.tick(), Number.isFinite(wait) ? wait : MAX_SLEEP);
-      this.timer.unref();
+      this.clock.clearTimeout(this.timer);
+      const wait = Math.min(MAX_SLEEP, Math.max(0, nextAt - this.clock.wall()));
+      this.timer = this.clock.setTimeout(
+        () => void this.tick(),
+        Number.isFinite(wait) ? wait : MAX_SLEEP,
+        true,
+      );
     } catch (err) {
       this.logger.error({ err, event: 'deferred_error' }, 'deferred deliverer: the queue could not be read');
-      clearTimeout(this.timer);
-      this.timer = setTimeout(() => void this.tick(), MAX_SLEEP);
-      this.timer.unref();
+      this.clock.clearTimeout(this.timer);
+      this.timer = this.clock.setTimeout(() => void this.tick(), MAX_SLEEP, true);
     } finally {
       this.ticking = false;
     }
@@ -128,17 +131,17 @@ export class Deliverer {
    */
   async stop(graceMs: number): Promise<void> {
     this.running = false;
-    clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
     const pending = [...this.inFlight.values()];
     if (pending.length > 0) {
-      let t: NodeJS.Timeout | undefined;
+      let t: unknown;
       await Promise.race([
         Promise.all(pending.map((p) => p.done)),
         new Promise<void>((r) => {
-          t = setTimeout(r, graceMs);
+          t = this.clock.setTimeout(r, graceMs);
         }),
       ]);
-      clearTimeout(t);
+      this.clock.clearTimeout(t);
     }
     this.stopped = true;
     await this.queue.putBack([...this.inFlight.values()].map((p) => p.item));

@@ -3,10 +3,12 @@
  * deliverer, and the per-route intake that the listeners consult. Opened the first time a config
  * has a route with `deferred:`, kept across reloads, closed at shutdown.
  */
+
+import type { Clock } from '../clock.js';
 import type { DeferredStoreModel, RouteModel } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Clock, Handler } from '../pipeline/types.js';
+import type { Handler } from '../pipeline/types.js';
 import type { EmbeddedStore } from '../stores/embedded.js';
 import { Deliverer, type Send } from './deliverer.js';
 import { DeferredRoute } from './intake.js';
@@ -35,13 +37,7 @@ export class Deferred {
 
   static async open(store: EmbeddedStore, deps: DeferredDeps): Promise<Deferred> {
     const queue = await DeferredQueue.open(store, deps);
-    const deliverer = new Deliverer(
-      queue,
-      deps.send,
-      () => deps.caps().concurrency,
-      deps.logger,
-      () => deps.clock.wall(),
-    );
+    const deliverer = new Deliverer(queue, deps.send, () => deps.caps().concurrency, deps.logger, deps.clock);
     return new Deferred(queue, deliverer, deps);
   }
 

@@ -91,7 +91,7 @@ export class DeferredRoute {
           headers,
           body,
           requestId: ctx.requestId,
-          clientAddress: clientAddress(ctx.req, this.route.trust),
+          clientAddress: clientAddress(ctx, this.route.trust),
           idempotencyKey: key,
           orderingKey,
           reason,

@@ -12,11 +12,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Database } from 'lmdb';
+import { type Clock, every } from '../clock.js';
 import type { DeferredStoreModel } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { InternalResult } from '../pipeline/internal-call.js';
-import type { Clock } from '../pipeline/types.js';
 import { type EmbeddedStore, lockFile } from '../stores/embedded.js';
 import { DueHeap } from './heap.js';
 import {
@@ -114,7 +114,7 @@ export class DeferredQueue {
   private reservedItems = 0;
   private reservedBytes = 0;
   private seq = 0;
-  private sweepTimer: NodeJS.Timeout | undefined;
+  private stopSweep: () => void = () => undefined;
   /** Told when an item may be due (new, replayed, or its lane moved on). */
   onDue: () => void = () => {};
 
@@ -138,8 +138,7 @@ export class DeferredQueue {
     const q = new DeferredQueue(store, store.db<string, Item>('deferred'), deps, release);
     await q.recover();
     q.collect();
-    q.sweepTimer = setInterval(() => void q.sweep(), 60_000);
-    q.sweepTimer.unref();
+    q.stopSweep = every(deps.clock, 60_000, () => void q.sweep());
     return q;
   }
 
@@ -501,6 +500,11 @@ export class DeferredQueue {
   }
 
   /** Removes finished items older than deferred_store.retention. */
+  /** Wall-clock ms on the queue's clock (items' times are wall-clock). */
+  now(): number {
+    return this.deps.clock.wall();
+  }
+
   async sweep(): Promise<number> {
     const cutoff = this.deps.clock.wall() - this.deps.caps().retention;
     const old: Item[] = [];
@@ -571,7 +575,7 @@ export class DeferredQueue {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.sweepTimer);
+    this.stopSweep();
     this.deps.metrics.collectors.delete('deferred');
     await this.store.flushed();
     await this.release();

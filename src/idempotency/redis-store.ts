@@ -16,6 +16,7 @@
  * times, then a claim left behind lapses with its lease.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { sleep } from '../clock.js';
 import type { RedisStore } from '../stores/redis.js';
 import { script } from '../stores/redis.js';
 import type { BeginResult, IdempotencyStore, StoredResponse } from './store.js';
@@ -144,7 +145,7 @@ export class RedisIdempotencyStore implements IdempotencyStore {
    */
   private async background(op: string, fn: (c: RedisStore['client']) => Promise<unknown>): Promise<void> {
     for (const wait of RETRY_WAITS) {
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (wait > 0) await sleep(this.store.clock, wait);
       try {
         await this.store.run(op, fn);
         return;
@@ -157,10 +158,11 @@ export class RedisIdempotencyStore implements IdempotencyStore {
   /** Polls until the key holds no claim (completed, released, lapsed), or `timeoutMs` passed. */
   async settled(key: string, timeoutMs: number): Promise<void> {
     const rk = this.redisKey(key);
-    const end = performance.now() + timeoutMs;
+    const clock = this.store.clock;
+    const end = clock.now() + timeoutMs;
     let wait = 20;
-    while (performance.now() < end) {
-      await new Promise((r) => setTimeout(r, Math.min(wait, Math.max(1, end - performance.now()))));
+    while (clock.now() < end) {
+      await sleep(clock, Math.min(wait, Math.max(1, end - clock.now())));
       wait = Math.min(wait * 2, 200);
       let v: Buffer | null;
       try {

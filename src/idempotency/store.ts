@@ -4,6 +4,7 @@
  * request or reports what holds it.
  */
 import { LRUCache } from 'lru-cache';
+import { type Clock, systemClock } from '../clock.js';
 
 export interface StoredResponse {
   readonly status: number;
@@ -43,7 +44,10 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
   private readonly lru: LRUCache<string, Entry>;
   private readonly waiters = new Map<string, (() => void)[]>();
 
-  constructor(options: { maxEntries?: number; maxBytes?: number } = {}) {
+  private readonly clock: Clock;
+
+  constructor(options: { maxEntries?: number; maxBytes?: number; clock?: Clock } = {}) {
+    this.clock = options.clock ?? systemClock;
     this.lru = new LRUCache<string, Entry>({
       max: options.maxEntries ?? 100_000,
       maxSize: options.maxBytes ?? 64 * 1024 * 1024,
@@ -82,10 +86,10 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
       const finish = () => {
         if (done) return;
         done = true;
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         resolve();
       };
-      const timer = setTimeout(finish, timeoutMs);
+      const timer = this.clock.setTimeout(finish, timeoutMs);
       list.push(finish);
       this.waiters.set(key, list);
     });

@@ -13,7 +13,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { RequestContext } from '../pipeline/types.js';
+import type { ListenerContext } from '../pipeline/types.js';
 
 export class Http1Connection {
   /** A refusal closes this connection: nothing more from it is forwarded or answered. */
@@ -21,7 +21,7 @@ export class Http1Connection {
   /** Requests read after the refusal (and left unanswered). */
   ignored = 0;
   /** The latest request that went past the refusals (the one whose body the parser may be in). */
-  current: RequestContext | undefined = undefined;
+  current: ListenerContext | undefined = undefined;
   private open = 0;
   private waiting: (() => void) | undefined = undefined;
   private readonly ended = (): void => {

@@ -5,27 +5,25 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2 from 'node:http2';
 import { type Duplex, Transform, type TransformCallback } from 'node:stream';
+import type { Clock } from '../clock.js';
 import type { BufferingModel, ListenerModel, RouteModel } from '../config/resolve.js';
 import type { DeferredRoute } from '../deferred/intake.js';
-import { type Logger, redactHeaders } from '../observability/logger.js';
-import { type Metrics, methodLabel } from '../observability/metrics.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
 import {
+  type Call,
   type Handler,
+  type ListenerContext,
   newContext,
   type Outcome,
   onFinish,
-  type RequestContext,
   runFinishers,
 } from '../pipeline/types.js';
 import { type Attempt, AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
-import {
-  grpcCodeForProblem,
-  grpcCodeName,
-  isGrpcRequest,
-  parseGrpcTimeout,
-  sendTrailersOnly,
-} from '../proxy/grpc.js';
+import { peerAddress } from '../proxy/client-address.js';
+import { grpcCodeForProblem, isGrpcRequest, parseGrpcTimeout, sendTrailersOnly } from '../proxy/grpc.js';
+import type { HandshakeResponse } from '../proxy/handshake.js';
 import { clientResponseHeaders, incomingRequestId, isHopByHop, newRequestId } from '../proxy/headers.js';
 import {
   answered,
@@ -35,14 +33,15 @@ import {
   problem,
   sendProblem,
 } from '../proxy/problem.js';
-import { isHttp2, requestStream, responseStream } from '../proxy/protocol.js';
+import { isHttp2, requestStream } from '../proxy/protocol.js';
 import type { RelayPolicy } from '../proxy/relay.js';
 import { bufferBody, watchBodyIdle } from '../proxy/request-body.js';
 import type { TempFileError, TempFiles } from '../proxy/temp-files.js';
-import { type TunnelPolicies, upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
+import { upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
 import type { SagaTrigger } from '../sagas/service.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
 import { connectionOf } from './connection.js';
+import { Recorder, responseComplete } from './recorder.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
 
 export interface HandlerDeps {
@@ -55,8 +54,10 @@ export interface HandlerDeps {
   readonly accessLogHeaders: readonly string[];
   /** True once shutdown began: responses carry Connection: close. */
   readonly draining: () => boolean;
-  /** The breaker, limiter and bulkhead of an upstream, for WebSocket handshakes. */
-  readonly policiesOf?: (upstream: string) => TunnelPolicies | undefined;
+  /** The WebSocket handshake pipeline of each route (admission, then the handshake). */
+  readonly upgrades: ReadonlyMap<RouteModel, Call<HandshakeResponse>>;
+  /** Time: timings, the request-body deadline. */
+  readonly clock: Clock;
   /** Live traffic figures of an upstream (GET /state, the status page). */
   readonly statsOf?: (upstream: string) => UpstreamStats | undefined;
   /** Temporary files of buffered bodies, and the buffering settings. */
@@ -68,7 +69,7 @@ export interface HandlerDeps {
   readonly deferred?: ReadonlyMap<RouteModel, DeferredRoute> | undefined;
   /** The response cache's tee for this response, when it should be stored. */
   readonly teeFor?: (
-    ctx: RequestContext,
+    ctx: ListenerContext,
     head: ResponseHead,
   ) => ((clientHeaders: readonly string[]) => BodyTee) | undefined;
 }
@@ -171,18 +172,27 @@ function withHeaders(p: Problem, extra: readonly string[] | undefined): Problem 
   return extra ? { ...p, headers: [...(p.headers ?? []), ...extra] } : p;
 }
 
-interface RouteStats {
-  readonly duration: { observe(v: number): void };
-  readonly codes: Map<string, { inc(): void }>;
-  /** Logger with listener, route and upstream bound once (pino serializes bindings ahead). */
-  readonly log: Logger;
+/** A request past the steps before its pipeline: its route, and its path read once. */
+/** A request that starts a saga: its trigger and the path and query with the normalized path. */
+interface SagaRouted {
+  readonly saga: SagaTrigger;
+  readonly url: string;
+}
+
+interface Routed {
+  readonly route: RouteModel;
+  readonly method: string;
+  /** The normalized path (no query). */
+  readonly pathOnly: string;
+  /** Path and query with the normalized path. */
+  readonly url: string;
 }
 
 export class ProxyHandler {
   private router: Router;
-  private stats = new Map<RouteModel | undefined, RouteStats>();
+  /** Metrics and the access log of every call this listener answers (HTTP and WebSocket). */
+  private recorder: Recorder;
   private readonly inflight: { inc(): void; dec(): void };
-  private readonly sendTimeouts: { inc(): void };
   /** How responses reach the client: buffered for a slow client, or at its pace (per listener). */
   private bufferedRelay: RelayPolicy;
   private directRelay: RelayPolicy;
@@ -193,8 +203,8 @@ export class ProxyHandler {
 
   constructor(private deps: HandlerDeps) {
     this.router = new Router(deps.listener.routes);
+    this.recorder = recorderOf(deps);
     this.inflight = deps.metrics.inflight.labels(deps.listener.name);
-    this.sendTimeouts = deps.metrics.sendTimeouts.labels(deps.listener.name);
     [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
     this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
@@ -206,7 +216,7 @@ export class ProxyHandler {
   update(deps: HandlerDeps): void {
     this.deps = deps;
     this.router = new Router(deps.listener.routes);
-    this.stats = new Map();
+    this.recorder = recorderOf(deps);
     [this.bufferedRelay, this.directRelay] = relayPolicies(deps);
     this.optOutHeader = Buffer.from(deps.buffering.optOutHeader, 'latin1');
   }
@@ -226,7 +236,7 @@ export class ProxyHandler {
       conn.begin(res);
       // An HTTP/1 request line says HTTP/1.0 or HTTP/1.1, or the request is not read any further.
       if (!isHttp1RequestLine(req)) {
-        const start = performance.now();
+        const start = this.deps.clock.now();
         const requestId = newRequestId();
         this.inflight.inc();
         res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
@@ -241,51 +251,28 @@ export class ProxyHandler {
       res.end();
       return;
     }
-    // Absolute-form (`GET http://host/path`) is served for the request's own Host only; every other
-    // host would make breakwater an open proxy.
-    const target = absoluteTarget(req.url ?? '/', req.headers.host);
-    if (target === 'foreign') {
+    if (!resolveTarget(req)) {
       refuseConnection(req);
       sendProblem(res, problem('bad-request', FOREIGN_TARGET, { headers: ['connection', 'close'] }));
       return;
     }
-    if (target !== undefined) req.url = target;
-    const start = performance.now();
-    let url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const rawPath = q < 0 ? url : url.slice(0, q);
-    const method = req.method ?? 'GET';
+    const start = this.deps.clock.now();
     const requestId = incomingRequestId(req) ?? newRequestId();
     this.inflight.inc();
-    // One reading of the path for matching and for the upstream, so no encoding trick bypasses a route.
-    const pathOnly = normalizePath(rawPath);
-    const refusal = this.refusal(req, rawPath, pathOnly, requestId);
-    if (refusal !== undefined) {
+    const routed = this.routeRequest(req, requestId, undefined, true);
+    if ('saga' in routed) {
+      // A saga's trigger, matched before the routes (src/sagas).
       res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
-      refuseConnection(req);
-      sendProblem(res, refusal);
+      routed.saga(req, res, requestId, routed.url);
       return;
     }
-    if (pathOnly !== rawPath) url = q < 0 ? (pathOnly as string) : `${pathOnly}${url.slice(q)}`;
-    // A saga's trigger is matched before the routes (src/sagas).
-    const saga = this.deps.sagaTrigger?.(method, pathOnly as string);
-    if (saga !== undefined) {
+    if (!('route' in routed)) {
       res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
-      saga(req, res, requestId, url);
+      if (routed.kind !== 'no-route') refuseConnection(req);
+      sendProblem(res, routed);
       return;
     }
-    const route = this.router.match(method, pathOnly as string, req.headers);
-
-    if (!route) {
-      res.once('close', () => this.record(req, res, undefined, requestId, start, 0));
-      sendProblem(
-        res,
-        problem('no-route', `no route of listener ${this.deps.listener.name} matches ${method} ${pathOnly}`, {
-          requestId,
-        }),
-      );
-      return;
-    }
+    const { route, method, pathOnly, url } = routed;
     // TRACE echoes the request back, cookies and credentials included (cross-site tracing).
     if (method === 'TRACE' && !route.allowTrace) {
       res.once('close', () => this.record(req, res, route, requestId, start, 0));
@@ -312,12 +299,13 @@ export class ProxyHandler {
     const chunked = cl === undefined;
     const ctx = newContext({
       req,
+      peer: peerAddress(req),
       res,
       route,
       upstream,
       requestId,
       method,
-      path: upstreamPath(url, (pathOnly as string).length, route.stripPrefix),
+      path: upstreamPath(url, pathOnly.length, route.stripPrefix),
       start,
       // A streamed chunked body has no declared size: it is counted as it streams (a buffered one
       // as it is read). Not a gRPC call's: its stream may carry any number of messages over its
@@ -396,7 +384,7 @@ export class ProxyHandler {
   }
 
   /** Runs the pipeline and commits its outcome; anything thrown on the way ends the response. */
-  private run(ctx: RequestContext, pipeline: Handler): void {
+  private run(ctx: ListenerContext, pipeline: Handler): void {
     // A write on a route with `deferred:` may be stored and answered 202 instead (no fallback).
     const deferred = this.deps.deferred?.get(ctx.route);
     (deferred?.takes(ctx) ? deferred.run(ctx) : pipeline(ctx))
@@ -431,7 +419,7 @@ export class ProxyHandler {
    * or 503. `request_buffering: false`, and gRPC calls (whose stream may stay open), stream to the
    * upstream as they arrive, within the upstream's streaming share.
    */
-  private receiveBody(ctx: RequestContext, pipeline: Handler): void {
+  private receiveBody(ctx: ListenerContext, pipeline: Handler): void {
     const { req, route } = ctx;
     const limits = this.deps.listener.limits;
     // A gRPC stream may rightly be quiet (a bidi call waiting for the server); its deadline bounds it.
@@ -444,7 +432,8 @@ export class ProxyHandler {
       return;
     }
     const cap = route.timeouts.request;
-    const timer = setTimeout(
+    const clock = this.deps.clock;
+    const timer = clock.setTimeout(
       () => this.bodyTimedOut(ctx, `the request body did not arrive within ${cap} ms (request_timeout)`),
       cap,
     );
@@ -452,18 +441,23 @@ export class ProxyHandler {
       onFinish(ctx, () => void file.remove()),
     ).then(
       (body) => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         if (ctx.clientGone) return;
         ctx.body = body;
         this.run(ctx, pipeline);
       },
       (err: { code?: string; message?: string }) => {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         if (ctx.clientGone) return;
         if (err.code === 'BW_TEMP_FILE') {
           const e = err as TempFileError;
-          this.routeStats(route).log.error(
-            { request_id: ctx.requestId, errno: e.errno, err: e.message, temp_dir: this.deps.tempFiles.dir },
+          this.recorder.logOf(route).error(
+            {
+              request_id: ctx.requestId,
+              errno: e.errno,
+              err: e.message,
+              temp_dir: this.deps.tempFiles.dir,
+            },
             'request body could not be buffered in a temporary file',
           );
           refuseConnection(req);
@@ -484,7 +478,7 @@ export class ProxyHandler {
   }
 
   /** The client stopped sending its body: 408, the attempt (if any) aborted, the connection closed. */
-  private bodyTimedOut(ctx: RequestContext, detail: string): void {
+  private bodyTimedOut(ctx: ListenerContext, detail: string): void {
     if (ctx.clientGone || ctx.req.complete) return;
     ctx.clientGone = true;
     ctx.current?.abort(BODY_STALLED);
@@ -512,59 +506,78 @@ export class ProxyHandler {
       socket.destroy();
       return;
     }
-    const start = performance.now();
     const deps = this.deps;
+    const start = deps.clock.now();
     const requestId = incomingRequestId(req) ?? newRequestId();
-    const u = {
-      req,
-      socket,
-      head,
-      requestId,
-      start,
-      listener: deps.listener.name,
-      metrics: deps.metrics,
-      logger: deps.logger,
-      accessLog: deps.accessLog,
-    };
+    const u = { req, socket, head, requestId, start, clock: deps.clock, recorder: this.recorder };
     // A WebSocket opened now would be cut at the drain timeout: the client is better off
     // reconnecting to another replica at once.
     if (deps.draining()) {
       const detail = 'breakwater is shutting down: open the WebSocket again (another replica will take it)';
-      this.tunnels.refuse(u, problem('shutting-down', detail, { requestId, headers: ['retry-after', '1'] }));
+      const p = problem('shutting-down', detail, { requestId, headers: ['retry-after', '1'] });
+      this.tunnels.refuse(u, undefined, p);
       return;
     }
-    const target = absoluteTarget(req.url ?? '/', req.headers.host);
-    if (target === 'foreign') {
-      this.tunnels.refuse(u, problem('bad-request', FOREIGN_TARGET, { requestId }));
+    if (!resolveTarget(req)) {
+      this.tunnels.refuse(u, undefined, problem('bad-request', FOREIGN_TARGET, { requestId }));
       return;
     }
-    if (target !== undefined) req.url = target;
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    const rawPath = q < 0 ? url : url.slice(0, q);
-    const pathOnly = normalizePath(rawPath);
-    const refusal =
-      (isHttp1RequestLine(req) ? undefined : requestLineProblem(req, requestId)) ??
-      this.refusal(req, rawPath, pathOnly, requestId) ??
-      upgradeRefusal(req, requestId);
-    if (refusal !== undefined || pathOnly === undefined) {
-      this.tunnels.refuse(u, refusal as Problem);
+    const routed = isHttp1RequestLine(req)
+      ? this.routeRequest(req, requestId, upgradeRefusal)
+      : requestLineProblem(req, requestId);
+    if (!('route' in routed)) {
+      // (No saga starts on an upgrade: routeRequest is not asked for one here.)
+      this.tunnels.refuse(u, undefined, routed as Problem);
       return;
     }
-    const method = req.method ?? 'GET';
-    const route = this.router.match(method, pathOnly, req.headers);
-    if (!route) {
-      const detail = `no route of listener ${deps.listener.name} matches ${method} ${pathOnly}`;
-      this.tunnels.refuse(u, problem('no-route', detail, { requestId }));
-      return;
-    }
-    const full = pathOnly === rawPath ? url : q < 0 ? pathOnly : `${pathOnly}${url.slice(q)}`;
-    this.tunnels.open(u, {
+    const { route, method, pathOnly, url } = routed;
+    const ctx = newContext({
+      req,
+      peer: peerAddress(req),
+      res: undefined,
       route,
       upstream: deps.upstreams.get(route.upstream) as Upstream,
-      policies: deps.policiesOf?.(route.upstream),
-      path: upstreamPath(full, pathOnly.length, route.stripPrefix),
+      requestId,
+      method,
+      path: upstreamPath(url, pathOnly.length, route.stripPrefix),
+      start,
+      body: null,
+      grpc: false,
+      grpcTimeout: Number.POSITIVE_INFINITY,
+      unbufferedResponse: false,
     });
+    this.tunnels.open(u, { ctx, pipeline: deps.upgrades.get(route) as Call<HandshakeResponse> });
+  }
+
+  /**
+   * The steps every request takes before its pipeline, handle() and upgrade() alike: the path read
+   * once (normalized, so that no encoding trick bypasses a route), the refusals that do not depend
+   * on the route, then `more` (the caller's own), then the route. Returns the route, or the problem
+   * to answer: `no-route` when none matches, any other a refusal that closes the connection.
+   */
+  private routeRequest(
+    req: IncomingMessage,
+    requestId: string,
+    more?: (req: IncomingMessage, requestId: string) => Problem | undefined,
+    sagas = false,
+  ): Routed | SagaRouted | Problem {
+    const full = req.url ?? '/';
+    const q = full.indexOf('?');
+    const rawPath = q < 0 ? full : full.slice(0, q);
+    const pathOnly = normalizePath(rawPath);
+    const refusal = this.refusal(req, rawPath, pathOnly, requestId) ?? more?.(req, requestId);
+    if (refusal !== undefined || pathOnly === undefined) return refusal as Problem;
+    const method = req.method ?? 'GET';
+    const saga = sagas ? this.deps.sagaTrigger?.(method, pathOnly) : undefined;
+    if (saga !== undefined)
+      return { saga, url: pathOnly === rawPath ? full : q < 0 ? pathOnly : `${pathOnly}${full.slice(q)}` };
+    const route = this.router.match(method, pathOnly, req.headers);
+    if (!route) {
+      const detail = `no route of listener ${this.deps.listener.name} matches ${method} ${pathOnly}`;
+      return problem('no-route', detail, { requestId });
+    }
+    const url = pathOnly === rawPath ? full : q < 0 ? pathOnly : `${pathOnly}${full.slice(q)}`;
+    return { route, method, pathOnly, url };
   }
 
   /**
@@ -657,7 +670,7 @@ export class ProxyHandler {
   }
 
   /** Writes the outcome to the client; resolves with the body bytes relayed. */
-  private async commit(ctx: RequestContext, outcome: Outcome): Promise<number> {
+  private async commit(ctx: ListenerContext, outcome: Outcome): Promise<number> {
     const { res } = ctx;
     const extra = this.extraHeaders(ctx);
     if (outcome.type === 'problem') {
@@ -729,7 +742,7 @@ export class ProxyHandler {
    * buffered after all (the opt-out is a hint; buffering frees the connection).
    */
   private relayPolicy(
-    ctx: RequestContext,
+    ctx: ListenerContext,
     endpoint: Endpoint,
     attempt: Attempt,
     head: ResponseHead,
@@ -745,7 +758,7 @@ export class ProxyHandler {
     return kind === EVENT_STREAM ? undefined : this.bufferedRelay;
   }
 
-  private streamingFull(ctx: RequestContext, endpoint: Endpoint): Problem {
+  private streamingFull(ctx: ListenerContext, endpoint: Endpoint): Problem {
     const detail = `every one of the ${endpoint.share?.limit ?? 0} places per endpoint of upstream ${ctx.upstream.name} for streaming responses is in use`;
     return problem('streaming-limit', detail, {
       upstream: ctx.upstream.name,
@@ -756,7 +769,7 @@ export class ProxyHandler {
 
   /** Writes a static or cached fallback answer. */
   private commitLocal(
-    ctx: RequestContext,
+    ctx: ListenerContext,
     local: Extract<Outcome, { type: 'local' }>,
     extra: string[] | undefined,
   ): number {
@@ -782,7 +795,7 @@ export class ProxyHandler {
   }
 
   /** Headers breakwater adds to every answer: attempts made, and Connection: close while draining. */
-  private extraHeaders(ctx: RequestContext): string[] | undefined {
+  private extraHeaders(ctx: ListenerContext): string[] | undefined {
     // (HTTP/2 has no Connection header: a draining listener sends its sessions a GOAWAY instead.)
     const draining = this.deps.draining() && !isHttp2(ctx.req);
     if (!ctx.route.retry.attemptsHeader) return draining ? CONNECTION_CLOSE : undefined;
@@ -798,92 +811,11 @@ export class ProxyHandler {
     requestId: string,
     start: number,
     bytes: number,
-    ctx?: RequestContext,
+    ctx?: ListenerContext,
   ): void {
     this.inflight.dec();
-    const now = performance.now();
-    const seconds = (now - start) / 1000;
-    const complete = responseComplete(res);
-    // 499 (as nginx): the client went away before the response started.
-    const status = res.headersSent ? res.statusCode : 499;
-    if (route) this.deps.statsOf?.(route.upstream)?.record(now, seconds * 1000, status);
-    const stats = this.routeStats(route);
-    stats.duration.observe(seconds);
-    const codeKey = `${methodLabel(req.method ?? '')} ${status}`;
-    let counter = stats.codes.get(codeKey);
-    if (!counter) {
-      counter = this.deps.metrics.requests.labels(
-        this.deps.listener.name,
-        route?.name ?? '',
-        route?.upstream ?? '',
-        methodLabel(req.method ?? ''),
-        String(status),
-      );
-      stats.codes.set(codeKey, counter);
-    }
-    counter.inc();
-    const cutReason = ctx?.current?.cutReason;
-    if (cutReason === 'send_timeout') this.sendTimeouts.inc();
-    const buffered = ctx?.current?.buffered;
-    const grpcStatus = ctx?.grpc ? ctx.grpcStatus : undefined;
-    if (grpcStatus !== undefined)
-      this.deps.metrics.grpcCalls
-        .labels(this.deps.listener.name, route?.name ?? '', route?.upstream ?? '', grpcCodeName(grpcStatus))
-        .inc();
-    if (!this.deps.accessLog) return;
-    const q = (req.url ?? '').indexOf('?');
-    const line: Record<string, unknown> = {
-      request_id: requestId,
-      method: req.method,
-      path: q < 0 ? req.url : req.url?.slice(0, q),
-      status,
-      duration_ms: Math.round(seconds * 1e6) / 1e3,
-      bytes_in:
-        req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']),
-      bytes_out: bytes,
-      attempts: ctx?.attempts ?? 0,
-      retry_skipped: ctx?.retrySkipped,
-      response_buffered: buffered,
-      close_reason: cutReason,
-      grpc_status: grpcStatus,
-      upstream_error: ctx?.upstreamError,
-      complete,
-    };
-    if (this.deps.accessLogHeaders.length)
-      line.headers = redactHeaders(req.headers, this.deps.accessLogHeaders);
-    stats.log.info(line, 'request');
+    this.recorder.request(req, res, route, requestId, start, bytes, ctx);
   }
-
-  private routeStats(route: RouteModel | undefined): RouteStats {
-    let s = this.stats.get(route);
-    if (!s) {
-      s = {
-        duration: this.deps.metrics.duration.labels(
-          this.deps.listener.name,
-          route?.name ?? '',
-          route?.upstream ?? '',
-        ),
-        codes: new Map(),
-        log: this.deps.logger.child({
-          listener: this.deps.listener.name,
-          route: route?.name,
-          upstream: route?.upstream,
-        }),
-      };
-      this.stats.set(route, s);
-    }
-    return s;
-  }
-}
-
-/**
- * Whether the response reached its end. HTTP/2 (compatibility API): `writableFinished` is true
- * for a stream the client reset too, so it is judged by the stream's close code.
- */
-function responseComplete(res: ServerResponse): boolean {
-  const stream = responseStream(res);
-  if (stream === undefined) return res.writableFinished;
-  return stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
 }
 
 /**
@@ -1068,4 +1000,27 @@ function hasBody(req: IncomingMessage): boolean {
   // HTTP/2: a body follows unless the HEADERS frame ended the stream (gRPC sends no length).
   const stream = requestStream(req);
   return stream !== undefined && !stream.endAfterHeaders;
+}
+
+/**
+ * Absolute-form (`GET http://host/path`) is served for the request's own Host only (the target
+ * becomes the request's path); every other host would make breakwater an open proxy: false.
+ */
+function resolveTarget(req: IncomingMessage): boolean {
+  const target = absoluteTarget(req.url ?? '/', req.headers.host);
+  if (target === 'foreign') return false;
+  if (target !== undefined) req.url = target;
+  return true;
+}
+
+function recorderOf(deps: HandlerDeps): Recorder {
+  return new Recorder({
+    listener: deps.listener.name,
+    metrics: deps.metrics,
+    logger: deps.logger,
+    clock: deps.clock,
+    accessLog: deps.accessLog,
+    accessLogHeaders: deps.accessLogHeaders,
+    statsOf: deps.statsOf,
+  });
 }

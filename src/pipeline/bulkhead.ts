@@ -3,14 +3,17 @@
  * response to the client is over), `max_queue` more waiting up to `queue_timeout`; beyond that 503
  * at once. A hanging upstream can then hold only its own slots, never the whole process.
  */
+
+import type { Clock } from '../clock.js';
 import type { BulkheadPolicy } from '../config/resolve.js';
 import { type Problem, problem } from '../proxy/problem.js';
 import {
-  type Clock,
-  type Handler,
+  type Call,
+  type CallResponse,
   type Layer,
   type Outcome,
   onFinish,
+  type ProblemOutcome,
   type RequestContext,
 } from './types.js';
 
@@ -86,8 +89,12 @@ export class Bulkhead {
     return problem('bulkhead-full', detail, { upstream, requestId });
   }
 
-  layer(upstream: string, onRejected: () => void): Layer {
-    const admit = (ctx: RequestContext, next: Handler): Promise<Outcome> => {
+  /**
+   * Works over any call (an HTTP request, a WebSocket handshake): the slot is held until the call's
+   * finishers run (the response to the client is over; a WebSocket's connection closed).
+   */
+  layer<R extends CallResponse>(upstream: string, onRejected: () => void): Layer<R> {
+    const admit = (ctx: RequestContext, next: Call<R>): Promise<Outcome<R>> => {
       // A request whose client left while it queued gives its slot straight back.
       if (ctx.clientGone) {
         this.release();
@@ -102,7 +109,7 @@ export class Bulkhead {
       });
       return next(ctx);
     };
-    const refuse = (ctx: RequestContext): Outcome => {
+    const refuse = (ctx: RequestContext): ProblemOutcome => {
       onRejected();
       return { type: 'problem', problem: this.fullProblem(upstream, ctx.requestId) };
     };
@@ -113,7 +120,9 @@ export class Bulkhead {
       if (got === false) return Promise.resolve(refuse(ctx));
       // A client that leaves while queued frees its place in the queue at once.
       onFinish(ctx, () => this.leave(got));
-      return got.then((admitted) => (admitted ? admit(ctx, next) : refuse(ctx)));
+      return got.then((admitted): Outcome<R> | Promise<Outcome<R>> =>
+        admitted ? admit(ctx, next) : refuse(ctx),
+      );
     };
   }
 }

@@ -3,11 +3,12 @@
  * told every attempt's result. An open breaker answers 503 `circuit-open` with Retry-After set to
  * the time until it lets a probe through.
  */
-import { grpcHttpEquivalent } from '../proxy/grpc.js';
+
+import type { Clock } from '../clock.js';
 import { type Problem, problem } from '../proxy/problem.js';
-import { type CircuitBreaker, isFailure } from './circuit-breaker.js';
-import { classifyOutcome } from './outcome.js';
-import type { Clock, Layer } from './types.js';
+import type { CircuitBreaker } from './circuit-breaker.js';
+import { classifyOutcome, compileOutcomes, judgedAtTrailers, trailersVerdict } from './outcome.js';
+import type { CallResponse, Layer } from './types.js';
 
 /**
  * The 503 `circuit-open` answer, Retry-After set to the time until a probe is let through; none
@@ -20,13 +21,15 @@ export function breakerOpenProblem(breaker: CircuitBreaker, upstream: string, re
   return problem('circuit-open', detail, { upstream, requestId, headers: ['retry-after', String(seconds)] });
 }
 
-export function circuitBreakerLayer(
+/** Works over any call (an HTTP attempt, a WebSocket handshake): one permit per attempt. */
+export function circuitBreakerLayer<R extends CallResponse>(
   breaker: CircuitBreaker,
   upstream: string,
   clock: Clock,
   onRejected: () => void,
-): Layer {
-  const failureOn = breaker.policy.failureOn;
+): Layer<R> {
+  // failure_on compiled once: a call looks its status or cause up.
+  const failureOn = compileOutcomes(breaker.policy.failureOn);
   return (next) => async (ctx) => {
     const permit = breaker.tryAcquire();
     if (!permit) {
@@ -37,19 +40,13 @@ export function circuitBreakerLayer(
     const outcome = await next(ctx);
     // A gRPC call is judged by the grpc-status in its trailers, when the stream is over; a half-open
     // probe is judged as its response starts (a long stream would hold the probe slot for its life).
-    if (
-      ctx.grpc &&
-      !permit.probe &&
-      outcome.type === 'response' &&
-      outcome.head.grpcStatus === undefined &&
-      outcome.head.status === 200
-    ) {
+    if (!permit.probe && outcome.type === 'response' && judgedAtTrailers(ctx.grpc, outcome)) {
       const elapsed = clock.now() - t0;
-      outcome.attempt.grpcEnd().then((code) => {
+      trailersVerdict(outcome).then((c) => {
         const result =
-          code === undefined
+          c === undefined
             ? 'ignored'
-            : isFailure(failureOn, grpcHttpEquivalent(code), undefined)
+            : failureOn.match(c.status, undefined) !== undefined
               ? 'failure'
               : 'success';
         breaker.onResult(permit, result, elapsed);
@@ -60,7 +57,7 @@ export function circuitBreakerLayer(
     const result =
       c.cause === 'aborted' || ctx.clientGone || outcome.type === 'problem'
         ? 'ignored'
-        : isFailure(failureOn, c.status, c.cause)
+        : failureOn.match(c.status, c.cause) !== undefined
           ? 'failure'
           : 'success';
     breaker.onResult(permit, result, clock.now() - t0);

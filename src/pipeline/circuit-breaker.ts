@@ -10,8 +10,9 @@
  * Every transition is published to listeners (metrics, logs, /state) with its reason and counts;
  * nothing else in the breaker knows about metrics or logs.
  */
+
+import type { Clock } from '../clock.js';
 import type { CircuitBreakerPolicy, FailureOutcome } from '../config/resolve.js';
-import type { Clock } from './types.js';
 
 export type BreakerState = 'closed' | 'open' | 'half_open' | 'forced_open' | 'forced_closed';
 export const BREAKER_STATES: readonly BreakerState[] = [

@@ -4,9 +4,11 @@
  * anything the inner layers produce later is discarded. Inner layers read `ctx.deadline` to cap
  * each attempt and to skip retries that could not finish in time.
  */
+
+import type { Clock } from '../clock.js';
 import { AttemptError } from '../proxy/attempt.js';
 import { problem } from '../proxy/problem.js';
-import type { Clock, Layer, Outcome, RequestContext } from './types.js';
+import type { Layer, Outcome, RequestContext } from './types.js';
 
 function expired(ctx: RequestContext, requestTimeout: number, routeTimeout: number): Outcome {
   return {

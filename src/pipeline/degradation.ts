@@ -1,5 +1,5 @@
 /**
- * Graceful degradation, per upstream (the design document's section 2.4).
+ * Graceful degradation, per upstream.
  *
  * The monitor keeps the outcomes of the last `window` (latency to response headers, and whether
  * the request failed) and judges the conditions over them once at least `minimum_requests` are in
@@ -13,8 +13,9 @@
  * degraded only probes are measured, so a smaller sample is judged (min(minimum_requests, 5));
  * with fewer probes than that in the window the upstream stays degraded.
  */
+
+import type { Clock } from '../clock.js';
 import type { DegradationInput } from '../config/schema.js';
-import type { Clock } from './types.js';
 
 type Condition = NonNullable<DegradationInput>['services'][number]['conditions'][number];
 

@@ -11,15 +11,15 @@
  */
 
 import { ResponseCache } from '../cache/response-cache.js';
-import type { FallbackModel, RouteModel } from '../config/resolve.js';
-import { grpcHttpEquivalent } from '../proxy/grpc.js';
+import type { Clock } from '../clock.js';
+import { DEFAULTS, type FallbackModel, type RouteModel } from '../config/resolve.js';
 import { problem } from '../proxy/problem.js';
 import { replayable } from '../proxy/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
-import { classifyOutcome, judgedStatus } from './outcome.js';
+import { classifyOutcome, judgedAtTrailers, judgedStatus, trailersVerdict } from './outcome.js';
 import { grpcStatusNamed, maySendAgain } from './retry.js';
-import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
+import type { Handler, Layer, Outcome, RequestContext } from './types.js';
 
 export type Trigger = 'breaker_open' | 'timeout' | 'error' | 'rate_limited' | 'bulkhead_full' | 'degraded';
 export const DEFAULT_TRIGGERS: readonly Trigger[] = [
@@ -182,7 +182,7 @@ export class FallbackChain {
         age: undefined,
       };
     }
-    if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? 300_000);
+    if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? DEFAULTS.cacheMaxStale);
     // type upstream: only a request whose body can be sent again (in memory or a temporary file),
     // and, once the upstream may have processed it, only one that may be sent twice (the retry
     // rule: a payment that got a 503 is not sent to a replica that shares its database).
@@ -212,7 +212,7 @@ export class FallbackChain {
 
 export interface DegradationPlan {
   readonly monitor: DegradationMonitor;
-  /** A fallback name, or the type words of the seed: static_response, cache_only. */
+  /** A fallback name, or a type word: static_response (the chain's static answer), cache_only. */
   readonly fallback: string;
 }
 
@@ -236,15 +236,10 @@ export function fallbackLayer(
     const outcome = await next(ctx);
     if (monitor) {
       const latency = clock.now() - t0;
-      if (
-        ctx.grpc &&
-        outcome.type === 'response' &&
-        outcome.head.grpcStatus === undefined &&
-        outcome.head.status === 200
-      ) {
+      if (outcome.type === 'response' && judgedAtTrailers(ctx.grpc, outcome)) {
         // Judged by the grpc-status in the trailers, when the stream is over.
-        outcome.attempt.grpcEnd().then((code) => {
-          if (code !== undefined) monitor.record(latency, grpcHttpEquivalent(code) >= 500);
+        trailersVerdict(outcome).then((c) => {
+          if (c !== undefined) monitor.record(latency, (c.status as number) >= 500);
         });
       } else {
         const c = classifyOutcome(outcome);
@@ -283,7 +278,7 @@ async function serveDegraded(
     const served = await chain.serve(ctx, start, 'degraded');
     if (served) return served;
   } else if (plan.fallback === 'cache_only') {
-    const hit = chain.fromCache(ctx, 'cache_only', 300_000);
+    const hit = chain.fromCache(ctx, 'cache_only', DEFAULTS.cacheMaxStale);
     if (hit) {
       chain.s.served(chain.upstream, 'cache_only', 'degraded');
       return hit;

@@ -18,6 +18,7 @@
  * measures them on this process's monotonic clock, so no wall clock is compared across machines.
  */
 import { LRUCache } from 'lru-cache';
+import type { Clock } from '../clock.js';
 import type { RateLimiterPolicy } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -26,7 +27,7 @@ import { problem } from '../proxy/problem.js';
 import type { RedisStore, StoreHealth } from '../stores/redis.js';
 import { script } from '../stores/redis.js';
 import { type RateLimiter, type RateLimiterEvents, rateLimitedProblem } from './rate-limiter.js';
-import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
+import type { Call, CallResponse, Layer, Outcome, ProblemOutcome, RequestContext } from './types.js';
 
 /**
  * KEYS[1]: the limit's key. ARGV[1]: emission interval (µs per request, 1e6 / rate).
@@ -137,12 +138,13 @@ export class GlobalRateLimiter {
 
   private keyOf(ctx: RequestContext): string {
     const k = this.policy.key;
-    if (k.kind === 'client_ip') return clientAddress(ctx.req, ctx.route.trust);
+    if (k.kind === 'client_ip') return clientAddress(ctx, ctx.route.trust);
     if (k.kind === 'header') return String(ctx.req.headers[k.header] ?? '');
     return '';
   }
 
-  layer(upstream: string, events: RateLimiterEvents): Layer {
+  /** Works over any call (an HTTP request, a WebSocket handshake). */
+  layer<R extends CallResponse>(upstream: string, events: RateLimiterEvents): Layer<R> {
     return (next) => (ctx) => {
       const keyed = this.denied !== undefined;
       const key = keyed ? this.keyOf(ctx) : '';
@@ -156,13 +158,13 @@ export class GlobalRateLimiter {
     };
   }
 
-  private async ask(
+  private async ask<R extends CallResponse>(
     ctx: RequestContext,
     key: string,
-    next: Handler,
+    next: Call<R>,
     upstream: string,
     events: RateLimiterEvents,
-  ): Promise<Outcome> {
+  ): Promise<Outcome<R>> {
     let reply: unknown;
     try {
       reply =
@@ -201,12 +203,12 @@ export class GlobalRateLimiter {
     return this.limitedProblem(upstream, ctx.requestId, retryMs);
   }
 
-  private fallback(
+  private fallback<R extends CallResponse>(
     ctx: RequestContext,
-    next: Handler,
+    next: Call<R>,
     upstream: string,
     events: RateLimiterEvents,
-  ): Outcome | Promise<Outcome> {
+  ): Outcome<R> | Promise<Outcome<R>> {
     const mode = this.policy.onStoreError;
     // Logged once per outage (the store's breaker open), not for a single slow answer.
     if (!this.fellBack && this.store.breaker.state !== 'closed') {
@@ -238,7 +240,7 @@ export class GlobalRateLimiter {
         ),
       };
     }
-    const bucket = this.local.bucketFor(ctx.req, ctx.route.trust);
+    const bucket = this.local.bucketFor(ctx);
     if (bucket.tryTake()) {
       this.allowedFallback.inc();
       return next(ctx);
@@ -249,7 +251,7 @@ export class GlobalRateLimiter {
   }
 
   /** 429 from the global state: no token for `retryMs`. */
-  private limitedProblem(upstream: string, requestId: string, retryMs: number): Outcome {
+  private limitedProblem(upstream: string, requestId: string, retryMs: number): ProblemOutcome {
     const detail = `upstream ${upstream} is limited to ${this.policy.ratePerSecond} requests/s across all replicas (burst ${this.policy.burst})`;
     const p = rateLimitedProblem(detail, upstream, requestId, {
       policyHeader: this.policyHeader,

@@ -75,7 +75,7 @@ function scopeOf(policy: IdempotencyPolicy, ctx: RequestContext): string {
     const v = ctx.req.headers[s.header];
     if (typeof v === 'string' && v !== '') return `h:${v}`;
   }
-  return `ip:${clientAddress(ctx.req, ctx.route.trust)}`;
+  return `ip:${clientAddress(ctx, ctx.route.trust)}`;
 }
 
 export function idempotencyLayer(

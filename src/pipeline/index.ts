@@ -2,9 +2,10 @@
  * The policy stack of a route, outermost first. This file is the architecture: reading
  * `buildPipeline` tells what happens to a request and in which order.
  *
- *   idempotency             per route: replay, 409/422/400, or forward and store the response
- *   fallback / degradation  outermost: answers from a fallback when anything below fails (or
- *                           at once while the upstream is degraded)
+ *   idempotency             outermost, per route: replay, 409/422/400, or forward and store the
+ *                           response (a fallback's answer is never stored as the key's response)
+ *   fallback / degradation  answers from a fallback when anything below fails (or at once while
+ *                           the upstream is degraded)
  *   rate limiter / shaper   per upstream: 429, or wait in the shaper queue
  *   bulkhead                per upstream: a concurrency slot held until the response is over
  *   deadline                request_timeout over everything below (attempts, waits, retries)
@@ -14,17 +15,24 @@
  *
  * Per-upstream state (breaker, limiter, bulkhead, retry budget) lives in UpstreamPolicies, shared
  * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
+ *
+ * A WebSocket handshake passes the same admission layers (limiter, bulkhead, breaker; see
+ * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`); a call
+ * breakwater makes itself runs an upstream's request pipeline with a context that has no client.
  */
 import type { ResponseCache } from '../cache/response-cache.js';
-import type { FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
+import type { Clock } from '../clock.js';
+import { DEFAULTS, type FallbackModel, type RouteModel, type UpstreamModel } from '../config/resolve.js';
 import type { DegradationInput } from '../config/schema.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
+import { carried, sameSettings } from '../lifecycle/survives.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
+import { type HandshakeResponse, handshakeCall } from '../proxy/handshake.js';
 import type { RedisStore } from '../stores/redis.js';
 import { Bulkhead } from './bulkhead.js';
-import { BREAKER_STATES, CircuitBreaker, countsFields } from './circuit-breaker.js';
+import { CircuitBreaker } from './circuit-breaker.js';
 import { circuitBreakerLayer } from './circuit-breaker-layer.js';
 import { deadlineLayer } from './deadline.js';
 import { DegradationMonitor } from './degradation.js';
@@ -33,7 +41,15 @@ import { GlobalRateLimiter, localShare } from './global-rate-limiter.js';
 import { idempotencyLayer } from './idempotency.js';
 import { RateLimiter } from './rate-limiter.js';
 import { RetryBudget, retryLayer } from './retry.js';
-import type { Clock, Handler, Layer } from './types.js';
+import { forgetBreaker, observeBreaker, observeDegradation, strategyContext } from './strategy-context.js';
+import {
+  type Call,
+  type CallResponse,
+  compose,
+  type Handler,
+  type HttpResponse,
+  type Layer,
+} from './types.js';
 import { upstreamCall } from './upstream-call.js';
 
 export interface PipelineServices {
@@ -58,14 +74,7 @@ export interface FallbackContext {
   readonly pipelineOf: FallbackServices['pipelineOf'];
 }
 
-export const DEGRADATION_DEFAULTS = {
-  window: 10_000,
-  minimumRequests: 20,
-  recovery: 10_000,
-  probeRatio: 0.05,
-};
-
-/** The state one upstream's policies share across routes (and, later, across reloads). */
+/** The state one upstream's policies share across routes and, while its settings stay the same, across reloads. */
 export class UpstreamPolicies {
   readonly breaker: CircuitBreaker | undefined;
   /** The local bucket; for scope global, this replica's share, used while Redis is unreachable. */
@@ -98,7 +107,7 @@ export class UpstreamPolicies {
   ) {
     const { clock, metrics, logger } = services;
     const name = model.name;
-    const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+    const sctx = strategyContext(name, services);
     this.stats = previous?.stats ?? new UpstreamStats();
     const stats = this.stats;
     this.idempotencyStore = fallback.idempotency;
@@ -121,39 +130,21 @@ export class UpstreamPolicies {
         ? { svc, window: d.window, min: d.minimum_requests, recovery: d.recovery, probe: d.probe_ratio }
         : undefined;
     const prevMonitor = previous?.degradation?.monitor;
-    if (svc && prevMonitor && same(previous?.degradationSettings, degradationSettings)) {
+    if (svc && prevMonitor && sameSettings(previous?.degradationSettings, degradationSettings)) {
       this.degradation = { monitor: prevMonitor, fallback: svc.fallback };
     } else if (svc && d) {
       const monitor = new DegradationMonitor(
         svc.conditions,
         {
-          window: d.window ?? DEGRADATION_DEFAULTS.window,
-          minimumRequests: d.minimum_requests ?? DEGRADATION_DEFAULTS.minimumRequests,
-          recovery: d.recovery ?? DEGRADATION_DEFAULTS.recovery,
-          probeRatio: d.probe_ratio ?? DEGRADATION_DEFAULTS.probeRatio,
+          window: d.window ?? DEFAULTS.degradation.window,
+          minimumRequests: d.minimum_requests ?? DEFAULTS.degradation.minimumRequests,
+          recovery: d.recovery ?? DEFAULTS.degradation.recovery,
+          probeRatio: d.probe_ratio ?? DEFAULTS.degradation.probeRatio,
         },
         clock,
         services.random,
       );
-      metrics.degraded.labels(name).set(0);
-      monitor.onChange((c) => {
-        metrics.degraded.labels(name).set(c.degraded ? 1 : 0);
-        const fields = {
-          event: 'degradation',
-          upstream: name,
-          degraded: c.degraded,
-          condition: c.condition,
-          value: c.value,
-          threshold: c.threshold,
-          requests: c.requests,
-        };
-        if (c.degraded)
-          logger.warn(
-            fields,
-            `upstream ${name} degraded: ${c.condition} ${c.value} against threshold ${c.threshold}`,
-          );
-        else logger.info(fields, `upstream ${name} recovered from degradation`);
-      });
+      observeDegradation(monitor, sctx);
       this.degradation = { monitor, fallback: svc.fallback };
     }
     this.degradationSettings = degradationSettings;
@@ -173,8 +164,7 @@ export class UpstreamPolicies {
         `degradation of ${name} names static_response, but its fallbacks have none: while degraded, requests still go upstream`,
       );
     }
-    const keep = <T>(prev: T | undefined, prevSettings: unknown, settings: unknown): T | undefined =>
-      prev !== undefined && same(prevSettings, settings) ? prev : undefined;
+    const keep = carried;
     const keptBreaker = keep(previous?.breaker, previous?.model.circuitBreaker, model.circuitBreaker);
     this.breaker =
       keptBreaker ?? (model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined);
@@ -201,31 +191,8 @@ export class UpstreamPolicies {
       keep(previous?.budget, previous?.model.retry.budget, model.retry.budget) ??
       new RetryBudget(model.retry.budget, clock);
 
-    const breaker = this.breaker;
-    if (!breaker) for (const st of BREAKER_STATES) metrics.breakerState.remove(name, st);
-    if (breaker && !keptBreaker) {
-      const setState = () => {
-        for (const s of BREAKER_STATES) metrics.breakerState.labels(name, s).set(s === breaker.state ? 1 : 0);
-      };
-      setState();
-      breaker.onTransition((t) => {
-        setState();
-        metrics.breakerTransitions.labels(name, t.from, t.to, reasonLabel(t.reason)).inc();
-        const log =
-          t.to === 'open' || t.to === 'forced_open' ? logger.warn.bind(logger) : logger.info.bind(logger);
-        log(
-          {
-            event: 'circuit_breaker_transition',
-            upstream: name,
-            from: t.from,
-            to: t.to,
-            reason: t.reason,
-            ...countsFields(t.counts),
-          },
-          `circuit breaker ${name}: ${t.from} -> ${t.to} (${t.reason})`,
-        );
-      });
-    }
+    if (!this.breaker) forgetBreaker(sctx);
+    else if (!keptBreaker) observeBreaker(this.breaker, sctx);
     const { limiter, bulkhead } = this;
     metrics.collectors.set(`upstream:${name}`, () => {
       if (limiter) metrics.limiterQueue.labels(name).set(limiter.queueLength);
@@ -237,17 +204,49 @@ export class UpstreamPolicies {
   }
 }
 
-/** Bounded label for a transition reason (the free text goes to the log line). */
-function reasonLabel(reason: string): string {
-  if (reason.includes('consecutive')) return 'consecutive_failures';
-  if (reason.startsWith('failure rate')) return 'failure_rate';
-  if (reason.startsWith('slow-call')) return 'slow_call_rate';
-  if (reason.startsWith('reset_timeout')) return 'reset_timeout';
-  if (reason.includes('probe failed')) return 'probe_failed';
-  if (reason.includes('probe')) return 'probes_succeeded';
-  return 'operator';
+/** The kinds of call a pipeline is built for. */
+export type CallKind = 'request' | 'upgrade';
+
+/**
+ * The layers that admit a call to an upstream, whatever the call: the rate limiter (or the global
+ * limit) and the bulkhead, outermost first, and the circuit breaker, asked for each attempt
+ * (innermost). HTTP requests and WebSocket handshakes are admitted by these same layers, with the
+ * same metrics; each kind of call places them in its stack (`buildPipeline`, `buildUpgradePipeline`).
+ * A handshake is answered at once: it takes a token of the local bucket (a global limit's local
+ * share) and is never queued by a shaper.
+ */
+export function admissionLayers<R extends CallResponse>(
+  policies: UpstreamPolicies,
+  services: PipelineServices,
+  kind: CallKind,
+): { readonly admit: Layer<R>[]; readonly breaker: Layer<R> | undefined } {
+  const { clock, metrics } = services;
+  const name = policies.model.name;
+  const admit: Layer<R>[] = [];
+  const limiter = kind === 'upgrade' ? policies.limiter : (policies.globalLimiter ?? policies.limiter);
+  if (limiter) {
+    const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
+    const delayed = metrics.shaped.labels(name);
+    const events = { rejected: () => rejected.inc(), delayed: () => delayed.inc() };
+    admit.push(
+      limiter === policies.limiter
+        ? policies.limiter.layer<R>(name, events, kind === 'request')
+        : limiter.layer<R>(name, events),
+    );
+  }
+  if (policies.bulkhead) {
+    const rejected = metrics.bulkheadRejected.labels(name);
+    admit.push(policies.bulkhead.layer<R>(name, () => rejected.inc()));
+  }
+  let breaker: Layer<R> | undefined;
+  if (policies.breaker) {
+    const rejected = metrics.breakerRejected.labels(name);
+    breaker = circuitBreakerLayer<R>(policies.breaker, name, clock, () => rejected.inc());
+  }
+  return { admit, breaker };
 }
 
+/** An HTTP request's pipeline for `route` (see the order at the top of this file). */
 export function buildPipeline(
   route: RouteModel,
   policies: UpstreamPolicies,
@@ -275,21 +274,8 @@ export function buildPipeline(
   if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {
     layers.push(fallbackLayer(policies.chain, policies.degradation, clock));
   }
-  const limiter = policies.globalLimiter ?? policies.limiter;
-  if (limiter) {
-    const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
-    const delayed = metrics.shaped.labels(name);
-    layers.push(
-      limiter.layer(name, {
-        rejected: () => rejected.inc(),
-        delayed: () => delayed.inc(),
-      }),
-    );
-  }
-  if (policies.bulkhead) {
-    const rejected = metrics.bulkheadRejected.labels(name);
-    layers.push(policies.bulkhead.layer(name, () => rejected.inc()));
-  }
+  const admission = admissionLayers<HttpResponse>(policies, services, 'request');
+  layers.push(...admission.admit);
   layers.push(deadlineLayer(route.timeouts.request, clock));
   layers.push(
     retryLayer(route.retry, policies.budget, clock, random, {
@@ -297,10 +283,7 @@ export function buildPipeline(
       skipped: (reason) => metrics.retriesSkipped.labels(name, reason).inc(),
     }),
   );
-  if (policies.breaker) {
-    const rejected = metrics.breakerRejected.labels(name);
-    layers.push(circuitBreakerLayer(policies.breaker, name, clock, () => rejected.inc()));
-  }
+  if (admission.breaker) layers.push(admission.breaker);
   // Every attempt (retries included) is counted by outcome.
   const attemptCounters = new Map<string, { inc(): void }>();
   const countAttempt = (label: string) => {
@@ -311,8 +294,19 @@ export function buildPipeline(
     }
     c.inc();
   };
+  return compose(layers, upstreamCall(clock, countAttempt));
+}
 
-  let handler = upstreamCall(clock, countAttempt);
-  for (let i = layers.length - 1; i >= 0; i--) handler = (layers[i] as Layer)(handler);
-  return handler;
+/**
+ * A WebSocket handshake's pipeline for `route`: admitted as any request to the upstream (limiter,
+ * bulkhead, breaker), then the handshake, sent once. No idempotency, fallback, deadline or retry: a
+ * handshake is not replayed, and a fallback answer would not be a WebSocket.
+ */
+export function buildUpgradePipeline(
+  policies: UpstreamPolicies,
+  services: PipelineServices,
+): Call<HandshakeResponse> {
+  const admission = admissionLayers<HandshakeResponse>(policies, services, 'upgrade');
+  const layers = admission.breaker ? [...admission.admit, admission.breaker] : admission.admit;
+  return compose(layers, handshakeCall(services.clock));
 }

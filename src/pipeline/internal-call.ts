@@ -7,13 +7,11 @@
  * The pipeline is the upstream's fallback-free one (`pipelineOf`): a call that must reach the
  * upstream is never answered by a fallback.
  */
-import { IncomingMessage, ServerResponse } from 'node:http';
-import { Socket } from 'node:net';
 import type { RouteModel } from '../config/resolve.js';
 import type { AttemptCause } from '../proxy/attempt.js';
 import { failureProblem, type Problem, problem } from '../proxy/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
-import { type Handler, newContext, runFinishers } from './types.js';
+import { callRequest, type Handler, newContext, runFinishers } from './types.js';
 
 /** What to send. */
 export interface InternalRequest {
@@ -56,8 +54,6 @@ export interface UpstreamPipeline {
   readonly route: RouteModel;
 }
 
-const NO_SOCKET_RESPONSE = (req: IncomingMessage) => new ServerResponse(req);
-
 /** Runs `r` through `p`; never rejects. `maxResponseBytes` bounds the answer read into memory. */
 export async function internalCall(
   p: UpstreamPipeline,
@@ -65,10 +61,10 @@ export async function internalCall(
   maxResponseBytes: number,
   now: () => number,
 ): Promise<InternalResult> {
-  const req = syntheticRequest(r);
   const ctx = newContext({
-    req,
-    res: NO_SOCKET_RESPONSE(req),
+    req: callRequest(withLength(r)),
+    peer: r.clientAddress,
+    res: undefined,
     route: p.route,
     upstream: p.upstream,
     requestId: r.requestId,
@@ -151,42 +147,12 @@ export async function internalCall(
   }
 }
 
-/**
- * The request as the pipeline's policies read it (headers, client address). The policies take an
- * IncomingMessage today; this one has no connection behind it.
- */
-function syntheticRequest(r: InternalRequest): IncomingMessage {
-  const socket = new Socket();
-  if (r.clientAddress !== undefined)
-    Object.defineProperty(socket, 'remoteAddress', { value: r.clientAddress });
-  const req = new IncomingMessage(socket);
-  req.method = r.method;
-  req.url = r.path;
-  req.httpVersion = '1.1';
-  req.httpVersionMajor = 1;
-  req.httpVersionMinor = 1;
-  const raw: string[] = [];
-  const headers: Record<string, string | string[]> = {};
-  for (let i = 0; i + 1 < r.headers.length; i += 2) {
-    const name = r.headers[i] as string;
-    const value = r.headers[i + 1] as string;
-    raw.push(name, value);
-    const key = name.toLowerCase();
-    const had = headers[key];
-    if (had === undefined) headers[key] = value;
-    else if (Array.isArray(had)) had.push(value);
-    else headers[key] = key === 'set-cookie' ? [had, value] : `${had}, ${value}`;
+/** The header list, with a Content-Length for a body that has none declared. */
+function withLength(r: InternalRequest): readonly string[] {
+  if (r.body === null) return r.headers;
+  for (let i = 0; i < r.headers.length; i += 2) {
+    const n = (r.headers[i] as string).toLowerCase();
+    if (n === 'content-length' || n === 'transfer-encoding') return r.headers;
   }
-  if (
-    r.body !== null &&
-    headers['content-length'] === undefined &&
-    headers['transfer-encoding'] === undefined
-  ) {
-    raw.push('content-length', String(r.body.length));
-    headers['content-length'] = String(r.body.length);
-  }
-  req.rawHeaders = raw;
-  req.headers = headers;
-  req.complete = true;
-  return req;
+  return [...r.headers, 'content-length', String(r.body.length)];
 }

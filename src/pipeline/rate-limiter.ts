@@ -4,16 +4,16 @@
  * mode reject: a request takes a token or is answered 429 at once, with Retry-After and the IETF
  *   draft's RateLimit-Policy / RateLimit headers (draft-ietf-httpapi-ratelimit-headers-10).
  * mode shape: a request without a token reserves one owed in the future and waits for it (the
- *   design document's traffic shaper: excess waits, not fails), up to `max_delay` and `max_queue`;
+ *   traffic shaper: excess waits instead of failing), up to `max_delay` and `max_queue`;
  *   only past those is it answered 429.
  */
-import type { IncomingMessage } from 'node:http';
 import { LRUCache } from 'lru-cache';
+import type { Clock } from '../clock.js';
 import type { RateLimiterPolicy } from '../config/resolve.js';
-import { clientAddress, type TrustCheck } from '../proxy/client-address.js';
+import { clientAddress } from '../proxy/client-address.js';
 import { type Problem, problem } from '../proxy/problem.js';
 import { TokenBucket } from './token-bucket.js';
-import type { Clock, Handler, Layer, Outcome, RequestContext } from './types.js';
+import type { Call, CallResponse, Layer, Outcome, RequestContext } from './types.js';
 
 export interface RateLimiterEvents {
   rejected(): void;
@@ -44,15 +44,15 @@ export class RateLimiter {
     return this.single?.tokens();
   }
 
-  /** The bucket of this request: the shared one, or its key's (`trust`: the listener's trusted proxies). */
-  bucketFor(req: IncomingMessage, trust: TrustCheck | undefined): TokenBucket {
+  /** The bucket of this call: the shared one, or its key's (the route's trusted proxies decide the client). */
+  bucketFor(ctx: RequestContext): TokenBucket {
     if (this.single) return this.single;
     const k = this.policy.key;
     const key =
       k.kind === 'client_ip'
-        ? clientAddress(req, trust)
+        ? clientAddress(ctx, ctx.route.trust)
         : k.kind === 'header'
-          ? String(req.headers[k.header] ?? '')
+          ? String(ctx.req.headers[k.header] ?? '')
           : '';
     const keyed = this.keyed as LRUCache<string, TokenBucket>;
     let b = keyed.get(key);
@@ -63,23 +63,29 @@ export class RateLimiter {
     return b;
   }
 
-  layer(upstream: string, events: RateLimiterEvents): Layer {
+  /**
+   * Works over any call (an HTTP request, a WebSocket handshake). `queue: false`: a call without a
+   * token is refused at once even in shape mode (a WebSocket handshake is never held back).
+   */
+  layer<R extends CallResponse>(upstream: string, events: RateLimiterEvents, queue = true): Layer<R> {
+    const mayQueue = queue && this.policy.mode === 'shape';
     return (next) => (ctx) => {
-      const bucket = this.bucketFor(ctx.req, ctx.route.trust);
+      const bucket = this.bucketFor(ctx);
       // The common case (a token) adds no promise of its own.
-      return bucket.tryTake() ? next(ctx) : this.limited(ctx, bucket, next, upstream, events);
+      return bucket.tryTake() ? next(ctx) : this.limited(ctx, bucket, next, upstream, events, mayQueue);
     };
   }
 
-  private async limited(
+  private async limited<R extends CallResponse>(
     ctx: RequestContext,
     bucket: TokenBucket,
-    next: Handler,
+    next: Call<R>,
     upstream: string,
     events: RateLimiterEvents,
-  ): Promise<Outcome> {
+    mayQueue: boolean,
+  ): Promise<Outcome<R>> {
     const p = this.policy;
-    if (p.mode === 'shape' && this.queued < p.maxQueue) {
+    if (mayQueue && this.queued < p.maxQueue) {
       const wait = bucket.reserve(p.maxDelay);
       if (wait !== undefined) {
         events.delayed();

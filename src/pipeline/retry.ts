@@ -21,12 +21,14 @@
  *   with `budget.min_per_second` always allowed, so retries cannot turn an outage into a storm.
  * - Each retry prefers an endpoint not tried yet (the balancer's `avoid`).
  */
+
+import type { Clock } from '../clock.js';
 import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
 import { grpcCodeName } from '../proxy/grpc.js';
 import { problem } from '../proxy/problem.js';
 import { readUpTo, replayable } from '../proxy/request-body.js';
-import { type Classified, classifyOutcome } from './outcome.js';
-import type { Clock, Layer, Outcome, RequestContext } from './types.js';
+import { type Classified, classifyOutcome, compileOutcomes, type OutcomeMatcher } from './outcome.js';
+import type { Layer, Outcome, RequestContext } from './types.js';
 
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
 
@@ -146,36 +148,30 @@ export function retryAfterMs(rawHeaders: readonly Buffer[], wallNow: number): nu
   return undefined;
 }
 
-function retryReason(policy: RetryPolicy, c: Classified): string | undefined {
+/** The `retry_on` entry an outcome matches (the retry's reason label), or undefined. */
+function retryReason(retryOn: OutcomeMatcher, c: Classified): string | undefined {
   // A gRPC status is matched by the gRPC names in retry_on only (its HTTP status is 200).
   if (c.grpc !== undefined) {
     if (c.grpc === 0) return undefined;
     const name = grpcCodeName(c.grpc);
-    return policy.retryOn.includes(name as RetryOutcome) ? name : undefined;
+    return retryOn.grpcNames.has(name) ? name : undefined;
   }
-  for (const r of policy.retryOn) {
-    if (typeof r === 'number') {
-      if (c.status === r) return String(r);
-    } else if (r === '5xx') {
-      if (c.status !== undefined && c.status >= 500) return '5xx';
-    } else if (r === 'gateway-error') {
-      if (c.status === 502 || c.status === 503 || c.status === 504) return 'gateway-error';
-    } else if (r === c.cause) {
-      return r;
-    }
-  }
-  return undefined;
+  return retryOn.match(c.status, c.cause);
 }
 
 /** Reads an unbuffered body into memory when it fits the replay buffer; otherwise leaves it streaming. */
-async function keepForReplay(ctx: RequestContext, max: number): Promise<void> {
+async function keepForReplay(ctx: RequestContext, max: number, clock: Clock): Promise<void> {
   const body = ctx.body;
   if (body === null || replayable(body) || !ctx.route.requestBuffering) return;
   const declared = ctx.req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return;
   // A gRPC call of no declared length is kept only if its stream ends at once (a unary call does);
   // a client-streaming or bidi call goes on streaming, and is not retried once sent.
-  ctx.body = await readUpTo(body, max, ctx.grpc && declared === undefined ? GRPC_BODY_WAIT_MS : undefined);
+  ctx.body = await readUpTo(
+    body,
+    max,
+    ctx.grpc && declared === undefined ? { ms: GRPC_BODY_WAIT_MS, clock } : undefined,
+  );
 }
 
 /** A gRPC retry is not started with less than this left of the call's deadline. */
@@ -192,11 +188,12 @@ export function retryLayer(
   events: RetryEvents,
 ): Layer {
   if (!policy.enabled || policy.maxAttempts <= 1) return (next) => next;
+  const retryOn = compileOutcomes(policy.retryOn);
   return (next) => async (ctx) => {
     budget.recordRequest();
     if (ctx.body !== null) {
       try {
-        await keepForReplay(ctx, policy.maxBodyBytes);
+        await keepForReplay(ctx, policy.maxBodyBytes, clock);
       } catch (err) {
         if ((err as { code?: string }).code === 'BW_BODY_TOO_LARGE') {
           return {
@@ -217,7 +214,7 @@ export function retryLayer(
       const outcome: Outcome = await next(ctx);
       if (outcome.type === 'problem' || ctx.clientGone || ctx.expired) return outcome;
       const c = classifyOutcome(outcome);
-      const reason = retryReason(policy, c);
+      const reason = retryReason(retryOn, c);
       if (reason === undefined) return outcome;
       if (retries + 1 >= policy.maxAttempts) return outcome;
       // An attempt that certainly was not processed (connect failure, refused stream) may go again

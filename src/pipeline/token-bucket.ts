@@ -3,7 +3,7 @@
  * so an idle bucket costs nothing. `reserve` lets the balance go negative, which is how the shaper
  * queues: a request that reserves a token owed in the future waits until it is due.
  */
-import type { Clock } from './types.js';
+import type { Clock } from '../clock.js';
 
 /**
  * Refill adds fractions of a token per call; their float sum can land a hair under a whole token

@@ -1,10 +1,13 @@
 /**
- * The shapes every policy shares. A request flows one way: the listener builds a RequestContext,
- * the pipeline (outermost policy first) returns an Outcome, and the listener commits the Outcome
- * to the client. A policy is a factory that takes its validated options and shared services and
- * returns a Layer: a function that wraps the next handler.
+ * The shapes every policy shares. A call flows one way: whoever makes it builds a RequestContext
+ * (the listener for a client's request or WebSocket handshake; breakwater itself for an internal
+ * call), the pipeline (outermost policy first) returns an Outcome, and the caller acts on it (the
+ * listener commits it to the client). A policy is a factory that takes its validated options and
+ * shared services and returns a Layer: a function that wraps the next call. A layer is generic over
+ * the response of the call it wraps (`CallResponse`): the same limiter, bulkhead and breaker wrap an
+ * HTTP attempt and a WebSocket handshake.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { RouteModel } from '../config/resolve.js';
 import type { Attempt, AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
@@ -12,16 +15,48 @@ import type { Problem } from '../proxy/problem.js';
 import type { FileBody } from '../proxy/request-body.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
 
+/**
+ * The request as policies and the upstream call read it: its headers by lower-case name, and the
+ * list as it arrived (name, value, ...), which is what is forwarded. A listener's IncomingMessage is
+ * one as it is; an internal call makes one with `callRequest()`.
+ */
+export interface CallRequest {
+  readonly headers: IncomingHttpHeaders;
+  readonly rawHeaders: readonly string[];
+}
+
+/** A CallRequest from a header list (name, value, ...), for a call that did not come from a client. */
+export function callRequest(rawHeaders: readonly string[]): CallRequest {
+  const headers: IncomingHttpHeaders = {};
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    const value = rawHeaders[i + 1] as string;
+    const had = headers[name];
+    // As Node joins repeated headers: set-cookie as a list, cookie with "; ", the others with ", ".
+    if (name === 'set-cookie') headers[name] = [...((had as string[] | undefined) ?? []), value];
+    else if (had === undefined) headers[name] = value;
+    else headers[name] = `${had}${name === 'cookie' ? '; ' : ', '}${value}`;
+  }
+  return { headers, rawHeaders };
+}
+
 export interface RequestContext {
-  readonly req: IncomingMessage;
-  readonly res: ServerResponse;
+  readonly req: CallRequest;
+  /**
+   * The address the call came from: the client connection's peer (captured when it was accepted),
+   * or, for an internal call, what its maker says (e.g. the client of the request it replays);
+   * undefined: none. `trusted_proxies` and X-Forwarded-For are judged on top of it.
+   */
+  readonly peer: string | undefined;
+  /** The client's response, when a listener is answering one; undefined otherwise. */
+  readonly res: ServerResponse | undefined;
   readonly route: RouteModel;
   readonly upstream: Upstream;
   readonly requestId: string;
   readonly method: string;
   /** Path and query sent upstream (after strip_prefix). */
   readonly path: string;
-  /** performance.now() when the request arrived. */
+  /** Clock time (`Clock.now()`) when the request arrived. */
   readonly start: number;
   /**
    * The request body: read whole (a Buffer, or a FileBody in a temporary file), the client's stream
@@ -79,6 +114,7 @@ export interface RequestContext {
 export type ContextInit = Pick<
   RequestContext,
   | 'req'
+  | 'peer'
   | 'res'
   | 'route'
   | 'upstream'
@@ -92,11 +128,20 @@ export type ContextInit = Pick<
   | 'unbufferedResponse'
 >;
 
-export function newContext(init: ContextInit): RequestContext {
+/** A call a listener answers: the client's request and response are there. */
+export interface ListenerContext extends RequestContext {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+}
+
+export function newContext<Q extends CallRequest, S extends ServerResponse | undefined>(
+  init: ContextInit & { readonly req: Q; readonly res: S },
+): RequestContext & { readonly req: Q; readonly res: S } {
   // Every field written out, in one order: an object spread here makes V8 build a slower object
   // (measured: about a third of the throughput on the plain route).
   return {
     req: init.req,
+    peer: init.peer,
     res: init.res,
     route: init.route,
     upstream: init.upstream,
@@ -140,45 +185,73 @@ export function runFinishers(ctx: RequestContext): void {
   if (fs) for (const f of fs) f();
 }
 
-export type Outcome =
-  | {
-      readonly type: 'response';
-      readonly attempt: Attempt;
-      readonly head: ResponseHead;
-      readonly endpoint: Endpoint;
-      /** Set when a fallback of type upstream answered. */
-      readonly fallback?: string;
-    }
-  | {
-      /** An answer breakwater makes itself: a static or cached fallback. */
-      readonly type: 'local';
-      readonly status: number;
-      readonly headers: readonly string[];
-      readonly body: Buffer;
-      /** The fallback that made it (x-breakwater-fallback), if one did. */
-      readonly fallback: string | undefined;
-      /** Seconds since a cached response was stored. */
-      readonly age: number | undefined;
-      /** A stored response replayed for a repeated Idempotency-Key (Idempotent-Replayed: true). */
-      readonly replayed?: boolean;
-    }
-  | { readonly type: 'failure'; readonly error: AttemptError; readonly endpoint: Endpoint | undefined }
-  | { readonly type: 'problem'; readonly problem: Problem };
-
-export type Handler = (ctx: RequestContext) => Promise<Outcome>;
-export type Layer = (next: Handler) => Handler;
-
-/** Time as policies see it: a monotonic `now` in ms, timers, and wall-clock ms for HTTP dates. */
-export interface Clock {
-  now(): number;
-  wall(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
+/**
+ * What every layer knows of a call's response, whatever the call: its head (a status, and for gRPC
+ * a grpc-status from the headers) and the attempt behind it, which can be dropped (`discard`) or
+ * asked for a gRPC call's final status (`grpcEnd`, from its trailers).
+ */
+export interface CallResponse {
+  readonly type: 'response';
+  readonly head: { readonly status: number; readonly grpcStatus?: number | undefined };
+  readonly endpoint: Endpoint;
+  readonly attempt: {
+    discard(): void;
+    grpcEnd(): Promise<number | undefined>;
+  };
 }
 
-export const systemClock: Clock = {
-  now: () => performance.now(),
-  wall: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-};
+/** An HTTP call's response: an upstream attempt whose body waits to be relayed or discarded. */
+export interface HttpResponse extends CallResponse {
+  readonly attempt: Attempt;
+  readonly head: ResponseHead;
+  /** Set when a fallback of type upstream answered. */
+  readonly fallback?: string;
+}
+
+/** An answer breakwater makes itself: a static or cached fallback, or a stored replay. */
+export interface LocalOutcome {
+  readonly type: 'local';
+  readonly status: number;
+  readonly headers: readonly string[];
+  readonly body: Buffer;
+  /** The fallback that made it (x-breakwater-fallback), if one did. */
+  readonly fallback: string | undefined;
+  /** Seconds since a cached response was stored. */
+  readonly age: number | undefined;
+  /** A stored response replayed for a repeated Idempotency-Key (Idempotent-Replayed: true). */
+  readonly replayed?: boolean;
+}
+
+/** The attempt failed before a response (connect, reset, timeout, a malformed answer). */
+export interface FailedOutcome {
+  readonly type: 'failure';
+  readonly error: AttemptError;
+  readonly endpoint: Endpoint | undefined;
+}
+
+/** A policy answered (429, 503, 504...) without a response from the upstream. */
+export interface ProblemOutcome {
+  readonly type: 'problem';
+  readonly problem: Problem;
+}
+
+/** How a call ended. `R` is the kind of response the call makes (an HTTP attempt's by default). */
+export type Outcome<R extends CallResponse = HttpResponse> =
+  | R
+  | LocalOutcome
+  | FailedOutcome
+  | ProblemOutcome;
+
+/** A call through (part of) a pipeline. */
+export type Call<R extends CallResponse = HttpResponse> = (ctx: RequestContext) => Promise<Outcome<R>>;
+/** An HTTP request's call: what a route's pipeline is. */
+export type Handler = Call<HttpResponse>;
+/** Wraps a call in a policy. Generic layers (limiter, bulkhead, breaker) work over any response. */
+export type Layer<R extends CallResponse = HttpResponse> = (next: Call<R>) => Call<R>;
+
+/** Wraps `inner` in `layers`, the first outermost. */
+export function compose<R extends CallResponse>(layers: readonly Layer<R>[], inner: Call<R>): Call<R> {
+  let call = inner;
+  for (let i = layers.length - 1; i >= 0; i--) call = (layers[i] as Layer<R>)(call);
+  return call;
+}

@@ -1,15 +1,15 @@
 /**
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
+
+import type { Clock } from '../clock.js';
 import { Attempt, type AttemptError } from '../proxy/attempt.js';
-import { peerAddress } from '../proxy/client-address.js';
-import { grpcHttpEquivalent } from '../proxy/grpc.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
 import { FileBody, replayable } from '../proxy/request-body.js';
 import type { Endpoint } from '../upstream/upstream.js';
-import { classifyOutcome, judgedStatus, statusLabel } from './outcome.js';
-import type { Clock, Handler, Outcome, RequestContext } from './types.js';
+import { classifyOutcome, judgedAtTrailers, judgedStatus, statusLabel, trailersVerdict } from './outcome.js';
+import type { Handler, HttpResponse, Outcome, RequestContext } from './types.js';
 
 /** Header that tells the upstream how long breakwater will wait for this attempt (ms). */
 export const TIMEOUT_HEADER = 'x-breakwater-timeout-ms';
@@ -70,7 +70,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       host: upstream.hostFor(endpoint, req.headers.host),
       requestId: ctx.requestId,
       proto: 'http',
-      remoteAddress: peerAddress(req),
+      remoteAddress: ctx.peer,
       trust: route.trust,
     });
     headers.push(TIMEOUT_HEADER, String(timeout));
@@ -95,6 +95,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
       headers,
       body,
       timeout,
+      clock,
       bodyTimeout: route.timeouts.body,
       servername: endpoint.servername,
       onSettled: streaming
@@ -115,10 +116,11 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
     return attempt.head.then(
       (head): Outcome => {
         const latency = clock.now() - sentAt;
-        if (ctx.grpc && head.grpcStatus === undefined && head.status === 200) {
+        const response: HttpResponse = { type: 'response', attempt, head, endpoint };
+        if (judgedAtTrailers(ctx.grpc, response)) {
           // The call's status comes in the trailers: outlier detection hears it then.
-          attempt.grpcEnd().then((code) => {
-            if (code !== undefined) upstream.recordResult(endpoint, grpcHttpEquivalent(code) >= 500, latency);
+          trailersVerdict(response).then((c) => {
+            if (c !== undefined) upstream.recordResult(endpoint, (c.status as number) >= 500, latency);
           });
           onOutcome?.(statusLabel(head.status));
         } else {
@@ -126,7 +128,7 @@ export function upstreamCall(clock: Clock, onOutcome?: (label: string) => void):
           onOutcome?.(statusLabel(status));
           upstream.recordResult(endpoint, status >= 500, latency);
         }
-        return { type: 'response', attempt, head, endpoint };
+        return response;
       },
       (err: AttemptError): Outcome => {
         if (cut && err.kind === 'timeout' && !ctx.clientGone) ctx.expired = true;

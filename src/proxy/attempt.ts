@@ -15,6 +15,7 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
+import type { Clock } from '../clock.js';
 import { GRPC_CODES, grpcStatusIn, grpcStatusOfTrailers } from './grpc.js';
 import { ClientRelay, type CutReason, type RawTrailers, type RelayOwner, type RelayPolicy } from './relay.js';
 
@@ -64,6 +65,8 @@ export interface AttemptOptions {
   readonly body: NodeJS.ReadableStream | Buffer | null;
   /** Time allowed until the response headers arrive, queueing for a connection included (ms). */
   readonly timeout: number;
+  /** The clock of that timer. */
+  readonly clock: Clock;
   /** Longest silence while the response body streams (ms). */
   readonly bodyTimeout: number;
   /** The endpoint's constant `servername` for undici (https); see Endpoint.servername. */
@@ -248,7 +251,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   private state = State.Waiting;
   private abortFn: ((err: Error) => void) | undefined;
   private pendingAbort: Error | undefined;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: unknown;
   private resumeFn: (() => void) | undefined;
   private relay: ClientRelay | BufferSink | undefined;
   private bytes = 0;
@@ -278,7 +281,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
 
   start(): this {
     const o = this.opts;
-    this.timer = setTimeout(this.onTimeout, o.timeout);
+    this.timer = o.clock.setTimeout(this.onTimeout, o.timeout);
     try {
       const options: Dispatcher.DispatchOptions & { servername?: string | undefined } = {
         path: o.path,
@@ -436,8 +439,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     // Interim responses (102, 103) are not the answer: wait for the final one.
     if (statusCode < 200) return true;
     if (this.state !== State.Waiting) return true;
-    if (this.timer) {
-      clearTimeout(this.timer);
+    if (this.timer !== undefined) {
+      this.opts.clock.clearTimeout(this.timer);
       this.timer = undefined;
     }
     this.state = State.Headers;
@@ -512,8 +515,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   }
 
   onError(err: Error): void {
-    if (this.timer) {
-      clearTimeout(this.timer);
+    if (this.timer !== undefined) {
+      this.opts.clock.clearTimeout(this.timer);
       this.timer = undefined;
     }
     const prev = this.state;

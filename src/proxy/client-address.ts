@@ -6,7 +6,7 @@
  * `real_ip_recursive on`, Traefik's `forwardedHeaders.trustedIPs`). A connection from an address
  * that is not trusted cannot speak for anyone else: its `X-Forwarded-For` is dropped, not passed on.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { requestStream } from './protocol.js';
 
@@ -77,11 +77,17 @@ export function peerAddress(req: IncomingMessage): string | undefined {
   return known ?? req.socket?.remoteAddress;
 }
 
+/** Who sent a call: the peer address it came from and its headers (a RequestContext is one). */
+export interface CallOrigin {
+  readonly req: { readonly headers: IncomingHttpHeaders };
+  readonly peer: string | undefined;
+}
+
 /** The client's address: the connection's, or, behind trusted proxies, the one they forwarded. */
-export function clientAddress(req: IncomingMessage, trust: TrustCheck | undefined): string {
-  const peer = peerAddress(req) ?? '';
+export function clientAddress(call: CallOrigin, trust: TrustCheck | undefined): string {
+  const peer = call.peer ?? '';
   if (trust === undefined || !trust(peer)) return peer;
-  const xff = req.headers['x-forwarded-for'];
+  const xff = call.req.headers['x-forwarded-for'];
   if (xff === undefined) return peer;
   const hops = (Array.isArray(xff) ? xff.join(',') : xff).split(',');
   let client = peer;

@@ -11,7 +11,7 @@
  * - `grpc-timeout` is the call's deadline.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Problem, ProblemKind } from './problem.js';
+import type { Problem, ProblemKind } from './problem-types.js';
 import { responseStream } from './protocol.js';
 
 /** The status codes, by the names `retry_on` uses. */

@@ -7,7 +7,7 @@
  * Everything else passes in the order and case it arrived in.
  */
 import { randomBytes } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { TrustCheck } from './client-address.js';
 import { isHttp2 } from './protocol.js';
 
@@ -92,8 +92,17 @@ export function incomingRequestId(req: IncomingMessage): string | undefined {
   return typeof v === 'string' && REQUEST_ID_RE.test(v) ? v : undefined;
 }
 
+/**
+ * The request headers as the upstream call reads them (an IncomingMessage is one; an internal call
+ * makes one without a socket).
+ */
+export interface HeaderSource {
+  readonly headers: IncomingHttpHeaders;
+  readonly rawHeaders: readonly string[];
+}
+
 /** Builds the header list sent upstream from the client's raw headers. */
-export function upstreamRequestHeaders(req: IncomingMessage, opts: RequestHeaderOptions): string[] {
+export function upstreamRequestHeaders(req: HeaderSource, opts: RequestHeaderOptions): string[] {
   const raw = req.rawHeaders;
   const extra = connectionTokens(req.headers.connection);
   const out: string[] = [];
@@ -174,7 +183,7 @@ export function clientResponseHeaders(
  * since on this one hop they are the request. `Sec-WebSocket-*` headers pass as they came.
  */
 export function upgradeRequestHeaders(
-  req: IncomingMessage,
+  req: HeaderSource,
   opts: RequestHeaderOptions,
   upgrade: string,
 ): string[] {

@@ -6,44 +6,10 @@ import { type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { AttemptError } from './attempt.js';
 import { isGrpcRequest, sendGrpcProblem } from './grpc.js';
+import type { Problem, ProblemKind } from './problem-types.js';
 import { responseStream } from './protocol.js';
 
-export type ProblemKind =
-  | 'no-route'
-  | 'upstream-connect-failed'
-  | 'upstream-connect-timeout'
-  | 'upstream-reset'
-  | 'upstream-timeout'
-  | 'upstream-bad-response'
-  | 'request-timeout'
-  | 'body-timeout'
-  | 'shutting-down'
-  | 'bad-request'
-  | 'circuit-open'
-  | 'rate-limited'
-  | 'bulkhead-full'
-  | 'degraded'
-  | 'no-healthy-endpoint'
-  | 'idempotency-key-missing'
-  | 'idempotency-key-malformed'
-  | 'idempotency-key-mismatch'
-  | 'idempotency-conflict'
-  | 'payload-too-large'
-  | 'headers-too-large'
-  | 'upgrade-refused'
-  | 'store-unavailable'
-  | 'streaming-limit'
-  | 'body-storage-failed'
-  | 'header-timeout'
-  | 'method-not-allowed'
-  | 'expectation-failed'
-  | 'transfer-coding-not-implemented'
-  | 'http-version-not-supported'
-  | 'saga-timeout'
-  | 'saga-unavailable'
-  | 'saga-failed'
-  | 'deferred-store-full'
-  | 'deferred-store-failed';
+export type { Problem, ProblemKind } from './problem-types.js';
 
 const TITLES: Record<ProblemKind, [number, string]> = {
   'no-route': [404, 'No route matches this request'],
@@ -89,15 +55,6 @@ const TITLES: Record<ProblemKind, [number, string]> = {
 /** Whether `kind` names a problem type (a kind read back from a saga log). */
 export function isProblemKind(kind: string): kind is ProblemKind {
   return Object.hasOwn(TITLES, kind);
-}
-
-export interface Problem {
-  readonly kind: ProblemKind;
-  readonly status: number;
-  readonly detail: string;
-  readonly upstream?: string | undefined;
-  readonly requestId?: string | undefined;
-  readonly headers?: readonly string[] | undefined;
 }
 
 export function problem(

@@ -11,7 +11,7 @@ import http2, { type ServerHttp2Stream } from 'node:http2';
 const { Http2ServerRequest, Http2ServerResponse } = http2;
 
 /** True for a request that came over HTTP/2. */
-export function isHttp2(req: IncomingMessage): boolean {
+export function isHttp2(req: object): boolean {
   return req instanceof Http2ServerRequest;
 }
 

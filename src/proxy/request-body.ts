@@ -11,9 +11,11 @@
  *   complete (nginx's `client_body_timeout`). Silence because breakwater itself is not reading
  *   (bytes wait in the request's buffer while an upstream is slow to take them) is not the client's.
  */
+
 import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
+import type { Clock } from '../clock.js';
 import { isHttp2 } from './protocol.js';
 import type { TempFile, TempFiles } from './temp-files.js';
 
@@ -105,16 +107,20 @@ const WAITED = Symbol('waited');
  * ms: a body that keeps its stream open, such as a streaming gRPC call, is not waited for);
  * otherwise a stream of all of it, what was read first.
  */
-export async function readUpTo(body: Readable, max: number, waitMs?: number): Promise<Buffer | Readable> {
+export async function readUpTo(
+  body: Readable,
+  max: number,
+  wait?: { readonly ms: number; readonly clock: Clock },
+): Promise<Buffer | Readable> {
   const chunks: Buffer[] = [];
   let size = 0;
   const iterator = body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-  let timer: NodeJS.Timeout | undefined;
+  let timer: unknown;
   const waited =
-    waitMs === undefined
+    wait === undefined
       ? undefined
       : new Promise<typeof WAITED>((resolve) => {
-          timer = setTimeout(() => resolve(WAITED), waitMs);
+          timer = wait.clock.setTimeout(() => resolve(WAITED), wait.ms);
         });
   try {
     for (;;) {
@@ -127,7 +133,7 @@ export async function readUpTo(body: Readable, max: number, waitMs?: number): Pr
       if (size > max) return rest(chunks, iterator, undefined);
     }
   } finally {
-    clearTimeout(timer);
+    if (timer !== undefined) wait?.clock.clearTimeout(timer);
   }
 }
 

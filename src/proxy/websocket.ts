@@ -6,13 +6,11 @@
  * request and then gives it to `WebSocketTunnels.open`:
  *
  *   1. a route with `websocket: false` refuses it (403 upgrade-refused);
- *   2. it is admitted as the upstream's policies admit a request: a rate-limiter token (429), a
- *      bulkhead slot held for the whole life of the connection (503), the circuit breaker's
- *      permission (503), an available endpoint from the balancer (503);
- *   3. the handshake goes to that endpoint on a connection of its own (node:http, no pool: a
- *      WebSocket owns its TCP connection), within `connect_timeout` to connect and `timeout` for
- *      the answer;
- *   4. a 101 is relayed and the two sockets are piped, bytes untouched (frames are never parsed),
+ *   2. it runs the route's upgrade pipeline (pipeline/index.ts): the same admission layers as any
+ *      request to the upstream (rate limiter: 429, or a wait in the shaper; bulkhead: a slot held
+ *      for the whole life of the connection, 503; circuit breaker: 503), then the handshake itself
+ *      (handshake.ts: an endpoint from the balancer, 503 when none, a connection of its own);
+ *   3. a 101 is relayed and the two sockets are piped, bytes untouched (frames are never parsed),
  *      until either side closes, nothing flows either way for `websocket_idle_timeout`, or
  *      `websocket_max_duration` passes; any other answer is relayed as it came and the connection
  *      closed; a failure becomes a problem+json answer (502/504).
@@ -21,30 +19,17 @@
  * an answer that `failure_on` names (5xx by default), a connect failure, a reset or a timeout is a
  * failure. There are no retries: a handshake is sent once.
  */
-import http, { type ClientRequest, type IncomingMessage } from 'node:http';
-import https from 'node:https';
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Clock } from '../clock.js';
 import type { RouteModel } from '../config/resolve.js';
-import type { Logger } from '../observability/logger.js';
-import { type Metrics, methodLabel } from '../observability/metrics.js';
-import type { Bulkhead } from '../pipeline/bulkhead.js';
-import { type CircuitBreaker, isFailure, type Permit } from '../pipeline/circuit-breaker.js';
-import { breakerOpenProblem } from '../pipeline/circuit-breaker-layer.js';
-import { causeOf, statusLabel } from '../pipeline/outcome.js';
-import type { RateLimiter } from '../pipeline/rate-limiter.js';
-import { type Endpoint, secureContextOf, tlsNameOf, type Upstream } from '../upstream/upstream.js';
-import { AttemptError, classify } from './attempt.js';
-import { peerAddress } from './client-address.js';
-import { upgradeRequestHeaders, upgradeResponseHeaders } from './headers.js';
+import type { Recorder } from '../listener/recorder.js';
+import { classifyOutcome, statusLabel } from '../pipeline/outcome.js';
+import { type Call, type Outcome, type RequestContext, runFinishers } from '../pipeline/types.js';
+import type { Handshake, HandshakeResponse } from './handshake.js';
+import { upgradeResponseHeaders } from './headers.js';
 import { endWithProblem, failureProblem, type Problem, problem } from './problem.js';
-
-/** The per-upstream policies a handshake passes (an UpstreamPolicies has them). */
-export interface TunnelPolicies {
-  readonly breaker: CircuitBreaker | undefined;
-  readonly limiter: RateLimiter | undefined;
-  readonly bulkhead: Bulkhead | undefined;
-}
 
 /** An upgrade request as the listener received it. */
 export interface UpgradeRequest {
@@ -53,21 +38,17 @@ export interface UpgradeRequest {
   /** Bytes the client sent after the request head (early frames): forwarded after the 101. */
   readonly head: Buffer;
   readonly requestId: string;
-  /** performance.now() when the request arrived. */
+  /** Clock time when the request arrived. */
   readonly start: number;
-  readonly listener: string;
-  readonly metrics: Metrics;
-  readonly logger: Logger;
-  readonly accessLog: boolean;
+  readonly clock: Clock;
+  /** Counts and logs it, as every call of the listener. */
+  readonly recorder: Recorder;
 }
 
-/** Where a routed upgrade request goes. */
+/** Where a routed upgrade request goes: its context and the route's upgrade pipeline. */
 export interface UpgradeTarget {
-  readonly route: RouteModel;
-  readonly upstream: Upstream;
-  readonly policies: TunnelPolicies | undefined;
-  /** Path and query sent upstream (after strip_prefix). */
-  readonly path: string;
+  readonly ctx: RequestContext;
+  readonly pipeline: Call<HandshakeResponse>;
 }
 
 /** Who or what ended an open tunnel (the `reason` label of breakwater_websocket_closed_total). */
@@ -116,14 +97,14 @@ export class WebSocketTunnels {
   }
 
   /** Answers an upgrade request that was refused before it reached an upstream, and closes. */
-  refuse(u: UpgradeRequest, p: Problem): void {
-    const t = new Tunnel(u, undefined, undefined, this.live);
+  refuse(u: UpgradeRequest, route: RouteModel | undefined, p: Problem): void {
+    const t = new Tunnel(u, route, undefined, this.live);
     this.live.add(t);
     t.refuse(p);
   }
 
   open(u: UpgradeRequest, target: UpgradeTarget): void {
-    const t = new Tunnel(u, target.route, target, this.live);
+    const t = new Tunnel(u, target.ctx.route, target, this.live);
     this.live.add(t);
     t.start();
   }
@@ -134,22 +115,25 @@ export class WebSocketTunnels {
   }
 }
 
-type Phase = 'admission' | 'handshake' | 'open' | 'relay' | 'done';
+/** The `outcome` label of a handshake a policy refused, by the problem's kind. */
+const REFUSED_BY: Partial<Record<Problem['kind'], string>> = {
+  'rate-limited': 'rate_limited',
+  'bulkhead-full': 'bulkhead_full',
+  'circuit-open': 'circuit_open',
+  'no-healthy-endpoint': 'no_endpoint',
+};
+
+/**
+ * pending: the upgrade pipeline runs (admission, then the handshake); open: a 101 relayed, the
+ * sockets piped; relay: any other answer (or a problem) on its way to the client; done: over.
+ */
+type Phase = 'pending' | 'open' | 'relay' | 'done';
 
 class Tunnel {
-  private phase: Phase = 'admission';
+  private phase: Phase = 'pending';
   private readonly client: Socket;
   private upstreamSocket: Socket | undefined;
-  private request: ClientRequest | undefined;
-  private endpoint: Endpoint | undefined;
-  private permit: Permit | undefined;
-  private slot = false;
-  /** Waiting in the bulkhead's queue. */
-  private queued = false;
-  private connected = false;
-  private clientGone = false;
-  private sentAt = 0;
-  private attempts = 0;
+  private handshake: Handshake | undefined;
   /** Status sent to the client (0: none yet). */
   private status = 0;
   private reason: CloseReason | undefined;
@@ -157,10 +141,11 @@ class Tunnel {
   private bytesInBase = 0;
   private bytesOutBase = 0;
   private closedSides = 0;
-  private timers: NodeJS.Timeout[] = [];
+  private timers: unknown[] = [];
   /** What the client sent after its request head while the handshake ran. */
   private early: Buffer[] = [];
   private earlyBytes = 0;
+  private readonly ctx: RequestContext | undefined;
 
   constructor(
     private readonly u: UpgradeRequest,
@@ -168,6 +153,7 @@ class Tunnel {
     private readonly target: UpgradeTarget | undefined,
     private readonly live: Set<Tunnel>,
   ) {
+    this.ctx = target?.ctx;
     this.client = u.socket as Socket;
     // Errors end in 'close', which is where they are handled.
     this.client.on('error', ignore);
@@ -177,7 +163,7 @@ class Tunnel {
   }
 
   private readonly onEarlyData = (chunk: Buffer): void => {
-    if (this.phase !== 'admission' && this.phase !== 'handshake') return; // answered: dropped
+    if (this.phase !== 'pending') return; // answered: dropped
     this.early.push(chunk);
     this.earlyBytes += chunk.length;
     if (this.earlyBytes > EARLY_LIMIT) this.client.pause();
@@ -185,24 +171,24 @@ class Tunnel {
 
   /** The client half-closed before the handshake was answered: it left. */
   private readonly onEarlyEnd = (): void => {
-    if (this.phase === 'admission' || this.phase === 'handshake') this.client.destroy();
+    if (this.phase === 'pending') this.client.destroy();
   };
 
   get isOpen(): boolean {
     return this.phase === 'open' && this.reason === undefined;
   }
 
-  private get upstreamName(): string {
-    return this.route?.upstream ?? '';
+  private get attempts(): number {
+    return this.ctx?.attempts ?? 0;
   }
 
   start(): void {
-    const target = this.target as UpgradeTarget;
-    const route = target.route;
-    const { requestId, req, metrics } = this.u;
+    const { ctx, pipeline } = this.target as UpgradeTarget;
+    const route = ctx.route;
+    const { requestId } = this.u;
     if (this.client.destroyed) {
       // The client left before the handshake was looked at ('close' may already have passed).
-      this.clientGone = true;
+      ctx.clientGone = true;
       this.sent(499, 'client_gone');
       this.finish();
       return;
@@ -212,165 +198,54 @@ class Tunnel {
       this.refuse(problem('upgrade-refused', detail, { requestId }));
       return;
     }
-    if (target.upstream.model.protocol === 'h2c') {
+    if (ctx.upstream.model.protocol === 'h2c') {
       // The handshake is HTTP/1.1; an h2c upstream speaks only HTTP/2 (WebSocket over HTTP/2,
       // RFC 8441, is not supported).
-      const detail = `upstream ${target.upstream.name} speaks h2c only: WebSocket handshakes are HTTP/1.1`;
+      const detail = `upstream ${ctx.upstream.name} speaks h2c only: WebSocket handshakes are HTTP/1.1`;
       this.refuse(problem('upgrade-refused', detail, { requestId }));
       return;
     }
-    const name = target.upstream.name;
-    const { limiter, bulkhead } = target.policies ?? {};
-    if (limiter) {
-      const bucket = limiter.bucketFor(req, route.trust);
-      if (!bucket.tryTake()) {
-        metrics.rateLimited.labels(name, limiter.policy.mode).inc();
-        this.answer(limiter.limitedProblem(bucket, name, requestId), 'rate_limited');
-        return;
-      }
-    }
-    if (!bulkhead) {
-      this.connect();
+    pipeline(ctx).then(this.answered, (err: unknown) => {
+      this.u.recorder.logOf(route).error({ err, request_id: requestId }, 'pipeline failed');
+      this.answer(this.internalError(), 'error');
+    });
+  }
+
+  /** The upgrade pipeline's outcome: a policy's refusal, a failure, or the upstream's answer. */
+  private readonly answered = (outcome: Outcome<HandshakeResponse>): void => {
+    if (this.phase !== 'pending') {
+      // The client left (or shutdown cut it) while the pipeline ran.
+      if (outcome.type === 'response') outcome.attempt.discard();
       return;
     }
-    const got = bulkhead.acquire();
-    if (got === true) {
-      this.slot = true;
-      this.connect();
-    } else if (got === false) {
-      this.bulkheadFull(bulkhead, name);
-    } else {
-      this.queued = true;
-      got.then((admitted) => {
-        this.queued = false;
-        if (admitted) this.slot = true;
-        // The client may have left while it queued: finish() gives the slot back.
-        if (this.clientGone) this.finish();
-        else if (admitted) this.connect();
-        else this.bulkheadFull(bulkhead, name);
-      }, ignore);
-    }
-  }
-
-  private bulkheadFull(bulkhead: Bulkhead, upstream: string): void {
-    this.u.metrics.bulkheadRejected.labels(upstream).inc();
-    this.answer(bulkhead.fullProblem(upstream, this.u.requestId), 'bulkhead_full');
-  }
-
-  /** Breaker, endpoint, then the handshake on a new connection. */
-  private connect(): void {
-    const target = this.target as UpgradeTarget;
-    const route = target.route;
-    const { req, requestId, metrics } = this.u;
-    const upstream = target.upstream;
-    const breaker = target.policies?.breaker;
-    if (breaker) {
-      this.permit = breaker.tryAcquire();
-      if (!this.permit) {
-        metrics.breakerRejected.labels(upstream.name).inc();
-        this.answer(breakerOpenProblem(breaker, upstream.name, requestId), 'circuit_open');
+    const name = (this.ctx as RequestContext).upstream.name;
+    switch (outcome.type) {
+      case 'problem': {
+        const kind = outcome.problem.kind;
+        this.answer(outcome.problem, REFUSED_BY[kind] ?? kind.replaceAll('-', '_'));
         return;
       }
+      case 'failure':
+        this.answer(failureProblem(outcome.error, name, this.u.requestId), classifyOutcome(outcome).label);
+        return;
+      case 'local':
+        this.answer(this.internalError(), 'error'); // no fallback runs for a handshake
+        return;
+      case 'response':
+        this.handshake = outcome.attempt;
+        if (outcome.head.status === 101) this.upgraded(outcome);
+        else this.relay(outcome);
+        return;
     }
-    const endpoint = upstream.pick();
-    if (!endpoint) {
-      this.settleBreaker('ignored');
-      const detail = `no endpoint of upstream ${upstream.name} is healthy`;
-      this.answer(
-        problem('no-healthy-endpoint', detail, { upstream: upstream.name, requestId }),
-        'no_endpoint',
-      );
-      return;
-    }
-    this.phase = 'handshake';
-    this.endpoint = endpoint;
-    endpoint.inflight++;
-    this.attempts = 1;
-    const url = new URL(endpoint.model.origin);
-    const host = url.hostname.replace(/^\[|\]$/g, '');
-    const headers = upgradeRequestHeaders(
-      req,
-      {
-        host: upstream.hostFor(endpoint, req.headers.host),
-        requestId,
-        proto: 'http',
-        remoteAddress: peerAddress(req),
-        trust: route.trust,
-      },
-      req.headers.upgrade as string,
-    );
-    const options: http.RequestOptions = {
-      host,
-      port: Number(url.port),
-      method: 'GET',
-      path: target.path,
-      headers,
-      setHost: false,
-      agent: false,
-    };
-    this.sentAt = performance.now();
-    // An https endpoint is reached with the upstream's tls settings, as its pool is.
-    const tls = upstream.model.tls;
-    const request =
-      url.protocol === 'https:'
-        ? https.request({
-            ...options,
-            servername: tlsNameOf(endpoint.model, upstream.model),
-            rejectUnauthorized: !tls?.insecureSkipVerify,
-            ...(tls ? { secureContext: secureContextOf(tls) } : {}),
-          })
-        : http.request(options);
-    this.request = request;
-    const connectMs = route.timeouts.connect;
-    const answerMs = route.timeouts.attempt;
-    // 0 is no connect timeout, as for the pools (undici sets no timer then).
-    if (connectMs > 0)
-      this.timer(connectMs, () => {
-        if (!this.connected)
-          request.destroy(
-            new AttemptError(
-              'connect-timeout',
-              `connecting to the upstream took longer than ${connectMs} ms`,
-              false,
-            ),
-          );
-      });
-    this.timer(answerMs, () => {
-      const detail = `the upstream did not answer the WebSocket handshake within ${answerMs} ms`;
-      request.destroy(new AttemptError('timeout', detail, true));
-    });
-    request.on('socket', (s: Socket) => {
-      this.upstreamSocket = s;
-      s.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
-        this.connected = true;
-      });
-    });
-    request.on('upgrade', this.onUpgrade);
-    request.on('response', this.onResponse);
-    request.on('error', this.onRequestError);
-    request.end();
-  }
+  };
 
-  private readonly onUpgrade = (res: IncomingMessage, socket: Socket, upstreamHead: Buffer): void => {
-    this.clearTimers();
+  /** A 101: relayed, then the sockets are piped. */
+  private upgraded(outcome: HandshakeResponse): void {
+    const socket = outcome.attempt.socket as Socket;
+    const upstreamHead = outcome.attempt.upstreamHead as Buffer;
     this.upstreamSocket = socket;
-    socket.on('error', ignore);
-    if (this.phase !== 'handshake') {
-      socket.destroy();
-      return;
-    }
-    const protocol = res.headers.upgrade;
-    if (protocol === undefined || protocol.trim().toLowerCase() !== 'websocket') {
-      socket.destroy();
-      const detail = `the upstream switched to ${JSON.stringify(protocol ?? '')}, not websocket`;
-      this.failed(new AttemptError('protocol', detail, true));
-      return;
-    }
-    const target = this.target as UpgradeTarget;
     const route = this.route as RouteModel;
-    this.settleBreaker('success');
-    target.upstream.recordResult(this.endpoint as Endpoint, false, performance.now() - this.sentAt);
-    const headers = upgradeResponseHeaders(res.rawHeaders, this.u.requestId, true);
+    const headers = upgradeResponseHeaders(outcome.head.rawHeaders, this.u.requestId, true);
     if (route.retry.attemptsHeader) headers.push('x-breakwater-attempts', String(this.attempts));
     let head = 'HTTP/1.1 101 Switching Protocols\r\n';
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
@@ -380,11 +255,11 @@ class Tunnel {
     client.pause();
     client.write(`${head}\r\n`, 'latin1');
     this.phase = 'open';
-    this.openedAt = performance.now();
+    this.openedAt = this.u.clock.now();
     this.bytesInBase = client.bytesRead - this.u.head.length - this.earlyBytes;
     this.bytesOutBase = client.bytesWritten;
     this.sent(101, 'upgraded');
-    this.u.metrics.websocketOpen.labels(target.upstream.name).inc();
+    this.u.recorder.websocketOpened(route.upstream);
     // Bytes already read past either head go first, then the sockets are piped as they are.
     if (upstreamHead.length > 0) client.write(upstreamHead);
     if (this.u.head.length > 0) socket.write(this.u.head);
@@ -401,32 +276,26 @@ class Tunnel {
       client.on('timeout', () => this.end('idle_timeout'));
     }
     if (maxDuration > 0) this.timer(maxDuration, () => this.end('max_duration'));
-  };
+  }
 
   /** The upstream answered something other than 101: relayed as it came, then the connection closes. */
-  private readonly onResponse = (res: IncomingMessage): void => {
-    this.clearTimers();
-    if (this.phase !== 'handshake') {
-      res.destroy();
-      return;
-    }
-    const status = res.statusCode ?? 502;
-    const target = this.target as UpgradeTarget;
-    const failureOn = target.policies?.breaker?.policy.failureOn;
-    this.settleBreaker(failureOn && isFailure(failureOn, status, undefined) ? 'failure' : 'success');
-    target.upstream.recordResult(this.endpoint as Endpoint, status >= 500, performance.now() - this.sentAt);
+  private relay(outcome: HandshakeResponse): void {
+    const res = outcome.attempt.response as IncomingMessage;
+    const status = outcome.head.status;
+    const route = this.route as RouteModel;
     this.phase = 'relay';
-    const headers = upgradeResponseHeaders(res.rawHeaders, this.u.requestId, false);
-    if ((this.route as RouteModel).retry.attemptsHeader)
-      headers.push('x-breakwater-attempts', String(this.attempts));
-    let head = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`;
+    const headers = upgradeResponseHeaders(outcome.head.rawHeaders, this.u.requestId, false);
+    if (route.retry.attemptsHeader) headers.push('x-breakwater-attempts', String(this.attempts));
+    let head = `HTTP/1.1 ${status} ${outcome.head.statusText}\r\n`;
     for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
     const client = this.client;
     client.write(`${head}connection: close\r\n\r\n`, 'latin1');
     this.sent(status, statusLabel(status));
+    const request = outcome.attempt.request;
+    outcome.attempt.afterError = () => client.destroy();
     // Without Content-Length (a chunked answer), the body ends where the connection does.
-    const bodyTimeout = (this.route as RouteModel).timeouts.body;
-    if (bodyTimeout > 0) this.request?.setTimeout(bodyTimeout, () => this.request?.destroy());
+    const bodyTimeout = route.timeouts.body;
+    if (bodyTimeout > 0) request.setTimeout(bodyTimeout, () => request.destroy());
     res.on('error', () => client.destroy());
     res.on('aborted', () => client.destroy());
     res.on('end', () => {
@@ -434,36 +303,11 @@ class Tunnel {
       res.socket?.destroy();
     });
     res.pipe(client, { end: false });
-  };
-
-  private readonly onRequestError = (err: Error): void => {
-    if (this.phase === 'relay') {
-      this.client.destroy();
-      return;
-    }
-    if (this.phase !== 'handshake') return;
-    this.clearTimers();
-    this.failed(classify(err, this.connected, this.connected));
-  };
-
-  /** The handshake failed: the breaker and outlier detection hear it, the client gets a problem. */
-  private failed(failure: AttemptError): void {
-    const target = this.target as UpgradeTarget;
-    const cause = causeOf(failure);
-    const failureOn = target.policies?.breaker?.policy.failureOn;
-    // A malformed answer counts as the 502 the client sees, as for any attempt.
-    const status = cause === undefined ? 502 : undefined;
-    this.settleBreaker(failureOn && isFailure(failureOn, status, cause) ? 'failure' : 'success');
-    if (cause !== 'aborted') target.upstream.recordResult(this.endpoint as Endpoint, true, undefined);
-    const label = cause === undefined ? 'protocol_error' : cause.replace('-', '_');
-    this.answer(failureProblem(failure, target.upstream.name, this.u.requestId), label);
   }
 
-  private settleBreaker(result: 'success' | 'failure' | 'ignored'): void {
-    const breaker = this.target?.policies?.breaker;
-    if (!breaker || !this.permit) return;
-    breaker.onResult(this.permit, result, performance.now() - this.sentAt);
-    this.permit = undefined;
+  private internalError(): Problem {
+    const detail = 'internal error while proxying';
+    return problem('upstream-bad-response', detail, { status: 500, requestId: this.u.requestId });
   }
 
   /** Refused before any policy: a problem, counted with outcome `refused`. */
@@ -473,7 +317,7 @@ class Tunnel {
 
   /** Writes a problem to the client and closes; the tunnel is over once the socket closes. */
   private answer(p: Problem, outcome: string): void {
-    if (this.clientGone || this.phase === 'done') return;
+    if (this.ctx?.clientGone || this.phase === 'done') return;
     const withAttempts =
       this.route?.retry.attemptsHeader && this.target
         ? { ...p, headers: [...(p.headers ?? []), 'x-breakwater-attempts', String(this.attempts)] }
@@ -486,34 +330,23 @@ class Tunnel {
   /** Counts the answer the client got (once). */
   private sent(status: number, outcome: string): void {
     this.status = status;
-    const { metrics, req, listener } = this.u;
-    metrics.websocketUpgrades.labels(this.upstreamName, outcome).inc();
-    metrics.requests
-      .labels(
-        listener,
-        this.route?.name ?? '',
-        this.upstreamName,
-        methodLabel(req.method ?? ''),
-        String(status),
-      )
-      .inc();
+    this.u.recorder.upgradeAnswered(this.route, this.u.req.method, status, outcome);
   }
 
   private readonly onClientClose = (hadError: boolean): void => {
     this.closedSides++;
     switch (this.phase) {
-      case 'admission':
-      case 'handshake':
-        // The client left before an answer: the handshake is abandoned, not counted as the upstream's.
-        this.clientGone = true;
+      case 'pending': {
+        // The client left before an answer: the handshake is abandoned (the finishers stop it and
+        // give back a bulkhead slot or queue place), not counted as the upstream's.
+        const ctx = this.ctx;
+        if (ctx) ctx.clientGone = true;
         this.sent(499, 'client_gone');
-        this.request?.destroy();
-        this.settleBreaker('ignored');
-        // A wait in the bulkhead's queue finishes the tunnel when it ends (and gives the slot back).
-        if (!this.queued) this.finish();
+        this.finish();
         return;
+      }
       case 'relay':
-        this.request?.destroy();
+        this.handshake?.request.destroy();
         this.finish();
         return;
       case 'open':
@@ -539,9 +372,7 @@ class Tunnel {
     const socket = this.upstreamSocket as Socket;
     if (this.reason === undefined) {
       this.reason = reason;
-      const upstream = this.upstreamName;
-      this.u.metrics.websocketOpen.labels(upstream).dec();
-      this.u.metrics.websocketClosed.labels(upstream, reason).inc();
+      this.u.recorder.websocketClosed(this.route?.upstream ?? '', reason);
       this.release();
       if (reason === 'client' || reason === 'upstream') {
         const other = reason === 'client' ? socket : client;
@@ -566,23 +397,18 @@ class Tunnel {
       this.end('shutdown');
       return;
     }
-    this.clientGone = true;
-    this.request?.destroy();
-    this.settleBreaker('ignored');
+    if (this.ctx) this.ctx.clientGone = true;
+    this.handshake?.request.destroy();
     this.client.destroy();
-    if (!this.queued) this.finish();
+    this.finish();
   }
 
-  /** Gives back what the tunnel holds: its bulkhead slot and its count on the endpoint. */
+  /**
+   * Gives back what the tunnel holds (its call's finishers: the bulkhead slot or queue place, its
+   * count on the endpoint; a handshake still in flight is stopped).
+   */
   private release(): void {
-    if (this.slot) {
-      this.slot = false;
-      this.target?.policies?.bulkhead?.release();
-    }
-    if (this.endpoint) {
-      this.endpoint.inflight--;
-      this.endpoint = undefined;
-    }
+    if (this.ctx) runFinishers(this.ctx);
   }
 
   /** Everything is over: timers cleared, resources released, one access-log line. */
@@ -595,38 +421,32 @@ class Tunnel {
     this.live.delete(this);
     if (!this.client.destroyed) this.client.destroy();
     if (this.upstreamSocket && !this.upstreamSocket.destroyed) this.upstreamSocket.destroy();
-    if (!this.u.accessLog) return;
-    const { req, requestId, start, logger, listener } = this.u;
-    const now = performance.now();
+    const { req, requestId, start, recorder } = this.u;
+    const now = this.u.clock.now();
     const url = req.url ?? '';
     const q = url.indexOf('?');
-    logger.info(
-      {
-        listener,
-        route: this.route?.name,
-        upstream: this.route?.upstream,
-        request_id: requestId,
-        method: req.method,
-        path: q < 0 ? url : url.slice(0, q),
-        upgrade: 'websocket',
-        status: this.status || 499,
-        duration_ms: Math.round((now - start) * 1e3) / 1e3,
-        open_ms: wasOpen ? Math.round((now - this.openedAt) * 1e3) / 1e3 : undefined,
-        bytes_in: wasOpen ? this.client.bytesRead - this.bytesInBase : 0,
-        bytes_out: wasOpen ? this.client.bytesWritten - this.bytesOutBase : 0,
-        attempts: this.attempts,
-        closed_by: this.reason,
-      },
-      'websocket',
-    );
+    recorder.upgradeEnded(this.route, {
+      request_id: requestId,
+      method: req.method,
+      path: q < 0 ? url : url.slice(0, q),
+      upgrade: 'websocket',
+      status: this.status || 499,
+      duration_ms: Math.round((now - start) * 1e3) / 1e3,
+      open_ms: wasOpen ? Math.round((now - this.openedAt) * 1e3) / 1e3 : undefined,
+      bytes_in: wasOpen ? this.client.bytesRead - this.bytesInBase : 0,
+      bytes_out: wasOpen ? this.client.bytesWritten - this.bytesOutBase : 0,
+      attempts: this.attempts,
+      closed_by: this.reason,
+    });
   }
 
   private timer(ms: number, fn: () => void): void {
-    this.timers.push(setTimeout(fn, ms));
+    this.timers.push(this.u.clock.setTimeout(fn, ms));
   }
 
   private clearTimers(): void {
-    for (const t of this.timers) clearTimeout(t);
+    const clock = this.u.clock;
+    for (const t of this.timers) clock.clearTimeout(t);
     this.timers = [];
   }
 }

@@ -7,9 +7,9 @@
  * Writes need the operator (loopback or the admin token), as every admin write.
  */
 import type { FastifyInstance } from 'fastify';
-import type { AdminRuntime } from '../admin/admin.js';
 import { requireOperator } from '../admin/auth.js';
 import { adminProblem } from '../admin/problem.js';
+import type { AdminRuntime } from '../admin/runtime.js';
 import { SAGA_STATES, type SagaRecord } from './machine.js';
 import { SagaService } from './service.js';
 

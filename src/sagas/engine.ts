@@ -9,8 +9,8 @@
  * is driven again from its last written state: a step that was in flight has an unknown outcome.
  */
 import { randomUUID } from 'node:crypto';
+import type { Clock } from '../clock.js';
 import type { InternalRequest, InternalResult } from '../pipeline/internal-call.js';
-import type { Clock } from '../pipeline/types.js';
 import {
   type Action,
   type Answer,
@@ -211,14 +211,14 @@ export class SagaEngine {
     this.waits.clear();
     // A step call in flight is bounded by its upstream's request_timeout; shutdown does not wait
     // that long (what it was doing is in the log, and the next start recovers it).
-    let timer: NodeJS.Timeout | undefined;
+    let timer: unknown;
     await Promise.race([
       Promise.allSettled([...this.live.values()]),
       new Promise((r) => {
-        timer = setTimeout(r, STOP_WAIT);
+        timer = this.deps.clock.setTimeout(() => r(undefined), STOP_WAIT);
       }),
     ]);
-    clearTimeout(timer);
+    this.deps.clock.clearTimeout(timer);
   }
 
   /** Resolves when no saga is being driven (tests). */

@@ -4,9 +4,9 @@
  * Made only when the config has `sagas:` (a config without it never touches the disk).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { type Clock, every } from '../clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Clock } from '../pipeline/types.js';
 import { type EmbeddedStore, lockFile } from '../stores/embedded.js';
 import { SagaEngine, type StepCaller } from './engine.js';
 import { EmbeddedSagaLog } from './log.js';
@@ -34,7 +34,7 @@ const SWEEP_EVERY = 60_000;
 
 export class SagaService {
   private readonly parked = new Map<string, string>();
-  private sweeper: NodeJS.Timeout | undefined;
+  private stopSweep: () => void = () => undefined;
 
   private constructor(
     readonly engine: SagaEngine,
@@ -113,8 +113,7 @@ export class SagaService {
     service = new SagaService(engine, log, deps, unlock);
     for (const rec of log.list())
       if (rec.state === 'failed_to_compensate') service.parked.set(rec.id, rec.saga);
-    service.sweeper = setInterval(() => void engine.sweep().catch(() => undefined), SWEEP_EVERY);
-    service.sweeper.unref();
+    service.stopSweep = every(deps.clock, SWEEP_EVERY, () => void engine.sweep().catch(() => undefined));
     metrics.collectors.set('sagas', () => service?.collect());
     return service;
   }
@@ -178,7 +177,18 @@ export class SagaService {
         const params = exact ? {} : matchTrigger(m.trigger.segments, path);
         if (params === undefined) continue;
         return (req, res, requestId, url) =>
-          runTrigger(this.engine, m, params, req, res, requestId, url, limits, this.deps.logger);
+          runTrigger(
+            this.engine,
+            m,
+            params,
+            req,
+            res,
+            requestId,
+            url,
+            limits,
+            this.deps.logger,
+            this.deps.clock,
+          );
       }
       return undefined;
     };
@@ -218,7 +228,7 @@ export class SagaService {
 
   /** Stops driving sagas (in flight ones stay in the log for the next start) and releases the lock. */
   async stop(): Promise<void> {
-    clearInterval(this.sweeper);
+    this.stopSweep();
     this.deps.metrics.collectors.delete('sagas');
     await this.engine.stop();
     await this.unlock();

@@ -3,7 +3,9 @@
  * parsed as JSON when a template reads `request.body`, the saga run, and its answer written with
  * the saga's id (`x-breakwater-saga-id`) and state (`x-breakwater-saga-state`).
  */
+
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Clock } from '../clock.js';
 import type { Logger } from '../observability/logger.js';
 import { isHopByHop } from '../proxy/headers.js';
 import { answered, isProblemKind, type Problem, problem, problemBody } from '../proxy/problem.js';
@@ -28,6 +30,7 @@ export function runTrigger(
   url: string,
   limits: TriggerLimits,
   logger: Logger,
+  clock: Clock,
 ): void {
   const cl = req.headers['content-length'];
   if (limits.maxBodyBytes > 0 && cl !== undefined && Number(cl) > limits.maxBodyBytes) {
@@ -42,7 +45,7 @@ export function runTrigger(
     return;
   }
   if (req.headers.expect !== undefined && req.httpVersion !== '1.0') res.writeContinue();
-  readWhole(req, limits.maxBodyBytes, model.timeout)
+  readWhole(req, limits.maxBodyBytes, model.timeout, clock)
     .then(
       async (body) => {
         let json: unknown;
@@ -129,18 +132,18 @@ export function runTrigger(
     });
 }
 
-function readWhole(req: IncomingMessage, max: number, timeoutMs: number): Promise<Buffer> {
+function readWhole(req: IncomingMessage, max: number, timeoutMs: number, clock: Clock): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       req.destroy();
       reject(new Error('timeout'));
     }, timeoutMs);
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (max > 0 && size > max) {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         req.pause();
         reject(new TooLarge(`the request body is over the limit of ${max} bytes`));
         return;
@@ -148,11 +151,11 @@ function readWhole(req: IncomingMessage, max: number, timeoutMs: number): Promis
       chunks.push(c);
     });
     req.on('end', () => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       resolve(Buffer.concat(chunks, size));
     });
     req.on('error', (err) => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       reject(err);
     });
   });

@@ -11,7 +11,7 @@
  * costs one `command_timeout` per `reset_timeout` at most. Transitions are published to listeners
  * (metrics, logs); the breaker itself knows nothing about either.
  */
-import type { Clock } from '../pipeline/types.js';
+import type { Clock } from '../clock.js';
 
 export type StoreBreakerState = 'closed' | 'open' | 'half_open';
 

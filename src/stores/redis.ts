@@ -22,10 +22,10 @@
 import { createHash } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import { Redis } from 'ioredis';
+import { type Clock, systemRandom } from '../clock.js';
 import type { RedisStoreModel } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Clock } from '../pipeline/types.js';
 import { StoreBreaker, type StoreBreakerState } from './breaker.js';
 
 /** Thrown by `run()` when the store cannot be asked (breaker open, disconnected) or did not answer. */
@@ -90,7 +90,7 @@ export class RedisStore {
     readonly model: RedisStoreModel,
     private readonly metrics: Metrics,
     private readonly logger: Logger,
-    private readonly clock: Clock,
+    readonly clock: Clock,
   ) {
     this.breaker = new StoreBreaker(model.breaker, clock);
     const tls: ConnectionOptions | undefined = model.tls
@@ -119,7 +119,7 @@ export class RedisStore {
       protocol: 2,
       // 50 ms, doubling up to 2 s, plus up to 100 ms of jitter; forever.
       retryStrategy: (times) =>
-        Math.min(50 * 2 ** Math.min(times - 1, 10), 2_000) + Math.floor(Math.random() * 100),
+        Math.min(50 * 2 ** Math.min(times - 1, 10), 2_000) + Math.floor(systemRandom() * 100),
     });
     // Connection errors are logged once until the client is connected again; command failures
     // are counted, and logged when they open the breaker.
@@ -187,10 +187,10 @@ export class RedisStore {
       m.unavailable.inc();
       throw new StoreUnavailableError(`redis store ${this.model.address} is unavailable`, 'unavailable');
     }
-    const start = performance.now();
+    const start = this.clock.now();
     try {
       const value = await fn(this.client);
-      m.duration.observe((performance.now() - start) / 1000);
+      m.duration.observe((this.clock.now() - start) / 1000);
       m.ok.inc();
       this.breaker.success();
       return value;
@@ -199,7 +199,7 @@ export class RedisStore {
       // ioredis's words for "no connection" (offline queue off) say how it is configured, not what happened.
       const message = raw.includes('enableOfflineQueue') ? 'not connected' : raw;
       const result = message === 'Command timed out' ? 'timeout' : 'error';
-      m.duration.observe((performance.now() - start) / 1000);
+      m.duration.observe((this.clock.now() - start) / 1000);
       m[result].inc();
       this.noteError(message);
       this.breaker.failure(message);
@@ -248,11 +248,11 @@ export class RedisStore {
     if (this.client.status === 'ready') return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         this.client.off('ready', done);
         resolve();
       };
-      const timer = setTimeout(done, ms);
+      const timer = this.clock.setTimeout(done, ms);
       this.client.once('ready', done);
     });
   }

@@ -13,19 +13,24 @@
  */
 
 /** What the share counts on each endpoint. */
+import { type Clock, systemClock } from '../clock.js';
+
 export interface StreamingCounted {
   streaming: number;
 }
 
 interface Waiter {
   readonly wake: (woken: boolean) => void;
-  readonly timer: NodeJS.Timeout;
+  readonly timer: unknown;
 }
 
 export class StreamingShare {
   private readonly waiters: Waiter[] = [];
 
-  constructor(public limit: number) {}
+  constructor(
+    public limit: number,
+    private readonly clock: Clock = systemClock,
+  ) {}
 
   /** Whether `e` has room for one more streaming attempt. */
   hasRoom(e: StreamingCounted): boolean {
@@ -44,7 +49,7 @@ export class StreamingShare {
     e.streaming--;
     const w = this.waiters.shift();
     if (w) {
-      clearTimeout(w.timer);
+      this.clock.clearTimeout(w.timer);
       w.wake(true);
     }
   }
@@ -54,7 +59,7 @@ export class StreamingShare {
     return new Promise<boolean>((wake) => {
       const w: Waiter = {
         wake,
-        timer: setTimeout(() => {
+        timer: this.clock.setTimeout(() => {
           const i = this.waiters.indexOf(w);
           if (i >= 0) this.waiters.splice(i, 1);
           wake(false);

@@ -14,6 +14,7 @@ import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
 import { buildConnector, type Dispatcher, Pool } from 'undici';
+import { type Clock, systemClock, systemRandom } from '../clock.js';
 import type { EndpointModel, TlsModel, UpstreamModel } from '../config/resolve.js';
 import { type Balancer, createBalancer, PeakEwma } from './balancer.js';
 import { StreamingShare } from './streaming-share.js';
@@ -151,10 +152,12 @@ export class Upstream {
   private eps: readonly Endpoint[];
   private readonly balancer: Balancer<Endpoint>;
   private readonly now: () => number;
-  private readonly random: () => number;
+  /** Time (DNS refresh, health checks) and randomness (the balancer, health-check jitter). */
+  readonly clock: Clock;
+  readonly random: () => number;
   private events: EndpointEvents | undefined;
   private checker: HealthChecker | undefined;
-  private dnsTimer: NodeJS.Timeout | undefined;
+  private dnsTimer: unknown;
   private resolver: Resolver = systemResolver;
   /** The share of each endpoint's connections that streaming attempts may hold. */
   readonly share: StreamingShare;
@@ -167,7 +170,7 @@ export class Upstream {
   constructor(
     readonly model: UpstreamModel,
     options: {
-      now?: () => number;
+      clock?: Clock;
       random?: () => number;
       endpoints?: readonly Endpoint[];
       events?: EndpointEvents;
@@ -175,12 +178,14 @@ export class Upstream {
     } = {},
   ) {
     this.name = model.name;
-    this.now = options.now ?? (() => performance.now());
-    this.random = options.random ?? Math.random;
+    const clock = options.clock ?? systemClock;
+    this.clock = clock;
+    this.now = () => clock.now();
+    this.random = options.random ?? systemRandom;
     this.events = options.events;
     this.eps = options.endpoints ?? model.endpoints.map((e) => new Endpoint(e, model, this.now));
     this.balancer = createBalancer<Endpoint>(model.loadBalancing, this.random);
-    this.share = options.share ?? new StreamingShare(model.streamingLimit);
+    this.share = options.share ?? new StreamingShare(model.streamingLimit, clock);
     this.share.limit = model.streamingLimit;
     for (const e of this.eps) e.share = this.share;
   }
@@ -188,7 +193,7 @@ export class Upstream {
   /** The same endpoints, pools and health under a changed model (a reload that kept them). */
   withModel(model: UpstreamModel): Upstream {
     const next = new Upstream(model, {
-      now: this.now,
+      clock: this.clock,
       random: this.random,
       endpoints: this.endpoints,
       events: this.events,
@@ -198,8 +203,8 @@ export class Upstream {
     next.checker?.retarget(next);
     next.resolver = this.resolver;
     this.checker = undefined;
-    if (this.dnsTimer) {
-      clearTimeout(this.dnsTimer);
+    if (this.dnsTimer !== undefined) {
+      this.clock.clearTimeout(this.dnsTimer);
       this.dnsTimer = undefined;
       next.scheduleDns(model.dnsRefresh);
     }
@@ -313,12 +318,15 @@ export class Upstream {
   }
 
   private scheduleDns(delay: number): void {
-    this.dnsTimer = setTimeout(() => {
-      void this.refreshDns().finally(() => {
-        if (this.dnsTimer !== undefined) this.scheduleDns(this.model.dnsRefresh);
-      });
-    }, delay);
-    this.dnsTimer.unref();
+    this.dnsTimer = this.clock.setTimeout(
+      () => {
+        void this.refreshDns().finally(() => {
+          if (this.dnsTimer !== undefined) this.scheduleDns(this.model.dnsRefresh);
+        });
+      },
+      delay,
+      true,
+    );
   }
 
   /**
@@ -369,7 +377,7 @@ export class Upstream {
 
   private stopTimers(): void {
     this.checker?.stop();
-    clearTimeout(this.dnsTimer);
+    if (this.dnsTimer !== undefined) this.clock.clearTimeout(this.dnsTimer);
     this.dnsTimer = undefined;
   }
 
@@ -395,7 +403,7 @@ export class Upstream {
 
 /** Active health checks: GET `path` on every endpoint every `interval` (with jitter). */
 class HealthChecker {
-  private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly timers = new Set<unknown>();
   private stopped = false;
 
   constructor(
@@ -417,22 +425,23 @@ class HealthChecker {
 
   stop(): void {
     this.stopped = true;
-    for (const t of this.timers) clearTimeout(t);
+    for (const t of this.timers) this.upstream.clock.clearTimeout(t);
     this.timers.clear();
   }
 
   private schedule(e: Endpoint): void {
     const hc = this.upstream.model.healthCheck;
     if (!hc || this.stopped) return;
-    const spread = hc.interval * hc.jitter * (Math.random() * 2 - 1);
-    const t = setTimeout(
+    const spread = hc.interval * hc.jitter * (this.upstream.random() * 2 - 1);
+    const clock = this.upstream.clock;
+    const t = clock.setTimeout(
       () => {
         this.timers.delete(t);
         void this.check(e);
       },
       Math.max(10, hc.interval + spread),
+      true,
     );
-    t.unref();
     this.timers.add(t);
   }
 

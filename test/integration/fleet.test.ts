@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type Clock, systemClock } from '../../src/pipeline/types.js';
+import { type Clock, systemClock } from '../../src/clock.js';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
 import { freePort } from '../kit/process.js';
 import { type RedisServer, redisTool, startRedis } from '../kit/redis.js';

@@ -588,6 +588,58 @@ describe('policies', () => {
   });
 });
 
+describe('handshakes pass the same admission layers as requests', () => {
+  it('a shaping limiter (mode: shape) answers a handshake without a token 429 at once, never queued', async () => {
+    // One token, the next in 100 s; the shaper would hold a request up to 200 s.
+    const up = await startWsUpstream();
+    const bw = await startBreakwater(
+      config(
+        up.url,
+        ONE_ROUTE,
+        'rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1, mode: shape, max_delay: 200s }',
+      ),
+    );
+    try {
+      const first = await connect(wsUrl(bw, '/one'));
+      const second = await refused(wsUrl(bw, '/two'));
+      expect(second.status).toBe(429);
+      expect(problemType(second)).toBe('urn:breakwater:problem:rate-limited');
+      expect(up.handshakes.length).toBe(1);
+      expect(await metrics(bw)).not.toMatch(/breakwater_rate_limiter_delayed_total\{upstream="app"\} [1-9]/);
+      first.ws.close();
+      await closed(first.ws);
+    } finally {
+      await bw.stop();
+      await up.close();
+    }
+  });
+
+  it('a client that leaves while queued in the bulkhead frees its queue place at once', async () => {
+    const up = await startWsUpstream();
+    const bw = await startBreakwater(
+      config(up.url, ONE_ROUTE, 'bulkhead: { max_concurrent: 1, max_queue: 1, queue_timeout: 30s }'),
+    );
+    try {
+      const first = await connect(wsUrl(bw, '/one'));
+      const bulkhead = bw.bw.policies.get('app')?.bulkhead;
+      // Queued behind the open WebSocket; the client gives up after 150 ms.
+      const r = await rawRequest(bw.bw.listenerPort('main'), `GET /queued HTTP/1.1\r\n${HANDSHAKE}`, 150);
+      expect(r.end).toBe('open');
+      // Long before queue_timeout (30 s): the place is free and the open WebSocket still holds the slot.
+      await until(() => bulkhead?.queueLength === 0, 5000);
+      expect(bulkhead?.inFlight).toBe(1);
+      expect(up.handshakes.length).toBe(1);
+      first.ws.send('still here');
+      expect((await first.next()).data.toString()).toBe('still here');
+      first.ws.close();
+      await closed(first.ws);
+    } finally {
+      await bw.stop();
+      await up.close();
+    }
+  });
+});
+
 describe('a client that leaves during the handshake', () => {
   it('aborts the upstream handshake, gives the bulkhead slot back, and is no failure for the breaker', async () => {
     const fault = await startFaultUpstream({ kind: 'hang' });

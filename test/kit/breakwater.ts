@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Breakwater } from '../../src/app.js';
+import type { Clock } from '../../src/clock.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
-import type { Clock } from '../../src/pipeline/types.js';
 
 export interface Running {
   readonly bw: Breakwater;

@@ -1,7 +1,7 @@
 /**
  * A clock that tests step by hand: timers fire in order as `advance` passes their time.
  */
-import type { Clock } from '../../src/pipeline/types.js';
+import type { Clock } from '../../src/clock.js';
 
 interface Timer {
   at: number;

@@ -1,13 +1,9 @@
-import type { IncomingMessage } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { clientAddress, parseCidr, trustCheck } from '../../src/proxy/client-address.js';
+import { type CallOrigin, clientAddress, parseCidr, trustCheck } from '../../src/proxy/client-address.js';
 
-/** The two fields clientAddress reads, as Node's parser fills them. */
-function req(remoteAddress: string, xff?: string): IncomingMessage {
-  return {
-    socket: { remoteAddress },
-    headers: xff === undefined ? {} : { 'x-forwarded-for': xff },
-  } as unknown as IncomingMessage;
+/** The two fields clientAddress reads: the peer address and the headers. */
+function req(remoteAddress: string, xff?: string): CallOrigin {
+  return { peer: remoteAddress, req: { headers: xff === undefined ? {} : { 'x-forwarded-for': xff } } };
 }
 
 describe('trusted proxies', () => {

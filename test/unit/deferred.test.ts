@@ -33,6 +33,7 @@ const policy: DeferredPolicy = {
 function ctx(maybeProcessed: boolean): RequestContext {
   const c = newContext({
     req: {} as RequestContext['req'],
+    peer: undefined,
     res: {} as RequestContext['res'],
     route: {} as RequestContext['route'],
     upstream: {} as RequestContext['upstream'],

@@ -1,7 +1,6 @@
 /**
  * Policies in isolation, with a ManualClock: time is stepped, never slept.
  */
-import type { IncomingMessage } from 'node:http';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { DEFAULTS, type RetryPolicy, type RouteModel } from '../../src/config/resolve.js';
@@ -9,16 +8,17 @@ import { Bulkhead } from '../../src/pipeline/bulkhead.js';
 import { deadlineLayer } from '../../src/pipeline/deadline.js';
 import { RateLimiter } from '../../src/pipeline/rate-limiter.js';
 import { backoff, RetryBudget, retryAfterMs, retryLayer } from '../../src/pipeline/retry.js';
-import { newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
+import { callRequest, newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
 import type { Attempt, ResponseHead } from '../../src/proxy/attempt.js';
 import { AttemptError } from '../../src/proxy/attempt.js';
 import { ManualClock } from '../kit/clock.js';
 
 function ctx(method = 'GET', headers: Record<string, string> = {}): RequestContext {
-  const req = { headers, socket: { remoteAddress: '10.0.0.1' } } as unknown as IncomingMessage;
+  // An internal call's context: no client socket, no response to write.
   return newContext({
-    req,
-    res: {} as RequestContext['res'],
+    req: callRequest(Object.entries(headers).flat()),
+    peer: '10.0.0.1',
+    res: undefined,
     route: {
       timeouts: { attempt: 1000, request: 10_000, connect: 1000, body: 1000 },
     } as unknown as RouteModel,

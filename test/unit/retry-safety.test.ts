@@ -3,7 +3,6 @@
  * ("Which requests are retried"), row by row, with a ManualClock, and a property over random
  * sequences of outcomes.
  */
-import type { IncomingMessage } from 'node:http';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
@@ -13,7 +12,7 @@ import {
   type RouteModel,
 } from '../../src/config/resolve.js';
 import { RetryBudget, retryLayer } from '../../src/pipeline/retry.js';
-import { newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
+import { callRequest, newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
 import { type Attempt, AttemptError, type ResponseHead } from '../../src/proxy/attempt.js';
 import { ManualClock } from '../kit/clock.js';
 
@@ -66,8 +65,9 @@ const ROUTE_IDEMPOTENCY = {
 function contextOf(c: Case): RequestContext {
   const headers: Record<string, string> = c.key ? { 'idempotency-key': 'k-42' } : {};
   return newContext({
-    req: { headers, socket: { remoteAddress: '127.0.0.1' } } as unknown as IncomingMessage,
-    res: {} as RequestContext['res'],
+    req: callRequest(Object.entries(headers).flat()),
+    peer: '127.0.0.1',
+    res: undefined,
     route: {
       timeouts: { attempt: 1000, request: 60_000, connect: 1000, body: 1000 },
       idempotency: c.routeIdempotency ? ROUTE_IDEMPOTENCY : undefined,

@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { Clock } from '../../src/clock.js';
 import type { SagaInput } from '../../src/config/schema.js';
 import type { InternalRequest, InternalResult } from '../../src/pipeline/internal-call.js';
-import type { Clock } from '../../src/pipeline/types.js';
 import { problem } from '../../src/proxy/problem.js';
 import { SagaEngine, type SagaLog } from '../../src/sagas/engine.js';
 import { MemorySagaLog } from '../../src/sagas/log.js';
