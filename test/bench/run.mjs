@@ -57,6 +57,8 @@ const settings = {
   portBase: envInt('BENCH_PORT_BASE', 18000),
   /** Open-loop rate (req/s); 0: a quarter of the slowest Node peer's closed-loop req/s. */
   rate: process.env.BENCH_RATE ? envInt('BENCH_RATE', 0) : 0,
+  /** Closed-loop rounds: every scenario runs this many times, interleaved; the median CPU row is kept. */
+  rounds: envInt('BENCH_ROUNDS', 1),
   soakSeconds: envInt('BENCH_SOAK', 30),
   soakRate: envInt('BENCH_SOAK_RATE', 1000),
   /** Pin each proxy to core 0 and the load generator and upstream to core 1 (taskset, 2+ cores). */
@@ -1108,7 +1110,10 @@ async function main() {
   // Bound the whole run: per run warm-up + measurement + start/stop slack, plus the upstream.
   const perRun = settings.warmup + settings.duration + 25;
   const budgetMs =
-    ((closedSet.length + openSet.length) * perRun + soakSet.length * (soakSeconds + perRun) + 30) * 1000;
+    ((closedSet.length * settings.rounds + openSet.length) * perRun +
+      soakSet.length * (soakSeconds + perRun) +
+      30) *
+    1000;
   const watchdog = setTimeout(() => {
     console.error(`bench: exceeded its ${Math.round(budgetMs / 1000)} s budget; stopping`);
     shutdown(1);
@@ -1154,36 +1159,56 @@ async function main() {
   };
   try {
     console.log('\n## closed loop (autocannon)');
-    for (const scenario of closedSet) {
-      if (!(await isAvailable(scenario))) continue;
-      console.log(`\n# ${scenario.name}: ${scenario.description}`);
-      const base = {
-        name: scenario.name,
-        kind: scenario.kind,
-        group: scenario.group,
-        description: scenario.description,
-      };
-      try {
-        const measured = await runScenario(scenario, ctx);
-        rows.push({ ...base, ...measured });
+    const rounds = new Map();
+    for (let round = 1; round <= settings.rounds; round++)
+      for (const scenario of closedSet) {
+        if (!(await isAvailable(scenario))) continue;
         console.log(
-          `  ${fmt(measured.reqPerSec)} req/s, p50 ${fmt(measured.p50, 2)} ms, p99 ${fmt(measured.p99, 2)} ms, ` +
-            `errors ${measured.errors}, timeouts ${measured.timeouts}, non-2xx ${measured.non2xx}`,
+          `\n# ${scenario.name}: ${scenario.description}${settings.rounds > 1 ? ` (round ${round} of ${settings.rounds})` : ''}`,
         );
-        if (measured.cpuUsPerRequest !== undefined)
+        const base = {
+          name: scenario.name,
+          kind: scenario.kind,
+          group: scenario.group,
+          description: scenario.description,
+        };
+        try {
+          const measured = await runScenario(scenario, ctx);
+          if (!rounds.has(scenario.name)) rounds.set(scenario.name, []);
+          rounds.get(scenario.name).push({ ...base, ...measured });
           console.log(
-            `  CPU per request: ${fmt(measured.cpuUsPerRequest, 1)} µs in the proxy, RSS after ${fmt(measured.rssMiB, 1)} MiB` +
-              (measured.storeCpuUsPerRequest === undefined
-                ? ''
-                : `, ${fmt(measured.storeCpuUsPerRequest, 1)} µs in redis-server`) +
-              (measured.storeDecisions
-                ? `; limiter decisions by source ${JSON.stringify(measured.storeDecisions)}`
-                : ''),
+            `  ${fmt(measured.reqPerSec)} req/s, p50 ${fmt(measured.p50, 2)} ms, p99 ${fmt(measured.p99, 2)} ms, ` +
+              `errors ${measured.errors}, timeouts ${measured.timeouts}, non-2xx ${measured.non2xx}`,
           );
-      } catch (err) {
-        console.log(`  failed: ${err.message}`);
-        rows.push({ ...base, error: String(err.message) });
+          if (measured.cpuUsPerRequest !== undefined)
+            console.log(
+              `  CPU per request: ${fmt(measured.cpuUsPerRequest, 1)} µs in the proxy, RSS after ${fmt(measured.rssMiB, 1)} MiB` +
+                (measured.storeCpuUsPerRequest === undefined
+                  ? ''
+                  : `, ${fmt(measured.storeCpuUsPerRequest, 1)} µs in redis-server`) +
+                (measured.storeDecisions
+                  ? `; limiter decisions by source ${JSON.stringify(measured.storeDecisions)}`
+                  : ''),
+            );
+        } catch (err) {
+          console.log(`  failed: ${err.message}`);
+          if (!rounds.has(scenario.name)) rounds.set(scenario.name, []);
+          rounds.get(scenario.name).push({ ...base, error: String(err.message) });
+        }
       }
+
+    // Each scenario's row: its round with the median CPU per request (the only round if 1).
+    for (const runs of rounds.values()) {
+      const good = runs.filter((r) => !r.error);
+      if (!good.length) {
+        rows.push(runs[0]);
+        continue;
+      }
+      good.sort((x, y) => (x.cpuUsPerRequest ?? x.reqPerSec) - (y.cpuUsPerRequest ?? y.reqPerSec));
+      const median = good[Math.floor((good.length - 1) / 2)];
+      rows.push(
+        settings.rounds > 1 ? { ...median, rounds: runs.map((r) => r.cpuUsPerRequest ?? r.error) } : median,
+      );
     }
 
     if (openSet.length) {
