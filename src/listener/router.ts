@@ -79,8 +79,14 @@ export class Router {
   /** Host -> first path segment -> the routes that can match, in order. */
   private readonly candidates = new Map<string, Map<string, readonly RouteModel[]>>();
   private lists = 0;
+  /** Whether any route has a host condition, or a path prefix: otherwise that key is not read. */
+  private readonly byHost: boolean;
+  private readonly byPath: boolean;
 
-  constructor(private readonly routes: readonly RouteModel[]) {}
+  constructor(private readonly routes: readonly RouteModel[]) {
+    this.byHost = routes.some((r) => r.match.host !== undefined || r.match.hostSuffix !== undefined);
+    this.byPath = routes.some((r) => r.match.pathPrefix !== undefined);
+  }
 
   match(method: string, path: string, headers: IncomingHttpHeaders): RouteModel | undefined {
     const routes = this.routes.length <= LINEAR_ROUTES ? this.routes : this.candidatesFor(path, headers);
@@ -89,8 +95,8 @@ export class Router {
   }
 
   private candidatesFor(path: string, headers: IncomingHttpHeaders): readonly RouteModel[] {
-    const host = hostOf(headers.host);
-    const segment = firstSegment(path);
+    const host = this.byHost ? hostOf(headers.host) : '';
+    const segment = this.byPath ? firstSegment(path) : '';
     let bySegment = this.candidates.get(host);
     let list = bySegment?.get(segment);
     if (list !== undefined) return list;
