@@ -25,6 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
+  BENCH_DIR,
   CLI,
   envInt,
   HOST,
