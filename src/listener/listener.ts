@@ -1,23 +1,20 @@
 /**
- * A data-plane listener: one fastify instance bound to the configured host and port. fastify does
- * the HTTP/1.1 server side (connection handling, limits, lifecycle); every request is handed
- * unparsed to the ProxyHandler, whose route and pipeline decide the rest. Bodies are never parsed:
- * a catch-all content-type parser leaves the request stream untouched for the upstream. With
+ * A data-plane listener: one node:http server bound to the configured host and port. Node does
+ * the HTTP/1.1 server side (connection handling, limits, timeouts); every request is handed
+ * unparsed to the ProxyHandler, whose route and pipeline decide the rest (its body is never
+ * parsed: the request stream goes to the upstream untouched). With
  * `protocol: h2c`, connections that open with the HTTP/2 preface go to a node:http2 server whose
  * requests reach the same ProxyHandler; `upgrade` requests go to its WebSocket tunnel.
  */
-import { type IncomingMessage, METHODS, type ServerResponse } from 'node:http';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Session } from 'node:http2';
 import type { AddressInfo, Socket } from 'node:net';
-import Fastify, { type FastifyInstance } from 'fastify';
+import type { Duplex } from 'node:stream';
 import type { ListenerModel } from '../config/resolve.js';
 import { rememberPeer } from '../proxy/client-address.js';
 import { endWithProblem, problem } from '../proxy/problem.js';
 import { connectionOf, trackConnection } from './connection.js';
 import { ALLOWED_METHODS, type HandlerDeps, type ProxyHandler } from './handler.js';
-
-/** The methods fastify's router takes (Node's list). */
-const ROUTED_METHODS = new Set(METHODS);
 
 /** What an HTTP/2 connection starts with (RFC 9113 3.4). */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
@@ -50,7 +47,7 @@ export class DataListener {
 
   private constructor(
     public model: ListenerModel,
-    readonly app: FastifyInstance,
+    readonly server: http.Server,
     private readonly handler: ProxyHandler,
   ) {}
 
@@ -62,7 +59,7 @@ export class DataListener {
     this.model = model;
     this.handler.update(deps);
     // The server's own limits follow too (max_header_bytes is fixed when the server is made).
-    const server = this.app.server;
+    const server = this.server;
     const limits = model.limits;
     server.headersTimeout = limits.headerTimeout;
     server.keepAliveTimeout = limits.keepaliveTimeout;
@@ -73,88 +70,54 @@ export class DataListener {
 
   static async start(model: ListenerModel, handler: ProxyHandler): Promise<DataListener> {
     const limits = model.limits;
-    const app = Fastify({
-      logger: false,
-      return503OnClosing: false,
-      forceCloseConnections: 'idle',
+    // A plain node:http server: every request goes straight to the handler, which routes, refuses
+    // or answers it (a framework's request objects and router in front of it cost a fifth of the
+    // CPU of a proxied request, for nothing it uses). fastify serves the admin listener only.
+    const server = http.createServer({
       keepAliveTimeout: limits.keepaliveTimeout,
-      maxRequestsPerSocket: limits.maxRequestsPerConnection || 0,
       requestTimeout: 0,
-      connectionTimeout: 0,
-      exposeHeadRoutes: false,
-      // A percent-encoded byte that is not UTF-8 (`%80`) is still a valid URL for the upstream.
-      frameworkErrors: (error, request, reply) => {
-        if (error.code === 'FST_ERR_BAD_URL') {
-          reply.hijack();
-          handler.handle(request.raw, reply.raw);
-          return;
-        }
-        reply.hijack();
-        handler.refuseRequest(
-          request.raw,
-          reply.raw,
-          problem('bad-request', error.message, { headers: ['connection', 'close'] }),
-        );
-      },
-      // What Node's parser refuses (malformed framing, headers too large, the header timeout) is
-      // answered as a problem, in its turn after the pipelined requests before it.
-      clientErrorHandler: (err, socket) => handler.clientError(err, socket),
-      http: {
-        headersTimeout: limits.headerTimeout,
-        connectionsCheckingInterval: checkingInterval(limits.headerTimeout),
-        maxHeaderSize: limits.maxHeaderBytes,
-        // The handler refuses an HTTP/1.1 request without Host itself, as a problem.
-        requireHostHeader: false,
-      },
+      headersTimeout: limits.headerTimeout,
+      connectionsCheckingInterval: checkingInterval(limits.headerTimeout),
+      maxHeaderSize: limits.maxHeaderBytes,
+      // The handler refuses an HTTP/1.1 request without Host itself, as a problem.
+      requireHostHeader: false,
     });
-    // The request is taken over at onRequest, before fastify looks at its body or content type:
-    // a proxy forwards whatever media type it is given, byte for byte.
-    // Callback style, and `done` is never called: the request leaves fastify's lifecycle here
-    // (an async hook would cost a promise per request for nothing).
-    app.addHook('onRequest', (request, reply, _done) => {
-      reply.hijack();
-      handler.handle(request.raw, reply.raw);
-    });
-    app.removeAllContentTypeParsers();
-    app.addContentTypeParser('*', (_request, _payload, done) => done(null));
-    app.all('/*', (request, reply) => {
-      reply.hijack();
-      handler.handle(request.raw, reply.raw);
-    });
-    // Whatever fastify's router does not take (methods it does not know, such as PURGE; `*`;
-    // absolute-form targets) goes to the same handler, which routes, refuses or answers 404 itself.
-    app.setNotFoundHandler((request, reply) => {
-      reply.hijack();
-      handler.handle(request.raw, reply.raw);
-    });
-    await app.listen({ host: model.host, port: model.port });
-    app.server.maxConnections = limits.maxConnections;
-    // One more than the limit, so that the handler sees the overflow and answers 431.
-    app.server.maxHeadersCount = limits.maxHeaders + 1;
-    // Methods Node's parser passes but fastify does not route (RTSP's: DESCRIBE, SETUP, ...) would
-    // get fastify's own 404: they go to the handler, which refuses them.
-    const server = app.server;
-    const toFastify = server.listeners('request') as ((req: IncomingMessage, res: ServerResponse) => void)[];
-    server.removeAllListeners('request');
+    server.maxRequestsPerSocket = limits.maxRequestsPerConnection || 0;
+    server.timeout = 0;
+    let listener: DataListener | undefined;
     server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-      if (ROUTED_METHODS.has(req.method as string)) for (const l of toFastify) l.call(server, req, res);
-      else handler.handle(req, res);
+      // Once closing, every answer closes its connection (a keep-alive client moves on).
+      if (listener?.closing) res.setHeader('connection', 'close');
+      handler.handle(req, res);
     });
+    // What Node's parser refuses (malformed framing, headers too large, the header timeout) is
+    // answered as a problem, in its turn after the pipelined requests before it.
+    server.on('clientError', (err: Error, socket: Duplex) => handler.clientError(err, socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: model.host, port: model.port }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.maxConnections = limits.maxConnections;
+    // One more than the limit, so that the handler sees the overflow and answers 431.
+    server.maxHeadersCount = limits.maxHeaders + 1;
     // `Expect:` is left to the handler: `100-continue` is answered only once the request passed
     // every refusal (a body over the limit is never uploaded), any other expectation is 417.
     // (Without these listeners Node sends 100 Continue at once, or a bare 417.)
-    app.server.on('checkContinue', (req, res) => handler.handle(req, res));
-    app.server.on('checkExpectation', (req, res) => handler.handle(req, res));
+    server.on('checkContinue', (req, res) => handler.handle(req, res));
+    server.on('checkExpectation', (req, res) => handler.handle(req, res));
     // `Connection: upgrade` requests come here, not to onRequest: WebSocket pass-through (every
     // other protocol is refused). Registering the listener is what makes Node hand them over.
     // Answers still owed to requests pipelined before it go out first.
-    app.server.on('upgrade', (req, socket, head) => {
+    server.on('upgrade', (req, socket, head) => {
       const conn = connectionOf(socket);
       if (conn === undefined) handler.upgrade(req, socket, head);
       else conn.afterResponses(() => handler.upgrade(req, socket, head));
     });
     // CONNECT would tunnel anywhere: refused.
-    app.server.on('connect', (_req, socket) => {
+    server.on('connect', (_req, socket) => {
       const refusal = problem('method-not-allowed', 'CONNECT is refused: breakwater is not a forward proxy', {
         headers: ['allow', ALLOWED_METHODS],
       });
@@ -166,7 +129,7 @@ export class DataListener {
       conn.refused = true;
       conn.afterResponses(() => endWithProblem(socket, refusal));
     });
-    const listener = new DataListener(model, app, handler);
+    listener = new DataListener(model, server, handler);
     listener.routeConnections();
     return listener;
   }
@@ -180,7 +143,7 @@ export class DataListener {
    * `http1` listener hands every connection straight to HTTP/1.1.
    */
   private routeConnections(): void {
-    const server = this.app.server;
+    const server = this.server;
     const http1 = server.listeners('connection') as ((socket: Socket) => void)[];
     const toHttp1 = (socket: Socket) => {
       for (const l of http1) l.call(server, socket);
@@ -274,7 +237,7 @@ export class DataListener {
   }
 
   get port(): number {
-    return (this.app.server.address() as AddressInfo).port;
+    return (this.server.address() as AddressInfo).port;
   }
 
   /** WebSocket tunnels open now. */
@@ -287,7 +250,10 @@ export class DataListener {
     // Once: a listener a reload retired may be closed again by a stop.
     if (this.closed) return this.closed;
     this.closing = true;
-    const closing = this.app.close();
+    const server = this.server;
+    const closing = new Promise<void>((resolve) => server.close(() => resolve()));
+    // Idle keep-alive connections end now; busy ones after their answer (Connection: close).
+    server.closeIdleConnections();
     this.closed = closing;
     for (const s of this.h2Sessions) s.close();
     // Connections that have not said which protocol they speak yet have no request to finish.
@@ -300,7 +266,7 @@ export class DataListener {
    * connection list (closeAllConnections does not see it), so WebSocket tunnels are cut here.
    */
   forceClose(): void {
-    this.app.server.closeAllConnections();
+    this.server.closeAllConnections();
     for (const s of this.h2Sessions) s.destroy();
     for (const socket of this.sniffing) socket.destroy();
     this.handler.tunnels.closeAll();

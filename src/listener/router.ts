@@ -42,12 +42,78 @@ export function matches(
   return true;
 }
 
+/** Up to this many routes are tried one by one; beyond, through the candidate lists. */
+const LINEAR_ROUTES = 8;
+/** Candidate lists kept (one per host and first path segment seen); all dropped when full. */
+const MAX_CANDIDATE_LISTS = 1024;
+
+/** The first segment of a path (`/api/v1` -> `api`; `/` -> ``). */
+function firstSegment(path: string): string {
+  const end = path.indexOf('/', 1);
+  return path.slice(1, end < 0 ? path.length : end);
+}
+
+/**
+ * Whether a route can match a request for `host` whose path's first segment is `segment`: its host
+ * condition holds, and its path prefix (if any) lies in that first segment. A superset of the
+ * routes that match (methods, headers and the prefix itself are checked by `matches`).
+ */
+function couldMatch(route: RouteModel, host: string, segment: string): boolean {
+  const m = route.match;
+  if (m.host !== undefined && host !== m.host) return false;
+  if (m.hostSuffix !== undefined && !(host.endsWith(m.hostSuffix) && host.length > m.hostSuffix.length))
+    return false;
+  const prefix = m.pathPrefix;
+  if (prefix === undefined || prefix.charCodeAt(0) !== 47 || prefix.length === 1) return true;
+  // The prefix's first segment, whole (`/api`, `/api/`, `/api/v1`) or begun (a prefix is matched
+  // segment-aware, so `/ap` matches only the segment `ap`).
+  return firstSegment(prefix) === segment;
+}
+
+/**
+ * The routes of a listener in order; the first that matches wins. With more than a few routes,
+ * a request is tried only against the routes that can match its host and the first segment of its
+ * path (kept per host and segment), so routing costs the same with 1 route or 1000.
+ */
 export class Router {
-  constructor(private readonly routes: readonly RouteModel[]) {}
+  /** Host -> first path segment -> the routes that can match, in order. */
+  private readonly candidates = new Map<string, Map<string, readonly RouteModel[]>>();
+  private lists = 0;
+  /** Whether any route has a host condition, or a path prefix: otherwise that key is not read. */
+  private readonly byHost: boolean;
+  private readonly byPath: boolean;
+
+  constructor(private readonly routes: readonly RouteModel[]) {
+    this.byHost = routes.some((r) => r.match.host !== undefined || r.match.hostSuffix !== undefined);
+    this.byPath = routes.some((r) => r.match.pathPrefix !== undefined);
+  }
 
   match(method: string, path: string, headers: IncomingHttpHeaders): RouteModel | undefined {
-    for (const r of this.routes) if (matches(r, method, path, headers)) return r;
+    const routes = this.routes.length <= LINEAR_ROUTES ? this.routes : this.candidatesFor(path, headers);
+    for (const r of routes) if (matches(r, method, path, headers)) return r;
     return undefined;
+  }
+
+  private candidatesFor(path: string, headers: IncomingHttpHeaders): readonly RouteModel[] {
+    const host = this.byHost ? hostOf(headers.host) : '';
+    const segment = this.byPath ? firstSegment(path) : '';
+    let bySegment = this.candidates.get(host);
+    let list = bySegment?.get(segment);
+    if (list !== undefined) return list;
+    list = this.routes.filter((r) => couldMatch(r, host, segment));
+    // Hosts and paths come from clients: the lists kept are bounded.
+    if (this.lists >= MAX_CANDIDATE_LISTS) {
+      this.candidates.clear();
+      this.lists = 0;
+      bySegment = undefined;
+    }
+    if (bySegment === undefined) {
+      bySegment = new Map();
+      this.candidates.set(host, bySegment);
+    }
+    bySegment.set(segment, list);
+    this.lists++;
+    return list;
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * pino, configured once: JSON lines on stdout.
  *
- * Lines are written asynchronously in batches of up to 4 KiB, so logging one access line per
+ * Lines are written asynchronously in batches of 32 KiB, so logging one access line per
  * request costs a few microseconds rather than a write per line. A batch never waits long: the
  * buffer is flushed at least every second, and at once after a line at warn level or above or a
  * state change (any line with an `event` field: breaker, degradation, reload, ready, shutdown...),
@@ -35,6 +35,24 @@ export function redactHeaders(
   return out;
 }
 
+/** Lines are written in batches of this many bytes (or after LOG_FLUSH_INTERVAL_MS). */
+const BATCH_BYTES = 32 * 1024;
+
+/**
+ * pino's ISO timestamp, made once per millisecond: at thousands of access lines a second most
+ * lines share their millisecond with the line before.
+ */
+let lastMs = -1;
+let lastTime = '';
+function isoTime(): string {
+  const now = Date.now();
+  if (now !== lastMs) {
+    lastMs = now;
+    lastTime = `,"time":"${new Date(now).toISOString()}"`;
+  }
+  return lastTime;
+}
+
 /** The longest a buffered line waits before it is written (ms). */
 export const LOG_FLUSH_INTERVAL_MS = 1000;
 const WARN = 40;
@@ -46,7 +64,10 @@ export function createLogger(options: { level?: string; destination?: pino.Desti
     const sonic = pino.destination({
       dest: 1,
       sync: false,
-      minLength: 4096,
+      // A write (a system call, on libuv's thread pool) every 32 KiB of lines rather than every
+      // 4 KiB: an access line per request costs 8 times fewer writes.
+      minLength: BATCH_BYTES,
+      maxWrite: 2 * BATCH_BYTES,
       periodicFlush: LOG_FLUSH_INTERVAL_MS,
     });
     // flush() writes nothing while a write is in progress; 'drain' says that write is over, and
@@ -75,7 +96,7 @@ export function createLogger(options: { level?: string; destination?: pino.Desti
     {
       level: options.level ?? 'info',
       base: { service: 'breakwater' },
-      timestamp: pino.stdTimeFunctions.isoTime,
+      timestamp: isoTime,
       formatters: { level: (label) => ({ level: label }) },
       hooks: flushNow
         ? {

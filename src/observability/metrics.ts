@@ -5,6 +5,7 @@
  * standard set are folded into OTHER.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { hotCounter, hotGauge, hotHistogram } from './hot-metrics.js';
 
 const STANDARD_METHODS = new Set([
   'GET',
@@ -39,31 +40,45 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     }
   }
 
-  const requests = new Counter({
-    name: 'breakwater_requests_total',
-    help: 'Requests answered by a data-plane listener, by the status sent to the client.',
-    labelNames: ['listener', 'route', 'upstream', 'method', 'code'] as const,
-    registers: [registry],
-  });
+  // The metrics moved on every request count in cached children (./hot-metrics.ts), merged at a scrape.
+  const REQUEST_LABELS = ['listener', 'route', 'upstream', 'method', 'code'] as const;
+  const requests = hotCounter(
+    new Counter({
+      name: 'breakwater_requests_total',
+      help: 'Requests answered by a data-plane listener, by the status sent to the client.',
+      labelNames: REQUEST_LABELS,
+      registers: [registry],
+    }),
+    REQUEST_LABELS,
+  );
   const grpcCalls = new Counter({
     name: 'breakwater_grpc_calls_total',
     help: 'gRPC calls answered by a data-plane listener, by the grpc-status the client got (its HTTP status is 200).',
     labelNames: ['listener', 'route', 'upstream', 'grpc_status'] as const,
     registers: [registry],
   });
-  const duration = new Histogram({
-    name: 'breakwater_request_duration_seconds',
-    help: 'Time from request received to response finished, as the client sees it.',
-    labelNames: ['listener', 'route', 'upstream'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30],
-    registers: [registry],
-  });
-  const inflight = new Gauge({
-    name: 'breakwater_requests_in_flight',
-    help: 'Requests being handled by a data-plane listener.',
-    labelNames: ['listener'] as const,
-    registers: [registry],
-  });
+  const DURATION_LABELS = ['listener', 'route', 'upstream'] as const;
+  const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30];
+  const duration = hotHistogram(
+    new Histogram({
+      name: 'breakwater_request_duration_seconds',
+      help: 'Time from request received to response finished, as the client sees it.',
+      labelNames: DURATION_LABELS,
+      buckets: DURATION_BUCKETS,
+      registers: [registry],
+    }),
+    DURATION_LABELS,
+    DURATION_BUCKETS,
+  );
+  const inflight = hotGauge(
+    new Gauge({
+      name: 'breakwater_requests_in_flight',
+      help: 'Requests being handled by a data-plane listener.',
+      labelNames: ['listener'] as const,
+      registers: [registry],
+    }),
+    ['listener'] as const,
+  );
   const sendTimeouts = new Counter({
     name: 'breakwater_send_timeouts_total',
     help: 'Clients disconnected because they accepted no byte of their response for limits.send_timeout (their upstream request aborted).',
@@ -111,12 +126,15 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registers: [registry],
   });
 
-  const attempts = new Counter({
-    name: 'breakwater_upstream_attempts_total',
-    help: 'Attempts sent to an upstream, by outcome (2xx..5xx, connect_failure, reset, timeout, protocol_error, aborted, no_endpoint, streaming_limit).',
-    labelNames: ['upstream', 'outcome'] as const,
-    registers: [registry],
-  });
+  const attempts = hotCounter(
+    new Counter({
+      name: 'breakwater_upstream_attempts_total',
+      help: 'Attempts sent to an upstream, by outcome (2xx..5xx, connect_failure, reset, timeout, protocol_error, aborted, no_endpoint, streaming_limit).',
+      labelNames: ['upstream', 'outcome'] as const,
+      registers: [registry],
+    }),
+    ['upstream', 'outcome'] as const,
+  );
   const retries = new Counter({
     name: 'breakwater_retries_total',
     help: 'Retries made, by the outcome that triggered them.',

@@ -44,11 +44,14 @@ const REQUEST_OWNED = new Set([
 const RESPONSE_OWNED = new Set(['x-breakwater-attempts', 'x-breakwater-fallback']);
 
 const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const KEEP_ALIVE_OR_CLOSE = /^[ \t]*(?:keep-alive|close)[ \t]*$/i;
 const REQUEST_ID_RE = /^[\x21-\x7e]{1,200}$/;
 
 /** The extra names a Connection header lists (lower-cased), or undefined when it lists none. */
 function connectionTokens(value: string | undefined): Set<string> | undefined {
   if (!value) return undefined;
+  // Almost every Connection header says only this (no names listed): no split, no Set.
+  if (KEEP_ALIVE_OR_CLOSE.test(value)) return undefined;
   let out: Set<string> | undefined;
   for (const raw of value.split(',')) {
     const t = raw.trim().toLowerCase();

@@ -19,44 +19,33 @@
  * on error, on SIGINT/SIGTERM and by a watchdog. Results: a Markdown table on stdout and
  * test/bench/results/attack-latest.json.
  */
-import { spawn } from 'node:child_process';
-import {
-  accessSync,
-  constants,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import {
+  BENCH_DIR,
+  CLI,
+  envInt,
+  HOST,
+  makeTempDir,
+  peakRssMiB,
+  portAllocator,
+  RESULTS_DIR,
+  ROOT,
+  startChild,
+  stopAllChildren,
+  stopChild,
+  waitForHttp,
+  which,
+} from './lib/processes.mjs';
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, '..', '..');
-const CLI = path.join(ROOT, 'dist', 'cli.js');
-const RESULTS_DIR = path.join(BENCH_DIR, 'results');
-const HOST = '127.0.0.1';
-const PORT_MAX = 18999;
 /**
  * A probe request that has no answer after this long counts as failed: longer than breakwater's
  * default attempt timeout (5 s), so that its own 504s show as such.
  */
 const PROBE_TIMEOUT_MS = 10_000;
-
-function envInt(name, fallback) {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n <= 0)
-    throw new Error(`${name} must be a positive integer, got ${JSON.stringify(raw)}`);
-  return n;
-}
 
 const settings = {
   duration: envInt('ATTACK_DURATION', 45),
@@ -107,132 +96,12 @@ const MODES = [
   },
 ];
 
-// ---------------------------------------------------------------------------------------------
-// Child processes, each stopped by its PID.
-
-const children = new Set();
-const tempDirs = [];
-
-function startChild(name, command, args, stdout = 'ignore') {
-  const child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', stdout, 'pipe'], env: process.env });
-  const handle = { name, child, exited: false, exitInfo: '', stderrTail: '', stdoutText: '' };
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk) => {
-    handle.stderrTail = (handle.stderrTail + chunk).slice(-4096);
-  });
-  if (stdout === 'pipe') {
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', (chunk) => {
-      // slowhttptest prints a status block a second: 200 KB holds a minute of them.
-      handle.stdoutText = (handle.stdoutText + chunk).slice(-200_000);
-    });
-  }
-  handle.done = new Promise((resolve) => {
-    child.on('exit', (code, signal) => {
-      handle.exited = true;
-      handle.exitInfo = signal ? `signal ${signal}` : `code ${code}`;
-      children.delete(handle);
-      resolve();
-    });
-    child.on('error', (err) => {
-      handle.exited = true;
-      handle.exitInfo = `spawn error: ${err.message}`;
-      children.delete(handle);
-      resolve();
-    });
-  });
-  children.add(handle);
-  return handle;
-}
-
-function signalPid(pid, signal) {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-async function stopChild(handle, graceMs = 3000) {
-  if (handle.exited || handle.child.pid === undefined) return;
-  signalPid(handle.child.pid, 'SIGTERM');
-  const timer = new Promise((resolve) => setTimeout(resolve, graceMs, 'timeout'));
-  if ((await Promise.race([handle.done, timer])) === 'timeout' && !handle.exited) {
-    signalPid(handle.child.pid, 'SIGKILL');
-    await Promise.race([handle.done, new Promise((resolve) => setTimeout(resolve, 1000))]);
-  }
-}
-
-process.on('exit', () => {
-  for (const h of children) if (h.child.pid !== undefined) signalPid(h.child.pid, 'SIGKILL');
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function which(bin) {
-  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
-    if (!dir) continue;
-    const candidate = path.join(dir, bin);
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // Not here.
-    }
-  }
-  return undefined;
-}
-
-function isPortFree(port) {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, HOST, () => srv.close(() => resolve(true)));
-  });
-}
-
-let nextPort = settings.portBase;
-async function allocPort() {
-  while (nextPort <= PORT_MAX) {
-    const port = nextPort++;
-    if (await isPortFree(port)) return port;
-  }
-  throw new Error(`no free port left in ${settings.portBase}..${PORT_MAX}`);
-}
-
-/** Polls until 127.0.0.1:port answers HTTP; fails early when the child serving it exits. */
-async function waitForHttp(port, handle, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (handle.exited) throw new Error(`${handle.name} exited (${handle.exitInfo}):\n${handle.stderrTail}`);
-    const ok = await new Promise((resolve) => {
-      const req = http.get({ host: HOST, port, path: '/', agent: false, timeout: 1000 }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(true));
-      });
-      req.on('timeout', () => req.destroy());
-      req.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`127.0.0.1:${port} did not answer within ${timeoutMs} ms\n${handle.stderrTail}`);
-}
-
-/** Peak resident memory (VmHWM) of a child, in MiB, from /proc (Linux). */
-function peakRssMiB(pid) {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
-}
+const allocPort = portAllocator(settings.portBase);
 
 async function startBreakwater(upstreamUrl) {
   const port = await allocPort();
   const adminPort = await allocPort();
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'breakwater-attack-'));
-  tempDirs.push(dir);
+  const dir = makeTempDir('attack');
   // Defaults everywhere (limits, timeouts, pool): what a user who changed nothing gets.
   const yaml = `# generated by test/bench/attack.mjs
 listeners:
@@ -360,7 +229,7 @@ async function runMode(mode, upstreamUrl) {
       url,
     ];
     console.log(`  slowhttptest ${args.join(' ')}`);
-    const attacker = startChild(`slowhttptest ${mode.name}`, which('slowhttptest'), args, 'pipe');
+    const attacker = startChild(`slowhttptest ${mode.name}`, which('slowhttptest'), args, { stdout: 'pipe' });
     // The attack ramps up (connections at -r a second), then the probe measures until 3 s before its end.
     const ramp = Math.min(5, Math.ceil(settings.connections / settings.rate) + 2);
     await new Promise((resolve) => setTimeout(resolve, ramp * 1000));
@@ -557,8 +426,7 @@ let shuttingDown = false;
 async function shutdown(code) {
   if (shuttingDown) return;
   shuttingDown = true;
-  await Promise.all([...children].map((h) => stopChild(h, 2000)));
-  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+  await stopAllChildren();
   process.exit(code);
 }
 

@@ -1,7 +1,7 @@
 /**
  * Logs written to a file (stdout redirected, as a container runtime or `> breakwater.log` does)
  * show up while breakwater runs: a state change at once, anything else within about a second,
- * and nothing is lost at exit.
+ * and nothing is lost at exit; the same with stdout to a pipe that a reader drains.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
@@ -133,6 +133,59 @@ describe('logs to a file', () => {
     expect(await exited).toBe(0);
     const all = lines(bw.log);
     const ids = new Set(all.filter((l) => String(l.request_id).startsWith('exit-')).map((l) => l.request_id));
+    expect(ids.size).toBe(n);
+    expect(all.at(-1)).toMatchObject({ msg: 'shutdown: done' });
+  });
+});
+
+describe('logs to a pipe', () => {
+  it('loses no line at exit: N requests, then SIGTERM, then N access lines read from the pipe', async () => {
+    const up = await startUpstream((_req, res) => res.end('ok'));
+    cleanup.push(() => up.close());
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const dir = mkdtempSync(join(tmpdir(), 'bw-log-pipe-'));
+    const config = join(dir, 'breakwater.yaml');
+    writeFileSync(
+      config,
+      `listeners: [{ name: main, port: ${port}, routes: [{ upstream: app }] }]
+admin: { port: ${adminPort} }
+upstreams:
+  app: { endpoints: ["${up.url}"] }
+`,
+    );
+    // stdout is a pipe that this process reads as it comes, as a container runtime does.
+    const proc = spawn(process.execPath, [CLI, '--config', config, '--no-watch'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    let out = '';
+    proc.stdout?.setEncoding('utf8');
+    proc.stdout?.on('data', (chunk: string) => {
+      out += chunk;
+    });
+    const ended = new Promise<void>((resolve) => proc.stdout?.on('end', () => resolve()));
+    const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+    cleanup.push(async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      await exited;
+    });
+    await waitFor(`http://127.0.0.1:${adminPort}/health/ready`);
+    const n = 500;
+    for (let i = 0; i < n; i += 50)
+      await Promise.all(
+        Array.from({ length: 50 }, (_, j) =>
+          request(`http://127.0.0.1:${port}/x`, { headers: { 'x-request-id': `pipe-${i + j}` } }).then((r) =>
+            r.body.dump(),
+          ),
+        ),
+      );
+    proc.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    await ended;
+    const all = out
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const ids = new Set(all.filter((l) => String(l.request_id).startsWith('pipe-')).map((l) => l.request_id));
     expect(ids.size).toBe(n);
     expect(all.at(-1)).toMatchObject({ msg: 'shutdown: done' });
   });

@@ -25,6 +25,8 @@ const EXCEPTIONS: Record<string, string> = {
   'lifecycle/reload.ts':
     "a retired listener's drain timer and a retired Redis client's close run on real time, as shutdown's",
   'lifecycle/watch.ts': "the config file watcher's debounce waits for the file system, in real time",
+  'observability/logger.ts':
+    "a log line's time is the wall clock that other systems' logs are read against, never a test's clock",
   'proxy/relay.ts':
     "send_timeout is an idle timer refreshed on every write (Node's timer.refresh(), a field write on the hot path), like a socket's idle timeout",
 };
