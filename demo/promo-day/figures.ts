@@ -88,6 +88,8 @@ export interface Figures {
     readonly excluded: { readonly count: number; readonly why: string } | null;
     /** Failed actions counted, by kind and final status (0: no answer). */
     readonly failed: Record<string, number>;
+    /** ok / actions that got an answer (the client gives up after 5 s, a checkout after 15 s). */
+    readonly answered_ratio: number;
   };
   readonly surge: Record<
     string,
@@ -344,6 +346,7 @@ export function computeFigures(r: Recording): Figures {
     };
   }
   const okActions = counted.filter((a) => a.ok).length;
+  const answeredActions = counted.filter((a) => a.status !== 0).length;
   const failed: Record<string, number> = {};
   for (const a of counted)
     if (!a.ok) failed[`${a.kind} ${a.status}`] = (failed[`${a.kind} ${a.status}`] ?? 0) + 1;
@@ -353,6 +356,7 @@ export function computeFigures(r: Recording): Figures {
     ratio: counted.length === 0 ? 1 : okActions / counted.length,
     excluded,
     failed,
+    answered_ratio: answeredActions === 0 ? 1 : okActions / answeredActions,
   };
 
   let charges = 0;
