@@ -153,7 +153,12 @@ export async function startFleet(
       'body_file: fallbacks/',
       `body_file: ${ROOT}/config/examples/fallbacks/`,
     );
-    writeFileSync(config, `${text}\nstores:\n  redis:\n    url: ${options.redisUrl}\n`);
+    // 100 ms rather than the 20 ms default: on a shared 2-core machine a local Redis can be slower
+    // than that under load, and each timeout counts towards the store's breaker.
+    writeFileSync(
+      config,
+      `${text}\nstores:\n  redis:\n    url: ${options.redisUrl}\n    command_timeout: 100ms\n`,
+    );
     fleetEnv.IDEMPOTENCY_STORE = 'redis';
     fleetEnv.CATALOG_LIMIT_SCOPE = 'global';
   }

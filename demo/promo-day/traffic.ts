@@ -123,12 +123,13 @@ export function startTraffic(options: {
     path: string,
     headers: Record<string, string>,
     body?: string,
-  ): Promise<number> {
+  ): Promise<{ status: number; retryAfterMs: number }> {
     const t = now();
     const base = urls[replica++ % urls.length] ?? '';
     inFlight++;
     let status = 0;
     let fallback = false;
+    let retryAfterMs = 0;
     try {
       const res = await request(`${base}${path}`, {
         method,
@@ -140,13 +141,15 @@ export function startTraffic(options: {
       await res.body.dump({ limit: 1 << 20 });
       status = res.statusCode;
       fallback = res.headers['x-breakwater-fallback'] !== undefined;
+      const retryAfter = Number(res.headers['retry-after']);
+      if (Number.isFinite(retryAfter)) retryAfterMs = retryAfter * 1000;
     } catch {
       status = 0;
     } finally {
       inFlight--;
     }
     samples.push({ t, phase, kind, status, ms: now() - t, fallback });
-    return status;
+    return { status, retryAfterMs };
   }
 
   const ok = (s: number) => s >= 200 && s < 300;
@@ -157,7 +160,7 @@ export function startTraffic(options: {
     const body = JSON.stringify({ cart: ['p-1', 'p-3'], amount: 263.5 });
     let status = 0;
     for (let attempt = 1; attempt <= CHECKOUT_ATTEMPTS && !stopped; attempt++) {
-      status = await send(
+      const answer = await send(
         'checkout',
         action.phase,
         'POST',
@@ -165,8 +168,10 @@ export function startTraffic(options: {
         { 'idempotency-key': action.id, 'x-client-id': clientId, 'content-type': 'application/json' },
         body,
       );
+      status = answer.status;
       if (ok(status) || (status >= 400 && status < 500 && status !== 409 && status !== 429)) break;
-      await sleep(CHECKOUT_RETRY_WAIT_MS);
+      // Retry-After is honoured up to 2 s, as a well-behaved app does.
+      await sleep(Math.min(2000, Math.max(CHECKOUT_RETRY_WAIT_MS, answer.retryAfterMs)));
     }
     return status;
   }
@@ -182,29 +187,31 @@ export function startTraffic(options: {
     let status = 0;
     switch (kind) {
       case 'product':
-        status = await send(kind, phase, 'GET', `/products/${sku}`, {});
+        status = (await send(kind, phase, 'GET', `/products/${sku}`, {})).status;
         break;
       case 'recommendations':
-        status = await send(kind, phase, 'GET', '/recommendations', {});
+        status = (await send(kind, phase, 'GET', '/recommendations', {})).status;
         break;
       case 'reco-svc':
-        status = await send(kind, phase, 'GET', '/reco-svc/recommend', {});
+        status = (await send(kind, phase, 'GET', '/reco-svc/recommend', {})).status;
         break;
       case 'stock':
-        status = await send(kind, phase, 'GET', `/inventory/stock/${sku}`, {});
+        status = (await send(kind, phase, 'GET', `/inventory/stock/${sku}`, {})).status;
         break;
       case 'search':
-        status = await send(kind, phase, 'GET', `/search?q=${sku}`, {});
+        status = (await send(kind, phase, 'GET', `/search?q=${sku}`, {})).status;
         break;
       case 'order':
-        status = await send(
-          kind,
-          phase,
-          'POST',
-          '/orders',
-          { 'x-order-id': id, 'content-type': 'application/json' },
-          JSON.stringify({ id, items: [sku] }),
-        );
+        status = (
+          await send(
+            kind,
+            phase,
+            'POST',
+            '/orders',
+            { 'x-order-id': id, 'content-type': 'application/json' },
+            JSON.stringify({ id, items: [sku] }),
+          )
+        ).status;
         break;
       case 'checkout': {
         checkouts++;
