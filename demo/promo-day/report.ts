@@ -34,7 +34,7 @@ export function liveLines(s: LiveSnapshot, color: boolean): string[] {
       `promo-day  ${s.t_s.toFixed(1).padStart(5)} s / ${s.total_s} s   phase ${s.phase + 1}/${s.phases.length} ${p?.name ?? ''}`,
     ),
     `  ${p?.story ?? ''}`,
-    `  rate ${String(s.rate).padStart(4)} req/s (script ${p?.rate ?? 0})   2xx ${pct(s.ok_ratio)}   fallbacks ${String(s.fallbacks_per_s).padStart(3)}/s   shed by limit ${String(s.shed_per_s).padStart(3)}/s   errors ${String(s.errors_per_s).padStart(3)}/s   p99 ${s.p99_ms === null ? 'n/a' : `${s.p99_ms.toFixed(0)} ms`}`,
+    `  sent ${String(s.rate).padStart(4)} req/s (script ${p?.rate ?? 0})   2xx ${pct(s.ok_ratio)}   fallbacks ${String(s.fallbacks_per_s).padStart(3)}/s   shed by limit ${String(s.shed_per_s).padStart(3)}/s   errors ${String(s.errors_per_s).padStart(3)}/s   p99 ${s.p99_ms === null ? 'n/a' : `${s.p99_ms.toFixed(0)} ms`}`,
     `  breakers: ${breakers}`,
     `  degraded: ${s.degraded.length ? red(s.degraded.join(', ')) : 'none'}   deferred queue: ${s.deferred_depth === null ? 'n/a (deferred delivery not in this build)' : s.deferred_depth}   in flight: ${s.in_flight}`,
   ];

@@ -11,7 +11,7 @@ import { parse } from 'yaml';
 import { ensureBuilt, type Fleet, fetchState, PROMO_DAY, startFleet } from './breakwater.js';
 import { computeFigures, type Figures } from './figures.js';
 import { type Phase, type ProfileName, phaseAt, profile, timeline } from './profile.js';
-import { startTraffic } from './traffic.js';
+import { type Sample, startTraffic } from './traffic.js';
 import { PRODUCTS, SERVICES, type Shop, startShop, URL_ENV } from './upstreams.js';
 
 /** What the live view shows, every half second. */
@@ -183,6 +183,8 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
     let lastShedAt = performance.now();
     let shedPerS = 0;
     let sampling = false;
+    let lastStarted = 0;
+    let lastStartedAt = performance.now();
     const sample = async () => {
       if (sampling || !fleet) return;
       sampling = true;
@@ -197,7 +199,13 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
           lastShed = counters.rateLimited;
           lastShedAt = performance.now();
         }
-        const recent = traffic.samples.filter((s) => s.t >= nowMs - 1000);
+        // Requests that finished in the last second (samples are recorded as they finish).
+        const recent: Sample[] = [];
+        for (let i = traffic.samples.length - 1; i >= 0; i--) {
+          const s = traffic.samples[i];
+          if (!s || s.t + s.ms < nowMs - 1000) break;
+          recent.push(s);
+        }
         const answered = recent
           .filter((s) => s.status !== 0)
           .map((s) => s.ms)
@@ -208,12 +216,15 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
           breakers[name] = u.breaker?.state ?? 'none';
           if (u.degradation?.degraded) degraded.push(name);
         }
-        options.onLive?.({
+        const startedNow = traffic.started();
+        const live = {
           t_s: Math.min(nowMs, totalMs) / 1000,
           total_s: totalMs / 1000,
           phase: phaseAt(starts, nowMs),
           phases,
-          rate: traffic.samples.filter((s) => s.t >= nowMs - 1000).length,
+          rate: Math.round(
+            (startedNow - lastStarted) / Math.max(0.001, (performance.now() - lastStartedAt) / 1000),
+          ),
           ok_ratio: recent.length
             ? recent.filter((s) => s.status >= 200 && s.status < 300).length / recent.length
             : null,
@@ -225,7 +236,10 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
           degraded,
           deferred_depth: null,
           in_flight: traffic.inFlight(),
-        });
+        };
+        lastStarted = startedNow;
+        lastStartedAt = performance.now();
+        options.onLive?.(live);
       } finally {
         sampling = false;
       }

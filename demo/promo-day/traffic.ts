@@ -43,6 +43,8 @@ export interface Traffic {
   /** Actions not started because MAX_IN_FLIGHT requests were outstanding. */
   skipped: number;
   readonly inFlight: () => number;
+  /** HTTP requests started so far (a checkout's retries included). */
+  readonly started: () => number;
   /** Resolves when every action has finished (or after `graceMs`). */
   drain(graceMs: number): Promise<void>;
   stop(): void;
@@ -94,6 +96,7 @@ export function startTraffic(options: {
   const cycle = mixCycle();
   const perKind = new Map<Kind, number>();
   let inFlight = 0;
+  let requestsStarted = 0;
   let started = 0;
   let checkoutCredit = 0;
   let checkouts = 0;
@@ -127,6 +130,7 @@ export function startTraffic(options: {
     const t = now();
     const base = urls[replica++ % urls.length] ?? '';
     inFlight++;
+    requestsStarted++;
     let status = 0;
     let fallback = false;
     let retryAfterMs = 0;
@@ -265,6 +269,7 @@ export function startTraffic(options: {
     actions,
     skipped: 0,
     inFlight: () => inFlight,
+    started: () => requestsStarted,
     async drain(graceMs) {
       const end = Date.now() + graceMs;
       while (pending.size > 0 && Date.now() < end) await sleep(50);
