@@ -13,7 +13,11 @@ export const TARGETS = {
   availability: 0.999,
   p99Ms: 200,
   duplicateCharges: 0,
-  /** Time for "one probe" after reset_timeout: the next request to that upstream and its answer. */
+  /**
+   * Time for "one probe" after reset_timeout: the next request to that upstream through that
+   * replica, and its answer. Per replica: with N replicas each sees 1/N of the requests, so the
+   * wait for the next one is N times as long.
+   */
   probeAllowanceMs: 1500,
   /**
    * The limiter admits at breakwater, the count is taken at the upstream: requests admitted over
@@ -271,7 +275,7 @@ export function computeFigures(r: Recording): Figures {
     const replica = Number(replicaText);
     const evs = breakerEvents.filter((e) => e.replica === replica && e.upstream === upstream);
     const fault = FAULT_OF[upstream];
-    const bound = (r.resetTimeoutMs[upstream] ?? 60_000) + TARGETS.probeAllowanceMs;
+    const bound = (r.resetTimeoutMs[upstream] ?? 60_000) + TARGETS.probeAllowanceMs * r.replicas;
     let lastFaulty = -1;
     if (fault) lastFaulty = r.phases.findLastIndex((p) => Boolean(p.faults[fault]));
     if (lastFaulty < 0) {
