@@ -27,7 +27,7 @@ interface Args {
 }
 
 function parseArgs(argv: readonly string[]): Args {
-  const args: Args = { profile: 'full', json: false, html: join('promo-day-report.html'), replicas: 1 };
+  const args: Args = { profile: 'full', json: false, html: resolve('promo-day-report.html'), replicas: 1 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -51,10 +51,6 @@ function parseArgs(argv: readonly string[]): Args {
     } else throw new Error(`unknown option ${a} (see demo/promo-day/main.ts)`);
   }
   return args;
-}
-
-function join(file: string): string {
-  return resolve(process.cwd(), file);
 }
 
 /** A redis-server of our own on a free port, for --replicas without REDIS_URL. */
