@@ -168,7 +168,7 @@ export function startTraffic(options: {
         'checkout',
         action.phase,
         'POST',
-        '/checkout',
+        '/payments/charge',
         { 'idempotency-key': action.id, 'x-client-id': clientId, 'content-type': 'application/json' },
         body,
       );

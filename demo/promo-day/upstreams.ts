@@ -32,6 +32,17 @@ export interface Shop {
   readonly charges: Map<string, number>;
   /** Orders created per order id at orders. */
   readonly orders: Map<string, number>;
+  /**
+   * What a saga's steps and compensations did (counted per id or key), for the checkout saga once
+   * `sagas:` exists: reservations made and released at inventory, refunds at payment, orders
+   * cancelled at orders. A fully compensated checkout has each of its steps undone exactly once.
+   */
+  readonly saga: {
+    readonly reservations: Map<string, number>;
+    readonly releases: Map<string, number>;
+    readonly refunds: Map<string, number>;
+    readonly cancellations: Map<string, number>;
+  };
   setFaults(faults: Faults): Promise<void>;
   close(): Promise<void>;
 }
@@ -61,6 +72,13 @@ export async function startShop(): Promise<Shop> {
   const arrivals = Object.fromEntries(SERVICES.map((s) => [s, [] as number[]])) as Record<Service, number[]>;
   const charges = new Map<string, number>();
   const orders = new Map<string, number>();
+  const saga = {
+    reservations: new Map<string, number>(),
+    releases: new Map<string, number>(),
+    refunds: new Map<string, number>(),
+    cancellations: new Map<string, number>(),
+  };
+  const count = (map: Map<string, number>, id: string) => map.set(id, (map.get(id) ?? 0) + 1);
   const timers = new Set<NodeJS.Timeout>();
 
   const later = (ms: number, fn: () => void) => {
@@ -83,7 +101,15 @@ export async function startShop(): Promise<Shop> {
       if (faults.recommendationDown) return send(res, 500, { error: 'recommendation model unavailable' });
       send(res, 200, { service: 'recommendation', items: ['p-2', 'p-5'], personalized: true });
     },
-    inventory(_req, res, path) {
+    inventory(req, res, path) {
+      // The checkout saga's step and its compensation: POST /reservations, POST /reservations/{id}/release.
+      const parts = path.split('/');
+      if (req.method === 'POST' && parts[1] === 'reservations') {
+        const id = parts[2] ?? header(req, 'idempotency-key');
+        if (parts[3] === 'release') count(saga.releases, id);
+        else count(saga.reservations, id);
+        return send(res, parts[3] === 'release' ? 200 : 201, { service: 'inventory', reservation: id });
+      }
       const sku = path.split('/')[3] ?? 'p-1';
       const answer = () => send(res, 200, { service: 'inventory', sku, available: 3 + (sku.length % 5) });
       if (faults.inventoryDelayMs > 0) later(faults.inventoryDelayMs, answer);
@@ -92,8 +118,14 @@ export async function startShop(): Promise<Shop> {
     search(_req, res) {
       send(res, 200, { service: 'search', results: PRODUCTS.slice(0, 3) });
     },
-    payment(req, res) {
+    payment(req, res, path) {
       if (req.method !== 'POST') return send(res, 405, { error: 'method not allowed' });
+      const parts = path.split('/');
+      // The saga's compensation: POST /payments/{key}/refund.
+      if (parts[3] === 'refund') {
+        count(saga.refunds, parts[2] ?? '');
+        return send(res, 200, { service: 'payment', refunded: true, idempotency_key: parts[2] });
+      }
       const key = header(req, 'idempotency-key');
       paymentCalls++;
       if (faults.paymentBlip && paymentCalls % 2 === 0)
@@ -106,9 +138,15 @@ export async function startShop(): Promise<Shop> {
       if (faults.paymentBlip) later(120, charge);
       else charge();
     },
-    orders(req, res) {
+    orders(req, res, path) {
       if (req.method !== 'POST') return send(res, 200, { orders: orders.size });
-      const id = header(req, 'x-order-id');
+      const parts = path.split('/');
+      // The saga's compensation: POST /orders/{id}/cancel.
+      if (parts[3] === 'cancel') {
+        count(saga.cancellations, parts[2] ?? '');
+        return send(res, 200, { service: 'orders', id: parts[2], status: 'cancelled' });
+      }
+      const id = header(req, 'x-order-id') || header(req, 'idempotency-key');
       orders.set(id, (orders.get(id) ?? 0) + 1);
       send(res, 201, { service: 'orders', id, status: 'created' });
     },
@@ -156,6 +194,7 @@ export async function startShop(): Promise<Shop> {
     arrivals,
     charges,
     orders,
+    saga,
     async setFaults(next) {
       faults = next;
       if (next.ordersDown && ordersListening) {
