@@ -78,6 +78,10 @@ function startReplica(
     env: { ...process.env, ...env, PORT: '0', ADMIN_PORT: '0', ACCESS_LOG: 'false' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // Whatever ends this process (Ctrl-C, an error, a kill of the parent), breakwater goes with it.
+  const orphanGuard = () => child.kill('SIGKILL');
+  process.on('exit', orphanGuard);
+  child.once('exit', () => process.off('exit', orphanGuard));
   const stderr: string[] = [];
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
     if (stderr.length < 200) stderr.push(d);

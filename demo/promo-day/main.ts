@@ -85,7 +85,15 @@ async function startRedis(): Promise<{ url: string; stop: () => void }> {
     };
     attempt();
   });
-  return { url: `redis://127.0.0.1:${port}`, stop: () => child.kill('SIGTERM') };
+  const orphanGuard = () => child.kill('SIGKILL');
+  process.on('exit', orphanGuard);
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: () => {
+      process.off('exit', orphanGuard);
+      child.kill('SIGTERM');
+    },
+  };
 }
 
 async function main(): Promise<number> {
@@ -136,4 +144,7 @@ async function main(): Promise<number> {
   }
 }
 
+// Ctrl-C or a kill: exit through process.exit, so the 'exit' handlers stop breakwater and Redis.
+process.once('SIGINT', () => process.exit(130));
+process.once('SIGTERM', () => process.exit(143));
 process.exitCode = await main();
