@@ -11,7 +11,7 @@ import { parse } from 'yaml';
 import { ensureBuilt, type Fleet, fetchState, PROMO_DAY, startFleet } from './breakwater.js';
 import { computeFigures, type Figures } from './figures.js';
 import { type Phase, type ProfileName, phaseAt, profile, timeline } from './profile.js';
-import { type Sample, startTraffic } from './traffic.js';
+import { type Sample, startTraffic, type Traffic } from './traffic.js';
 import { PRODUCTS, SERVICES, type Shop, startShop, URL_ENV } from './upstreams.js';
 
 /** What the live view shows, every half second. */
@@ -139,6 +139,7 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
   const dir = mkdtempSync(join(tmpdir(), 'bw-promo-day-'));
   let shop: Shop | undefined;
   let fleet: Fleet | undefined;
+  let traffic: Traffic | undefined;
   const timers: NodeJS.Timeout[] = [];
   try {
     shop = await startShop();
@@ -150,7 +151,9 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
     fleet = await startFleet(env, { replicas, redisUrl: options.redisUrl, dir });
     const first = fleet.replicas[0];
     if (!first) throw new Error('no breakwater replica');
-    const initial = await fetchState(first.adminUrl);
+    let initial = await fetchState(first.adminUrl);
+    for (let i = 0; i < 5 && initial === null; i++) initial = await fetchState(first.adminUrl);
+    if (initial === null) throw new Error(`breakwater's admin API (${first.adminUrl}/state) does not answer`);
     const limits: Record<string, { rate: number; burst: number }> = {};
     for (const [name, u] of Object.entries(initial?.upstreams ?? {}))
       if (u.rate_limiter)
@@ -170,7 +173,14 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
         ordersDown: false,
       },
     );
-    const traffic = startTraffic({ urls: fleet.replicas.map((r) => r.url), phases, starts, totalMs, origin });
+    const shoppers = startTraffic({
+      urls: fleet.replicas.map((r) => r.url),
+      phases,
+      starts,
+      totalMs,
+      origin,
+    });
+    traffic = shoppers;
     phases.forEach((p, i) => {
       if (i === 0) return;
       timers.push(
@@ -201,8 +211,8 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
         }
         // Requests that finished in the last second (samples are recorded as they finish).
         const recent: Sample[] = [];
-        for (let i = traffic.samples.length - 1; i >= 0; i--) {
-          const s = traffic.samples[i];
+        for (let i = shoppers.samples.length - 1; i >= 0; i--) {
+          const s = shoppers.samples[i];
           if (!s || s.t + s.ms < nowMs - 1000) break;
           recent.push(s);
         }
@@ -216,7 +226,7 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
           breakers[name] = u.breaker?.state ?? 'none';
           if (u.degradation?.degraded) degraded.push(name);
         }
-        const startedNow = traffic.started();
+        const startedNow = shoppers.started();
         const live = {
           t_s: Math.min(nowMs, totalMs) / 1000,
           total_s: totalMs / 1000,
@@ -235,7 +245,7 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
           breakers,
           degraded,
           deferred_depth: null,
-          in_flight: traffic.inFlight(),
+          in_flight: shoppers.inFlight(),
         };
         lastStarted = startedNow;
         lastStartedAt = performance.now();
@@ -288,6 +298,7 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
     });
   } finally {
     for (const t of timers) clearTimeout(t);
+    traffic?.stop();
     await fleet?.stop();
     await shop?.close();
     rmSync(dir, { recursive: true, force: true });
