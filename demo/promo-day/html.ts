@@ -219,7 +219,7 @@ export function htmlReport(f: Figures): string {
   const recoveries = f.breakers.recoveries
     .map(
       (r) =>
-        `<li>${esc(r.upstream)}${f.replicas > 1 ? ` (replica ${r.replica})` : ''}: closed ${r.closed_after_ms === null ? 'never' : `${r.closed_after_ms} ms`} after its fault ended (bound ${r.bound_ms} ms)</li>`,
+        `<li>${esc(r.upstream)}${f.replicas > 1 ? ` (replica ${r.replica})` : ''}: closed ${r.closed_after_ms === null ? 'never' : `${r.closed_after_ms} ms`} after ${r.fault_ended_s === null ? 'it last opened (no fault scripted for it: the machine was overloaded)' : 'its fault ended'} (bound ${r.bound_ms} ms)</li>`,
     )
     .join('');
   const excluded = f.availability.excluded

