@@ -137,7 +137,7 @@ describe('promo-day scenario (short profile)', () => {
       expect(steps.at(-1)?.[1], name).toBe('closed');
   });
 
-  it('holds every target (P99 aside on an overloaded machine), and the report says so', () => {
+  it('holds every target (the timing figures aside on an overloaded machine), and the report says so', () => {
     const timing = (name: string) =>
       name === 'p99 of answered requests' ||
       name === 'availability of user actions' ||
