@@ -340,8 +340,11 @@ export function computeFigures(r: Recording): Figures {
     // Without deferred delivery an order write cannot succeed while orders is down (or while its
     // breaker waits to probe after it is back): those are reported, not counted.
     const from = r.starts[ordersPhase] ?? 0;
-    const ordersClosed = recoveries.find((x) => x.upstream === 'orders' && x.replica === 0);
-    const until = phaseEndMs(ordersPhase) + (ordersClosed ? (ordersClosed.closed_after_ms ?? r.totalMs) : 0);
+    // Until the last replica's orders breaker closed (each replica probes on its own).
+    const waits = recoveries
+      .filter((x) => x.upstream === 'orders' && x.fault_ended_s !== null)
+      .map((x) => x.closed_after_ms ?? r.totalMs);
+    const until = phaseEndMs(ordersPhase) + Math.max(0, ...waits);
     const out = r.actions.filter((a) => a.kind === 'order' && !a.ok && a.t >= from && a.t <= until);
     counted = r.actions.filter((a) => !out.includes(a));
     excluded = {
