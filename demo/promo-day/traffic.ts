@@ -100,7 +100,12 @@ export function startTraffic(options: {
   let started = 0;
   let checkoutCredit = 0;
   let checkouts = 0;
-  let replica = 0;
+  /**
+   * Round robin over the replicas per kind of request, so that each replica sees its share of
+   * every upstream (one counter for all would tie a kind's place in the mix to a replica), and the
+   * next attempt of a checkout goes to another replica than the last.
+   */
+  const replicaOf = new Map<Kind, number>();
   let stopped = false;
   const pending = new Set<Promise<void>>();
   const clientId = `shopper-${process.pid}`;
@@ -128,7 +133,9 @@ export function startTraffic(options: {
     body?: string,
   ): Promise<{ status: number; retryAfterMs: number }> {
     const t = now();
-    const base = urls[replica++ % urls.length] ?? '';
+    const turn = replicaOf.get(kind) ?? 0;
+    replicaOf.set(kind, turn + 1);
+    const base = urls[turn % urls.length] ?? '';
     inFlight++;
     requestsStarted++;
     let status = 0;
