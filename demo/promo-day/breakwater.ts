@@ -169,7 +169,17 @@ export async function startFleet(
   const events: PolicyEvent[] = [];
   const replicas: Replica[] = [];
   try {
-    for (let i = 0; i < options.replicas; i++) replicas.push(await startReplica(i, config, fleetEnv, events));
+    // Each replica its own data_dir (the deferred queue and the saga log belong to one process),
+    // inside the run's temporary directory, so every run starts empty and leaves nothing behind.
+    for (let i = 0; i < options.replicas; i++)
+      replicas.push(
+        await startReplica(
+          i,
+          config,
+          { ...fleetEnv, BREAKWATER_DATA_DIR: join(options.dir, `data-${i}`) },
+          events,
+        ),
+      );
   } catch (err) {
     for (const r of replicas) r.child.kill('SIGKILL');
     throw err;
@@ -217,4 +227,16 @@ export interface BreakwaterState {
       readonly rate_limiter: { readonly rate_per_second: number; readonly burst: number } | null;
     }
   >;
+  /** The deferred queue per upstream (null when no route has `deferred:`). */
+  readonly deferred: {
+    readonly upstreams: Record<string, { readonly pending: number; readonly delivering: number }>;
+  } | null;
+}
+
+/** Items waiting in a replica's deferred queue (pending or delivering), from its /state. */
+export function deferredDepth(state: BreakwaterState | null): number | null {
+  if (!state?.deferred) return null;
+  let n = 0;
+  for (const u of Object.values(state.deferred.upstreams)) n += u.pending + u.delivering;
+  return n;
 }

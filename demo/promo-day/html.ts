@@ -178,7 +178,7 @@ function queueChart(f: Figures): string {
   const body: string[] = [];
   if (q === null)
     body.push(
-      `<text x="${W / 2}" y="80" font-size="13" text-anchor="middle" fill="#6b7280">deferred delivery is not in this build: no queue to show</text>`,
+      `<text x="${W / 2}" y="80" font-size="13" text-anchor="middle" fill="#6b7280">no queue depth was sampled</text>`,
     );
   else
     body.push(
@@ -249,8 +249,8 @@ Availability of user actions <b>${(f.availability.ratio * 100).toFixed(3)} %</b>
 <h2>Payments and orders</h2>
 <p>${f.payment.checkouts} checkouts (${f.payment.checkouts_ok} completed) in ${f.payment.requests} requests, double clicks and retries with the same Idempotency-Key included: ${f.payment.charges} charges for ${f.payment.keys_charged} keys, <b>${f.payment.duplicate_charges} duplicate charges</b>.
 Orders: ${f.orders.writes} writes, ${f.orders.created} created, ${f.orders.refused} refused.
-Deferred: ${f.deferred ? `${f.deferred.accepted} accepted, ${f.deferred.delivered} delivered, ${f.deferred.lost} lost` : 'n/a (not in this build)'}.
-Sagas: ${f.sagas ? `${f.sagas.completed} completed, ${f.sagas.compensated} compensated` : 'n/a (not in this build)'}.</p>
+Deferred: ${f.deferred ? `${f.deferred.accepted} accepted, ${f.deferred.delivered} delivered, ${f.deferred.lost} lost` : 'n/a'}.
+Sagas: ${f.sagas ? `${f.sagas.completed} completed, ${f.sagas.compensated} compensated` : 'n/a'}.</p>
 <p class="note">Shed by the rate limiters: ${f.proxy.rate_limited} requests. Fallbacks by trigger: ${esc(
     Object.entries(f.proxy.fallbacks)
       .map(([k, v]) => `${k} ${v}`)

@@ -24,7 +24,7 @@ export interface Phase {
   /** Requests per second the clients start (open loop: they do not wait for answers). */
   readonly rate: number;
   readonly faults: Faults;
-  /** Share of user actions that are checkouts in this phase (the rest follows MIX). */
+  /** Share of user actions that are checkouts in this phase, half of them sagas (the rest follows MIX). */
   readonly checkoutShare: number;
 }
 
@@ -45,9 +45,14 @@ export const MIX = [
   { kind: 'order', weight: 8 },
 ] as const;
 
-export type Kind = (typeof MIX)[number]['kind'] | 'checkout';
+/**
+ * `checkout`: a charge at /payments with an Idempotency-Key (double clicks, retries);
+ * `saga-checkout`: POST /checkout, the checkout saga (order -> payment -> reservation). Every other
+ * checkout of Phase.checkoutShare is one of each.
+ */
+export type Kind = (typeof MIX)[number]['kind'] | 'checkout' | 'saga-checkout';
 
-export const KINDS: readonly Kind[] = [...MIX.map((m) => m.kind), 'checkout'];
+export const KINDS: readonly Kind[] = [...MIX.map((m) => m.kind), 'checkout', 'saga-checkout'];
 
 /** Steady and surge rates (requests per second): the 10x surge of the design document. */
 export const STEADY_RATE = 20;

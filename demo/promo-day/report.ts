@@ -36,7 +36,7 @@ export function liveLines(s: LiveSnapshot, color: boolean): string[] {
     `  ${p?.story ?? ''}`,
     `  sent ${String(s.rate).padStart(4)} req/s (script ${p?.rate ?? 0})   2xx ${pct(s.ok_ratio)}   fallbacks ${String(s.fallbacks_per_s).padStart(3)}/s   shed by limit ${String(s.shed_per_s).padStart(3)}/s   errors ${String(s.errors_per_s).padStart(3)}/s   p99 ${s.p99_ms === null ? 'n/a' : `${s.p99_ms.toFixed(0)} ms`}`,
     `  breakers: ${breakers}`,
-    `  degraded: ${s.degraded.length ? red(s.degraded.join(', ')) : 'none'}   deferred queue: ${s.deferred_depth === null ? 'n/a (deferred delivery not in this build)' : s.deferred_depth}   in flight: ${s.in_flight}`,
+    `  degraded: ${s.degraded.length ? red(s.degraded.join(', ')) : 'none'}   deferred queue: ${s.deferred_depth === null ? 'n/a' : s.deferred_depth}   in flight: ${s.in_flight}`,
   ];
 }
 
@@ -140,12 +140,12 @@ export function textReport(f: Figures): string {
   out.push(
     f.deferred
       ? `deferred: ${f.deferred.accepted} accepted (202), ${f.deferred.delivered} delivered, ${f.deferred.lost} lost, ${f.deferred.duplicated} doubled`
-      : 'deferred: accepted n/a, delivered n/a (deferred delivery not in this build)',
+      : 'deferred: n/a (not measured)',
   );
   out.push(
     f.sagas
       ? `sagas: ${f.sagas.completed} completed, ${f.sagas.compensated} compensated, ${f.sagas.stuck} not fully compensated`
-      : 'sagas: completed n/a, compensated n/a (sagas not in this build)',
+      : 'sagas: n/a (not measured)',
   );
   out.push(
     `machine: ${f.machine.cpus} CPUs, load ${f.machine.load_1m_at_start} at start, ${f.machine.load_1m_at_end} at end; event-loop delay p99 of the shop and shoppers ${f.machine.client_loop_delay_p99_ms} ms`,

@@ -8,10 +8,10 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { parse } from 'yaml';
-import { ensureBuilt, type Fleet, fetchState, PROMO_DAY, startFleet } from './breakwater.js';
+import { deferredDepth, ensureBuilt, type Fleet, fetchState, PROMO_DAY, startFleet } from './breakwater.js';
 import { computeFigures, type Figures } from './figures.js';
 import { type Phase, type ProfileName, phaseAt, profile, timeline } from './profile.js';
-import { type Sample, startTraffic, type Traffic } from './traffic.js';
+import { type Action, type Sample, startTraffic, type Traffic } from './traffic.js';
 import { PRODUCTS, SERVICES, type Shop, startShop, URL_ENV } from './upstreams.js';
 
 /** What the live view shows, every half second. */
@@ -31,7 +31,7 @@ export interface LiveSnapshot {
   readonly shed_per_s: number;
   readonly breakers: Record<string, string>;
   readonly degraded: readonly string[];
-  /** Deferred queue depth: null until deferred delivery exists. */
+  /** Items waiting in the deferred queues of all replicas (null: a replica did not answer). */
   readonly deferred_depth: number | null;
   readonly in_flight: number;
 }
@@ -128,6 +128,97 @@ async function warmUp(urls: readonly string[]): Promise<void> {
       );
 }
 
+/** Waiting deferred items over every replica (null when one does not answer). */
+async function fleetDepth(fleet: Fleet): Promise<number | null> {
+  const depths = await Promise.all(fleet.replicas.map(async (r) => deferredDepth(await fetchState(r.adminUrl))));
+  let n = 0;
+  for (const d of depths) {
+    if (d === null) return null;
+    n += d;
+  }
+  return n;
+}
+
+async function getJson(url: string): Promise<unknown> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+  if (!res.ok) throw new Error(`${url}: ${res.status}`);
+  return res.json();
+}
+
+type SagaSummary = { readonly id: string; readonly state: string };
+
+/** The checkout sagas of one replica in one state (the log keeps them for its retention, 24 h). */
+async function sagasIn(adminUrl: string, state: string): Promise<SagaSummary[]> {
+  const body = (await getJson(`${adminUrl}/sagas?saga=checkout&state=${state}&limit=1000`)) as {
+    sagas: SagaSummary[];
+  };
+  return body.sagas;
+}
+
+const UNSETTLED = ['running', 'compensating'] as const;
+
+/**
+ * After the traffic: waits (bounded) until no replica has a deferred item waiting and no saga
+ * running or compensating, so that what the shop counted is final.
+ */
+async function settle(fleet: Fleet, boundMs: number): Promise<void> {
+  const end = performance.now() + boundMs;
+  while (performance.now() < end) {
+    let busy = (await fleetDepth(fleet)) !== 0;
+    if (!busy)
+      for (const r of fleet.replicas)
+        for (const state of UNSETTLED) if ((await sagasIn(r.adminUrl, state)).length > 0) busy = true;
+    if (!busy) return;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/**
+ * Deferred delivery as the shop saw it: every order write answered 202 must have been created at
+ * orders exactly once (by its x-order-id), and no order write created twice.
+ */
+export function deferredFigures(actions: readonly Action[], orders: ReadonlyMap<string, number>) {
+  const writes = actions.filter((a) => a.kind === 'order');
+  const accepted = writes.filter((a) => a.status === 202);
+  return {
+    accepted: accepted.length,
+    delivered: accepted.filter((a) => (orders.get(a.id) ?? 0) >= 1).length,
+    lost: accepted.filter((a) => (orders.get(a.id) ?? 0) === 0).length,
+    duplicated: writes.filter((a) => (orders.get(a.id) ?? 0) > 1).length,
+  };
+}
+
+/** Which count of the shop shows each step of the checkout saga undone. */
+const UNDONE_AT = { order: 'cancellations', payment: 'refunds', reservation: 'releases' } as const;
+
+/**
+ * The checkout sagas of every replica: completed, compensated, and stuck (still running or
+ * compensating after the wait, parked as failed_to_compensate, or compensated by breakwater's log
+ * while the shop did not see one of its completed steps undone).
+ */
+async function sagaFigures(fleet: Fleet, shop: Shop) {
+  let completed = 0;
+  let compensated = 0;
+  let stuck = 0;
+  for (const r of fleet.replicas) {
+    completed += (await sagasIn(r.adminUrl, 'completed')).length;
+    for (const state of [...UNSETTLED, 'failed_to_compensate'])
+      stuck += (await sagasIn(r.adminUrl, state)).length;
+    for (const saga of await sagasIn(r.adminUrl, 'compensated')) {
+      compensated++;
+      const detail = (await getJson(`${r.adminUrl}/sagas/${saga.id}`)) as {
+        steps: { name: keyof typeof UNDONE_AT; state: string }[];
+      };
+      const undone = detail.steps.every(
+        (step) =>
+          step.state !== 'compensated' || (shop.saga[UNDONE_AT[step.name]].get(`${saga.id}:${step.name}`) ?? 0) >= 1,
+      );
+      if (!undone) stuck++;
+    }
+  }
+  return { completed, compensated, stuck };
+}
+
 export async function runScenario(options: RunOptions): Promise<Figures> {
   const say = options.say ?? (() => {});
   const replicas = options.replicas ?? 1;
@@ -195,12 +286,24 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
     let sampling = false;
     let lastStarted = 0;
     let lastStartedAt = performance.now();
+    /** Deferred queue depth over every replica, [t_s, items], for the chart. */
+    const queueDepth: [number, number][] = [];
+    const recordDepth = async (nowMs: number, firstState?: Awaited<ReturnType<typeof fetchState>>) => {
+      if (!fleet) return null;
+      const depth =
+        fleet.replicas.length === 1 && firstState !== undefined
+          ? deferredDepth(firstState)
+          : await fleetDepth(fleet);
+      if (depth !== null && nowMs <= totalMs) queueDepth.push([Math.round(nowMs / 100) / 10, depth]);
+      return depth;
+    };
     const sample = async () => {
       if (sampling || !fleet) return;
       sampling = true;
       try {
         const nowMs = performance.now() - origin;
         const state = await fetchState(first.adminUrl);
+        const depth = await recordDepth(nowMs, state);
         // /metrics costs breakwater more than /state: read every 2 s.
         const dt = (performance.now() - lastShedAt) / 1000;
         if (dt >= 2) {
@@ -244,7 +347,7 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
           shed_per_s: Math.round(shedPerS),
           breakers,
           degraded,
-          deferred_depth: null,
+          deferred_depth: depth,
           in_flight: shoppers.inFlight(),
         };
         lastStarted = startedNow;
@@ -254,9 +357,18 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
         sampling = false;
       }
     };
-    // Headless (npm run scenario, the test), nothing watches: breakwater is not polled at all.
+    // Headless (npm run scenario, the test), nothing watches: only the queue depth is read, once a
+    // second, for the chart.
+    let ticks = 0;
     const sampler = setInterval(() => {
+      ticks++;
       if (options.onLive) void sample();
+      else if (ticks % 2 === 0 && !sampling) {
+        sampling = true;
+        void recordDepth(performance.now() - origin).finally(() => {
+          sampling = false;
+        });
+      }
     }, 500);
     timers.push(sampler);
 
@@ -265,8 +377,14 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
     clearInterval(sampler);
     await traffic.drain(16_000);
     loopDelay.disable();
+    // Orders accepted with 202 are delivered on their schedule (1 s, then every 2 s) once orders is
+    // back; compensations retry with backoff. Bounded: what is still waiting after 20 s is reported.
+    say('waiting for deferred deliveries and compensations to finish ...');
+    await settle(fleet, 20_000);
     const counters = await proxyCounters(fleet);
     await traffic.close();
+    const deferred = deferredFigures(traffic.actions, shop.orders);
+    const sagas = await sagaFigures(fleet, shop);
 
     return computeFigures({
       profile: options.profile,
@@ -286,9 +404,9 @@ export async function runScenario(options: RunOptions): Promise<Figures> {
       limits,
       resetTimeoutMs: resetTimeouts(),
       proxy: { rate_limited: counters.rateLimited, fallbacks: counters.fallbacks },
-      // Deferred delivery and sagas plug in here (docs/demo.md, "What comes next").
-      deferred: null,
-      sagas: null,
+      deferred,
+      sagas,
+      queueDepth,
       machine: {
         cpus: availableParallelism(),
         load_1m_at_start: Math.round(loadAtStart * 100) / 100,

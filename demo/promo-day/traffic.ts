@@ -4,7 +4,8 @@
  * request gives up after 5 s, a checkout after 15 s, and no more than MAX_IN_FLIGHT are outstanding). A checkout is a user
  * action of several requests: every third one is double-clicked (two requests at once with the
  * same Idempotency-Key), and the app retries a 409, 429 or 5xx with the same key, as a mobile
- * client does.
+ * client does. A saga checkout (POST /checkout) that fails is compensated by breakwater, and the
+ * app tries the whole checkout again (a new saga) after a 409, 429, 5xx or no answer.
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -35,6 +36,8 @@ export interface Action {
   status: number;
   /** Order id or Idempotency-Key. */
   readonly id: string;
+  /** A saga checkout: the id of each saga its attempts started (x-breakwater-saga-id). */
+  readonly sagas?: string[];
 }
 
 export interface Traffic {
@@ -100,6 +103,7 @@ export function startTraffic(options: {
   let started = 0;
   let checkoutCredit = 0;
   let checkouts = 0;
+  let checkoutTurn = 0;
   /**
    * Round robin over the replicas per kind of request, so that each replica sees its share of
    * every upstream (one counter for all would tie a kind's place in the mix to a replica), and the
@@ -131,7 +135,7 @@ export function startTraffic(options: {
     path: string,
     headers: Record<string, string>,
     body?: string,
-  ): Promise<{ status: number; retryAfterMs: number }> {
+  ): Promise<{ status: number; retryAfterMs: number; sagaId: string | undefined }> {
     const t = now();
     const turn = replicaOf.get(kind) ?? 0;
     replicaOf.set(kind, turn + 1);
@@ -141,26 +145,31 @@ export function startTraffic(options: {
     let status = 0;
     let fallback = false;
     let retryAfterMs = 0;
+    let sagaId: string | undefined;
     try {
       const res = await request(`${base}${path}`, {
         method,
         headers,
         body: body ?? null,
         dispatcher: agent,
-        signal: AbortSignal.timeout(kind === 'checkout' ? CHECKOUT_TIMEOUT_MS : REQUEST_TIMEOUT_MS),
+        signal: AbortSignal.timeout(
+          kind === 'checkout' || kind === 'saga-checkout' ? CHECKOUT_TIMEOUT_MS : REQUEST_TIMEOUT_MS,
+        ),
       });
       await res.body.dump({ limit: 1 << 20 });
       status = res.statusCode;
       fallback = res.headers['x-breakwater-fallback'] !== undefined;
       const retryAfter = Number(res.headers['retry-after']);
       if (Number.isFinite(retryAfter)) retryAfterMs = retryAfter * 1000;
+      const saga = res.headers['x-breakwater-saga-id'];
+      if (typeof saga === 'string') sagaId = saga;
     } catch {
       status = 0;
     } finally {
       inFlight--;
     }
     samples.push({ t, phase, kind, status, ms: now() - t, fallback });
-    return { status, retryAfterMs };
+    return { status, retryAfterMs, sagaId };
   }
 
   const ok = (s: number) => s >= 200 && s < 300;
@@ -187,13 +196,38 @@ export function startTraffic(options: {
     return status;
   }
 
+  /** POST /checkout until it succeeds: each attempt is a saga of its own, a failed one compensated. */
+  async function sagaCheckout(action: Action, sagas: string[]): Promise<number> {
+    const body = JSON.stringify({ customer_id: clientId, amount: 263.5, items: ['p-1', 'p-3'] });
+    let status = 0;
+    for (let attempt = 1; attempt <= CHECKOUT_ATTEMPTS && !stopped; attempt++) {
+      const answer = await send(
+        'saga-checkout',
+        action.phase,
+        'POST',
+        '/checkout',
+        { 'content-type': 'application/json' },
+        body,
+      );
+      if (answer.sagaId) sagas.push(answer.sagaId);
+      status = answer.status;
+      if (ok(status) || (status >= 400 && status < 500 && status !== 409 && status !== 429)) break;
+      await sleep(Math.min(2000, Math.max(CHECKOUT_RETRY_WAIT_MS, answer.retryAfterMs)));
+    }
+    return status;
+  }
+
   async function run(kind: Kind, phase: number): Promise<void> {
     const n = perKind.get(kind) ?? 0;
     perKind.set(kind, n + 1);
     const sku = PRODUCTS[n % PRODUCTS.length] ?? 'p-1';
     const t = now();
     const id = kind === 'checkout' || kind === 'order' ? randomUUID() : '';
-    const action: Action = { t, phase, kind, ok: false, status: 0, id };
+    const sagas: string[] = [];
+    const action: Action =
+      kind === 'saga-checkout'
+        ? { t, phase, kind, ok: false, status: 0, id, sagas }
+        : { t, phase, kind, ok: false, status: 0, id };
     actions.push(action);
     let status = 0;
     switch (kind) {
@@ -219,7 +253,8 @@ export function startTraffic(options: {
             phase,
             'POST',
             '/orders',
-            { 'x-order-id': id, 'content-type': 'application/json' },
+            // The key lets breakwater defer the write (202) while orders is down.
+            { 'x-order-id': id, 'idempotency-key': id, 'content-type': 'application/json' },
             JSON.stringify({ id, items: [sku] }),
           )
         ).status;
@@ -235,6 +270,9 @@ export function startTraffic(options: {
         status = results.find(ok) ?? results[0] ?? 0;
         break;
       }
+      case 'saga-checkout':
+        status = await sagaCheckout(action, sagas);
+        break;
     }
     action.status = status;
     action.ok = ok(status);
@@ -263,7 +301,7 @@ export function startTraffic(options: {
       let kind: Kind;
       if (checkoutCredit >= 1) {
         checkoutCredit -= 1;
-        kind = 'checkout';
+        kind = checkoutTurn++ % 2 === 0 ? 'checkout' : 'saga-checkout';
       } else kind = cycle[started % cycle.length] ?? 'product';
       const job = run(kind, phase);
       pending.add(job);

@@ -33,9 +33,10 @@ export interface Shop {
   /** Orders created per order id at orders. */
   readonly orders: Map<string, number>;
   /**
-   * What a saga's steps and compensations did (counted per id or key), for the checkout saga once
-   * `sagas:` exists: reservations made and released at inventory, refunds at payment, orders
-   * cancelled at orders. A fully compensated checkout has each of its steps undone exactly once.
+   * What the checkout saga's steps and compensations did, counted per id (the step's
+   * Idempotency-Key, `<saga id>:<step>`): reservations made and released at inventory, refunds at
+   * payment, orders cancelled at orders. A fully compensated checkout has each of its completed
+   * steps undone.
    */
   readonly saga: {
     readonly reservations: Map<string, number>;
@@ -69,6 +70,7 @@ function header(req: http.IncomingMessage, name: string): string {
 export async function startShop(): Promise<Shop> {
   let faults = HEALTHY;
   let paymentCalls = 0;
+  let reservationCalls = 0;
   const arrivals = Object.fromEntries(SERVICES.map((s) => [s, [] as number[]])) as Record<Service, number[]>;
   const charges = new Map<string, number>();
   const orders = new Map<string, number>();
@@ -102,13 +104,23 @@ export async function startShop(): Promise<Shop> {
       send(res, 200, { service: 'recommendation', items: ['p-2', 'p-5'], personalized: true });
     },
     inventory(req, res, path) {
-      // The checkout saga's step and its compensation: POST /reservations, POST /reservations/{id}/release.
+      // The checkout saga's step and its compensation: POST /reservations (the reservation's id is
+      // its Idempotency-Key), POST /reservations/{id}/release.
       const parts = path.split('/');
       if (req.method === 'POST' && parts[1] === 'reservations') {
-        const id = parts[2] ?? header(req, 'idempotency-key');
-        if (parts[3] === 'release') count(saga.releases, id);
-        else count(saga.reservations, id);
-        return send(res, parts[3] === 'release' ? 200 : 201, { service: 'inventory', reservation: id });
+        if (parts[3] === 'release') {
+          const id = decodeURIComponent(parts[2] ?? '');
+          count(saga.releases, id);
+          return send(res, 200, { service: 'inventory', reservation: id, released: true });
+        }
+        const id = header(req, 'idempotency-key');
+        // While inventory struggles (slow, or the payment blip's rush of retried checkouts), every
+        // third reservation finds the stock held by another cart: the saga compensates.
+        reservationCalls++;
+        if ((faults.inventoryDelayMs > 0 || faults.paymentBlip) && reservationCalls % 3 === 0)
+          return send(res, 409, { error: 'stock held by another cart', reserved: false });
+        count(saga.reservations, id);
+        return send(res, 201, { service: 'inventory', reservation: id });
       }
       const sku = path.split('/')[3] ?? 'p-1';
       const answer = () => send(res, 200, { service: 'inventory', sku, available: 3 + (sku.length % 5) });
@@ -123,8 +135,9 @@ export async function startShop(): Promise<Shop> {
       const parts = path.split('/');
       // The saga's compensation: POST /payments/{key}/refund.
       if (parts[3] === 'refund') {
-        count(saga.refunds, parts[2] ?? '');
-        return send(res, 200, { service: 'payment', refunded: true, idempotency_key: parts[2] });
+        const key = decodeURIComponent(parts[2] ?? '');
+        count(saga.refunds, key);
+        return send(res, 200, { service: 'payment', refunded: true, idempotency_key: key });
       }
       const key = header(req, 'idempotency-key');
       paymentCalls++;
@@ -143,8 +156,9 @@ export async function startShop(): Promise<Shop> {
       const parts = path.split('/');
       // The saga's compensation: POST /orders/{id}/cancel.
       if (parts[3] === 'cancel') {
-        count(saga.cancellations, parts[2] ?? '');
-        return send(res, 200, { service: 'orders', id: parts[2], status: 'cancelled' });
+        const id = decodeURIComponent(parts[2] ?? '');
+        count(saga.cancellations, id);
+        return send(res, 200, { service: 'orders', id, status: 'cancelled' });
       }
       const id = header(req, 'x-order-id') || header(req, 'idempotency-key');
       orders.set(id, (orders.get(id) ?? 0) + 1);
