@@ -5,7 +5,7 @@
  * action of several requests: every third one is double-clicked (two requests at once with the
  * same Idempotency-Key), and the app retries a 409, 429 or 5xx with the same key, as a mobile
  * client does. A saga checkout (POST /checkout) that fails is compensated by breakwater, and the
- * app tries the whole checkout again (a new saga) after a 409, 429, 5xx or no answer.
+ * app tries the whole checkout again (a new saga) after a 409, 429, 5xx or no answer, for up to 20 s.
  */
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -65,6 +65,15 @@ const REQUEST_TIMEOUT_MS = 5000;
 const CHECKOUT_TIMEOUT_MS = 15_000;
 const CHECKOUT_ATTEMPTS = 6;
 const CHECKOUT_RETRY_WAIT_MS = 150;
+/**
+ * A saga checkout is tried again (a new saga) for up to 20 s, honouring Retry-After: while orders
+ * is down (12 s in the full profile, then its breaker's 3 s) the saga's first step cannot run, and
+ * the app keeps its "placing your order" spinner rather than failing the order. Attempts refused
+ * by an open breaker cost the services nothing.
+ */
+const SAGA_CHECKOUT_PATIENCE_MS = 20_000;
+const SAGA_CHECKOUT_ATTEMPTS = 40;
+const SAGA_CHECKOUT_RETRY_WAIT_MS = 500;
 
 /** A fixed cycle of the mix's kinds, interleaved so that every window of requests has the mix. */
 function mixCycle(): Kind[] {
@@ -200,7 +209,8 @@ export function startTraffic(options: {
   async function sagaCheckout(action: Action, sagas: string[]): Promise<number> {
     const body = JSON.stringify({ customer_id: clientId, amount: 263.5, items: ['p-1', 'p-3'] });
     let status = 0;
-    for (let attempt = 1; attempt <= CHECKOUT_ATTEMPTS && !stopped; attempt++) {
+    const until = now() + SAGA_CHECKOUT_PATIENCE_MS;
+    for (let attempt = 1; attempt <= SAGA_CHECKOUT_ATTEMPTS && now() < until && !stopped; attempt++) {
       const answer = await send(
         'saga-checkout',
         action.phase,
@@ -212,7 +222,7 @@ export function startTraffic(options: {
       if (answer.sagaId) sagas.push(answer.sagaId);
       status = answer.status;
       if (ok(status) || (status >= 400 && status < 500 && status !== 409 && status !== 429)) break;
-      await sleep(Math.min(2000, Math.max(CHECKOUT_RETRY_WAIT_MS, answer.retryAfterMs)));
+      await sleep(Math.min(2000, Math.max(SAGA_CHECKOUT_RETRY_WAIT_MS, answer.retryAfterMs)));
     }
     return status;
   }
