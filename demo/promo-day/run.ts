@@ -130,7 +130,9 @@ async function warmUp(urls: readonly string[]): Promise<void> {
 
 /** Waiting deferred items over every replica (null when one does not answer). */
 async function fleetDepth(fleet: Fleet): Promise<number | null> {
-  const depths = await Promise.all(fleet.replicas.map(async (r) => deferredDepth(await fetchState(r.adminUrl))));
+  const depths = await Promise.all(
+    fleet.replicas.map(async (r) => deferredDepth(await fetchState(r.adminUrl))),
+  );
   let n = 0;
   for (const d of depths) {
     if (d === null) return null;
@@ -211,7 +213,8 @@ async function sagaFigures(fleet: Fleet, shop: Shop) {
       };
       const undone = detail.steps.every(
         (step) =>
-          step.state !== 'compensated' || (shop.saga[UNDONE_AT[step.name]].get(`${saga.id}:${step.name}`) ?? 0) >= 1,
+          step.state !== 'compensated' ||
+          (shop.saga[UNDONE_AT[step.name]].get(`${saga.id}:${step.name}`) ?? 0) >= 1,
       );
       if (!undone) stuck++;
     }
