@@ -249,8 +249,8 @@ Availability of user actions <b>${(f.availability.ratio * 100).toFixed(3)} %</b>
 <h2>Payments and orders</h2>
 <p>${f.payment.checkouts} checkouts (${f.payment.checkouts_ok} completed) in ${f.payment.requests} requests, double clicks and retries with the same Idempotency-Key included: ${f.payment.charges} charges for ${f.payment.keys_charged} keys, <b>${f.payment.duplicate_charges} duplicate charges</b>.
 Orders: ${f.orders.writes} writes, ${f.orders.created} created, ${f.orders.refused} refused.
-Deferred: ${f.deferred ? `${f.deferred.accepted} accepted, ${f.deferred.delivered} delivered, ${f.deferred.lost} lost` : 'n/a'}.
-Sagas: ${f.sagas ? `${f.sagas.completed} completed, ${f.sagas.compensated} compensated` : 'n/a'}.</p>
+Deferred order writes: ${f.deferred ? `${f.deferred.accepted} accepted with 202, ${f.deferred.delivered} delivered, <b>${f.deferred.lost} lost, ${f.deferred.duplicated} doubled</b>` : 'n/a'}.
+Checkout sagas: ${f.sagas ? `${f.sagas.completed} completed, ${f.sagas.compensated} compensated, <b>${f.sagas.stuck} not fully compensated</b>` : 'n/a'}.</p>
 <p class="note">Shed by the rate limiters: ${f.proxy.rate_limited} requests. Fallbacks by trigger: ${esc(
     Object.entries(f.proxy.fallbacks)
       .map(([k, v]) => `${k} ${v}`)
