@@ -85,6 +85,14 @@ export interface Figures {
   readonly duration_s: number;
   readonly phases: readonly PhaseFigures[];
   readonly totals: Omit<PhaseFigures, 'name' | 'story' | 'seconds' | 'rate'>;
+  /**
+   * Answered requests per kind: how many, p50 and p99 (ms). A saga checkout chains three calls
+   * (and writes its log to disk at each step), so it is the slowest kind by design.
+   */
+  readonly latency_by_kind: Record<
+    string,
+    { readonly answered: number; readonly p50_ms: number | null; readonly p99_ms: number | null }
+  >;
   readonly availability: {
     readonly actions: number;
     readonly ok: number;
@@ -276,6 +284,22 @@ export function computeFigures(r: Recording): Figures {
     ),
   }));
   const totals = summarize(r.samples, r.actions);
+  const byKind = new Map<string, number[]>();
+  for (const s of r.samples)
+    if (s.status !== 0) {
+      const list = byKind.get(s.kind) ?? [];
+      list.push(s.ms);
+      byKind.set(s.kind, list);
+    }
+  const latencyByKind: Figures['latency_by_kind'] = {};
+  for (const [kind, list] of byKind) {
+    list.sort((a, b) => a - b);
+    latencyByKind[kind] = {
+      answered: list.length,
+      p50_ms: percentile(list, 0.5),
+      p99_ms: percentile(list, 0.99),
+    };
+  }
 
   // Breakers: transitions, and for each upstream with a fault, how long after the fault ended it closed.
   const breakerEvents = r.events.filter((e) => e.kind === 'breaker').sort((a, b) => a.at - b.at);
@@ -483,6 +507,7 @@ export function computeFigures(r: Recording): Figures {
     duration_s: round(r.totalMs / 1000),
     phases,
     totals,
+    latency_by_kind: latencyByKind,
     availability,
     surge,
     breakers: {
