@@ -154,7 +154,17 @@ export interface Figures {
    * The checkout saga (POST /checkout): completed, compensated, and stuck (not settled, parked, or
    * compensated without each completed step undone at the shop). null: not measured.
    */
-  readonly sagas: null | { readonly completed: number; readonly compensated: number; readonly stuck: number };
+  readonly sagas: null | {
+    readonly completed: number;
+    readonly compensated: number;
+    readonly stuck: number;
+    /** Compensations the shop counted: orders cancelled, payments refunded, reservations released. */
+    readonly undone_at_shop: {
+      readonly cancelled: number;
+      readonly refunded: number;
+      readonly released: number;
+    };
+  };
   readonly series: {
     readonly seconds: readonly SecondBucket[];
     /** Breaker state of each upstream over time (replica 0): [t_s, state] steps from "closed". */

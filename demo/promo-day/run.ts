@@ -219,7 +219,13 @@ async function sagaFigures(fleet: Fleet, shop: Shop) {
       if (!undone) stuck++;
     }
   }
-  return { completed, compensated, stuck };
+  const sum = (m: ReadonlyMap<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+  const undone_at_shop = {
+    cancelled: sum(shop.saga.cancellations),
+    refunded: sum(shop.saga.refunds),
+    released: sum(shop.saga.releases),
+  };
+  return { completed, compensated, stuck, undone_at_shop };
 }
 
 export async function runScenario(options: RunOptions): Promise<Figures> {
