@@ -325,7 +325,8 @@ export class ProxyHandler {
     res.once('close', () => {
       if (!responseComplete(res)) {
         ctx.clientGone = true;
-        ctx.current?.abort(CLIENT_GONE);
+        // A request with an Idempotency-Key runs on: its answer is stored for the client's retry.
+        if (!ctx.keepUpstream) ctx.current?.abort(CLIENT_GONE);
       }
       runFinishers(ctx);
       if (conn !== undefined && conn.current === ctx) conn.current = undefined;

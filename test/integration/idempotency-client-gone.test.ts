@@ -23,6 +23,8 @@ interface Payments {
   readonly charges: Map<string, number>;
   /** Resolves when the upstream has sent its answer to the n-th charge (1-based). */
   answered(n: number): Promise<void>;
+  /** Resolves when the upstream has received the n-th charge whole (1-based). */
+  arrived(n: number): Promise<void>;
 }
 
 /** A payment upstream: counts charges per key and answers each after `delayMs`. */
@@ -31,23 +33,26 @@ async function payments(delayMs: number, bodyBytes = 0): Promise<Payments> {
   const done: number[] = [];
   const waiters: { n: number; resolve: () => void }[] = [];
   let total = 0;
+  const arrivals: (() => void)[] = [];
   const server = http.createServer((req, res) => {
     req.resume();
     req.on('end', () => {
       const key = String(req.headers['idempotency-key']);
       charges.set(key, (charges.get(key) ?? 0) + 1);
       const n = ++total;
+      for (const a of arrivals.splice(0)) a();
+      // 'close': the answer was sent, or its connection cut (breakwater gave up on it).
+      res.once('close', () => {
+        done.push(n);
+        for (const w of waiters.splice(0)) {
+          if (done.includes(w.n)) w.resolve();
+          else waiters.push(w);
+        }
+      });
       setTimeout(() => {
+        if (res.destroyed) return;
         const body = bodyBytes > 0 ? 'x'.repeat(bodyBytes) : JSON.stringify({ id: `ch_${n}`, key });
         res.writeHead(201, { 'content-type': 'application/json', 'x-charge-id': `ch_${n}` });
-        // 'close': the answer was sent, or its connection cut (breakwater gave up on it).
-        res.once('close', () => {
-          done.push(n);
-          for (const w of waiters.splice(0)) {
-            if (done.includes(w.n)) w.resolve();
-            else waiters.push(w);
-          }
-        });
         res.end(body);
       }, delayMs);
     });
@@ -64,6 +69,7 @@ async function payments(delayMs: number, bodyBytes = 0): Promise<Payments> {
   return {
     url: `http://127.0.0.1:${port}`,
     charges,
+    arrived: (n) => (total >= n ? Promise.resolve() : new Promise((resolve) => arrivals.push(resolve))),
     answered: (n) =>
       done.includes(n) ? Promise.resolve() : new Promise((resolve) => waiters.push({ n, resolve })),
   };
@@ -105,9 +111,13 @@ async function pay(bw: Running, key: string, signal?: AbortSignal) {
   return { status: res.statusCode, headers: res.headers, body: await res.body.text() };
 }
 
-/** A client that gives up after `ms`: its request is aborted (the connection closed). */
-async function payAndGiveUp(bw: Running, key: string, ms: number): Promise<void> {
-  await expect(pay(bw, key, AbortSignal.timeout(ms))).rejects.toThrow();
+/** A client that gives up once its request is at the upstream: it is aborted (the connection closed). */
+async function payAndGiveUp(bw: Running, key: string, up: Payments): Promise<void> {
+  const gone = new AbortController();
+  const sent = pay(bw, key, gone.signal);
+  await up.arrived(1);
+  gone.abort();
+  await expect(sent).rejects.toThrow();
 }
 
 async function metric(bw: Running, result: string): Promise<number> {
@@ -122,7 +132,7 @@ function suite(kindOf: () => StoreKind): void {
     const up = await payments(300);
     const bw = await proxy(kind, up.url);
     const key = `give-up-${kind.name}`;
-    await payAndGiveUp(bw, key, 50);
+    await payAndGiveUp(bw, key, up);
     // The retry, at once: the first request is still at the upstream.
     const retry = await pay(bw, key);
     expect(retry.status).toBe(409);
@@ -146,7 +156,7 @@ function suite(kindOf: () => StoreKind): void {
     const up = await payments(300);
     const bw = await proxy(kind, up.url, '', ', conflict: wait');
     const key = `wait-${kind.name}`;
-    await payAndGiveUp(bw, key, 50);
+    await payAndGiveUp(bw, key, up);
     const retry = await pay(bw, key);
     expect(retry.status).toBe(201);
     expect(retry.headers['idempotent-replayed']).toBe('true');
@@ -177,7 +187,7 @@ function suite(kindOf: () => StoreKind): void {
     const up = await payments(200, 4096);
     const bw = await proxy(kind, up.url, '', ', max_body_bytes: 1024');
     const key = `big-${kind.name}`;
-    await payAndGiveUp(bw, key, 50);
+    await payAndGiveUp(bw, key, up);
     await up.answered(1);
     // Give breakwater time to read the answer; the key must still not be forwarded again.
     await new Promise((r) => setTimeout(r, 100));
@@ -228,7 +238,7 @@ describe.skipIf(!redisTool.available)('Idempotency-Key with a client that leaves
   suite(() => ({
     name: 'redis',
     idempotency: 'store: redis, key_scope: global',
-    stores: 'stores:\n  redis: { url: "${REDIS_URL}" }',
+    stores: `stores:\n  redis: { url: "\${REDIS_URL}" }`,
     env: { REDIS_URL: redis.url },
   }));
 });
