@@ -189,7 +189,10 @@ export function idempotencyLayer(
       }
       if (r.kind === 'in_flight') {
         count('conflict');
-        return answer('idempotency-conflict', 'a request with this Idempotency-Key is still being processed');
+        return answer(
+          'idempotency-conflict',
+          'a request with this Idempotency-Key is still being processed, or its outcome is not known yet; retry later with the same key',
+        );
       }
       count('replayed');
       const res = r.response;
