@@ -213,6 +213,7 @@ export function idempotencyLayer(
     let stored = false;
     let declined = false;
     let running = true;
+    let teeOpen = false;
     let settled = false;
     const save = (status: number, headers: readonly string[], b: Buffer): void => {
       stored = true;
@@ -241,10 +242,22 @@ export function idempotencyLayer(
         declined = true;
         return undefined;
       }
-      return new StoreTee(policy.maxBodyBytes, (b) => save(status, headers, b));
+      teeOpen = true;
+      return new StoreTee(
+        policy.maxBodyBytes,
+        (b) => {
+          teeOpen = false;
+          save(status, headers, b);
+        },
+        () => {
+          teeOpen = false;
+          if (ctx.finished) settle();
+        },
+      );
     };
+    // A body still read for the store (its client left mid-body) settles when it ends.
     onFinish(ctx, () => {
-      if (!running) settle();
+      if (!running && !teeOpen) settle();
     });
     let outcome: Outcome;
     try {
@@ -283,13 +296,17 @@ export function idempotencyLayer(
   };
 }
 
-/** Collects a response body up to `max` bytes; hands it over only when it arrived whole. */
+/**
+ * Collects a response body up to `max` bytes; hands it over only when it arrived whole, else (over
+ * `max`, or cut) says so.
+ */
 class StoreTee implements BodyTee {
   private chunks: Buffer[] | undefined = [];
   private size = 0;
   constructor(
     private readonly max: number,
     private readonly onWhole: (body: Buffer) => void,
+    private readonly onBroken: () => void,
   ) {}
   data(chunk: Buffer): void {
     if (!this.chunks) return;
@@ -299,6 +316,11 @@ class StoreTee implements BodyTee {
   }
   end(): void {
     if (this.chunks) this.onWhole(Buffer.concat(this.chunks, this.size));
+    else this.onBroken();
     this.chunks = undefined;
+  }
+  fail(): void {
+    this.chunks = undefined;
+    this.onBroken();
   }
 }

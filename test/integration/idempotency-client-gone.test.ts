@@ -182,6 +182,56 @@ function suite(kindOf: () => StoreKind): void {
     expect(await metric(bw, 'released')).toBe(0);
   });
 
+  it('a client that leaves mid-body: the rest of the answer is still read into the store and replayed whole', async () => {
+    const kind = kindOf();
+    let charges = 0;
+    let sendRest = () => {};
+    const restSent = new Promise<void>((r) => {
+      sendRest = r;
+    });
+    const server = http.createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        charges++;
+        res.writeHead(201, { 'content-type': 'text/plain', 'x-charge-id': 'ch_mid' });
+        res.write('first half;');
+        // The second half once the client has left.
+        restSent.then(() => res.end('second half'));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanup.push(
+      () =>
+        new Promise((r) => {
+          server.closeAllConnections();
+          server.close(() => r());
+        }),
+    );
+    const bw = await proxy(kind, `http://127.0.0.1:${(server.address() as { port: number }).port}`);
+    const key = `mid-${kind.name}`;
+    const gone = new AbortController();
+    const res = await request(`${bw.url()}/charges`, {
+      method: 'POST',
+      body: '{"amount":250}',
+      headers: { 'content-type': 'application/json', 'idempotency-key': key },
+      signal: gone.signal,
+    });
+    expect(res.statusCode).toBe(201);
+    gone.abort();
+    await expect(res.body.text()).rejects.toThrow();
+    // While the rest is still to come the key is taken.
+    expect((await pay(bw, key)).status).toBe(409);
+    sendRest();
+    let later = await pay(bw, key);
+    for (let i = 0; i < 100 && later.status === 409; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      later = await pay(bw, key);
+    }
+    expect(later).toMatchObject({ status: 201, body: 'first half;second half' });
+    expect(later.headers['idempotent-replayed']).toBe('true');
+    expect(charges).toBe(1);
+  });
+
   it('a response over max_body_bytes read for a departed client is not stored and keeps the key claimed', async () => {
     const kind = kindOf();
     const up = await payments(200, 4096);
