@@ -153,8 +153,9 @@ export function idempotencyLayer(
       .digest('base64');
     const storeKey = `${route}\n${scopeOf(policy, ctx)}\n${key}`;
 
-    // A claim lapses if its request never finishes (a replica that died): the request deadline
-    // twice, plus time for the response body to stream, at most the TTL.
+    // A claim lapses after its lease if its request never finishes (a replica that died) or its
+    // outcome is unknown (kept by `abandon`): the request deadline twice, plus time for the
+    // response body to stream, at most the TTL.
     const inFlight = ctx.route.timeouts.request * 2 + 10_000;
     let r: BeginResult;
     try {

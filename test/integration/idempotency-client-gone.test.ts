@@ -245,6 +245,19 @@ function suite(kindOf: () => StoreKind): void {
     expect(up.charges.get(key)).toBe(1);
   });
 
+  it('a request the rate limiter refused never reached the upstream: its key is released, not held as unknown', async () => {
+    const kind = kindOf();
+    const up = await payments(0);
+    const bw = await proxy(kind, up.url, ', rate_limiter: { max_requests_per_second: 0.01, burst_limit: 1 }');
+    // The one token goes to another key; the keyed payment is refused with 429.
+    expect((await pay(bw, `other-${kind.name}`)).status).toBe(201);
+    const key = `limited-${kind.name}`;
+    expect((await pay(bw, key)).status).toBe(429);
+    expect(up.charges.get(key)).toBeUndefined();
+    expect(await metric(bw, 'released')).toBe(1);
+    expect(await metric(bw, 'unknown')).toBe(0);
+  });
+
   it('a request that never reached the upstream (connect refused) releases its key: the retry runs for real', async () => {
     const kind = kindOf();
     const port = await freePort();
