@@ -9,6 +9,7 @@
  * - complete: the response replaces the claim only while the claim is still ours (or lapsed),
  *   so a slow replica can never overwrite another request's record.
  * - release: the claim is deleted only if it is still ours.
+ * - abandon (outcome unknown): the claim is left in Redis to lapse with its lease.
  * - settled (conflict: wait): polls the key until it is no longer a claim.
  *
  * Failures: `begin` rejects with StoreUnavailableError (the layer applies `on_store_error`);
@@ -136,6 +137,10 @@ export class RedisIdempotencyStore implements IdempotencyStore {
     this.claims.delete(key);
     const rk = this.redisKey(key);
     await this.background('idempotency_release', (c) => this.store.evalScript(c, RELEASE, [rk], [claim]));
+  }
+
+  async abandon(key: string): Promise<void> {
+    this.claims.delete(key);
   }
 
   /**

@@ -28,8 +28,17 @@ export interface IdempotencyStore {
   begin(key: string, fingerprint: string, ttlMs: number, inFlightMs?: number): Promise<BeginResult>;
   /** Stores the final response under `key` (replayed until the TTL passes). */
   complete(key: string, response: StoredResponse, ttlMs: number): Promise<void>;
-  /** Gives `key` up: the request did not produce a response worth replaying. */
+  /**
+   * Gives `key` up: the request certainly never reached the upstream (connect failure, a refusal
+   * before sending), or the upstream's answer is one not to store (`store_server_errors: false`).
+   */
   release(key: string): Promise<void>;
+  /**
+   * Leaves `key` claimed until its in-flight lease lapses: the request may have been processed
+   * but its outcome is unknown (a timeout after it was sent, a cut or oversized answer). A retry
+   * meanwhile gets 409, never a second call.
+   */
+  abandon(key: string): Promise<void>;
   /** Resolves when `key` is completed or released, or after `timeoutMs`. */
   settled(key: string, timeoutMs: number): Promise<void>;
 }
@@ -57,14 +66,15 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
     });
   }
 
-  async begin(key: string, fingerprint: string, ttlMs: number): Promise<BeginResult> {
+  async begin(key: string, fingerprint: string, ttlMs: number, inFlightMs?: number): Promise<BeginResult> {
     const e = this.lru.get(key);
     if (e) {
       return e.response
         ? { kind: 'completed', fingerprint: e.fingerprint, response: e.response }
         : { kind: 'in_flight', fingerprint: e.fingerprint };
     }
-    this.lru.set(key, { fingerprint, response: undefined }, { ttl: ttlMs });
+    // A claim lives for its lease: one left behind by `abandon` lapses then.
+    this.lru.set(key, { fingerprint, response: undefined }, { ttl: Math.min(ttlMs, inFlightMs ?? ttlMs) });
     return { kind: 'acquired' };
   }
 
@@ -76,6 +86,11 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
 
   async release(key: string): Promise<void> {
     this.lru.delete(key);
+    this.wake(key);
+  }
+
+  async abandon(key: string): Promise<void> {
+    // The claim stays until its lease lapses; whoever waits for it (conflict: wait) gets 409 now.
     this.wake(key);
   }
 

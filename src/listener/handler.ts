@@ -165,6 +165,10 @@ function bothTees(a: BodyTee, b: BodyTee): BodyTee {
       a.end();
       b.end();
     },
+    fail: () => {
+      a.fail?.();
+      b.fail?.();
+    },
   };
 }
 
@@ -325,7 +329,9 @@ export class ProxyHandler {
     res.once('close', () => {
       if (!responseComplete(res)) {
         ctx.clientGone = true;
-        ctx.current?.abort(CLIENT_GONE);
+        // A request with an Idempotency-Key runs on: its answer is stored for the client's retry.
+        if (!ctx.keepUpstream) ctx.current?.abort(CLIENT_GONE);
+        else ctx.current?.clientLeft(CLIENT_GONE);
       }
       runFinishers(ctx);
       if (conn !== undefined && conn.current === ctx) conn.current = undefined;

@@ -7,19 +7,29 @@
  *   byte for byte, with `Idempotent-Replayed: true`.
  * - The same key while the first is in flight: 409 (or, with `conflict: wait`, wait and replay).
  * - The same key with another fingerprint: 422. No key where `required`: 400. A malformed key: 400.
- * - A request that produced no upstream response to replay (connect failure, open breaker, a
- *   fallback, a client that left) releases its key: the next try runs for real.
+ * - Once a request may have reached the upstream (`ctx.maybeProcessed`), its key stays claimed:
+ *   - a client that leaves does not stop it: the upstream call runs to its end (within the route's
+ *     timeouts), its answer is read whole into the store, and the retry gets 409 while it runs (or
+ *     waits, with `conflict: wait`) and the stored answer afterwards;
+ *   - an outcome breakwater did not see (a timeout after sending, a reset, an answer cut short or
+ *     over `max_body_bytes`) stores nothing and keeps the claim until its in-flight lease lapses:
+ *     a retry meanwhile gets 409, never a second call ('unknown').
+ * - A request that certainly never reached the upstream (connect failure, open breaker, limiter or
+ *   bulkhead refusal, a client that left before it was sent) releases its key: the next try runs
+ *   for real. So does an answer not to store (a 5xx with `store_server_errors: false`).
  * - Keys are scoped by `key_scope` (the client address by default), so clients cannot collide.
  */
 
 import { createHash } from 'node:crypto';
+import type { Clock } from '../clock.js';
 import type { IdempotencyPolicy } from '../config/resolve.js';
 import type { BeginResult, IdempotencyStore } from '../idempotency/store.js';
-import type { BodyTee } from '../proxy/attempt.js';
+import { AttemptError, type BodyTee } from '../proxy/attempt.js';
 import { clientAddress } from '../proxy/client-address.js';
+import { clientResponseHeaders } from '../proxy/headers.js';
 import { problem } from '../proxy/problem.js';
 import { FileBody } from '../proxy/request-body.js';
-import { type Layer, type Outcome, onFinish, type RequestContext } from './types.js';
+import { type HttpResponse, type Layer, type Outcome, onFinish, type RequestContext } from './types.js';
 
 export type IdempotencyResult =
   | 'stored'
@@ -29,6 +39,7 @@ export type IdempotencyResult =
   | 'missing'
   | 'malformed'
   | 'released'
+  | 'unknown'
   | 'store_error_rejected'
   | 'store_error_forwarded';
 
@@ -83,6 +94,7 @@ export function idempotencyLayer(
   store: IdempotencyStore,
   route: string,
   count: (result: IdempotencyResult) => void,
+  clock: Clock,
 ): Layer {
   return (next) => async (ctx) => {
     if (!policy.methods.has(ctx.method)) return next(ctx);
@@ -141,8 +153,9 @@ export function idempotencyLayer(
       .digest('base64');
     const storeKey = `${route}\n${scopeOf(policy, ctx)}\n${key}`;
 
-    // A claim lapses if its request never finishes (a replica that died): the request deadline
-    // twice, plus time for the response body to stream, at most the TTL.
+    // A claim lapses after its lease if its request never finishes (a replica that died) or its
+    // outcome is unknown (kept by `abandon`): the request deadline twice, plus time for the
+    // response body to stream, at most the TTL.
     const inFlight = ctx.route.timeouts.request * 2 + 10_000;
     let r: BeginResult;
     try {
@@ -177,7 +190,10 @@ export function idempotencyLayer(
       }
       if (r.kind === 'in_flight') {
         count('conflict');
-        return answer('idempotency-conflict', 'a request with this Idempotency-Key is still being processed');
+        return answer(
+          'idempotency-conflict',
+          'a request with this Idempotency-Key is still being processed, or its outcome is not known yet; retry later with the same key',
+        );
       }
       count('replayed');
       const res = r.response;
@@ -192,36 +208,106 @@ export function idempotencyLayer(
       };
     }
 
+    // What becomes of the claim: stored (complete), released (never reached the upstream, or an
+    // answer not to store), or kept until its lease lapses (outcome unknown). Decided once, when
+    // the client's response is over, or, for a client that left, when the call is.
     let stored = false;
-    ctx.responseTee = (status, headers) => {
-      if (status >= 500 && !policy.storeServerErrors) return undefined;
-      return new StoreTee(policy.maxBodyBytes, (b) => {
-        stored = true;
-        count('stored');
-        const kept: string[] = [];
-        for (let i = 0; i < headers.length; i += 2) {
-          if (!PER_REQUEST.has((headers[i] as string).toLowerCase()))
-            kept.push(headers[i] as string, headers[i + 1] as string);
-        }
-        void store.complete(storeKey, { status, headers: kept, body: b }, policy.ttl);
-      });
+    let declined = false;
+    let running = true;
+    let teeOpen = false;
+    let settled = false;
+    const save = (status: number, headers: readonly string[], b: Buffer): void => {
+      stored = true;
+      count('stored');
+      const kept: string[] = [];
+      for (let i = 0; i < headers.length; i += 2) {
+        if (!PER_REQUEST.has((headers[i] as string).toLowerCase()))
+          kept.push(headers[i] as string, headers[i + 1] as string);
+      }
+      void store.complete(storeKey, { status, headers: kept, body: b }, policy.ttl);
     };
+    const settle = (): void => {
+      if (stored || settled) return;
+      settled = true;
+      if (declined || !ctx.maybeProcessed) {
+        count('released');
+        void store.release(storeKey);
+      } else {
+        count('unknown');
+        void store.abandon(storeKey);
+      }
+    };
+    ctx.keepUpstream = true;
+    ctx.responseTee = (status, headers) => {
+      if (status >= 500 && !policy.storeServerErrors) {
+        declined = true;
+        return undefined;
+      }
+      teeOpen = true;
+      return new StoreTee(
+        policy.maxBodyBytes,
+        (b) => {
+          teeOpen = false;
+          save(status, headers, b);
+        },
+        () => {
+          teeOpen = false;
+          if (ctx.finished) settle();
+        },
+      );
+    };
+    // A body still read for the store (its client left mid-body) settles when it ends.
     onFinish(ctx, () => {
-      if (stored) return;
-      count('released');
-      void store.release(storeKey);
+      if (!running && !teeOpen) settle();
     });
-    return next(ctx);
+    let outcome: Outcome;
+    try {
+      outcome = await next(ctx);
+    } catch (err) {
+      running = false;
+      if (ctx.finished) settle();
+      throw err;
+    }
+    running = false;
+    if (!ctx.clientGone) return outcome; // relayed by the listener; settled when that is over
+    // The client left while the call ran: its answer is read whole for the retry.
+    if (outcome.type === 'response') await keepAnswer(ctx, outcome);
+    settle();
+    return outcome;
+
+    async function keepAnswer(c: RequestContext, r: HttpResponse): Promise<void> {
+      const { attempt, head } = r;
+      if (head.status >= 500 && !policy.storeServerErrors) {
+        declined = true;
+        attempt.discard();
+        return;
+      }
+      // Bounded by what is left of the request deadline, as if the client were still there.
+      const left = Math.max(1, Math.floor(c.deadline - clock.now()));
+      const timer = Number.isFinite(c.deadline)
+        ? clock.setTimeout(
+            () => attempt.abort(new AttemptError('timeout', 'the request deadline passed', true)),
+            left,
+          )
+        : undefined;
+      const body = await attempt.collect(policy.maxBodyBytes);
+      if (timer !== undefined) clock.clearTimeout(timer);
+      if (body.complete) save(head.status, clientResponseHeaders(head.rawHeaders, c.requestId), body.body);
+    }
   };
 }
 
-/** Collects a response body up to `max` bytes; hands it over only when it arrived whole. */
+/**
+ * Collects a response body up to `max` bytes; hands it over only when it arrived whole, else (over
+ * `max`, or cut) says so.
+ */
 class StoreTee implements BodyTee {
   private chunks: Buffer[] | undefined = [];
   private size = 0;
   constructor(
     private readonly max: number,
     private readonly onWhole: (body: Buffer) => void,
+    private readonly onBroken: () => void,
   ) {}
   data(chunk: Buffer): void {
     if (!this.chunks) return;
@@ -231,6 +317,11 @@ class StoreTee implements BodyTee {
   }
   end(): void {
     if (this.chunks) this.onWhole(Buffer.concat(this.chunks, this.size));
+    else this.onBroken();
     this.chunks = undefined;
+  }
+  fail(): void {
+    this.chunks = undefined;
+    this.onBroken();
   }
 }

@@ -261,14 +261,20 @@ export function buildPipeline(
   if (route.idempotency && idempotencyStore) {
     const counters = new Map<string, { inc(): void }>();
     layers.push(
-      idempotencyLayer(route.idempotency, idempotencyStore, route.name, (result) => {
-        let c = counters.get(result);
-        if (!c) {
-          c = metrics.idempotency.labels(route.name, result);
-          counters.set(result, c);
-        }
-        c.inc();
-      }),
+      idempotencyLayer(
+        route.idempotency,
+        idempotencyStore,
+        route.name,
+        (result) => {
+          let c = counters.get(result);
+          if (!c) {
+            c = metrics.idempotency.labels(route.name, result);
+            counters.set(result, c);
+          }
+          c.inc();
+        },
+        clock,
+      ),
     );
   }
   if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {

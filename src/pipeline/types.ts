@@ -77,6 +77,11 @@ export interface RequestContext {
   tried: Endpoint | undefined;
   /** Set when the client went away; layers stop early. */
   clientGone: boolean;
+  /**
+   * The attempt in flight is not aborted when the client goes away: it runs to its end (within the
+   * route's timeouts) so that its answer can be stored for the client's retry (Idempotency-Key).
+   */
+  keepUpstream: boolean;
   /** Clock time by which the whole request must be done (Infinity: none). */
   deadline: number;
   /** Set when the request deadline passed; layers stop early. */
@@ -155,6 +160,7 @@ export function newContext<Q extends CallRequest, S extends ServerResponse | und
     maybeProcessed: false,
     tried: undefined,
     clientGone: false,
+    keepUpstream: false,
     deadline: Number.POSITIVE_INFINITY,
     expired: false,
     finishers: undefined,

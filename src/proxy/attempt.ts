@@ -87,10 +87,14 @@ export interface AttemptOptions {
 /** No buffering, no send_timeout (the default of `stream()`). */
 const UNBUFFERED: RelayPolicy = { buffer: undefined, sendTimeout: 0 };
 
-/** Receives a copy of the body as it streams (the response cache); `end` only when it was whole. */
+/**
+ * Receives a copy of the body as it streams (the response cache, the Idempotency-Key store); `end`
+ * only when it was whole, `fail` when it will not be (the upstream failed or was cut mid-body).
+ */
 export interface BodyTee {
   data(chunk: Buffer): void;
   end(): void;
+  fail?(): void;
 }
 
 export interface StreamResult {
@@ -253,7 +257,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   private pendingAbort: Error | undefined;
   private timer: unknown;
   private resumeFn: (() => void) | undefined;
-  private relay: ClientRelay | BufferSink | undefined;
+  private relay: ClientRelay | BufferSink | DropSink | undefined;
   private bytes = 0;
   private finish: ((r: StreamResult) => void) | undefined;
   private connected = false;
@@ -321,6 +325,25 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     }
   }
 
+  /**
+   * The client left a request whose answer is kept for its retry (Idempotency-Key). Before the
+   * answer the attempt runs on (whoever awaits it reads it); mid-body, the rest of the body is read
+   * for the tee alone (the client relay is dropped); with no tee to feed, it is aborted with `err`.
+   */
+  clientLeft(err: Error): void {
+    if (this.state !== State.Streaming) return;
+    const relay = this.relay;
+    if (this.tee === undefined || !(relay instanceof ClientRelay)) {
+      this.abort(err);
+      return;
+    }
+    this.relay = DROP;
+    relay.fail();
+    this.relayed(false);
+    // The upstream may wait for a client that is gone.
+    this.resumeFn?.();
+  }
+
   /** Drops the response (the retry layer moves on); closes the upstream connection. */
   discard(): void {
     if (this.state === State.Done || this.state === State.Discarded) return;
@@ -346,6 +369,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     arg?: T,
   ): Promise<StreamResult> {
     if (this.state !== State.Headers) {
+      tee?.fail?.();
       return Promise.resolve({ complete: false, bytes: 0, error: this.failure });
     }
     this.state = State.Streaming;
@@ -481,7 +505,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     if (this.state !== State.Streaming) return true;
     this.bytes += chunk.length;
     this.tee?.data(chunk);
-    return (this.relay as ClientRelay | BufferSink).data(chunk);
+    return (this.relay as ClientRelay | BufferSink | DropSink).data(chunk);
   }
 
   /** Trailers: a flat [name, value, ...] list from HTTP/1.1, an object from HTTP/2. */
@@ -491,7 +515,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
       return;
     }
     if (this.state === State.Streaming) {
-      const relay = this.relay as ClientRelay | BufferSink;
+      const relay = this.relay as ClientRelay | BufferSink | DropSink;
       // The upstream's body is whole (the cache and the Idempotency-Key store may keep it), and its
       // connection goes back to the pool, whether or not the client has it all yet.
       this.tee?.end();
@@ -529,6 +553,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     } else if (prev === State.Streaming) {
       // Never let a cut-off body pass for a whole one: abort the client connection (and drop what
       // was buffered for it).
+      this.tee?.fail?.();
       this.relay?.fail();
       this.finish?.({ complete: false, bytes: this.bytes, error: failure });
     }
@@ -541,6 +566,19 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** Where the rest of a body goes once its client left and only its tee wants it: nowhere. */
+class DropSink {
+  readonly draining = false;
+  readonly cutReason: CutReason | undefined = undefined;
+  readonly buffered: 'memory' | 'file' | undefined = undefined;
+  data(_chunk: Buffer): boolean {
+    return true;
+  }
+  end(_trailers: RawTrailers): void {}
+  fail(): void {}
+}
+const DROP = new DropSink();
 
 /** Where `collect()` puts a body: memory, up to a limit. */
 class BufferSink {
