@@ -77,17 +77,28 @@ describe('the drain a pod goes through, on the built entrypoint with the shipped
     await upstream.close();
   });
 
-  async function start(shutdown?: Record<string, string>) {
+  async function start(shutdown?: Record<string, string>, tries = 2) {
     const [port, admin] = [await freePort(), await freePort()];
     const endpoints = Object.fromEntries(upstreamNames(configMapYaml).map((n) => [n, upstream.url]));
     const yaml = onLoopback(configMapYaml, { listenerPort: port, adminPort: admin, endpoints, shutdown });
     const container = runAsContainer(yaml);
+    let exited = false;
+    void container.exited.then(() => {
+      exited = true;
+    });
     const adminUrl = (path: string) => `http://127.0.0.1:${admin}${path}`;
     await until(
       'the startup probe passes',
-      async () => (await status(adminUrl(probes.startup))) === 200,
+      async () => exited || (await status(adminUrl(probes.startup))) === 200,
       15_000,
     );
+    if (exited) {
+      // A port freePort() handed out can be taken by a test running beside this one before
+      // breakwater binds it: start again on other ports. Any other early exit is a failure.
+      const lines = [...container.stdout, ...container.stderr].join('\n');
+      if (tries > 1 && lines.includes('EADDRINUSE')) return start(shutdown, tries - 1);
+      throw new Error(`breakwater exited before its startup probe passed:\n${lines}`);
+    }
     return { container, app: `http://127.0.0.1:${port}${appPath}`, adminUrl };
   }
 
