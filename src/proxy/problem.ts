@@ -65,7 +65,8 @@ export function problem(
   return { kind, status: extra.status ?? (TITLES[kind] as [number, string])[0], detail, ...extra };
 }
 
-export function problemBody(p: Problem): string {
+/** The problem's JSON body; `members`: extension members (RFC 9457 3.2), e.g. a saga's id. */
+export function problemBody(p: Problem, members?: Readonly<Record<string, unknown>>): string {
   return JSON.stringify({
     type: `urn:breakwater:problem:${p.kind}`,
     title: TITLES[p.kind][1],
@@ -73,6 +74,7 @@ export function problemBody(p: Problem): string {
     detail: p.detail,
     ...(p.upstream !== undefined ? { upstream: p.upstream } : {}),
     ...(p.requestId !== undefined ? { request_id: p.requestId } : {}),
+    ...members,
   });
 }
 
@@ -105,14 +107,18 @@ export function answered(res: ServerResponse): boolean {
 }
 
 /** Writes a problem response unless the response has already started. */
-export function sendProblem(res: ServerResponse, p: Problem): void {
+export function sendProblem(
+  res: ServerResponse,
+  p: Problem,
+  members?: Readonly<Record<string, unknown>>,
+): void {
   if (answered(res)) return;
   // A gRPC client reads grpc-status, not an HTTP status or a JSON body.
   if (isGrpcRequest(res.req)) {
     sendGrpcProblem(res, p);
     return;
   }
-  const body = problemBody(p);
+  const body = problemBody(p, members);
   res.writeHead(p.status, problemHeaders(p, body, responseStream(res) !== undefined));
   res.end(res.req.method === 'HEAD' ? undefined : body);
 }

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Clock } from '../clock.js';
 import type { Logger } from '../observability/logger.js';
 import { isHopByHop } from '../proxy/headers.js';
-import { answered, isProblemKind, type Problem, problem, problemBody } from '../proxy/problem.js';
+import { answered, isProblemKind, type Problem, problem, sendProblem } from '../proxy/problem.js';
 import { type ClientAnswer, LogUnavailable, type SagaEngine } from './engine.js';
 import type { RequestRecord } from './machine.js';
 import type { SagaModel } from './model.js';
@@ -162,26 +162,7 @@ function readWhole(req: IncomingMessage, max: number, timeoutMs: number, clock: 
 }
 
 function writeProblem(res: ServerResponse, p: Problem, saga?: { id: string; state: string }): void {
-  if (answered(res)) return;
-  const body = JSON.stringify({
-    ...(JSON.parse(problemBody(p)) as Record<string, unknown>),
-    ...(saga ? { saga_id: saga.id, saga_state: saga.state } : {}),
-  });
-  const headers = [
-    'content-type',
-    'application/problem+json',
-    'content-length',
-    String(Buffer.byteLength(body)),
-    'cache-control',
-    'no-store',
-  ];
-  if (p.requestId !== undefined) headers.push('x-request-id', p.requestId);
-  const extra = p.headers ?? [];
-  for (let i = 0; i + 1 < extra.length; i += 2)
-    if (res.req.httpVersionMajor < 2 || (extra[i] as string).toLowerCase() !== 'connection')
-      headers.push(extra[i] as string, extra[i + 1] as string);
-  res.writeHead(p.status, headers);
-  res.end(res.req.method === 'HEAD' ? undefined : body);
+  sendProblem(res, p, saga ? { saga_id: saga.id, saga_state: saga.state } : undefined);
 }
 
 function writeAnswer(res: ServerResponse, a: ClientAnswer, requestId: string): void {
