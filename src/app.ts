@@ -5,6 +5,8 @@
 import { createHash } from 'node:crypto';
 import type { FSWatcher } from 'node:fs';
 import { AdminListener } from './admin/admin.js';
+import type { ResponseHead } from './attempt/attempt.js';
+import type { HandshakeResponse } from './attempt/handshake.js';
 import { ResponseCache } from './cache/response-cache.js';
 import { type Clock, systemClock, systemRandom } from './clock.js';
 import { loadConfigFile } from './config/load.js';
@@ -20,6 +22,7 @@ import { poolSettings, sameSettings } from './lifecycle/survives.js';
 import { watchConfigFile } from './lifecycle/watch.js';
 import { type HandlerDeps, ProxyHandler } from './listener/handler.js';
 import { DataListener } from './listener/listener.js';
+import { problem } from './listener/problem.js';
 import { createLogger, type Logger } from './observability/logger.js';
 import { createMetrics, type Metrics } from './observability/metrics.js';
 import {
@@ -30,13 +33,10 @@ import {
 } from './pipeline/index.js';
 import { type InternalRequest, type InternalResult, internalCall } from './pipeline/internal-call.js';
 import type { Call, Handler, RequestContext } from './pipeline/types.js';
-import type { ResponseHead } from './proxy/attempt.js';
-import type { HandshakeResponse } from './proxy/handshake.js';
-import { problem } from './proxy/problem.js';
-import { sweepLeftovers, TempFiles } from './proxy/temp-files.js';
 import { SagaService } from './sagas/service.js';
 import { EmbeddedStore } from './stores/embedded.js';
 import { RedisStore } from './stores/redis.js';
+import { sweepLeftovers, TempFiles } from './stores/temp-files.js';
 import { type EndpointEvents, Upstream } from './upstream/upstream.js';
 
 export interface StartOptions {

@@ -15,7 +15,7 @@
  *   lifecycle/watch.ts: the config file watcher's debounce) runs on real time, so a test's stepped
  *   clock can never stall a shutdown or a reload;
  * - the status page's script (admin/status-page.ts) runs in the browser;
- * - the relay's send_timeout (proxy/relay.ts) is an idle timer refreshed on every write to the
+ * - the relay's send_timeout (attempt/relay.ts) is an idle timer refreshed on every write to the
  *   client (Node's `timer.refresh()`, a field write on the hot path), like a socket's timeout;
  * - Node's socket idle timeouts (`socket.setTimeout`, `req.setTimeout`) count a socket's silence
  *   in Node's own timer list and are not calls to the global `setTimeout`.

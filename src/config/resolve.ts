@@ -8,8 +8,8 @@ import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { type TrustCheck, trustCheck } from '../proxy/client-address.js';
-import type { RETRIABLE_GRPC } from '../proxy/grpc.js';
+import type { RETRIABLE_GRPC } from '../attempt/grpc.js';
+import { type TrustCheck, trustCheck } from '../listener/client-address.js';
 import { type SagaModel, sagasOf } from '../sagas/model.js';
 import { type FlatFallback, flattenFallbacks } from './inline-fallbacks.js';
 import type {

@@ -8,8 +8,8 @@
  */
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { parseCidr } from '../proxy/client-address.js';
-import { RETRIABLE_GRPC } from '../proxy/grpc.js';
+import { RETRIABLE_GRPC } from '../attempt/grpc.js';
+import { parseCidr } from '../listener/client-address.js';
 import { DURATION_PATTERN, parseDuration, parsePercent, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';

@@ -7,13 +7,14 @@
  * ordering key already has items waiting is queued behind them without a live attempt, so it
  * cannot overtake them.
  */
+
+import { isHopByHop } from '../attempt/headers.js';
 import type { DeferredPolicy, RouteModel } from '../config/resolve.js';
+import { clientAddress } from '../listener/client-address.js';
+import { problem } from '../listener/problem.js';
+import { FileBody } from '../listener/request-body.js';
 import { parseIdempotencyKey } from '../pipeline/idempotency.js';
 import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
-import { clientAddress } from '../proxy/client-address.js';
-import { isHopByHop } from '../proxy/headers.js';
-import { problem } from '../proxy/problem.js';
-import { FileBody } from '../proxy/request-body.js';
 import { deferTrigger, nextDelay, summary } from './model.js';
 import type { DeferredQueue } from './queue.js';
 

@@ -5,6 +5,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2 from 'node:http2';
 import { type Duplex, Transform, type TransformCallback } from 'node:stream';
+import { type Attempt, AttemptError, type BodyTee, type ResponseHead } from '../attempt/attempt.js';
+import { grpcCodeForProblem, isGrpcRequest, parseGrpcTimeout, sendTrailersOnly } from '../attempt/grpc.js';
+import type { HandshakeResponse } from '../attempt/handshake.js';
+import { clientResponseHeaders, incomingRequestId, isHopByHop, newRequestId } from '../attempt/headers.js';
+import type { RelayPolicy } from '../attempt/relay.js';
 import type { Clock } from '../clock.js';
 import type { BufferingModel, ListenerModel, RouteModel } from '../config/resolve.js';
 import type { DeferredRoute } from '../deferred/intake.js';
@@ -20,29 +25,17 @@ import {
   onFinish,
   runFinishers,
 } from '../pipeline/types.js';
-import { type Attempt, AttemptError, type BodyTee, type ResponseHead } from '../proxy/attempt.js';
-import { peerAddress } from '../proxy/client-address.js';
-import { grpcCodeForProblem, isGrpcRequest, parseGrpcTimeout, sendTrailersOnly } from '../proxy/grpc.js';
-import type { HandshakeResponse } from '../proxy/handshake.js';
-import { clientResponseHeaders, incomingRequestId, isHopByHop, newRequestId } from '../proxy/headers.js';
-import {
-  answered,
-  endWithProblem,
-  failureProblem,
-  type Problem,
-  problem,
-  sendProblem,
-} from '../proxy/problem.js';
-import { isHttp2, requestStream } from '../proxy/protocol.js';
-import type { RelayPolicy } from '../proxy/relay.js';
-import { bufferBody, watchBodyIdle } from '../proxy/request-body.js';
-import type { TempFileError, TempFiles } from '../proxy/temp-files.js';
-import { upgradeRefusal, WebSocketTunnels } from '../proxy/websocket.js';
 import type { SagaTrigger } from '../sagas/service.js';
+import type { TempFileError, TempFiles } from '../stores/temp-files.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
+import { peerAddress } from './client-address.js';
 import { connectionOf } from './connection.js';
+import { answered, endWithProblem, failureProblem, type Problem, problem, sendProblem } from './problem.js';
+import { isHttp2, requestStream } from './protocol.js';
 import { Recorder, responseComplete } from './recorder.js';
+import { bufferBody, watchBodyIdle } from './request-body.js';
 import { absoluteTarget, normalizePath, Router, upstreamPath } from './router.js';
+import { upgradeRefusal, WebSocketTunnels } from './websocket.js';
 
 export interface HandlerDeps {
   readonly listener: ListenerModel;

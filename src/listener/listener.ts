@@ -11,10 +11,10 @@ import http2, { type Http2ServerRequest, type Http2ServerResponse, type Http2Ses
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { ListenerModel } from '../config/resolve.js';
-import { rememberPeer } from '../proxy/client-address.js';
-import { endWithProblem, problem } from '../proxy/problem.js';
+import { rememberPeer } from './client-address.js';
 import { connectionOf, trackConnection } from './connection.js';
 import { ALLOWED_METHODS, type HandlerDeps, type ProxyHandler } from './handler.js';
+import { endWithProblem, problem } from './problem.js';
 
 /** What an HTTP/2 connection starts with (RFC 9113 3.4). */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');

@@ -10,14 +10,14 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import http2 from 'node:http2';
+import { grpcCodeName } from '../attempt/grpc.js';
 import type { Clock } from '../clock.js';
 import type { RouteModel } from '../config/resolve.js';
 import { type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
 import type { RequestContext } from '../pipeline/types.js';
-import { grpcCodeName } from '../proxy/grpc.js';
-import { responseStream } from '../proxy/protocol.js';
+import { responseStream } from './protocol.js';
 
 export interface RecorderDeps {
   readonly listener: string;

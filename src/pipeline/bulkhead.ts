@@ -6,7 +6,7 @@
 
 import type { Clock } from '../clock.js';
 import type { BulkheadPolicy } from '../config/resolve.js';
-import { type Problem, problem } from '../proxy/problem.js';
+import { type Problem, problem } from '../listener/problem.js';
 import {
   type Call,
   type CallResponse,

@@ -5,7 +5,7 @@
  */
 
 import type { Clock } from '../clock.js';
-import { type Problem, problem } from '../proxy/problem.js';
+import { type Problem, problem } from '../listener/problem.js';
 import type { CircuitBreaker } from './circuit-breaker.js';
 import { classifyOutcome, compileOutcomes, judgedAtTrailers, trailersVerdict } from './outcome.js';
 import type { CallResponse, Layer } from './types.js';

@@ -5,9 +5,9 @@
  * each attempt and to skip retries that could not finish in time.
  */
 
+import { AttemptError } from '../attempt/attempt.js';
 import type { Clock } from '../clock.js';
-import { AttemptError } from '../proxy/attempt.js';
-import { problem } from '../proxy/problem.js';
+import { problem } from '../listener/problem.js';
 import type { Layer, Outcome, RequestContext } from './types.js';
 
 function expired(ctx: RequestContext, requestTimeout: number, routeTimeout: number): Outcome {

@@ -13,8 +13,8 @@
 import { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
 import { DEFAULTS, type FallbackModel, type RouteModel } from '../config/resolve.js';
-import { problem } from '../proxy/problem.js';
-import { replayable } from '../proxy/request-body.js';
+import { problem } from '../listener/problem.js';
+import { replayable } from '../listener/request-body.js';
 import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedAtTrailers, judgedStatus, trailersVerdict } from './outcome.js';

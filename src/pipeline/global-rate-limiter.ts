@@ -20,10 +20,10 @@
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../clock.js';
 import type { RateLimiterPolicy } from '../config/resolve.js';
+import { clientAddress } from '../listener/client-address.js';
+import { problem } from '../listener/problem.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
-import { clientAddress } from '../proxy/client-address.js';
-import { problem } from '../proxy/problem.js';
 import type { RedisStore, StoreHealth } from '../stores/redis.js';
 import { script } from '../stores/redis.js';
 import { type RateLimiter, type RateLimiterEvents, rateLimitedProblem } from './rate-limiter.js';

@@ -21,14 +21,14 @@
  */
 
 import { createHash } from 'node:crypto';
+import { AttemptError, type BodyTee } from '../attempt/attempt.js';
+import { clientResponseHeaders } from '../attempt/headers.js';
 import type { Clock } from '../clock.js';
 import type { IdempotencyPolicy } from '../config/resolve.js';
 import type { BeginResult, IdempotencyStore } from '../idempotency/store.js';
-import { AttemptError, type BodyTee } from '../proxy/attempt.js';
-import { clientAddress } from '../proxy/client-address.js';
-import { clientResponseHeaders } from '../proxy/headers.js';
-import { problem } from '../proxy/problem.js';
-import { FileBody } from '../proxy/request-body.js';
+import { clientAddress } from '../listener/client-address.js';
+import { problem } from '../listener/problem.js';
+import { FileBody } from '../listener/request-body.js';
 import { type HttpResponse, type Layer, type Outcome, onFinish, type RequestContext } from './types.js';
 
 export type IdempotencyResult =

@@ -20,6 +20,8 @@
  * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`); a call
  * breakwater makes itself runs an upstream's request pipeline with a context that has no client.
  */
+
+import { type HandshakeResponse, handshakeCall } from '../attempt/handshake.js';
 import type { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
 import { DEFAULTS, type FallbackModel, type RouteModel, type UpstreamModel } from '../config/resolve.js';
@@ -29,7 +31,6 @@ import { carried, sameSettings } from '../lifecycle/survives.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
-import { type HandshakeResponse, handshakeCall } from '../proxy/handshake.js';
 import type { RedisStore } from '../stores/redis.js';
 import { Bulkhead } from './bulkhead.js';
 import { CircuitBreaker } from './circuit-breaker.js';

@@ -7,9 +7,10 @@
  * The pipeline is the upstream's fallback-free one (`pipelineOf`): a call that must reach the
  * upstream is never answered by a fallback.
  */
+
+import type { AttemptCause } from '../attempt/attempt.js';
 import type { RouteModel } from '../config/resolve.js';
-import type { AttemptCause } from '../proxy/attempt.js';
-import { failureProblem, type Problem, problem } from '../proxy/problem.js';
+import { failureProblem, type Problem, problem } from '../listener/problem.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { callRequest, type Handler, newContext, runFinishers } from './types.js';
 

@@ -4,8 +4,8 @@
  * `reset`, `timeout`). A malformed response counts as a 502, as the client sees it. This file is
  * the one place outcomes are classified, and where a gRPC call is judged when its trailers arrive.
  */
-import type { AttemptError } from '../proxy/attempt.js';
-import { grpcHttpEquivalent } from '../proxy/grpc.js';
+import type { AttemptError } from '../attempt/attempt.js';
+import { grpcHttpEquivalent } from '../attempt/grpc.js';
 import type { CallResponse, Outcome } from './types.js';
 
 export type FailureCause = 'connect-failure' | 'reset' | 'timeout' | 'aborted';

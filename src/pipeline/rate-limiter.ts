@@ -10,8 +10,8 @@
 import { LRUCache } from 'lru-cache';
 import type { Clock } from '../clock.js';
 import type { RateLimiterPolicy } from '../config/resolve.js';
-import { clientAddress } from '../proxy/client-address.js';
-import { type Problem, problem } from '../proxy/problem.js';
+import { clientAddress } from '../listener/client-address.js';
+import { type Problem, problem } from '../listener/problem.js';
 import { TokenBucket } from './token-bucket.js';
 import type { Call, CallResponse, Layer, Outcome, RequestContext } from './types.js';
 

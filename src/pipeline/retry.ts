@@ -22,11 +22,11 @@
  * - Each retry prefers an endpoint not tried yet (the balancer's `avoid`).
  */
 
+import { grpcCodeName } from '../attempt/grpc.js';
 import type { Clock } from '../clock.js';
 import type { RetryOutcome, RetryPolicy } from '../config/resolve.js';
-import { grpcCodeName } from '../proxy/grpc.js';
-import { problem } from '../proxy/problem.js';
-import { readUpTo, replayable } from '../proxy/request-body.js';
+import { problem } from '../listener/problem.js';
+import { readUpTo, replayable } from '../listener/request-body.js';
 import { type Classified, classifyOutcome, compileOutcomes, type OutcomeMatcher } from './outcome.js';
 import type { Layer, Outcome, RequestContext } from './types.js';
 

@@ -9,10 +9,10 @@
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
+import type { Attempt, AttemptError, BodyTee, ResponseHead } from '../attempt/attempt.js';
 import type { RouteModel } from '../config/resolve.js';
-import type { Attempt, AttemptError, BodyTee, ResponseHead } from '../proxy/attempt.js';
-import type { Problem } from '../proxy/problem.js';
-import type { FileBody } from '../proxy/request-body.js';
+import type { Problem } from '../listener/problem.js';
+import type { FileBody } from '../listener/request-body.js';
 import type { Endpoint, Upstream } from '../upstream/upstream.js';
 
 /**

@@ -2,11 +2,11 @@
  * The innermost handler: one attempt to one endpoint of the route's upstream.
  */
 
+import { Attempt, type AttemptError } from '../attempt/attempt.js';
+import { upstreamRequestHeaders } from '../attempt/headers.js';
 import type { Clock } from '../clock.js';
-import { Attempt, type AttemptError } from '../proxy/attempt.js';
-import { upstreamRequestHeaders } from '../proxy/headers.js';
-import { problem } from '../proxy/problem.js';
-import { FileBody, replayable } from '../proxy/request-body.js';
+import { problem } from '../listener/problem.js';
+import { FileBody, replayable } from '../listener/request-body.js';
 import type { Endpoint } from '../upstream/upstream.js';
 import { classifyOutcome, judgedAtTrailers, judgedStatus, statusLabel, trailersVerdict } from './outcome.js';
 import type { Handler, HttpResponse, Outcome, RequestContext } from './types.js';

@@ -5,10 +5,10 @@
  */
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { isHopByHop } from '../attempt/headers.js';
 import type { Clock } from '../clock.js';
+import { answered, isProblemKind, type Problem, problem, sendProblem } from '../listener/problem.js';
 import type { Logger } from '../observability/logger.js';
-import { isHopByHop } from '../proxy/headers.js';
-import { answered, isProblemKind, type Problem, problem, sendProblem } from '../proxy/problem.js';
 import { type ClientAnswer, LogUnavailable, type SagaEngine } from './engine.js';
 import type { RequestRecord } from './machine.js';
 import type { SagaModel } from './model.js';

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { TempFile, TempFileError, TempFiles } from '../../src/proxy/temp-files.js';
+import { TempFile, TempFileError, TempFiles } from '../../src/stores/temp-files.js';
 import { type Running, startBreakwater } from '../kit/breakwater.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

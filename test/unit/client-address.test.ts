@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type CallOrigin, clientAddress, parseCidr, trustCheck } from '../../src/proxy/client-address.js';
+import { type CallOrigin, clientAddress, parseCidr, trustCheck } from '../../src/listener/client-address.js';
 
 /** The two fields clientAddress reads: the peer address and the headers. */
 function req(remoteAddress: string, xff?: string): CallOrigin {

@@ -27,7 +27,7 @@ const EXCEPTIONS: Record<string, string> = {
   'lifecycle/watch.ts': "the config file watcher's debounce waits for the file system, in real time",
   'observability/logger.ts':
     "a log line's time is the wall clock that other systems' logs are read against, never a test's clock",
-  'proxy/relay.ts':
+  'attempt/relay.ts':
     "send_timeout is an idle timer refreshed on every write (Node's timer.refresh(), a field write on the hot path), like a socket's idle timeout",
 };
 

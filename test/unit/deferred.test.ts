@@ -7,15 +7,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { AttemptError } from '../../src/attempt/attempt.js';
 import type { DeferredPolicy, DeferredStoreModel } from '../../src/config/resolve.js';
 import { deferTrigger, judgeDelivery, nextDelay } from '../../src/deferred/model.js';
 import { DeferredQueue, type NewItem } from '../../src/deferred/queue.js';
+import { problem } from '../../src/listener/problem.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
 import type { InternalResult } from '../../src/pipeline/internal-call.js';
 import { newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
-import { AttemptError } from '../../src/proxy/attempt.js';
-import { problem } from '../../src/proxy/problem.js';
 import { EmbeddedStore } from '../../src/stores/embedded.js';
 import { ManualClock } from '../kit/clock.js';
 

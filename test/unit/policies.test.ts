@@ -3,14 +3,14 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { Attempt, ResponseHead } from '../../src/attempt/attempt.js';
+import { AttemptError } from '../../src/attempt/attempt.js';
 import { DEFAULTS, type RetryPolicy, type RouteModel } from '../../src/config/resolve.js';
 import { Bulkhead } from '../../src/pipeline/bulkhead.js';
 import { deadlineLayer } from '../../src/pipeline/deadline.js';
 import { RateLimiter } from '../../src/pipeline/rate-limiter.js';
 import { backoff, RetryBudget, retryAfterMs, retryLayer } from '../../src/pipeline/retry.js';
 import { callRequest, newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
-import type { Attempt, ResponseHead } from '../../src/proxy/attempt.js';
-import { AttemptError } from '../../src/proxy/attempt.js';
 import { ManualClock } from '../kit/clock.js';
 
 function ctx(method = 'GET', headers: Record<string, string> = {}): RequestContext {

@@ -5,6 +5,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { type Attempt, AttemptError, type ResponseHead } from '../../src/attempt/attempt.js';
 import {
   DEFAULTS,
   type IdempotencyPolicy,
@@ -13,7 +14,6 @@ import {
 } from '../../src/config/resolve.js';
 import { RetryBudget, retryLayer } from '../../src/pipeline/retry.js';
 import { callRequest, newContext, type Outcome, type RequestContext } from '../../src/pipeline/types.js';
-import { type Attempt, AttemptError, type ResponseHead } from '../../src/proxy/attempt.js';
 import { ManualClock } from '../kit/clock.js';
 
 /** How an attempt failed. `refused` and `refused-stream` certainly were not processed. */

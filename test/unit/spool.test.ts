@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ResponseSpool } from '../../src/proxy/spool.js';
-import { TempFiles } from '../../src/proxy/temp-files.js';
+import { ResponseSpool } from '../../src/attempt/spool.js';
+import { TempFiles } from '../../src/stores/temp-files.js';
 
 type Op =
   | { readonly kind: 'push'; readonly len: number }

@@ -16,7 +16,7 @@
  * cannot take more (full, failed, or writes not keeping up: unwritten bytes count as memory, up to
  * `memory` more).
  */
-import type { TempFile, TempFileError, TempFiles } from './temp-files.js';
+import type { TempFile, TempFileError, TempFiles } from '../stores/temp-files.js';
 
 interface Block {
   /** The bytes, while they are in memory. */

@@ -13,6 +13,7 @@ import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import type { Socket } from 'node:net';
 import type { Clock } from '../clock.js';
+import { problem } from '../listener/problem.js';
 import {
   type Call,
   type CallResponse,
@@ -23,7 +24,6 @@ import {
 import { secureContextOf, tlsNameOf } from '../upstream/upstream.js';
 import { AttemptError, classify } from './attempt.js';
 import { upgradeRequestHeaders } from './headers.js';
-import { problem } from './problem.js';
 
 /** The head of a handshake's answer, as a call's response offers it. */
 export interface HandshakeHead {

@@ -16,8 +16,8 @@ import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Readable } from 'node:stream';
 import type { Clock } from '../clock.js';
+import type { TempFile, TempFiles } from '../stores/temp-files.js';
 import { isHttp2 } from './protocol.js';
-import type { TempFile, TempFiles } from './temp-files.js';
 
 /** A request body read whole into a temporary file (removed when the request ends). */
 export class FileBody {

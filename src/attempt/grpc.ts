@@ -11,8 +11,8 @@
  * - `grpc-timeout` is the call's deadline.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Problem, ProblemKind } from './problem-types.js';
-import { responseStream } from './protocol.js';
+import type { Problem, ProblemKind } from '../listener/problem-types.js';
+import { responseStream } from '../listener/protocol.js';
 
 /** The status codes, by the names `retry_on` uses. */
 export const GRPC_CODES = {

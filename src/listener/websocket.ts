@@ -22,14 +22,14 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Handshake, HandshakeResponse } from '../attempt/handshake.js';
+import { upgradeResponseHeaders } from '../attempt/headers.js';
 import type { Clock } from '../clock.js';
 import type { RouteModel } from '../config/resolve.js';
-import type { Recorder } from '../listener/recorder.js';
 import { classifyOutcome, statusLabel } from '../pipeline/outcome.js';
 import { type Call, type Outcome, type RequestContext, runFinishers } from '../pipeline/types.js';
-import type { Handshake, HandshakeResponse } from './handshake.js';
-import { upgradeResponseHeaders } from './headers.js';
 import { endWithProblem, failureProblem, type Problem, problem } from './problem.js';
+import type { Recorder } from './recorder.js';
 
 /** An upgrade request as the listener received it. */
 export interface UpgradeRequest {

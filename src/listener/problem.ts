@@ -4,8 +4,8 @@
  */
 import { type ServerResponse, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { AttemptError } from './attempt.js';
-import { isGrpcRequest, sendGrpcProblem } from './grpc.js';
+import type { AttemptError } from '../attempt/attempt.js';
+import { isGrpcRequest, sendGrpcProblem } from '../attempt/grpc.js';
 import type { Problem, ProblemKind } from './problem-types.js';
 import { responseStream } from './protocol.js';
 

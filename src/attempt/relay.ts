@@ -17,9 +17,9 @@
  * client connection is destroyed, so a short body never passes for a whole one.
  */
 import type { ServerResponse } from 'node:http';
-import { responseStream } from './protocol.js';
+import { responseStream } from '../listener/protocol.js';
+import type { TempFileError, TempFiles } from '../stores/temp-files.js';
 import { ResponseSpool } from './spool.js';
-import type { TempFileError, TempFiles } from './temp-files.js';
 
 /** How far (bytes queued for the client) a response from an HTTP/2 upstream may run ahead. */
 export const H2_MAX_BACKLOG = 64 * 1024 * 1024;

@@ -8,8 +8,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import type { TrustCheck } from './client-address.js';
-import { isHttp2 } from './protocol.js';
+import type { TrustCheck } from '../listener/client-address.js';
+import { isHttp2 } from '../listener/protocol.js';
 
 const HOP_BY_HOP = new Set([
   'connection',
