@@ -564,6 +564,7 @@ export class Breakwater {
       cache: this.cache,
       redis: this.current?.redis?.store,
       deferred: this.deferred ? { upstreams: this.deferred.queue.upstreams() } : undefined,
+      sagas: this.sagaService?.state(),
       now: this.clock.now(),
     });
   }

@@ -129,6 +129,11 @@ export class RedisSagaLog implements SagaLog {
     readonly lease: number,
   ) {}
 
+  /** The owner this process writes on its sagas (undefined until the log is first used). */
+  get instance(): string | undefined {
+    return this.owner ?? this.store()?.instanceId;
+  }
+
   private keys(): Keys {
     const store = this.store();
     if (!store) throw new Error('stores.redis is not configured (saga_store.backend: redis needs it)');

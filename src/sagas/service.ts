@@ -286,6 +286,24 @@ export class SagaService {
     return this.log.backend;
   }
 
+  /** For GET /state: where the log lives, and the sagas this process drives and those parked. */
+  state(): {
+    backend: string;
+    lease_ms: number | null;
+    instance: string | null;
+    driving: number;
+    parked: number;
+  } {
+    const log = this.log;
+    return {
+      backend: log.backend,
+      lease_ms: log.lease ?? null,
+      instance: log instanceof RedisSagaLog ? (log.instance ?? null) : null,
+      driving: this.engine.liveIds().length,
+      parked: this.parked.size,
+    };
+  }
+
   /** Newest first (ids are time-ordered), read only as far as `limit` matches. */
   async list(filter: {
     state?: SagaState | undefined;

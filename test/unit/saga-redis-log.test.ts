@@ -7,8 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/clock.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
-import { type RequestRecord, SAGA_STATES, type SagaRecord, type SagaState } from '../../src/sagas/machine.js';
 import { SagaFenced } from '../../src/sagas/log.js';
+import { type RequestRecord, SAGA_STATES, type SagaRecord, type SagaState } from '../../src/sagas/machine.js';
 import { RedisSagaLog } from '../../src/sagas/redis-log.js';
 import { RedisStore, StoreUnavailableError } from '../../src/stores/redis.js';
 import { type RedisServer, redisTool, startRedis } from '../kit/redis.js';
@@ -26,7 +26,11 @@ const request: RequestRecord = {
 };
 
 let seq = 0;
-function record(state: SagaState = 'running', saga = 'checkout', createdAt = 1_700_000_000_000 + seq): SagaRecord {
+function record(
+  state: SagaState = 'running',
+  saga = 'checkout',
+  createdAt = 1_700_000_000_000 + seq,
+): SagaRecord {
   seq++;
   return {
     id: `0000-${String(seq).padStart(6, '0')}`,
@@ -114,10 +118,11 @@ describe.skipIf(!redisTool.available)('the saga log on Redis', () => {
     const hash = (id: string) => storeA.key(`saga:${id}`, 'sagas');
     expect(await storeA.client.hmget(hash(first.id), 'owner', 'lease')).toEqual([null, null]);
     expect((await storeA.client.hget(hash(second.id), 'owner')) as string).toBe(storeA.instanceId);
-    expect(await storeA.client.zrange(storeA.key('sagas:lease', 'sagas'), 0, -1)).toEqual([second.id]);
+    expect(await storeA.client.zrange(storeA.key('sagas:lease', 'sagas'), 0, '-1')).toEqual([second.id]);
     expect(await b.remove(first.id)).toBe(true);
     expect(await b.get(first.id)).toBeUndefined();
-    for (const s of SAGA_STATES) expect((await all(a.list({ state: s }))).map((r) => r.id)).not.toContain(first.id);
+    for (const s of SAGA_STATES)
+      expect((await all(a.list({ state: s }))).map((r) => r.id)).not.toContain(first.id);
   });
 
   it('fencing: once a lapsed saga is taken over, the stale owner can neither write nor renew it', async () => {
