@@ -5,10 +5,14 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/clock.js';
+import type { SagaInput } from '../../src/config/schema.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { createMetrics } from '../../src/observability/metrics.js';
+import type { InternalRequest, InternalResult } from '../../src/pipeline/internal-call.js';
+import { SagaEngine } from '../../src/sagas/engine.js';
 import { SagaFenced } from '../../src/sagas/log.js';
 import { type RequestRecord, SAGA_STATES, type SagaRecord, type SagaState } from '../../src/sagas/machine.js';
+import { type SagaModel, sagasOf } from '../../src/sagas/model.js';
 import { RedisSagaLog } from '../../src/sagas/redis-log.js';
 import { RedisStore, StoreUnavailableError } from '../../src/stores/redis.js';
 import { type RedisServer, redisTool, startRedis } from '../kit/redis.js';
@@ -210,5 +214,71 @@ describe.skipIf(!redisTool.available)('the saga log on Redis', () => {
         await sleep(100);
       }
     }
+  });
+
+  it('two engines: a stale owner whose step answers after the takeover writes nothing and stops; the new owner compensates', async () => {
+    const { a, b } = await replicas(300);
+    const input: SagaInput = {
+      trigger: { listener: 'main', method: 'POST', path: '/go' },
+      steps: [
+        {
+          name: 'order',
+          call: { upstream: 'orders', path: '/orders' },
+          compensate: { upstream: 'orders', path: '/orders/{{ saga.id }}/cancel' },
+        },
+      ],
+      timeout: 60_000,
+      long_running_action: false,
+      max_response_bytes: 65536,
+      retention: 86_400_000,
+    };
+    const model = sagasOf({ go: input }, []).go as SagaModel;
+    const ok = (status: number): InternalResult => ({
+      type: 'response',
+      status,
+      headers: [],
+      body: Buffer.from('{}'),
+      attempts: 1,
+    });
+    // A's step call hangs until released (a GC pause, a partition); B's calls answer at once.
+    let answerA: (r: InternalResult) => void = () => undefined;
+    const sentB: string[] = [];
+    const lostA: unknown[] = [];
+    const engineA = new SagaEngine({
+      clock: systemClock,
+      log: a,
+      model: () => model,
+      names: () => ['go'],
+      call: () => new Promise((r) => (answerA = r)),
+      observer: { logFailed: (_rec, err) => lostA.push(err) },
+    });
+    const engineB = new SagaEngine({
+      clock: systemClock,
+      log: b,
+      model: () => model,
+      names: () => ['go'],
+      call: async (_u, req: InternalRequest) => {
+        sentB.push(`${req.method} ${req.path}`);
+        return ok(200);
+      },
+    });
+    const started = engineA.begin(model, request);
+    await sleep(450);
+    // A never renewed: B takes the saga over (the step is of unknown outcome: it is compensated).
+    expect(await engineB.recover()).toBe(1);
+    await engineB.idle();
+    const [rec] = await all(b.list());
+    expect(rec?.state).toBe('compensated');
+    expect(sentB).toEqual([`POST /orders/${rec?.id}/cancel`]);
+    // A's step answers now: its write is refused, it acts no further, and the client hears 503.
+    answerA(ok(201));
+    const { answer } = await started;
+    expect(answer.status).toBe(503);
+    await engineA.idle();
+    expect(lostA).toHaveLength(1);
+    expect(lostA[0]).toBeInstanceOf(SagaFenced);
+    const after = await a.get(rec?.id as string);
+    expect(after?.state).toBe('compensated');
+    expect(after?.history.map((h) => h.event)).not.toContain('step_succeeded');
   });
 });
