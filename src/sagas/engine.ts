@@ -553,7 +553,9 @@ export class SagaEngine {
       return problemAnswer(
         'saga-unavailable',
         503,
-        'breakwater stopped before the saga ended; it is recovered at the next start',
+        this.deps.log.lease === undefined
+          ? 'breakwater stopped before the saga ended; it is recovered at the next start'
+          : 'this replica stopped driving the saga before it ended; a replica takes it over once its lease lapses',
         sagaHeaders,
       );
     if (rec.state === 'completed') {
