@@ -277,7 +277,10 @@ export class Breakwater {
     let sagasOpened = false;
     if (!this.sagaService && Object.keys(config.sagas).length > 0) {
       this.sagaService = await SagaService.open({
-        store: await this.embeddedStore(config.dataDir),
+        backend:
+          config.sagaStore.backend === 'redis'
+            ? { kind: 'redis', store: () => this.current?.redis?.store, lease: config.sagaStore.lease }
+            : { kind: 'embedded', store: await this.embeddedStore(config.dataDir) },
         clock: this.clock,
         call: (upstream, request, max) => this.callUpstream(upstream, request, max),
         metrics,
@@ -286,7 +289,11 @@ export class Breakwater {
         sagaUrl: (id) => `${this.adminBase()}/sagas/${id}`,
       });
       sagasOpened = true;
-    }
+    } else if (this.sagaService && this.sagaService.backend !== config.sagaStore.backend)
+      logger.warn(
+        { event: 'saga_store_changed', backend: config.sagaStore.backend, in_use: this.sagaService.backend },
+        `saga_store.backend changed to ${config.sagaStore.backend}; the ${this.sagaService.backend} saga log stays in use until breakwater restarts`,
+      );
     if (!this.deferred && Deferred.wanted(config.listeners.flatMap((l) => l.routes)))
       this.deferred = await Deferred.open(await this.embeddedStore(config.dataDir), {
         metrics,
@@ -557,6 +564,7 @@ export class Breakwater {
       cache: this.cache,
       redis: this.current?.redis?.store,
       deferred: this.deferred ? { upstreams: this.deferred.queue.upstreams() } : undefined,
+      sagas: this.sagaService?.state(),
       now: this.clock.now(),
     });
   }

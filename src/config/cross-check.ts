@@ -156,6 +156,19 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
   for (const [un, u] of Object.entries(cfg.upstreams))
     if (u.rate_limiter?.scope !== undefined || u.rate_limiter?.mode !== undefined)
       globalScope(['upstreams', un, 'rate_limiter'], u.rate_limiter);
+  if (cfg.saga_store.backend === 'redis' && !redis)
+    issue(
+      ['saga_store', 'backend'],
+      'backend: redis needs stores.redis (the saga log is shared through Redis); add a stores.redis block or use backend: embedded',
+    );
+  const lease = cfg.saga_store.lease;
+  if (lease !== undefined && cfg.saga_store.backend !== 'redis')
+    issue(
+      ['saga_store', 'lease'],
+      'lease is read only with backend: redis (one process owns every saga of an embedded log); set backend: redis, or remove lease',
+    );
+  else if (lease !== undefined && lease < 1000)
+    issue(['saga_store', 'lease'], 'lease must be at least 1s (it is renewed every lease/3)');
   cfg.listeners.forEach((l, li) => {
     l.routes.forEach((r, ri) => {
       if (r.deferred && r.request_buffering === false)

@@ -248,6 +248,13 @@ export interface DeferredPolicy {
   readonly orderingKey: string | undefined;
 }
 
+/** `saga_store`: where the saga log lives. */
+export interface SagaStoreModel {
+  readonly backend: 'embedded' | 'redis';
+  /** ms a replica owns a saga in flight without renewing it (redis). */
+  readonly lease: number;
+}
+
 export interface DeferredStoreModel {
   readonly maxItems: number;
   readonly maxBytes: number;
@@ -358,6 +365,7 @@ export interface ResolvedConfig {
   readonly sagas: Readonly<Record<string, SagaModel>>;
   /** Caps and retention of the deferred-delivery queue (in the embedded store). */
   readonly deferredStore: DeferredStoreModel;
+  readonly sagaStore: SagaStoreModel;
   /** Which fallback each upstream uses, from `upstreams.<n>.fallback` or `resilience.fallback.services`. */
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
@@ -883,6 +891,7 @@ export async function resolveConfig(
     },
     dataDir: resolvePath(base, cfg.data_dir ?? process.env.BREAKWATER_DATA_DIR ?? 'breakwater-data'),
     sagas: sagasOf(cfg.sagas, problems),
+    sagaStore: { backend: cfg.saga_store.backend, lease: cfg.saga_store.lease ?? 30_000 },
     deferredStore: {
       maxItems: cfg.deferred_store?.max_items ?? 100_000,
       maxBytes: cfg.deferred_store?.max_bytes ?? 256 * 1024 * 1024,

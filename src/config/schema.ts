@@ -1040,6 +1040,22 @@ export const configSchema = z.strictObject({
     .describe(
       'Sagas: a request on a listener that runs several steps on upstreams in order, and compensates the completed ones in reverse when one fails; durable in data_dir.',
     ),
+  saga_store: z
+    .strictObject({
+      backend: z
+        .enum(['embedded', 'redis'])
+        .default('embedded')
+        .describe(
+          'Where the saga log lives: embedded (data_dir, one process drives its sagas) or redis (stores.redis, shared by the replicas: a replica takes over the sagas of one that died). Redis makes a transition durable only as far as its persistence does (appendfsync always recommended). Default: embedded.',
+        ),
+      lease: duration
+        .optional()
+        .describe(
+          'backend: redis: how long a replica owns a saga in flight without renewing it (renewed every lease/3); after it lapses another replica takes the saga over and finishes or compensates it. At least 1s. Default: 30s.',
+        ),
+    })
+    .prefault({})
+    .describe('The saga log: embedded store or Redis (fleet mode), and the lease of sagas in flight.'),
   deferred_store: z
     .strictObject({
       max_items: positiveInt

@@ -17,6 +17,8 @@ export interface StateView {
   readonly redis: RedisStore | undefined;
   /** The deferred-delivery queue per upstream, when a route has `deferred:`. */
   readonly deferred: unknown;
+  /** The saga log (backend, lease, sagas this process drives), when the config has `sagas:`. */
+  readonly sagas?: unknown;
   /** Clock time now. */
   readonly now: number;
 }
@@ -87,6 +89,7 @@ export function stateOf(v: StateView): unknown {
     upstreams,
     cache: cache ? { bytes: cache.bytes, entries: cache.entries, max_bytes: cache.maxBytes } : null,
     deferred: v.deferred ?? null,
+    sagas: v.sagas ?? null,
     stores: { redis: v.redis?.health() ?? null },
   };
 }

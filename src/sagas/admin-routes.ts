@@ -73,12 +73,12 @@ export function sagaRoutes(runtime: AdminRuntime, token: string | undefined) {
         const limit = req.query.limit === undefined ? 100 : Number(req.query.limit);
         if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIST)
           return adminProblem(reply, 400, 'bad-request', `limit must be an integer from 1 to ${MAX_LIST}`);
-        return { sagas: s.list({ state, saga, limit }).map(summary) };
+        return { sagas: (await s.list({ state, saga, limit })).map(summary) };
       },
     );
     app.get<{ Params: { id: string } }>('/sagas/:id', async (req, reply) => {
       reply.header('cache-control', 'no-store');
-      const rec = service()?.get(req.params.id);
+      const rec = await service()?.get(req.params.id);
       if (!rec)
         return adminProblem(
           reply,
@@ -109,10 +109,10 @@ export function sagaRoutes(runtime: AdminRuntime, token: string | undefined) {
             reply,
             409,
             'saga-conflict',
-            `saga ${req.params.id} is ${s.get(req.params.id)?.state}: only a failed_to_compensate saga is retried`,
+            `saga ${req.params.id} is ${(await s.get(req.params.id))?.state}: only a failed_to_compensate saga is retried`,
           );
         reply.code(202);
-        return detail(s.get(req.params.id) as SagaRecord);
+        return detail((await s.get(req.params.id)) as SagaRecord);
       },
     );
     app.delete<{ Params: { id: string } }>(
@@ -129,7 +129,7 @@ export function sagaRoutes(runtime: AdminRuntime, token: string | undefined) {
             reply,
             409,
             'saga-conflict',
-            `saga ${req.params.id} is being driven now; forget it once it is parked or finished`,
+            `saga ${req.params.id} is being driven now (here or by another replica); forget it once it is parked or finished`,
           );
         return { forgotten: req.params.id };
       },

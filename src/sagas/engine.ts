@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Clock } from '../clock.js';
 import type { InternalRequest, InternalResult } from '../pipeline/internal-call.js';
+import { SagaFenced, type SagaLog } from './log.js';
 import {
   type Action,
   type Answer,
@@ -26,16 +27,6 @@ import {
 import type { RetryModel, SagaAnswerModel, SagaCallModel, SagaModel } from './model.js';
 import { RenderError, type RenderInput, render } from './template.js';
 
-/** The durable record of every saga (log.ts: the embedded store; tests: memory). */
-export interface SagaLog {
-  /** Resolves once the record is durable. */
-  put(rec: SagaRecord): Promise<void>;
-  get(id: string): SagaRecord | undefined;
-  /** Every record, oldest first (ids are time-ordered), or newest first with `reverse`. */
-  list(options?: { readonly reverse?: boolean }): Iterable<SagaRecord>;
-  remove(id: string): Promise<void>;
-}
-
 export type StepCaller = (
   upstream: string,
   request: InternalRequest,
@@ -49,7 +40,10 @@ export interface SagaObserver {
   finished?(rec: SagaRecord): void;
   compensation?(rec: SagaRecord, step: string, outcome: 'success' | 'failure' | 'gave_up'): void;
   recovered?(rec: SagaRecord): void;
-  /** The log could not be written: the saga stops here until the next start. */
+  /**
+   * The log could not be written (or refused the write: another replica owns the saga now): the
+   * saga stops here until it is recovered (the next start, or a takeover after its lease).
+   */
   logFailed?(rec: SagaRecord, err: unknown): void;
 }
 
@@ -88,7 +82,9 @@ export class SagaEngine {
   /** Sagas being driven now, by id: the drive loop's promise and the saga's name. */
   private readonly live = new Map<string, Promise<void>>();
   private readonly liveSaga = new Map<string, string>();
-  private readonly waits = new Set<{ handle: unknown; wake: () => void }>();
+  private readonly waits = new Set<{ id: string; handle: unknown; wake: () => void }>();
+  /** Sagas this process lost (another replica owns them now): their loop ends at its next turn. */
+  private readonly lost = new Set<string>();
   private stopped = false;
   /** Parsed JSON of answers and request bodies, for templates. */
   private readonly json = new WeakMap<object, unknown>();
@@ -127,7 +123,7 @@ export class SagaEngine {
       history: [{ at: now, event: 'started' }],
     };
     try {
-      await this.deps.log.put(rec);
+      await this.deps.log.put(rec, 'create');
     } catch (err) {
       throw new LogUnavailable(`the saga log cannot be written: ${(err as Error).message}`);
     }
@@ -143,11 +139,15 @@ export class SagaEngine {
     return { id: rec.id, answer: await answer };
   }
 
-  /** Drives again every saga the log holds as running or compensating. Returns how many. */
-  recover(): number {
+  /**
+   * Drives every saga in flight the log hands this process (log.takeOver: at start on the embedded
+   * log, those whose lease lapsed on Redis). Returns how many.
+   */
+  async recover(): Promise<number> {
+    const names = (this.deps.names?.() ?? []).filter((n) => this.deps.model(n) !== undefined);
     let n = 0;
-    for (const rec of this.deps.log.list()) {
-      if (!inFlight(rec.state) || this.live.has(rec.id)) continue;
+    for (const rec of await this.deps.log.takeOver(names)) {
+      if (this.stopped || this.live.has(rec.id)) continue;
       const model = this.deps.model(rec.saga);
       if (!model) continue;
       n++;
@@ -157,26 +157,47 @@ export class SagaEngine {
     return n;
   }
 
+  /** Ids of the sagas this process drives now (their leases are renewed). */
+  liveIds(): string[] {
+    return [...this.live.keys()];
+  }
+
+  /** Stops driving a saga another process owns now (its lease was lost): it ends at its next turn. */
+  abandon(id: string): void {
+    if (!this.live.has(id)) return;
+    this.lost.add(id);
+    for (const w of this.waits)
+      if (w.id === id) {
+        this.deps.clock.clearTimeout(w.handle);
+        w.wake();
+      }
+  }
+
   /** An operator's retry of a saga that failed to compensate. */
   async retry(id: string): Promise<'ok' | 'not_found' | 'conflict' | 'unknown_saga'> {
-    const rec = this.deps.log.get(id);
+    const rec = await this.deps.log.get(id);
     if (!rec) return 'not_found';
     if (rec.state !== 'failed_to_compensate' || this.live.has(id)) return 'conflict';
     const model = this.deps.model(rec.saga);
     if (!model) return 'unknown_saga';
     this.transition(rec, { type: 'retry_requested' });
-    await this.deps.log.put(rec);
+    try {
+      await this.deps.log.put(rec, 'retry');
+    } catch (err) {
+      // Another replica's operator retried it first.
+      if (err instanceof SagaFenced) return 'conflict';
+      throw err;
+    }
     this.track(rec, model);
     return 'ok';
   }
 
-  /** Removes a saga's record (not while it runs). */
+  /** Removes a saga's record (not while it runs, here or on another replica). */
   async forget(id: string): Promise<'ok' | 'not_found' | 'conflict'> {
-    const rec = this.deps.log.get(id);
+    const rec = await this.deps.log.get(id);
     if (!rec) return 'not_found';
     if (this.live.has(id)) return 'conflict';
-    await this.deps.log.remove(id);
-    return 'ok';
+    return (await this.deps.log.remove(id)) ? 'ok' : 'conflict';
   }
 
   /**
@@ -190,13 +211,13 @@ export class SagaEngine {
       retentions.push(this.deps.model(name)?.retention ?? defaultRetention);
     const horizon = now - Math.min(...retentions);
     const expired: string[] = [];
-    for (const rec of this.deps.log.list()) {
-      if (rec.createdAt > horizon) break;
-      if (rec.state !== 'completed' && rec.state !== 'compensated') continue;
-      const keep = this.deps.model(rec.saga)?.retention ?? defaultRetention;
-      if ((rec.finishedAt ?? rec.updatedAt) + keep > now || this.live.has(rec.id)) continue;
-      expired.push(rec.id);
-    }
+    for (const state of ['completed', 'compensated'] as const)
+      for await (const rec of this.deps.log.list({ state })) {
+        if (rec.createdAt > horizon) break;
+        const keep = this.deps.model(rec.saga)?.retention ?? defaultRetention;
+        if ((rec.finishedAt ?? rec.updatedAt) + keep > now || this.live.has(rec.id)) continue;
+        expired.push(rec.id);
+      }
     for (const id of expired) await this.deps.log.remove(id);
     return expired.length;
   }
@@ -232,6 +253,7 @@ export class SagaEngine {
       .finally(() => {
         this.live.delete(rec.id);
         this.liveSaga.delete(rec.id);
+        this.lost.delete(rec.id);
       });
     this.live.set(rec.id, run);
     this.liveSaga.set(rec.id, rec.saga);
@@ -257,7 +279,7 @@ export class SagaEngine {
         forwardEnded?.(rec);
       }
     };
-    while (!this.stopped) {
+    while (!this.stopped && !this.lost.has(rec.id)) {
       const action: Action = decide(rec, policies, this.deps.clock.wall());
       if (action.kind === 'none') break;
       switch (action.kind) {
@@ -266,7 +288,7 @@ export class SagaEngine {
           await this.deps.log.put(rec);
           break;
         case 'wait':
-          await this.sleepUntil(action.until);
+          await this.sleepUntil(rec.id, action.until);
           break;
         case 'call':
           await this.callStep(rec, model, action.step, endForward);
@@ -420,9 +442,10 @@ export class SagaEngine {
     return status < 400 || extra.has(status);
   }
 
-  private sleepUntil(until: number): Promise<void> {
+  private sleepUntil(id: string, until: number): Promise<void> {
     return new Promise((resolve) => {
       const w = {
+        id,
         handle: undefined as unknown,
         wake: () => {
           this.waits.delete(w);
@@ -530,7 +553,9 @@ export class SagaEngine {
       return problemAnswer(
         'saga-unavailable',
         503,
-        'breakwater stopped before the saga ended; it is recovered at the next start',
+        this.deps.log.lease === undefined
+          ? 'breakwater stopped before the saga ended; it is recovered at the next start'
+          : 'this replica stopped driving the saga before it ended; a replica takes it over once its lease lapses',
         sagaHeaders,
       );
     if (rec.state === 'completed') {

@@ -213,3 +213,68 @@ describe('config/examples/fleet.yaml', () => {
     expect(config.listeners[0]?.routes[0]?.idempotency?.store).toBe('redis');
   });
 });
+
+describe('saga_store', () => {
+  const sagas = `
+sagas:
+  checkout:
+    trigger: { listener: main, path: /checkout }
+    steps:
+      - { name: order, call: { upstream: app, path: /orders } }
+`;
+  const problems = async (yaml: string) => {
+    try {
+      await parseConfigText(yaml, '/etc/bw.yaml', { env: {} });
+    } catch (err) {
+      if (err instanceof ConfigError) return err.problems;
+      throw err;
+    }
+    throw new Error('expected the config to be rejected');
+  };
+
+  it('defaults to the embedded log; backend: redis with stores.redis takes a lease (default 30s)', async () => {
+    const embedded = await parseConfigText(base('', sagas), 'test.yaml', { env: {} });
+    expect(embedded.sagaStore).toEqual({ backend: 'embedded', lease: 30_000 });
+    const redis = await parseConfigText(
+      base('', `${sagas}saga_store: { backend: redis }\nstores:\n  redis: { url: "redis://127.0.0.1:6379" }`),
+      'test.yaml',
+      { env: {} },
+    );
+    expect(redis.sagaStore).toEqual({ backend: 'redis', lease: 30_000 });
+    const short = await parseConfigText(
+      base(
+        '',
+        `${sagas}saga_store: { backend: redis, lease: 2s }\nstores:\n  redis: { url: "redis://127.0.0.1:6379" }`,
+      ),
+      'test.yaml',
+      { env: {} },
+    );
+    expect(short.sagaStore.lease).toBe(2_000);
+  });
+
+  it('refuses backend: redis without stores.redis, at the key with its file, line and column', async () => {
+    const yaml = `${base('', sagas)}saga_store:\n  backend: redis\n`;
+    const [p, ...rest] = await problems(yaml);
+    expect(rest).toEqual([]);
+    const line = yaml.split('\n').indexOf('  backend: redis') + 1;
+    expect(p).toMatchObject({ file: '/etc/bw.yaml', key: 'saga_store.backend', line, column: 12 });
+    expect(p?.message).toBe(
+      'backend: redis needs stores.redis (the saga log is shared through Redis); add a stores.redis block or use backend: embedded',
+    );
+  });
+
+  it('refuses a lease the embedded log would ignore, and one under 1s', async () => {
+    const ignored = await problems(`${base('', sagas)}saga_store: { lease: 10s }\n`);
+    expect(ignored.map((p) => `${p.key}: ${p.message}`)).toEqual([
+      'saga_store.lease: lease is read only with backend: redis (one process owns every saga of an embedded log); set backend: redis, or remove lease',
+    ]);
+    const tiny = await problems(
+      `${base('', sagas)}saga_store: { backend: redis, lease: 500ms }\nstores:\n  redis: { url: "redis://127.0.0.1:6379" }\n`,
+    );
+    expect(tiny.map((p) => `${p.key}: ${p.message}`)).toEqual([
+      'saga_store.lease: lease must be at least 1s (it is renewed every lease/3)',
+    ]);
+    const backend = await problems(`${base('', sagas)}saga_store: { backend: etcd }\n`);
+    expect(backend.map((p) => p.key)).toEqual(['saga_store.backend']);
+  });
+});

@@ -4,8 +4,8 @@ import type { Clock } from '../../src/clock.js';
 import type { SagaInput } from '../../src/config/schema.js';
 import { problem } from '../../src/listener/problem.js';
 import type { InternalRequest, InternalResult } from '../../src/pipeline/internal-call.js';
-import { SagaEngine, type SagaLog } from '../../src/sagas/engine.js';
-import { MemorySagaLog } from '../../src/sagas/log.js';
+import { SagaEngine } from '../../src/sagas/engine.js';
+import { MemorySagaLog, type SagaLog, type SagaWrite } from '../../src/sagas/log.js';
 import type { RequestRecord, SagaRecord } from '../../src/sagas/machine.js';
 import { type SagaModel, sagasOf } from '../../src/sagas/model.js';
 
@@ -176,17 +176,19 @@ const request: RequestRecord = {
 
 /** A log that dies (like the process) after `after` writes: later writes never complete. */
 class DyingLog implements SagaLog {
+  readonly backend = 'embedded';
+  readonly lease = undefined;
   constructor(
     readonly inner: MemorySagaLog,
     private after: number,
     private readonly onDeath: () => void,
   ) {}
-  put(rec: SagaRecord): Promise<void> {
+  put(rec: SagaRecord, how?: SagaWrite): Promise<void> {
     if (this.after-- <= 0) {
       this.onDeath();
       return new Promise(() => undefined);
     }
-    return this.inner.put(rec);
+    return this.inner.put(rec, how);
   }
   get(id: string) {
     return this.inner.get(id);
@@ -196,6 +198,15 @@ class DyingLog implements SagaLog {
   }
   remove(id: string) {
     return this.inner.remove(id);
+  }
+  takeOver(names: readonly string[]) {
+    return this.inner.takeOver(names);
+  }
+  renew() {
+    return this.inner.renew();
+  }
+  release() {
+    return this.inner.release();
   }
 }
 
@@ -234,7 +245,7 @@ describe('saga engine (state machine, virtual clock, fake services)', () => {
         await clock.settle();
         const { id, answer } = await started;
         await engine.idle();
-        const rec = log.get(id) as SagaRecord;
+        const rec = log.peek(id) as SagaRecord;
         const failing = plan.outcomes.some((o) => o !== 'ok');
         if (!failing) {
           expect(rec.state).toBe('completed');
@@ -281,11 +292,17 @@ describe('saga engine (state machine, virtual clock, fake services)', () => {
         await clock.settle();
         // A new process on the same log (what was written survived), the same services.
         svc.dead = false;
-        const second = new SagaEngine({ clock, call: svc.call, log: durable, model: () => model });
-        second.recover();
+        const second = new SagaEngine({
+          clock,
+          call: svc.call,
+          log: durable,
+          model: () => model,
+          names: () => [model.name],
+        });
+        await second.recover();
         await clock.settle();
         await second.idle();
-        expect(durable.list().map((r) => r.state)).toEqual(['compensated']);
+        expect(durable.all().map((r) => r.state)).toEqual(['compensated']);
         const compensable = [...svc.applied].filter((i) => plan.compensable[i]).sort((a, b) => b - a);
         expect(svc.undone.filter((i) => plan.compensable[i])).toEqual(compensable);
         // Never twice, whatever happened.
@@ -313,14 +330,14 @@ describe('saga engine (state machine, virtual clock, fake services)', () => {
     await clock.settle();
     const { id } = await started;
     await engine.idle();
-    expect(log.get(id)?.state).toBe('failed_to_compensate');
+    expect(log.peek(id)?.state).toBe('failed_to_compensate');
     expect(svc.undoCalls).toEqual([0, 0, 0, 0, 0]);
     expect(outcomes.at(-1)).toBe('s0:gave_up');
-    expect(log.get(id)?.steps[0]?.state).toBe('compensation_failed');
+    expect(log.peek(id)?.steps[0]?.state).toBe('compensation_failed');
     expect(await engine.retry(id)).toBe('ok');
     await clock.settle();
     await engine.idle();
-    expect(log.get(id)?.state).toBe('compensated');
+    expect(log.peek(id)?.state).toBe('compensated');
     expect(svc.undone).toEqual([0]);
   });
 });
@@ -386,7 +403,7 @@ describe('steps of unknown outcome with a status call', () => {
     await clock.settle();
     const { id, answer } = await started;
     await engine.idle();
-    return { rec: log.get(id) as SagaRecord, calls, answer };
+    return { rec: log.peek(id) as SagaRecord, calls, answer };
   }
 
   it('status 2xx: the step was applied and the saga completes', async () => {
@@ -438,7 +455,7 @@ describe('retention', () => {
       ids.push((await started).id);
       await engine.idle();
     }
-    expect(ids.map((id) => log.get(id)?.state)).toEqual(['completed', 'failed_to_compensate']);
+    expect(ids.map((id) => log.peek(id)?.state)).toEqual(['completed', 'failed_to_compensate']);
     const model = modelOf(ok);
     const engine = new SagaEngine({
       clock,
@@ -450,7 +467,7 @@ describe('retention', () => {
     expect(await engine.sweep()).toBe(0);
     clock.t += 86_400_000 + 1;
     expect(await engine.sweep()).toBe(1);
-    expect(log.get(ids[0] as string)).toBeUndefined();
-    expect(log.get(ids[1] as string)?.state).toBe('failed_to_compensate');
+    expect(log.peek(ids[0] as string)).toBeUndefined();
+    expect(log.peek(ids[1] as string)?.state).toBe('failed_to_compensate');
   });
 });
