@@ -32,7 +32,7 @@ import {
   UpstreamPolicies,
 } from './pipeline/index.js';
 import { type InternalRequest, type InternalResult, internalCall } from './pipeline/internal-call.js';
-import type { Call, Handler, RequestContext } from './pipeline/types.js';
+import type { Call, Handler, RequestContext, UpstreamPipeline } from './pipeline/types.js';
 import { SagaService } from './sagas/service.js';
 import { EmbeddedStore } from './stores/embedded.js';
 import { RedisStore } from './stores/redis.js';
@@ -63,14 +63,7 @@ interface Generation {
   readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
   readonly tempFiles: TempFiles;
   /** An upstream's pipeline for calls breakwater makes itself (see `Breakwater.internalPipeline`). */
-  readonly pipelineOf: (upstream: string) => InternalPipeline;
-}
-
-/** A pipeline for a call without a client: its handler, the upstream, and the route it runs as. */
-export interface InternalPipeline {
-  readonly handler: Handler;
-  readonly upstream: Upstream;
-  readonly route: RouteModel;
+  readonly pipelineOf: (upstream: string) => UpstreamPipeline;
 }
 
 export class Breakwater {
@@ -218,8 +211,8 @@ export class Breakwater {
     const policies = new Map<string, UpstreamPolicies>();
     // Fallbacks of type upstream call another upstream through its own policies, minus its
     // fallbacks (so two upstreams naming each other cannot loop).
-    const fallbackPipelines = new Map<string, InternalPipeline>();
-    const pipelineOf = (name: string): InternalPipeline => {
+    const fallbackPipelines = new Map<string, UpstreamPipeline>();
+    const pipelineOf = (name: string): UpstreamPipeline => {
       let p = fallbackPipelines.get(name);
       if (!p) {
         const upstream = upstreams.get(name) as Upstream;
@@ -630,7 +623,7 @@ export class Breakwater {
    * `runFinishers(ctx)` once done with the response (that gives back the bulkhead slot). Undefined
    * for an unknown upstream.
    */
-  internalPipeline(upstream: string): InternalPipeline | undefined {
+  internalPipeline(upstream: string): UpstreamPipeline | undefined {
     const current = this.current;
     return current?.upstreams.has(upstream) ? current.pipelineOf(upstream) : undefined;
   }

@@ -12,14 +12,13 @@
 
 import { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
-import { DEFAULTS, type FallbackModel, type RouteModel } from '../config/resolve.js';
+import { DEFAULTS, type FallbackModel } from '../config/resolve.js';
 import { problem } from '../listener/problem.js';
 import { replayable } from '../listener/request-body.js';
-import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedAtTrailers, judgedStatus, trailersVerdict } from './outcome.js';
 import { grpcStatusNamed, maySendAgain } from './retry.js';
-import type { Handler, Layer, Outcome, RequestContext } from './types.js';
+import type { Layer, Outcome, RequestContext, UpstreamPipeline } from './types.js';
 
 export type Trigger = 'breaker_open' | 'timeout' | 'error' | 'rate_limited' | 'bulkhead_full' | 'degraded';
 export const DEFAULT_TRIGGERS: readonly Trigger[] = [
@@ -73,7 +72,7 @@ export interface FallbackServices {
   readonly cache: ResponseCache;
   readonly clock: Clock;
   /** The pipeline, upstream and route of another upstream, for fallbacks of type upstream. */
-  readonly pipelineOf: (upstream: string) => { handler: Handler; upstream: Upstream; route: RouteModel };
+  readonly pipelineOf: (upstream: string) => UpstreamPipeline;
   readonly served: (upstream: string, fallback: string, reason: Trigger) => void;
   readonly looked: (upstream: string, result: 'hit' | 'miss' | 'stale') => void;
 }
