@@ -24,8 +24,7 @@
 import { type HandshakeResponse, handshakeCall } from '../attempt/handshake.js';
 import type { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
-import { DEFAULTS, type FallbackModel, type RouteModel, type UpstreamModel } from '../config/resolve.js';
-import type { DegradationInput } from '../config/schema.js';
+import type { DegradationModel, FallbackModel, RouteModel, UpstreamModel } from '../config/resolve.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
 import { carried, sameSettings } from '../lifecycle/survives.js';
 import type { Logger } from '../observability/logger.js';
@@ -70,7 +69,7 @@ export interface FallbackContext {
   readonly sharedIdempotency?: IdempotencyStore | undefined;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
   readonly cache: ResponseCache;
-  readonly degradation: DegradationInput | undefined;
+  readonly degradation: DegradationModel | undefined;
   /** The fallback-free pipeline of an upstream, for fallbacks of type upstream. */
   readonly pipelineOf: FallbackServices['pipelineOf'];
 }
@@ -125,23 +124,26 @@ export class UpstreamPolicies {
       looked: (u, result) => metrics.cacheLookups.labels(u, result).inc(),
     });
     const d = fallback.degradation;
-    const svc = d && d.enabled !== false ? d.services.find((x) => x.name === name) : undefined;
+    const svc = d?.services.find((x) => x.name === name);
     const degradationSettings =
       svc && d
-        ? { svc, window: d.window, min: d.minimum_requests, recovery: d.recovery, probe: d.probe_ratio }
+        ? {
+            svc,
+            settings: {
+              window: d.window,
+              minimumRequests: d.minimumRequests,
+              recovery: d.recovery,
+              probeRatio: d.probeRatio,
+            },
+          }
         : undefined;
     const prevMonitor = previous?.degradation?.monitor;
     if (svc && prevMonitor && sameSettings(previous?.degradationSettings, degradationSettings)) {
       this.degradation = { monitor: prevMonitor, fallback: svc.fallback };
-    } else if (svc && d) {
+    } else if (svc && degradationSettings) {
       const monitor = new DegradationMonitor(
         svc.conditions,
-        {
-          window: d.window ?? DEFAULTS.degradation.window,
-          minimumRequests: d.minimum_requests ?? DEFAULTS.degradation.minimumRequests,
-          recovery: d.recovery ?? DEFAULTS.degradation.recovery,
-          probeRatio: d.probe_ratio ?? DEFAULTS.degradation.probeRatio,
-        },
+        degradationSettings.settings,
         clock,
         services.random,
       );

@@ -66,16 +66,16 @@ describe('the design document seed blocks', () => {
     expect(cfg.fallbackOf).toEqual({ recommendation: 'static_top_items', inventory: 'estimated_stock' });
   });
 
-  it('loads the degradation block unchanged with thresholds as milliseconds and ratios', async () => {
+  it('resolves the degradation block: thresholds as milliseconds and ratios, defaults applied', async () => {
     const seed = readFileSync(join(SEEDS, 'degradation.yaml'), 'utf8');
     const cfg = await parseConfigText(BASE + seed, 'degradation.yaml', { env: {} });
-    expect(cfg.degradation?.enabled).toBe(true);
+    expect(cfg.degradation).toMatchObject({ window: 10_000, minimumRequests: 20, recovery: 10_000 });
     expect(cfg.degradation?.services).toEqual([
       {
         name: 'recommendation-service',
         fallback: 'static_response',
         conditions: [
-          { type: 'latency', threshold: 500 },
+          { type: 'latency', threshold: 500, quantile: 0.99 },
           { type: 'error_rate', threshold: 0.5 },
         ],
       },
