@@ -300,7 +300,7 @@ export class Breakwater {
       for (const r of l.routes) {
         const p = policies.get(r.upstream) as UpstreamPolicies;
         pipelines.set(r, buildPipeline(r, p, services));
-        upgrades.set(r, buildUpgradePipeline(p, services));
+        upgrades.set(r, buildUpgradePipeline(r, p, services));
       }
       handlers.set(l.name, {
         listener: l,
