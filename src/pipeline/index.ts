@@ -13,12 +13,15 @@
  *   circuit breaker         per upstream, checked and told the result on every attempt
  *   upstream call           one attempt to one endpoint, its timeout capped by the deadline
  *
- * Per-upstream state (breaker, limiter, bulkhead, retry budget) lives in UpstreamPolicies, shared
- * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
+ * Per-upstream state (breaker, limiter, bulkhead, retry budget, fallback chain and degradation
+ * monitor) lives in UpstreamPolicies, one strategy per policy (strategies.ts), shared by every
+ * route to that upstream; the route's own settings (timeouts, retry, idempotency) shape its stack.
  *
  * A WebSocket handshake passes the same admission layers (limiter, bulkhead, breaker; see
- * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`); a call
- * breakwater makes itself runs an upstream's request pipeline with a context that has no client.
+ * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`). A call
+ * breakwater makes itself (a fallback of type upstream, a deferred delivery, a saga step) runs the
+ * upstream's request pipeline without its fallback layer (`withFallback: false`), with a context
+ * that has no client.
  */
 
 import { type HandshakeResponse, handshakeCall } from '../attempt/handshake.js';
