@@ -140,7 +140,7 @@ export class Breakwater {
       metrics,
       readiness: { ready: () => this.readiness() },
       runtime: this,
-      adminToken: process.env[config.admin.token_env],
+      adminToken: process.env[config.admin.tokenEnv],
     });
     await this.apply(config, source);
     this.phase = 'serving';
@@ -163,8 +163,8 @@ export class Breakwater {
       previous && sameSettings(previous.config.cache, config.cache)
         ? previous.cache
         : new ResponseCache(
-            config.cache.max_bytes,
-            config.cache.max_entry_bytes,
+            config.cache.maxBytes,
+            config.cache.maxEntryBytes,
             new Set(config.cache.statuses),
             {
               evicted: () => metrics.cacheEvictions.inc(),
@@ -308,8 +308,8 @@ export class Breakwater {
         pipelines,
         metrics,
         logger,
-        accessLog: config.logging.access_log,
-        accessLogHeaders: config.logging.access_log_headers.map((h) => h.toLowerCase()),
+        accessLog: config.logging.accessLog,
+        accessLogHeaders: config.logging.accessLogHeaders,
         draining: () => this.phase === 'draining',
         tempFiles,
         buffering: config.buffering,
@@ -361,7 +361,7 @@ export class Breakwater {
     }
     const retired = this.listeners.filter((l) => !keep.includes(l));
     this.listeners.splice(0, this.listeners.length, ...keep, ...bound);
-    for (const l of retired) retireListener(l, config.shutdown.drain_timeout, this.retired, logger);
+    for (const l of retired) retireListener(l, config.shutdown.drainTimeout, this.retired, logger);
     // What a removed upstream (or endpoint) exported goes with it: its collectors first (so a
     // scrape does not set its gauges again), then every series with its label.
     if (previous) {
@@ -389,7 +389,7 @@ export class Breakwater {
     const oldRedis = previous?.redis;
     if (oldRedis && oldRedis !== redis) {
       this.retiredRedis.add(oldRedis.store);
-      retireAfter(config.shutdown.drain_timeout, () => {
+      retireAfter(config.shutdown.drainTimeout, () => {
         this.retiredRedis.delete(oldRedis.store);
         // (What it counted while draining goes too when no Redis replaced it.)
         void oldRedis.store
@@ -576,7 +576,7 @@ export class Breakwater {
   readiness(): { ready: boolean; reason: string } {
     switch (this.phase) {
       case 'serving': {
-        const waiting = this.config.readiness.require_upstreams.filter(
+        const waiting = this.config.readiness.requireUpstreams.filter(
           (u) => !this.upstreams.get(u)?.hasHealthyEndpoint(),
         );
         if (waiting.length)
@@ -640,7 +640,7 @@ export class Breakwater {
    * requests in flight finish (responses carry Connection: close) until `drain_timeout`, after which
    * the connections left are cut; then the admin listener and the upstream pools close.
    */
-  stop(drainTimeout = this.config.shutdown.drain_timeout): Promise<void> {
+  stop(drainTimeout = this.config.shutdown.drainTimeout): Promise<void> {
     this.stopping ??= this.doStop(drainTimeout);
     return this.stopping;
   }

@@ -387,14 +387,29 @@ export interface DegradationModel {
 export interface ResolvedConfig {
   readonly file: string;
   readonly listeners: readonly ListenerModel[];
-  readonly admin: { readonly host: string; readonly port: number; readonly token_env: string };
+  readonly admin: {
+    readonly host: string;
+    readonly port: number;
+    /** The environment variable holding the admin bearer token (`token_env`). */
+    readonly tokenEnv: string;
+  };
   readonly upstreams: Readonly<Record<string, UpstreamModel>>;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
   readonly degradation: DegradationModel | undefined;
-  readonly cache: Config['cache'];
-  readonly logging: Config['logging'];
-  readonly shutdown: Config['shutdown'];
-  readonly readiness: Config['readiness'];
+  readonly cache: {
+    readonly maxBytes: number;
+    readonly maxEntryBytes: number;
+    readonly statuses: readonly number[];
+  };
+  readonly logging: {
+    readonly level: Config['logging']['level'];
+    readonly accessLog: boolean;
+    /** Lower case. */
+    readonly accessLogHeaders: readonly string[];
+  };
+  /** ms */
+  readonly shutdown: { readonly delay: number; readonly drainTimeout: number };
+  readonly readiness: { readonly requireUpstreams: readonly string[] };
   /** Shared stores (fleet mode). */
   readonly stores: { readonly redis: RedisStoreModel | undefined };
   readonly buffering: BufferingModel;
@@ -915,14 +930,22 @@ export async function resolveConfig(
   const config: ResolvedConfig = {
     file,
     listeners,
-    admin: cfg.admin,
+    admin: { host: cfg.admin.host, port: cfg.admin.port, tokenEnv: cfg.admin.token_env },
     upstreams,
     fallbacks,
     degradation: degradationOf(cfg.degradation),
-    cache: cfg.cache,
-    logging: cfg.logging,
-    shutdown: cfg.shutdown,
-    readiness: cfg.readiness,
+    cache: {
+      maxBytes: cfg.cache.max_bytes,
+      maxEntryBytes: cfg.cache.max_entry_bytes,
+      statuses: cfg.cache.statuses,
+    },
+    logging: {
+      level: cfg.logging.level,
+      accessLog: cfg.logging.access_log,
+      accessLogHeaders: cfg.logging.access_log_headers.map((h) => h.toLowerCase()),
+    },
+    shutdown: { delay: cfg.shutdown.delay, drainTimeout: cfg.shutdown.drain_timeout },
+    readiness: { requireUpstreams: cfg.readiness.require_upstreams },
     stores: { redis: cfg.stores.redis ? await redisStoreOf(cfg.stores.redis, base, problems) : undefined },
     buffering: {
       tempDir: cfg.buffering.temp_dir === undefined ? tmpdir() : resolvePath(base, cfg.buffering.temp_dir),

@@ -277,6 +277,6 @@ describe('docs/configuration.md and the code', () => {
     expect(checked).toBe(3);
     expect(wrong).toHaveLength(2);
     expect(wrong[0]).toMatch(/max_attempts documented as `4`.*retry\.maxAttempts/);
-    expect(wrong[1]).toMatch(/max_bytes documented as `32MiB`.*cache\.max_bytes/);
+    expect(wrong[1]).toMatch(/max_bytes documented as `32MiB`.*cache\.maxBytes/);
   });
 });

@@ -129,7 +129,7 @@ upstreams:
 
   it('fills every default and freezes the model', async () => {
     const cfg = await parseConfigText(BASE, 't.yaml', { env: {} });
-    expect(cfg.admin).toEqual({ host: '127.0.0.1', port: 9901, token_env: 'BREAKWATER_ADMIN_TOKEN' });
+    expect(cfg.admin).toEqual({ host: '127.0.0.1', port: 9901, tokenEnv: 'BREAKWATER_ADMIN_TOKEN' });
     expect(cfg.listeners[0]?.host).toBe('127.0.0.1');
     expect(cfg.listeners[0]?.routes[0]?.name).toBe('main-0');
     expect(cfg.upstreams.inventory?.timeouts).toEqual({
@@ -138,7 +138,7 @@ upstreams:
       connect: 2000,
       body: 30000,
     });
-    expect(cfg.shutdown).toEqual({ delay: 0, drain_timeout: 25_000 });
+    expect(cfg.shutdown).toEqual({ delay: 0, drainTimeout: 25_000 });
     expect(Object.isFrozen(cfg.upstreams.inventory?.timeouts)).toBe(true);
     expect(() => {
       (cfg.listeners as unknown as unknown[]).push(1);
@@ -427,6 +427,6 @@ describe('shipped configs', () => {
     );
     const cm = docs.find((d) => d.kind === 'ConfigMap');
     const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/base/configmap.yaml', { env: {} });
-    expect(cfg.shutdown).toEqual({ delay: 0, drain_timeout: 10_000 });
+    expect(cfg.shutdown).toEqual({ delay: 0, drainTimeout: 10_000 });
   });
 });
