@@ -296,7 +296,9 @@ export const bulkheadSchema = z
 /** Timeouts: each key may stand in `resilience`, an upstream or a route. */
 const timeoutKeys = {
   timeout: duration.optional().describe('Per attempt: until the response headers arrive. Default: 5s.'),
-  request_timeout: duration.optional().describe('Whole request, retries and waits included. Default: 15s.'),
+  request_timeout: duration
+    .optional()
+    .describe('Whole request, retries and waits included. Default: 15s, or timeout when that is longer.'),
   connect_timeout: duration.optional().describe('TCP connect per attempt. Default: 2s.'),
   body_timeout: duration.optional().describe('Longest silence while a response body streams. Default: 30s.'),
   websocket_idle_timeout: duration

@@ -7,13 +7,18 @@
  * the docs state (whether it comes from a zod `.default()` or from the DEFAULTS table). Defaults
  * that are words (required, none, the upstream's, `max(15s, timeout)`) are not values and are not
  * checked this way.
+ *
+ * The schema's descriptions (shown by editors from config/breakwater.schema.json) state defaults
+ * too, as "Default: X": they are held to the code the same way.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
 import { resolveConfig } from '../../src/config/resolve.js';
 import { configSchema } from '../../src/config/schema.js';
+import { blocksBelow, formatPattern, type Pattern, ROOT } from '../../src/config/schema-index.js';
 
 const DOC = readFileSync(join(import.meta.dirname, '../../docs/configuration.md'), 'utf8');
 
@@ -251,6 +256,103 @@ async function disagreements(doc: string): Promise<{ checked: number; wrong: str
   return { checked, wrong };
 }
 
+/**
+ * What a place of the schema needs beside the key for the key to be read (a required key, the
+ * type of a fallback); every other block on the way is written empty.
+ */
+function needs(at: string, key: string): Obj | undefined {
+  switch (at) {
+    case 'upstreams.<name>.rate_limiter':
+    case 'resilience.rate_limiter':
+      return { max_requests_per_second: 10 };
+    case 'fallbacks.<name>':
+    case 'upstreams.<name>.fallback':
+      return key === 'max_stale'
+        ? { type: 'cache' }
+        : key === 'status'
+          ? { type: 'static_response' }
+          : undefined;
+    case 'upstreams.<name>.endpoints[]':
+      return { url: 'http://127.0.0.1:1' };
+    case 'stores.redis':
+      return { url: 'redis://127.0.0.1:6379' };
+    case 'sagas.<name>':
+      return {
+        trigger: { listener: 'l', path: '/checkout' },
+        steps: [{ name: 'a', call: { upstream: 'u', path: '/a' } }],
+      };
+    case 'sagas.<name>.steps[]':
+      return { name: 'a', call: { upstream: 'u', path: '/a' } };
+    case 'sagas.<name>.steps[].call':
+    case 'sagas.<name>.steps[].compensate':
+    case 'sagas.<name>.steps[].status':
+      return { upstream: 'u', path: '/a' };
+    case 'degradation.services[]':
+      return { name: 'u', fallback: 'f', conditions: [] };
+    case 'degradation.services[].conditions[]':
+      return { type: 'latency', threshold: 500 };
+    default:
+      return undefined;
+  }
+}
+
+/** A minimal config with the blocks of `pattern` present (each with what it needs); the key's path. */
+function placed(pattern: Pattern, key: string): { cfg: Obj; path: Path } {
+  const cfg = base();
+  const path: (string | number)[] = [];
+  let node: Record<string | number, unknown> = cfg;
+  for (const [i, seg] of pattern.entries()) {
+    const step =
+      typeof seg === 'string'
+        ? seg
+        : seg.any === 'index'
+          ? 0
+          : (({ upstreams: 'u', fallbacks: 'f', sagas: 's' } as Record<string, string>)[
+              String(path.at(-1))
+            ] ?? 'x');
+    path.push(step);
+    const nextSeg = pattern[i + 1];
+    const at = formatPattern(pattern.slice(0, i + 1));
+    if (node[step] === undefined || typeof node[step] !== 'object')
+      node[step] = typeof nextSeg === 'object' && nextSeg.any === 'index' ? [] : { ...needs(at, key) };
+    else if (!Array.isArray(node[step])) Object.assign(node[step] as Obj, needs(at, key));
+    node = node[step] as Record<string | number, unknown>;
+  }
+  return { cfg, path };
+}
+
+/** The description of a key's schema (on it or on a wrapper inside it). */
+function descriptionOf(schema: z.ZodType): string | undefined {
+  let s: z.ZodType | undefined = schema;
+  for (let i = 0; s && i < 10; i++) {
+    if (s.description) return s.description;
+    s = (s as { unwrap?: () => z.ZodType }).unwrap?.();
+  }
+  return undefined;
+}
+
+/** Defaults stated in words: not a value to write. */
+const WORDS = new Set(['none', 'off', 'everything']);
+
+/** Every "Default: X" of the schema whose X is a value, with the place it is written. */
+function schemaStatements(): { pattern: Pattern; key: string; text: string }[] {
+  const out: { pattern: Pattern; key: string; text: string }[] = [];
+  for (const [block, pattern] of blocksBelow(ROOT)) {
+    const at = formatPattern(pattern);
+    // An inline fallback's `then` is the same schema as the fallback: checked once.
+    if (at.includes('.then')) continue;
+    for (const [key, node] of block.keys) {
+      if (node.kind !== 'leaf') continue;
+      const m = /Default: (.+?)\.?$/.exec(descriptionOf(node.schema) ?? '');
+      if (!m) continue;
+      const text = (m[1] as string).split(/ \(|, /)[0] as string;
+      if (/ |^[$<]/.test(text) || WORDS.has(text) || NOT_A_VALUE.has(`${key} ${text}`)) continue;
+      out.push({ pattern, key, text });
+    }
+  }
+  return out;
+}
+
 describe('docs/configuration.md and the code', () => {
   it('state the same default for every key whose default the reference gives as a value', async () => {
     const { checked, wrong } = await disagreements(DOC);
@@ -278,5 +380,24 @@ describe('docs/configuration.md and the code', () => {
     expect(wrong).toHaveLength(2);
     expect(wrong[0]).toMatch(/max_attempts documented as `4`.*retry\.maxAttempts/);
     expect(wrong[1]).toMatch(/max_bytes documented as `32MiB`.*cache\.maxBytes/);
+  });
+
+  it('the schema states the same defaults as the code ("Default: X" in its descriptions)', async () => {
+    const wrong: string[] = [];
+    const statements = schemaStatements();
+    for (const { pattern, key, text } of statements) {
+      const where = `${formatPattern(pattern)}.${key}`;
+      const without = placed(pattern, key);
+      const withKey = placed(pattern, key);
+      set(withKey.cfg, [...withKey.path, key], parseYaml(text.replace(/^"(.*)"$/, "'$1'")));
+      try {
+        const diff = differences(await resolved(without.cfg), await resolved(withKey.cfg));
+        if (diff.length) wrong.push(`${where}: "Default: ${text}"; the code differs at ${diff.join(', ')}`);
+      } catch (err) {
+        wrong.push(`${where}: "Default: ${text}" is not a valid value: ${(err as Error).message}`);
+      }
+    }
+    expect(wrong).toEqual([]);
+    expect(statements.length).toBeGreaterThan(150);
   });
 });
