@@ -197,15 +197,31 @@ function rows(doc: string): Row[] {
     const keyAt = columns.indexOf('key');
     const defaultAt = columns.indexOf('default');
     if (keyAt < 0 || defaultAt < 0) continue;
-    const key = /^`([a-z_.[\]]+)`$/.exec(cells[keyAt] ?? '');
-    if (!key) continue; // several keys in one row (`a` / `b`): stated together, read by hand
-    out.push({
-      section,
-      key: key[1] as string,
-      applies: cells[columns.indexOf('types')] ?? '',
-      cell: cells[defaultAt] ?? '',
-      line: i + 1,
-    });
+    // One key, or several stated together (`a` / `b`, `a.x`, `y`: y is a sibling of a.x), each
+    // with the value at the same place of the default cell (`1` / `2`, `1`, `2`).
+    const keyCell = cells[keyAt] ?? '';
+    if (!/^`[a-z_.[\]]+`( *[/,] *`[a-z_.[\]]+`)*$/.test(keyCell)) continue;
+    const keys = [...keyCell.matchAll(/`([^`]+)`/g)].map((m) => m[1] as string);
+    const cell = cells[defaultAt] ?? '';
+    const values =
+      keys.length === 1
+        ? [cell]
+        : /^`[^`]+`( *[/,] *`[^`]+`)+/.test(cell)
+          ? [...cell.matchAll(/`([^`]+)`/g)].slice(0, keys.length).map((m) => `\`${m[1]}\``)
+          : keys.map(() => cell);
+    const parent = keys[0]?.includes('.')
+      ? (keys[0] as string).slice(0, (keys[0] as string).lastIndexOf('.') + 1)
+      : '';
+    const applies = cells[columns.indexOf('types')] ?? '';
+    keys.forEach((k, j) =>
+      out.push({
+        section,
+        key: j > 0 && !k.includes('.') ? parent + k : k,
+        applies,
+        cell: values[j] ?? '',
+        line: i + 1,
+      }),
+    );
   }
   return out;
 }
