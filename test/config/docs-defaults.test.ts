@@ -213,15 +213,14 @@ function rows(doc: string): Row[] {
       ? (keys[0] as string).slice(0, (keys[0] as string).lastIndexOf('.') + 1)
       : '';
     const applies = cells[columns.indexOf('types')] ?? '';
-    keys.forEach((k, j) =>
+    for (const [j, k] of keys.entries())
       out.push({
         section,
         key: j > 0 && !k.includes('.') ? parent + k : k,
         applies,
         cell: values[j] ?? '',
         line: i + 1,
-      }),
-    );
+      });
   }
   return out;
 }
