@@ -97,17 +97,19 @@ export function createRateLimiterStrategy(
       ? prevGlobal
       : new GlobalRateLimiter(model, redis, local, upstream, clock, metrics, logger)
     : undefined;
-  const rejected = metrics.rateLimited.labels(upstream, model.mode);
-  const delayed = metrics.shaped.labels(upstream);
-  const events: RateLimiterEvents = { rejected: () => rejected.inc(), delayed: () => delayed.inc() };
   return {
     model,
     local,
     global,
-    layer: <R extends CallResponse>(use: LayerUse): Layer<R> =>
-      use.kind === 'request' && global
+    layer: <R extends CallResponse>(use: LayerUse): Layer<R> => {
+      // The series appear with the first pipeline that uses them (an upstream no route reaches exports none).
+      const rejected = metrics.rateLimited.labels(upstream, model.mode);
+      const delayed = metrics.shaped.labels(upstream);
+      const events: RateLimiterEvents = { rejected: () => rejected.inc(), delayed: () => delayed.inc() };
+      return use.kind === 'request' && global
         ? global.layer<R>(upstream, events)
-        : local.layer<R>(upstream, events, use.kind === 'request'),
+        : local.layer<R>(upstream, events, use.kind === 'request');
+    },
   };
 }
 
@@ -125,12 +127,13 @@ export function createBulkheadStrategy(
   previous: BulkheadStrategy | undefined,
 ): BulkheadStrategy {
   const bulkhead = carried(previous?.bulkhead, previous?.model, model) ?? new Bulkhead(model, ctx.clock);
-  const rejected = ctx.metrics.bulkheadRejected.labels(ctx.upstream);
-  const onRejected = () => rejected.inc();
   return {
     model,
     bulkhead,
-    layer: <R extends CallResponse>(): Layer<R> => bulkhead.layer<R>(ctx.upstream, onRejected),
+    layer: <R extends CallResponse>(): Layer<R> => {
+      const rejected = ctx.metrics.bulkheadRejected.labels(ctx.upstream);
+      return bulkhead.layer<R>(ctx.upstream, () => rejected.inc());
+    },
   };
 }
 
@@ -154,21 +157,18 @@ export function createCircuitBreakerStrategy(
   const kept = carried(previous?.breaker, previous?.model, model);
   const breaker = kept ?? new CircuitBreaker(model, ctx.clock);
   if (!kept) observeBreaker(breaker, ctx);
-  const rejected = ctx.metrics.breakerRejected.labels(ctx.upstream);
-  const onRejected = () => rejected.inc();
   // failure_on compiled once: a call looks its status or cause up.
   const failureOn = compileOutcomes(model.failureOn);
   const { upstream, clock } = ctx;
   return {
     model,
     breaker,
-    layer:
-      <R extends CallResponse>(): Layer<R> =>
-      (next) =>
-      async (call) => {
+    layer: <R extends CallResponse>(): Layer<R> => {
+      const rejected = ctx.metrics.breakerRejected.labels(upstream);
+      return (next) => async (call) => {
         const permit = breaker.tryAcquire();
         if (!permit) {
-          onRejected();
+          rejected.inc();
           return { type: 'problem', problem: breakerOpenProblem(breaker, upstream, call.requestId) };
         }
         const t0 = clock.now();
@@ -198,7 +198,8 @@ export function createCircuitBreakerStrategy(
               : 'success';
         breaker.onResult(permit, result, clock.now() - t0);
         return outcome;
-      },
+      };
+    },
   };
 }
 
