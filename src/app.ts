@@ -32,7 +32,7 @@ import {
   UpstreamPolicies,
 } from './pipeline/index.js';
 import { type InternalRequest, type InternalResult, internalCall } from './pipeline/internal-call.js';
-import type { Call, Handler, RequestContext } from './pipeline/types.js';
+import type { Call, Handler, RequestContext, UpstreamPipeline } from './pipeline/types.js';
 import { SagaService } from './sagas/service.js';
 import { EmbeddedStore } from './stores/embedded.js';
 import { RedisStore } from './stores/redis.js';
@@ -63,14 +63,7 @@ interface Generation {
   readonly redis: { readonly store: RedisStore; readonly idempotency: IdempotencyStore } | undefined;
   readonly tempFiles: TempFiles;
   /** An upstream's pipeline for calls breakwater makes itself (see `Breakwater.internalPipeline`). */
-  readonly pipelineOf: (upstream: string) => InternalPipeline;
-}
-
-/** A pipeline for a call without a client: its handler, the upstream, and the route it runs as. */
-export interface InternalPipeline {
-  readonly handler: Handler;
-  readonly upstream: Upstream;
-  readonly route: RouteModel;
+  readonly pipelineOf: (upstream: string) => UpstreamPipeline;
 }
 
 export class Breakwater {
@@ -147,7 +140,7 @@ export class Breakwater {
       metrics,
       readiness: { ready: () => this.readiness() },
       runtime: this,
-      adminToken: process.env[config.admin.token_env],
+      adminToken: process.env[config.admin.tokenEnv],
     });
     await this.apply(config, source);
     this.phase = 'serving';
@@ -170,8 +163,8 @@ export class Breakwater {
       previous && sameSettings(previous.config.cache, config.cache)
         ? previous.cache
         : new ResponseCache(
-            config.cache.max_bytes,
-            config.cache.max_entry_bytes,
+            config.cache.maxBytes,
+            config.cache.maxEntryBytes,
             new Set(config.cache.statuses),
             {
               evicted: () => metrics.cacheEvictions.inc(),
@@ -218,8 +211,8 @@ export class Breakwater {
     const policies = new Map<string, UpstreamPolicies>();
     // Fallbacks of type upstream call another upstream through its own policies, minus its
     // fallbacks (so two upstreams naming each other cannot loop).
-    const fallbackPipelines = new Map<string, InternalPipeline>();
-    const pipelineOf = (name: string): InternalPipeline => {
+    const fallbackPipelines = new Map<string, UpstreamPipeline>();
+    const pipelineOf = (name: string): UpstreamPipeline => {
       let p = fallbackPipelines.get(name);
       if (!p) {
         const upstream = upstreams.get(name) as Upstream;
@@ -314,7 +307,7 @@ export class Breakwater {
       for (const r of l.routes) {
         const p = policies.get(r.upstream) as UpstreamPolicies;
         pipelines.set(r, buildPipeline(r, p, services));
-        upgrades.set(r, buildUpgradePipeline(p, services));
+        upgrades.set(r, buildUpgradePipeline(r, p, services));
       }
       handlers.set(l.name, {
         listener: l,
@@ -322,8 +315,8 @@ export class Breakwater {
         pipelines,
         metrics,
         logger,
-        accessLog: config.logging.access_log,
-        accessLogHeaders: config.logging.access_log_headers.map((h) => h.toLowerCase()),
+        accessLog: config.logging.accessLog,
+        accessLogHeaders: config.logging.accessLogHeaders,
         draining: () => this.phase === 'draining',
         tempFiles,
         buffering: config.buffering,
@@ -375,7 +368,7 @@ export class Breakwater {
     }
     const retired = this.listeners.filter((l) => !keep.includes(l));
     this.listeners.splice(0, this.listeners.length, ...keep, ...bound);
-    for (const l of retired) retireListener(l, config.shutdown.drain_timeout, this.retired, logger);
+    for (const l of retired) retireListener(l, config.shutdown.drainTimeout, this.retired, logger);
     // What a removed upstream (or endpoint) exported goes with it: its collectors first (so a
     // scrape does not set its gauges again), then every series with its label.
     if (previous) {
@@ -403,7 +396,7 @@ export class Breakwater {
     const oldRedis = previous?.redis;
     if (oldRedis && oldRedis !== redis) {
       this.retiredRedis.add(oldRedis.store);
-      retireAfter(config.shutdown.drain_timeout, () => {
+      retireAfter(config.shutdown.drainTimeout, () => {
         this.retiredRedis.delete(oldRedis.store);
         // (What it counted while draining goes too when no Redis replaced it.)
         void oldRedis.store
@@ -591,7 +584,7 @@ export class Breakwater {
   readiness(): { ready: boolean; reason: string } {
     switch (this.phase) {
       case 'serving': {
-        const waiting = this.config.readiness.require_upstreams.filter(
+        const waiting = this.config.readiness.requireUpstreams.filter(
           (u) => !this.upstreams.get(u)?.hasHealthyEndpoint(),
         );
         if (waiting.length)
@@ -638,7 +631,7 @@ export class Breakwater {
    * `runFinishers(ctx)` once done with the response (that gives back the bulkhead slot). Undefined
    * for an unknown upstream.
    */
-  internalPipeline(upstream: string): InternalPipeline | undefined {
+  internalPipeline(upstream: string): UpstreamPipeline | undefined {
     const current = this.current;
     return current?.upstreams.has(upstream) ? current.pipelineOf(upstream) : undefined;
   }
@@ -655,7 +648,7 @@ export class Breakwater {
    * requests in flight finish (responses carry Connection: close) until `drain_timeout`, after which
    * the connections left are cut; then the admin listener and the upstream pools close.
    */
-  stop(drainTimeout = this.config.shutdown.drain_timeout): Promise<void> {
+  stop(drainTimeout = this.config.shutdown.drainTimeout): Promise<void> {
     this.stopping ??= this.doStop(drainTimeout);
     return this.stopping;
   }

@@ -14,7 +14,7 @@ const SECRET_KEY = /token|secret|password|passwd|authorization|api[-_]?key|cooki
 
 /** JSON for the config model: Sets as lists, Buffers as their length, secret-looking keys redacted. */
 export function redactedConfig(value: unknown, key = ''): unknown {
-  if (SECRET_KEY.test(key) && key !== 'token_env') return '[REDACTED]';
+  if (SECRET_KEY.test(key) && key !== 'tokenEnv') return '[REDACTED]';
   if (value instanceof Set) return [...value];
   if (Buffer.isBuffer(value)) return `<${value.length} bytes>`;
   // A saga's compiled template is shown as written; a header pair named like a secret is redacted.

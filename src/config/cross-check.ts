@@ -5,6 +5,7 @@
  * which read the schema's types, are not imported by the schema itself.
  */
 import type { z } from 'zod';
+import { DEFAULTS } from './defaults.js';
 import { ignoredKeys } from './ignored-keys.js';
 import { flattenFallbacks } from './inline-fallbacks.js';
 import { configSchema, type RateLimiterInput } from './schema.js';
@@ -30,7 +31,7 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
     if (listenerNames.has(l.name))
       issue(['listeners', li, 'name'], `listener name "${l.name}" is used twice`);
     listenerNames.add(l.name);
-    const addr = `${l.host ?? '127.0.0.1'}:${l.port}`;
+    const addr = `${l.host ?? DEFAULTS.listener.host}:${l.port}`;
     if (l.port !== 0 && bound.has(addr))
       issue(['listeners', li, 'port'], `${addr} is already used by ${bound.get(addr)}`);
     bound.set(addr, `listener ${l.name}`);

@@ -8,7 +8,9 @@
  * its upstream's merged block: `minimum_calls` on an upstream is read when `resilience` gives the
  * rate threshold. A key in `resilience` is refused only when no upstream reads it.
  */
+import { DEFAULTS } from './defaults.js';
 import { flattenFallbacks } from './inline-fallbacks.js';
+
 import type { Config } from './schema.js';
 
 export interface IgnoredKey {
@@ -62,7 +64,7 @@ const CHECKS: Record<Block, Record<string, Check>> = {
   },
   bulkhead: {
     queue_timeout: (m) =>
-      ((m('max_queue') as number | undefined) ?? 0) > 0
+      ((m('max_queue') as number | undefined) ?? DEFAULTS.bulkhead.maxQueue) > 0
         ? undefined
         : 'queue_timeout is read only with max_queue above 0 (no request waits for a slot)',
   },
@@ -126,12 +128,18 @@ export function ignoredKeys(cfg: Config): IgnoredKey[] {
   }
 
   for (const [un, u] of upstreams) {
-    if (u.max_concurrent_streams !== undefined && (u.protocol ?? 'http1') === 'http1')
+    if (u.max_concurrent_streams !== undefined && (u.protocol ?? DEFAULTS.upstream.protocol) === 'http1')
       refuse(
         ['upstreams', un, 'max_concurrent_streams'],
         'max_concurrent_streams is read only with protocol: h2 or h2c',
       );
-    const priorities = new Set(u.endpoints.map((e) => (typeof e === 'string' ? 0 : (e.priority ?? 0))));
+    const priorities = new Set(
+      u.endpoints.map((e) =>
+        typeof e === 'string'
+          ? DEFAULTS.upstream.endpointPriority
+          : (e.priority ?? DEFAULTS.upstream.endpointPriority),
+      ),
+    );
     if (u.failover_threshold !== undefined && priorities.size < 2)
       refuse(
         ['upstreams', un, 'failover_threshold'],

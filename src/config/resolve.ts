@@ -11,7 +11,8 @@ import { createSecureContext } from 'node:tls';
 import type { RETRIABLE_GRPC } from '../attempt/grpc.js';
 import { type TrustCheck, trustCheck } from '../listener/client-address.js';
 import { type SagaModel, sagasOf } from '../sagas/model.js';
-import { type FlatFallback, flattenFallbacks } from './inline-fallbacks.js';
+import { DEFAULTS } from './defaults.js';
+import { flattenFallbacks } from './inline-fallbacks.js';
 import type {
   BulkheadInput,
   CircuitBreakerInput,
@@ -34,9 +35,6 @@ export type RetryOutcome =
   | (typeof RETRIABLE_GRPC)[number]
   | number;
 export type FailureOutcome = RetryOutcome | '4xx';
-
-/** The app in the pod: loopback. */
-const DEFAULT_TRUSTED_PROXIES = ['127.0.0.0/8', '::1'];
 
 export interface Timeouts {
   /** Per attempt, until response headers (ms). */
@@ -155,7 +153,7 @@ export interface TlsModel {
   readonly serverName: string | undefined;
   /** Accept any certificate (warned about at every load). */
   readonly insecureSkipVerify: boolean;
-  readonly minVersion: 'TLSv1.2' | 'TLSv1.3' | undefined;
+  readonly minVersion: 'TLSv1.2' | 'TLSv1.3';
 }
 
 export interface UpstreamModel {
@@ -336,23 +334,89 @@ export interface ListenerModel {
   readonly routes: readonly RouteModel[];
 }
 
+/** What makes a fallback answer (a fallback's `on`). */
+export type FallbackTrigger =
+  | 'breaker_open'
+  | 'timeout'
+  | 'error'
+  | 'rate_limited'
+  | 'bulkhead_full'
+  | 'degraded';
+
+interface FallbackCommon {
+  /** The triggers it answers (only the head of a chain's list is read). */
+  readonly on: readonly FallbackTrigger[];
+  /** `then`: the fallback tried when this one cannot serve (a name; not called `then`, which would make the model a thenable). */
+  readonly next: string | undefined;
+}
+
 /** A fallback, named or written in place (then named after its place: `payments/fallback`). */
 export type FallbackModel =
-  | (Extract<FlatFallback, { type: 'static_response' }> & { readonly bodyBytes: Buffer })
-  | Extract<FlatFallback, { type: 'cache' }>
-  | Extract<FlatFallback, { type: 'upstream' }>;
+  | (FallbackCommon & {
+      readonly type: 'static_response';
+      readonly status: number;
+      readonly headers: Readonly<Record<string, string>>;
+      /** `body`, or the bytes of `body_file` read at load. */
+      readonly body: Buffer;
+    })
+  | (FallbackCommon & {
+      readonly type: 'cache';
+      /** The oldest stored response served (ms). */
+      readonly maxStale: number;
+      /** Request headers (lower case) that are part of the cache key. */
+      readonly vary: readonly string[];
+    })
+  | (FallbackCommon & { readonly type: 'upstream'; readonly upstream: string });
+
+/** A degradation condition, defaults applied (a latency threshold in ms). */
+export type DegradationCondition =
+  | { readonly type: 'latency'; readonly threshold: number; readonly quantile: number }
+  | { readonly type: 'error_rate'; readonly threshold: number }
+  | { readonly type: 'availability'; readonly threshold: number };
+
+/** `degradation`, defaults applied; undefined when absent or `enabled: false`. */
+export interface DegradationModel {
+  /** ms */
+  readonly window: number;
+  readonly minimumRequests: number;
+  /** ms */
+  readonly recovery: number;
+  readonly probeRatio: number;
+  /** The services in the order written (the first entry of an upstream is the one used). */
+  readonly services: readonly {
+    readonly name: string;
+    /** A fallback name, or static_response / cache_only. */
+    readonly fallback: string;
+    readonly conditions: readonly DegradationCondition[];
+  }[];
+}
 
 export interface ResolvedConfig {
   readonly file: string;
   readonly listeners: readonly ListenerModel[];
-  readonly admin: { readonly host: string; readonly port: number; readonly token_env: string };
+  readonly admin: {
+    readonly host: string;
+    readonly port: number;
+    /** The environment variable holding the admin bearer token (`token_env`). */
+    readonly tokenEnv: string;
+  };
   readonly upstreams: Readonly<Record<string, UpstreamModel>>;
   readonly fallbacks: Readonly<Record<string, FallbackModel>>;
-  readonly degradation: DegradationInput | undefined;
-  readonly cache: Config['cache'];
-  readonly logging: Config['logging'];
-  readonly shutdown: Config['shutdown'];
-  readonly readiness: Config['readiness'];
+  readonly degradation: DegradationModel | undefined;
+  readonly cache: {
+    readonly maxBytes: number;
+    readonly maxEntryBytes: number;
+    readonly statuses: readonly number[];
+  };
+  readonly logging: {
+    readonly level: Config['logging']['level'];
+    readonly accessLog: boolean;
+    /** Lower case. */
+    readonly accessLogHeaders: readonly string[];
+  };
+  /** ms */
+  readonly shutdown: { readonly delay: number; readonly drainTimeout: number };
+  readonly readiness: { readonly requireUpstreams: readonly string[] };
   /** Shared stores (fleet mode). */
   readonly stores: { readonly redis: RedisStoreModel | undefined };
   readonly buffering: BufferingModel;
@@ -370,53 +434,7 @@ export interface ResolvedConfig {
   readonly fallbackOf: Readonly<Record<string, string>>;
 }
 
-export const DEFAULTS = {
-  timeouts: { attempt: 5_000, request: 15_000, connect: 2_000, body: 30_000 },
-  maxConnections: 128,
-  keepaliveTimeout: 4_000,
-  streamingShare: 0.5,
-  retry: {
-    enabled: true,
-    maxAttempts: 3,
-    initialWait: 100,
-    maxWait: 10_000,
-    multiplier: 2,
-    jitter: 'full',
-    retryOn: ['connect-failure', 'reset', '5xx'],
-    maxBodyBytes: 65_536,
-    retryNonIdempotent: false,
-    methods: undefined,
-    attemptsHeader: true,
-    budget: { ratio: 0.2, minPerSecond: 10, window: 10_000 },
-  } satisfies RetryPolicy,
-  circuitBreaker: {
-    failureThreshold: 5,
-    resetTimeout: 30_000,
-    halfOpenRequests: 1,
-    successThreshold: 1,
-    window: { type: 'count', size: 100 },
-    minimumCalls: 20,
-    failureRateThreshold: undefined,
-    slowCallDuration: undefined,
-    slowCallRateThreshold: undefined,
-    failureOn: ['5xx', 408, 429, 'connect-failure', 'reset', 'timeout'],
-  } satisfies CircuitBreakerPolicy,
-  rateLimiter: {
-    mode: 'reject',
-    maxDelay: 1_000,
-    maxQueue: 1_000,
-    maxKeys: 10_000,
-    scope: 'local',
-    onStoreError: 'local',
-    replicas: 1,
-  },
-  bulkhead: { maxConcurrent: 100, maxQueue: 0, queueTimeout: 1_000 } satisfies BulkheadPolicy,
-  /** `degradation`'s window, minimum_requests, recovery and probe_ratio. */
-  degradation: { window: 10_000, minimumRequests: 20, recovery: 10_000, probeRatio: 0.05 },
-  /** A cache fallback's `max_stale`, and how stale an answer `cache_only` degradation serves. */
-  cacheMaxStale: 300_000,
-  websocket: { enabled: true, idleTimeout: 300_000, maxDuration: 0 } satisfies WebSocketPolicy,
-} as const;
+export { DEFAULTS };
 
 export interface ResolveProblem {
   readonly path: (string | number)[];
@@ -494,7 +512,9 @@ function breakerOf(layers: readonly (CircuitBreakerInput | undefined)[]): Circui
   if (get('enabled') === false) return undefined;
   const d = DEFAULTS.circuitBreaker;
   const windowType = pick(...ordered.map((l) => l?.window?.type)) ?? d.window.type;
-  const windowSize = pick(...ordered.map((l) => l?.window?.size)) ?? (windowType === 'count' ? 100 : 60_000);
+  const windowSize =
+    pick(...ordered.map((l) => l?.window?.size)) ??
+    (windowType === 'count' ? d.window.size : d.timeWindowSize);
   return {
     failureThreshold: get('failure_threshold') ?? d.failureThreshold,
     resetTimeout: get('reset_timeout') ?? d.resetTimeout,
@@ -549,24 +569,18 @@ function bulkheadOf(layers: readonly (BulkheadInput | undefined)[]): BulkheadPol
   };
 }
 
-const DEFERRED_ON: readonly (string | number)[] = [
-  'connect_failure',
-  'breaker_open',
-  503,
-  'timeout_before_send',
-];
-
 function deferredOf(d: RouteInput['deferred']): DeferredPolicy | undefined {
   if (!d) return undefined;
-  const on = d.on ?? DEFERRED_ON;
+  const dd = DEFAULTS.deferred;
+  const on: readonly (string | number)[] = d.on ?? dd.on;
   return {
     on: new Set(on.filter((x): x is string => typeof x === 'string')),
     onStatus: new Set(on.filter((x): x is number => typeof x === 'number')),
-    methods: new Set(d.methods ?? ['POST', 'PUT', 'PATCH', 'DELETE']),
-    requireIdempotencyKey: d.require_idempotency_key ?? true,
-    maxAge: d.max_age ?? 24 * 3_600_000,
-    maxAttempts: d.max_attempts ?? 0,
-    schedule: d.schedule ?? [5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000],
+    methods: new Set(d.methods ?? dd.methods),
+    requireIdempotencyKey: d.require_idempotency_key ?? dd.requireIdempotencyKey,
+    maxAge: d.max_age ?? dd.maxAge,
+    maxAttempts: d.max_attempts ?? dd.maxAttempts,
+    schedule: d.schedule ?? dd.schedule,
     orderingKey:
       d.ordering_key === undefined || d.ordering_key === 'none' ? undefined : d.ordering_key.toLowerCase(),
   };
@@ -574,27 +588,52 @@ function deferredOf(d: RouteInput['deferred']): DeferredPolicy | undefined {
 
 function idempotencyOf(i: RouteInput['idempotency']): IdempotencyPolicy | undefined {
   if (i === undefined || i.enabled === false) return undefined;
-  const scope = i.key_scope ?? 'client_ip';
+  const d = DEFAULTS.idempotency;
+  const scope = i.key_scope ?? d.keyScope;
   return {
-    methods: new Set(i.methods ?? ['POST', 'PATCH']),
-    required: i.required ?? false,
-    ttl: i.ttl ?? 86_400_000,
-    maxBodyBytes: i.max_body_bytes ?? 1024 * 1024,
+    methods: new Set(i.methods ?? d.methods),
+    required: i.required ?? d.required,
+    ttl: i.ttl ?? d.ttl,
+    maxBodyBytes: i.max_body_bytes ?? d.maxBodyBytes,
     keyScope:
       scope === 'client_ip' || scope === 'global'
         ? { kind: scope }
         : { kind: 'header', header: scope.slice('header:'.length).toLowerCase() },
-    conflict: i.conflict ?? 'reject',
-    storeServerErrors: i.store_server_errors ?? true,
-    store: i.store ?? 'memory',
-    onStoreError: i.on_store_error ?? 'reject',
+    conflict: i.conflict ?? d.conflict,
+    storeServerErrors: i.store_server_errors ?? d.storeServerErrors,
+    store: i.store ?? d.store,
+    onStoreError: i.on_store_error ?? d.onStoreError,
+  };
+}
+
+function degradationOf(d: DegradationInput | undefined): DegradationModel | undefined {
+  const dd = DEFAULTS.degradation;
+  if (d === undefined || (d.enabled ?? dd.enabled) === false) return undefined;
+  return {
+    window: d.window ?? dd.window,
+    minimumRequests: d.minimum_requests ?? dd.minimumRequests,
+    recovery: d.recovery ?? dd.recovery,
+    probeRatio: d.probe_ratio ?? dd.probeRatio,
+    services: d.services.map((svc) => ({
+      name: svc.name,
+      fallback: svc.fallback,
+      conditions: svc.conditions.map(
+        (c): DegradationCondition =>
+          c.type === 'latency'
+            ? { type: 'latency', threshold: c.threshold, quantile: c.quantile ?? dd.quantile }
+            : { type: c.type, threshold: c.threshold },
+      ),
+    })),
   };
 }
 
 /** `streaming_connections` of an endpoint's connections (HTTP/2: its streams), at least one. */
 function streamingLimitOf(u: UpstreamInput): number {
   const connections = u.max_connections ?? DEFAULTS.maxConnections;
-  const perConnection = (u.protocol ?? 'http1') === 'http1' ? 1 : (u.max_concurrent_streams ?? 100);
+  const perConnection =
+    (u.protocol ?? DEFAULTS.upstream.protocol) === 'http1'
+      ? 1
+      : (u.max_concurrent_streams ?? DEFAULTS.upstream.maxConcurrentStreams);
   return Math.max(
     1,
     Math.floor((u.streaming_connections ?? DEFAULTS.streamingShare) * connections * perConnection),
@@ -609,8 +648,14 @@ function endpointOf(e: UpstreamInput['endpoints'][number]): EndpointModel {
     url,
     origin: `${u.protocol}//${u.hostname}:${port}`,
     authority: u.port ? `${u.hostname}:${u.port}` : u.hostname,
-    weight: typeof e === 'string' ? 1 : (e.weight ?? 1),
-    priority: typeof e === 'string' ? 0 : (e.priority ?? 0),
+    weight:
+      typeof e === 'string'
+        ? DEFAULTS.upstream.endpointWeight
+        : (e.weight ?? DEFAULTS.upstream.endpointWeight),
+    priority:
+      typeof e === 'string'
+        ? DEFAULTS.upstream.endpointPriority
+        : (e.priority ?? DEFAULTS.upstream.endpointPriority),
     group: typeof e === 'string' ? undefined : e.group,
   };
 }
@@ -660,8 +705,8 @@ async function tlsOf(
     cert,
     key,
     serverName: t.server_name,
-    insecureSkipVerify: t.insecure_skip_verify ?? false,
-    minVersion: t.min_version,
+    insecureSkipVerify: t.insecure_skip_verify ?? DEFAULTS.tls.insecureSkipVerify,
+    minVersion: t.min_version ?? DEFAULTS.tls.minVersion,
   };
 }
 
@@ -684,7 +729,7 @@ async function redisStoreOf(
             key: undefined,
             serverName: undefined,
             insecureSkipVerify: false,
-            minVersion: undefined,
+            minVersion: DEFAULTS.tls.minVersion,
           }
         : undefined;
   return {
@@ -738,37 +783,41 @@ export async function resolveConfig(
   const flat = flattenFallbacks(cfg);
   const upstreams: Record<string, UpstreamModel> = {};
   for (const [name, u] of Object.entries(cfg.upstreams)) {
-    const hh = u.host_header ?? 'endpoint';
+    const hh = u.host_header ?? DEFAULTS.upstream.hostHeader;
     upstreams[name] = {
       name,
       endpoints: u.endpoints.map(endpointOf),
       hostHeader: hh === 'endpoint' || hh === 'preserve' ? { kind: hh } : { kind: 'literal', value: hh },
       maxConnections: u.max_connections ?? DEFAULTS.maxConnections,
       keepaliveTimeout: u.keepalive_timeout ?? DEFAULTS.keepaliveTimeout,
-      loadBalancing: u.load_balancing ?? 'round_robin',
+      loadBalancing: u.load_balancing ?? DEFAULTS.upstream.loadBalancing,
       groupWeights: u.group_weights,
-      failoverThreshold: u.failover_threshold ?? 0.5,
-      panic: u.panic ?? false,
-      dnsRefresh: u.dns_refresh ?? 30_000,
+      failoverThreshold: u.failover_threshold ?? DEFAULTS.upstream.failoverThreshold,
+      panic: u.panic ?? DEFAULTS.upstream.panic,
+      dnsRefresh: u.dns_refresh ?? DEFAULTS.upstream.dnsRefresh,
       healthCheck: u.health_check
         ? {
-            path: u.health_check.path ?? '/health',
-            interval: u.health_check.interval ?? 10_000,
-            timeout: u.health_check.timeout ?? 2_000,
-            healthyThreshold: u.health_check.healthy_threshold ?? 2,
-            unhealthyThreshold: u.health_check.unhealthy_threshold ?? 3,
+            path: u.health_check.path ?? DEFAULTS.healthCheck.path,
+            interval: u.health_check.interval ?? DEFAULTS.healthCheck.interval,
+            timeout: u.health_check.timeout ?? DEFAULTS.healthCheck.timeout,
+            healthyThreshold: u.health_check.healthy_threshold ?? DEFAULTS.healthCheck.healthyThreshold,
+            unhealthyThreshold: u.health_check.unhealthy_threshold ?? DEFAULTS.healthCheck.unhealthyThreshold,
             expectedStatuses: u.health_check.expected_statuses
               ? new Set(u.health_check.expected_statuses)
               : undefined,
-            jitter: u.health_check.jitter ?? 0.1,
+            jitter: u.health_check.jitter ?? DEFAULTS.healthCheck.jitter,
           }
         : undefined,
       outlierDetection: u.outlier_detection
         ? {
-            consecutiveFailures: u.outlier_detection.consecutive_failures ?? 5,
-            baseEjectionTime: u.outlier_detection.base_ejection_time ?? 30_000,
-            maxEjectionTime: u.outlier_detection.max_ejection_time ?? 300_000,
-            maxEjectionPercent: u.outlier_detection.max_ejection_percent ?? 0.5,
+            consecutiveFailures:
+              u.outlier_detection.consecutive_failures ?? DEFAULTS.outlierDetection.consecutiveFailures,
+            baseEjectionTime:
+              u.outlier_detection.base_ejection_time ?? DEFAULTS.outlierDetection.baseEjectionTime,
+            maxEjectionTime:
+              u.outlier_detection.max_ejection_time ?? DEFAULTS.outlierDetection.maxEjectionTime,
+            maxEjectionPercent:
+              u.outlier_detection.max_ejection_percent ?? DEFAULTS.outlierDetection.maxEjectionPercent,
           }
         : undefined,
       timeouts: timeoutsOf([u, r]),
@@ -777,34 +826,35 @@ export async function resolveConfig(
       rateLimiter: limiterOf([r.rate_limiter, u.rate_limiter]),
       bulkhead: bulkheadOf([r.bulkhead, u.bulkhead]),
       fallback: flat.upstreamFallback[name] ?? r.fallback?.services?.[name]?.fallback_strategy,
-      idempotencyKeys: u.idempotency_keys ?? 'ignored',
+      idempotencyKeys: u.idempotency_keys ?? DEFAULTS.upstream.idempotencyKeys,
       tls: u.tls ? await tlsOf(u.tls, base, ['upstreams', name, 'tls'], problems) : undefined,
-      protocol: u.protocol ?? 'http1',
-      maxConcurrentStreams: u.max_concurrent_streams ?? 100,
+      protocol: u.protocol ?? DEFAULTS.upstream.protocol,
+      maxConcurrentStreams: u.max_concurrent_streams ?? DEFAULTS.upstream.maxConcurrentStreams,
       streamingLimit: streamingLimitOf(u),
     };
   }
 
   const listeners: ListenerModel[] = cfg.listeners.map((l, li) => {
-    const trustedProxies = l.trusted_proxies ?? DEFAULT_TRUSTED_PROXIES;
+    const trustedProxies = l.trusted_proxies ?? DEFAULTS.listener.trustedProxies;
+    const dl = DEFAULTS.listener.limits;
     const trust = trustCheck(trustedProxies);
     return {
       name: l.name,
-      protocol: l.protocol ?? 'http1',
+      protocol: l.protocol ?? DEFAULTS.listener.protocol,
       trustedProxies,
-      host: l.host ?? '127.0.0.1',
+      host: l.host ?? DEFAULTS.listener.host,
       port: l.port,
       limits: {
-        maxHeaderBytes: l.limits?.max_header_bytes ?? 16 * 1024,
-        maxHeaders: l.limits?.max_headers ?? 100,
-        maxBodyBytes: l.limits?.max_body_bytes ?? 1024 * 1024,
-        headerTimeout: l.limits?.header_timeout ?? 60_000,
-        bodyIdleTimeout: l.limits?.body_idle_timeout ?? 60_000,
-        bodyBufferBytes: l.limits?.body_buffer_bytes ?? 64 * 1024,
-        keepaliveTimeout: l.limits?.keepalive_timeout ?? 75_000,
-        maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? 0,
-        maxConnections: l.limits?.max_connections ?? 10_000,
-        sendTimeout: l.limits?.send_timeout ?? 60_000,
+        maxHeaderBytes: l.limits?.max_header_bytes ?? dl.maxHeaderBytes,
+        maxHeaders: l.limits?.max_headers ?? dl.maxHeaders,
+        maxBodyBytes: l.limits?.max_body_bytes ?? dl.maxBodyBytes,
+        headerTimeout: l.limits?.header_timeout ?? dl.headerTimeout,
+        bodyIdleTimeout: l.limits?.body_idle_timeout ?? dl.bodyIdleTimeout,
+        bodyBufferBytes: l.limits?.body_buffer_bytes ?? dl.bodyBufferBytes,
+        keepaliveTimeout: l.limits?.keepalive_timeout ?? dl.keepaliveTimeout,
+        maxRequestsPerConnection: l.limits?.max_requests_per_connection ?? dl.maxRequestsPerConnection,
+        maxConnections: l.limits?.max_connections ?? dl.maxConnections,
+        sendTimeout: l.limits?.send_timeout ?? dl.sendTimeout,
       },
       routes: l.routes.map((rt, ri) => {
         const u = cfg.upstreams[rt.upstream];
@@ -836,12 +886,12 @@ export async function resolveConfig(
           timeouts,
           retry: retryOf([r.retry, u?.retry, rt.retry]),
           idempotency: idempotencyOf(rt.idempotency),
-          maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? 1024 * 1024,
+          maxBodyBytes: rt.max_body_bytes ?? l.limits?.max_body_bytes ?? dl.maxBodyBytes,
           trust,
           websocket: websocketOf(rt.websocket, [rt, u, r]),
-          requestBuffering: rt.request_buffering ?? true,
-          responseBuffering: rt.response_buffering ?? true,
-          allowTrace: rt.allow_trace ?? false,
+          requestBuffering: rt.request_buffering ?? DEFAULTS.route.requestBuffering,
+          responseBuffering: rt.response_buffering ?? DEFAULTS.route.responseBuffering,
+          allowTrace: rt.allow_trace ?? DEFAULTS.route.allowTrace,
           deferred: deferredOf(rt.deferred),
         };
       }),
@@ -850,11 +900,12 @@ export async function resolveConfig(
 
   const fallbacks: Record<string, FallbackModel> = {};
   for (const [name, f] of Object.entries(flat.fallbacks)) {
+    const common = { on: f.on ?? DEFAULTS.fallback.on, next: f.then };
     if (f.type === 'static_response') {
-      let bodyBytes = Buffer.from(f.body ?? '', 'utf8');
+      let body = Buffer.from(f.body ?? '', 'utf8');
       if (f.body_file !== undefined) {
         try {
-          bodyBytes = await readFile(resolvePath(base, f.body_file));
+          body = await readFile(resolvePath(base, f.body_file));
         } catch (err) {
           problems.push({
             path: [...(flat.paths[name] ?? ['fallbacks', name]), 'body_file'],
@@ -862,9 +913,22 @@ export async function resolveConfig(
           });
         }
       }
-      fallbacks[name] = { ...f, bodyBytes };
+      fallbacks[name] = {
+        type: 'static_response',
+        ...common,
+        status: f.status ?? DEFAULTS.fallback.status,
+        headers: f.headers ?? {},
+        body,
+      };
+    } else if (f.type === 'cache') {
+      fallbacks[name] = {
+        type: 'cache',
+        ...common,
+        maxStale: f.max_stale ?? DEFAULTS.fallback.maxStale,
+        vary: (f.vary ?? []).map((h) => h.toLowerCase()),
+      };
     } else {
-      fallbacks[name] = f;
+      fallbacks[name] = { type: 'upstream', ...common, upstream: f.upstream };
     }
   }
 
@@ -874,14 +938,22 @@ export async function resolveConfig(
   const config: ResolvedConfig = {
     file,
     listeners,
-    admin: cfg.admin,
+    admin: { host: cfg.admin.host, port: cfg.admin.port, tokenEnv: cfg.admin.token_env },
     upstreams,
     fallbacks,
-    degradation: cfg.degradation,
-    cache: cfg.cache,
-    logging: cfg.logging,
-    shutdown: cfg.shutdown,
-    readiness: cfg.readiness,
+    degradation: degradationOf(cfg.degradation),
+    cache: {
+      maxBytes: cfg.cache.max_bytes,
+      maxEntryBytes: cfg.cache.max_entry_bytes,
+      statuses: cfg.cache.statuses,
+    },
+    logging: {
+      level: cfg.logging.level,
+      accessLog: cfg.logging.access_log,
+      accessLogHeaders: cfg.logging.access_log_headers.map((h) => h.toLowerCase()),
+    },
+    shutdown: { delay: cfg.shutdown.delay, drainTimeout: cfg.shutdown.drain_timeout },
+    readiness: { requireUpstreams: cfg.readiness.require_upstreams },
     stores: { redis: cfg.stores.redis ? await redisStoreOf(cfg.stores.redis, base, problems) : undefined },
     buffering: {
       tempDir: cfg.buffering.temp_dir === undefined ? tmpdir() : resolvePath(base, cfg.buffering.temp_dir),
@@ -889,14 +961,14 @@ export async function resolveConfig(
       maxTempFileBytes: cfg.buffering.max_temp_file_bytes,
       optOutHeader: cfg.buffering.opt_out_header.toLowerCase(),
     },
-    dataDir: resolvePath(base, cfg.data_dir ?? process.env.BREAKWATER_DATA_DIR ?? 'breakwater-data'),
+    dataDir: resolvePath(base, cfg.data_dir ?? process.env.BREAKWATER_DATA_DIR ?? DEFAULTS.dataDir),
     sagas: sagasOf(cfg.sagas, problems),
-    sagaStore: { backend: cfg.saga_store.backend, lease: cfg.saga_store.lease ?? 30_000 },
+    sagaStore: { backend: cfg.saga_store.backend, lease: cfg.saga_store.lease ?? DEFAULTS.sagaStore.lease },
     deferredStore: {
-      maxItems: cfg.deferred_store?.max_items ?? 100_000,
-      maxBytes: cfg.deferred_store?.max_bytes ?? 256 * 1024 * 1024,
-      retention: cfg.deferred_store?.retention ?? 7 * 24 * 3_600_000,
-      concurrency: cfg.deferred_store?.concurrency ?? 4,
+      maxItems: cfg.deferred_store?.max_items ?? DEFAULTS.deferredStore.maxItems,
+      maxBytes: cfg.deferred_store?.max_bytes ?? DEFAULTS.deferredStore.maxBytes,
+      retention: cfg.deferred_store?.retention ?? DEFAULTS.deferredStore.retention,
+      concurrency: cfg.deferred_store?.concurrency ?? DEFAULTS.deferredStore.concurrency,
     },
     fallbackOf,
   };

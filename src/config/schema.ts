@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { RETRIABLE_GRPC } from '../attempt/grpc.js';
 import { parseCidr } from '../listener/client-address.js';
+import { DEFAULTS } from './defaults.js';
 import { DURATION_PATTERN, parseDuration, parsePercent, parseRatio, RATIO_PATTERN } from './units.js';
 
 const DURATION_HINT = 'a duration such as 250ms, 2s, 1m, or a number of seconds';
@@ -295,7 +296,9 @@ export const bulkheadSchema = z
 /** Timeouts: each key may stand in `resilience`, an upstream or a route. */
 const timeoutKeys = {
   timeout: duration.optional().describe('Per attempt: until the response headers arrive. Default: 5s.'),
-  request_timeout: duration.optional().describe('Whole request, retries and waits included. Default: 15s.'),
+  request_timeout: duration
+    .optional()
+    .describe('Whole request, retries and waits included. Default: 15s, or timeout when that is longer.'),
   connect_timeout: duration.optional().describe('TCP connect per attempt. Default: 2s.'),
   body_timeout: duration.optional().describe('Longest silence while a response body streams. Default: 30s.'),
   websocket_idle_timeout: duration
@@ -848,21 +851,23 @@ export const redisStoreSchema = z
     key_prefix: z
       .string()
       .max(100)
-      .default('breakwater:')
+      .default(DEFAULTS.redis.keyPrefix)
       .describe('Prefix of every key breakwater writes. Default: "breakwater:".'),
     command_timeout: duration
-      .default(20)
+      .default(DEFAULTS.redis.commandTimeout)
       .describe(
         'Longest wait for one Redis answer; then the store counts as failed for that request. Default: 20ms.',
       ),
-    connect_timeout: duration.default(1000).describe('Longest wait for a connection. Default: 1s.'),
+    connect_timeout: duration
+      .default(DEFAULTS.redis.connectTimeout)
+      .describe('Longest wait for a connection. Default: 1s.'),
     breaker: z
       .strictObject({
         failure_threshold: positiveInt
-          .default(3)
+          .default(DEFAULTS.redis.breaker.failureThreshold)
           .describe('Failed calls in a row that stop breakwater calling Redis. Default: 3.'),
         reset_timeout: duration
-          .default(1000)
+          .default(DEFAULTS.redis.breaker.resetTimeout)
           .describe('Then one call probes Redis this often until it answers. Default: 1s.'),
       })
       .prefault({})
@@ -948,7 +953,7 @@ export const sagaSchema = z.strictObject({
   trigger: z
     .strictObject({
       listener: name.describe('The listener whose requests start the saga (matched before its routes).'),
-      method: sagaMethod.default('POST'),
+      method: sagaMethod.default(DEFAULTS.saga.method),
       path: z
         .string()
         .regex(/^\/[^?#]*$/, { error: 'a trigger path starts with "/" and has no query' })
@@ -957,7 +962,7 @@ export const sagaSchema = z.strictObject({
     .describe('The request that starts a saga.'),
   steps: z.array(sagaStepSchema).min(1, { error: 'a saga needs at least one step' }),
   timeout: duration
-    .default(30_000)
+    .default(DEFAULTS.saga.timeout)
     .describe(
       'The steps must all succeed within this; past it the step in flight counts as of unknown outcome and the saga compensates. Default: 30s.',
     ),
@@ -972,17 +977,17 @@ export const sagaSchema = z.strictObject({
     .describe("What the client gets when a step failed. Default: the failed step's answer."),
   long_running_action: z
     .boolean()
-    .default(false)
+    .default(DEFAULTS.saga.longRunningAction)
     .describe(
       'Send Long-Running-Action: <admin URL of the saga> on every step call (MicroProfile LRA). Default: false.',
     ),
   max_response_bytes: byteSize
-    .default(256 * 1024)
+    .default(DEFAULTS.saga.maxResponseBytes)
     .describe(
       'A step answer is read (and logged) up to this size; a longer one fails the step. Default: 256KiB.',
     ),
   retention: duration
-    .default(86_400_000)
+    .default(DEFAULTS.saga.retention)
     .describe('Finished sagas (completed, compensated) stay in the log this long. Default: 24h.'),
 });
 
@@ -1002,14 +1007,14 @@ export const configSchema = z.strictObject({
   listeners: z.array(listenerSchema).min(1, { error: 'at least one listener is needed' }),
   admin: z
     .strictObject({
-      host: z.string().default('127.0.0.1'),
-      port: port.default(9901),
+      host: z.string().default(DEFAULTS.admin.host),
+      port: port.default(DEFAULTS.admin.port),
       token_env: z
         .string()
         .regex(/^[A-Za-z_][A-Za-z0-9_]*$/, {
           error: 'expected the name of an environment variable, such as BREAKWATER_ADMIN_TOKEN',
         })
-        .default('BREAKWATER_ADMIN_TOKEN')
+        .default(DEFAULTS.admin.tokenEnv)
         .describe(
           'Environment variable holding the bearer token that mutating admin calls from outside loopback must carry.',
         ),
@@ -1044,7 +1049,7 @@ export const configSchema = z.strictObject({
     .strictObject({
       backend: z
         .enum(['embedded', 'redis'])
-        .default('embedded')
+        .default(DEFAULTS.sagaStore.backend)
         .describe(
           'Where the saga log lives: embedded (data_dir, one process drives its sagas) or redis (stores.redis, shared by the replicas: a replica takes over the sagas of one that died). Redis makes a transition durable only as far as its persistence does (appendfsync always recommended). Default: embedded.',
         ),
@@ -1095,17 +1100,17 @@ export const configSchema = z.strictObject({
           'Directory for the temporary files of buffered request and response bodies (breakwater makes its own subdirectory, breakwater-<pid>-<random>, mode 0700). Default: the OS temp directory.',
         ),
       response_buffer_bytes: byteSize
-        .default(64 * 1024)
+        .default(DEFAULTS.buffering.responseBufferBytes)
         .describe(
           'Per response, memory for what a slow client has not taken yet; beyond it, a temporary file. Default: 64KiB.',
         ),
       max_temp_file_bytes: byteSize
-        .default(1024 ** 3)
+        .default(DEFAULTS.buffering.maxTempFileBytes)
         .describe(
           'Per response, the temporary file at most (nginx proxy_max_temp_file_size); beyond it the upstream waits for the client. 0: no file, memory only. Default: 1GiB.',
         ),
       opt_out_header: headerName
-        .default('x-accel-buffering')
+        .default(DEFAULTS.buffering.optOutHeader)
         .describe(
           'A response with this header set to "no" is not buffered (as nginx reads X-Accel-Buffering). Default: x-accel-buffering.',
         ),
@@ -1115,22 +1120,24 @@ export const configSchema = z.strictObject({
   cache: z
     .strictObject({
       max_bytes: byteSize
-        .default(64 * 1024 * 1024)
+        .default(DEFAULTS.cache.maxBytes)
         .describe('All cached bodies together at most. Default: 64MiB.'),
       max_entry_bytes: byteSize
-        .default(1024 * 1024)
+        .default(DEFAULTS.cache.maxEntryBytes)
         .describe('Larger responses are not cached. Default: 1MiB.'),
       statuses: z
         .array(z.number().int().min(200).max(599))
-        .default([200])
+        .default(() => [...DEFAULTS.cache.statuses])
         .describe('Statuses stored. Default: [200].'),
     })
     .prefault({})
     .describe('The response cache behind cache fallbacks and cache_only degradation.'),
   logging: z
     .strictObject({
-      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-      access_log: z.boolean().default(true),
+      level: z
+        .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+        .default(DEFAULTS.logging.level),
+      access_log: z.boolean().default(DEFAULTS.logging.accessLog),
       access_log_headers: z
         .array(headerName)
         .default([])
@@ -1140,9 +1147,11 @@ export const configSchema = z.strictObject({
   shutdown: z
     .strictObject({
       delay: duration
-        .default(0)
+        .default(DEFAULTS.shutdown.delay)
         .describe('Wait after SIGTERM, still serving, before listeners close. Default: 0s.'),
-      drain_timeout: duration.default(25_000).describe('Longest wait for in-flight requests. Default: 25s.'),
+      drain_timeout: duration
+        .default(DEFAULTS.shutdown.drainTimeout)
+        .describe('Longest wait for in-flight requests. Default: 25s.'),
     })
     .prefault({}),
 });

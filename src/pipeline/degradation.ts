@@ -15,9 +15,7 @@
  */
 
 import type { Clock } from '../clock.js';
-import type { DegradationInput } from '../config/schema.js';
-
-type Condition = NonNullable<DegradationInput>['services'][number]['conditions'][number];
+import type { DegradationCondition } from '../config/resolve.js';
 
 export interface DegradationChange {
   readonly degraded: boolean;
@@ -55,7 +53,7 @@ export class DegradationMonitor {
   last: DegradationChange | undefined;
 
   constructor(
-    readonly conditions: readonly Condition[],
+    readonly conditions: readonly DegradationCondition[],
     readonly settings: DegradationSettings,
     private readonly clock: Clock,
     private readonly random: () => number,
@@ -144,11 +142,11 @@ export class DegradationMonitor {
     if (n < minimum) return this.degradedValue ? 'unknown' : undefined;
     for (const c of this.conditions) {
       if (c.type === 'latency') {
-        const q = this.quantile(c.quantile ?? 0.99);
+        const q = this.quantile(c.quantile);
         if (q > c.threshold)
           return {
             degraded: true,
-            condition: `latency p${Math.round((c.quantile ?? 0.99) * 100)}`,
+            condition: `latency p${Math.round(c.quantile * 100)}`,
             value: q,
             threshold: c.threshold,
             requests: n,

@@ -12,23 +12,15 @@
 
 import { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
-import { DEFAULTS, type FallbackModel, type RouteModel } from '../config/resolve.js';
+import { DEFAULTS, type FallbackModel, type FallbackTrigger } from '../config/resolve.js';
 import { problem } from '../listener/problem.js';
 import { replayable } from '../listener/request-body.js';
-import type { Upstream } from '../upstream/upstream.js';
 import type { DegradationMonitor } from './degradation.js';
 import { classifyOutcome, judgedAtTrailers, judgedStatus, trailersVerdict } from './outcome.js';
 import { grpcStatusNamed, maySendAgain } from './retry.js';
-import type { Handler, Layer, Outcome, RequestContext } from './types.js';
+import type { Layer, Outcome, RequestContext, UpstreamPipeline } from './types.js';
 
-export type Trigger = 'breaker_open' | 'timeout' | 'error' | 'rate_limited' | 'bulkhead_full' | 'degraded';
-export const DEFAULT_TRIGGERS: readonly Trigger[] = [
-  'breaker_open',
-  'timeout',
-  'error',
-  'bulkhead_full',
-  'degraded',
-];
+export type Trigger = FallbackTrigger;
 
 /** Which trigger an outcome is, if any. */
 export function triggerOf(o: Outcome): Trigger | undefined {
@@ -73,7 +65,7 @@ export interface FallbackServices {
   readonly cache: ResponseCache;
   readonly clock: Clock;
   /** The pipeline, upstream and route of another upstream, for fallbacks of type upstream. */
-  readonly pipelineOf: (upstream: string) => { handler: Handler; upstream: Upstream; route: RouteModel };
+  readonly pipelineOf: (upstream: string) => UpstreamPipeline;
   readonly served: (upstream: string, fallback: string, reason: Trigger) => void;
   readonly looked: (upstream: string, result: 'hit' | 'miss' | 'stale') => void;
 }
@@ -93,7 +85,7 @@ export class FallbackChain {
     const vary = new Set<string>();
     for (const name of this.names(head)) {
       const f = s.fallbacks[name];
-      if (f?.type === 'cache') for (const h of f.vary ?? []) vary.add(h.toLowerCase());
+      if (f?.type === 'cache') for (const h of f.vary) vary.add(h);
     }
     this.vary = [...vary];
   }
@@ -101,7 +93,7 @@ export class FallbackChain {
   /** The chain's names in order: head, its then, its then's then... */
   *names(start: string | undefined): Generator<string> {
     const seen = new Set<string>();
-    for (let n = start; n !== undefined && !seen.has(n); n = this.s.fallbacks[n]?.then) {
+    for (let n = start; n !== undefined && !seen.has(n); n = this.s.fallbacks[n]?.next) {
       seen.add(n);
       yield n;
     }
@@ -110,8 +102,7 @@ export class FallbackChain {
   /** Whether the chain reacts to `trigger` (the head's `on` list decides). */
   handles(trigger: Trigger): boolean {
     if (this.head === undefined) return false;
-    const f = this.s.fallbacks[this.head];
-    return ((f?.on as Trigger[] | undefined) ?? DEFAULT_TRIGGERS).includes(trigger);
+    return this.s.fallbacks[this.head]?.on.includes(trigger) ?? false;
   }
 
   cacheKey(ctx: RequestContext): string {
@@ -171,18 +162,18 @@ export class FallbackChain {
     if (!f) return undefined;
     if (f.type === 'static_response') {
       const headers: string[] = [];
-      for (const [k, v] of Object.entries(f.headers ?? {}))
+      for (const [k, v] of Object.entries(f.headers))
         if (!DROP_FROM_LOCAL.has(k.toLowerCase())) headers.push(k, v);
       return {
         type: 'local',
-        status: f.status ?? 200,
+        status: f.status,
         headers,
-        body: f.bodyBytes,
+        body: f.body,
         fallback: name,
         age: undefined,
       };
     }
-    if (f.type === 'cache') return this.fromCache(ctx, name, f.max_stale ?? DEFAULTS.cacheMaxStale);
+    if (f.type === 'cache') return this.fromCache(ctx, name, f.maxStale);
     // type upstream: only a request whose body can be sent again (in memory or a temporary file),
     // and, once the upstream may have processed it, only one that may be sent twice (the retry
     // rule: a payment that got a 503 is not sent to a replica that shares its database).
@@ -278,7 +269,7 @@ async function serveDegraded(
     const served = await chain.serve(ctx, start, 'degraded');
     if (served) return served;
   } else if (plan.fallback === 'cache_only') {
-    const hit = chain.fromCache(ctx, 'cache_only', DEFAULTS.cacheMaxStale);
+    const hit = chain.fromCache(ctx, 'cache_only', DEFAULTS.degradation.cacheOnlyMaxStale);
     if (hit) {
       chain.s.served(chain.upstream, 'cache_only', 'degraded');
       return hit;

@@ -13,36 +13,49 @@
  *   circuit breaker         per upstream, checked and told the result on every attempt
  *   upstream call           one attempt to one endpoint, its timeout capped by the deadline
  *
- * Per-upstream state (breaker, limiter, bulkhead, retry budget) lives in UpstreamPolicies, shared
- * by every route to that upstream; the route's own settings (timeouts, retry) shape its stack.
+ * Per-upstream state (breaker, limiter, bulkhead, retry budget, fallback chain and degradation
+ * monitor) lives in UpstreamPolicies, one strategy per policy (strategies.ts), shared by every
+ * route to that upstream; the route's own settings (timeouts, retry, idempotency) shape its stack.
  *
  * A WebSocket handshake passes the same admission layers (limiter, bulkhead, breaker; see
- * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`); a call
- * breakwater makes itself runs an upstream's request pipeline with a context that has no client.
+ * `admissionLayers`) around its own innermost call, the handshake (`buildUpgradePipeline`). A call
+ * breakwater makes itself (a fallback of type upstream, a deferred delivery, a saga step) runs the
+ * upstream's request pipeline without its fallback layer (`withFallback: false`), with a context
+ * that has no client.
  */
 
 import { type HandshakeResponse, handshakeCall } from '../attempt/handshake.js';
-import type { ResponseCache } from '../cache/response-cache.js';
 import type { Clock } from '../clock.js';
-import { DEFAULTS, type FallbackModel, type RouteModel, type UpstreamModel } from '../config/resolve.js';
-import type { DegradationInput } from '../config/schema.js';
+import type { RouteModel, UpstreamModel } from '../config/resolve.js';
 import type { IdempotencyStore } from '../idempotency/store.js';
-import { carried, sameSettings } from '../lifecycle/survives.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { UpstreamStats } from '../observability/upstream-stats.js';
 import type { RedisStore } from '../stores/redis.js';
-import { Bulkhead } from './bulkhead.js';
-import { CircuitBreaker } from './circuit-breaker.js';
-import { circuitBreakerLayer } from './circuit-breaker-layer.js';
+import type { Bulkhead } from './bulkhead.js';
+import type { CircuitBreaker } from './circuit-breaker.js';
 import { deadlineLayer } from './deadline.js';
-import { DegradationMonitor } from './degradation.js';
-import { type DegradationPlan, FallbackChain, type FallbackServices, fallbackLayer } from './fallback.js';
-import { GlobalRateLimiter, localShare } from './global-rate-limiter.js';
+import type { FallbackChain } from './fallback.js';
+import type { GlobalRateLimiter } from './global-rate-limiter.js';
 import { idempotencyLayer } from './idempotency.js';
-import { RateLimiter } from './rate-limiter.js';
-import { RetryBudget, retryLayer } from './retry.js';
-import { forgetBreaker, observeBreaker, observeDegradation, strategyContext } from './strategy-context.js';
+import type { RateLimiter } from './rate-limiter.js';
+import type { RetryBudget } from './retry.js';
+import {
+  type BulkheadStrategy,
+  type CallKind,
+  type CircuitBreakerStrategy,
+  createBulkheadStrategy,
+  createCircuitBreakerStrategy,
+  createFallbackStrategy,
+  createRateLimiterStrategy,
+  createRetryStrategy,
+  type FallbackContext,
+  type FallbackStrategy,
+  noCircuitBreaker,
+  type RateLimiterStrategy,
+  type RetryStrategy,
+} from './strategies.js';
+import { strategyContext } from './strategy-context.js';
 import {
   type Call,
   type CallResponse,
@@ -53,6 +66,8 @@ import {
 } from './types.js';
 import { upstreamCall } from './upstream-call.js';
 
+export type { CallKind, FallbackContext } from './strategies.js';
+
 export interface PipelineServices {
   readonly clock: Clock;
   readonly metrics: Metrics;
@@ -62,43 +77,26 @@ export interface PipelineServices {
   readonly redis?: RedisStore | undefined;
 }
 
-/** What the fallback layer needs from the whole process: fallbacks, cache, other upstreams. */
-export interface FallbackContext {
-  /** Where Idempotency-Key records are kept. */
-  readonly idempotency: IdempotencyStore;
-  /** The Idempotency-Key store shared by the replicas (idempotency.store: redis), if configured. */
-  readonly sharedIdempotency?: IdempotencyStore | undefined;
-  readonly fallbacks: Readonly<Record<string, FallbackModel>>;
-  readonly cache: ResponseCache;
-  readonly degradation: DegradationInput | undefined;
-  /** The fallback-free pipeline of an upstream, for fallbacks of type upstream. */
-  readonly pipelineOf: FallbackServices['pipelineOf'];
-}
-
-/** The state one upstream's policies share across routes and, while its settings stay the same, across reloads. */
+/**
+ * The state one upstream's policies share across routes and, while its settings stay the same,
+ * across reloads: one strategy per policy, each made by its factory (strategies.ts) from the
+ * upstream's resolved model and one builder context.
+ */
 export class UpstreamPolicies {
-  readonly breaker: CircuitBreaker | undefined;
-  /** The local bucket; for scope global, this replica's share, used while Redis is unreachable. */
-  readonly limiter: RateLimiter | undefined;
-  /** scope global: the limit shared through Redis. */
-  readonly globalLimiter: GlobalRateLimiter | undefined;
-  readonly bulkhead: Bulkhead | undefined;
-  readonly budget: RetryBudget;
-  readonly chain: FallbackChain;
-  readonly degradation: DegradationPlan | undefined;
-  /** Whether this upstream's responses are teed into the response cache. */
-  readonly caches: boolean;
+  readonly rateLimiter: RateLimiterStrategy | undefined;
+  readonly bulkheadStrategy: BulkheadStrategy | undefined;
+  readonly circuitBreaker: CircuitBreakerStrategy | undefined;
+  readonly retry: RetryStrategy;
+  readonly fallback: FallbackStrategy;
   readonly idempotencyStore: IdempotencyStore | undefined;
   readonly sharedIdempotencyStore: IdempotencyStore | undefined;
   /** Live traffic figures (carried across reloads). */
   readonly stats: UpstreamStats;
-  /** The degradation settings this upstream was built with (compared on reload). */
-  readonly degradationSettings: unknown;
 
   /**
-   * `previous` is the same upstream's policies under the config being replaced: each piece of state
-   * (breaker, limiter, bulkhead, retry budget, degradation monitor) whose settings did not change
-   * is carried over, so a reload does not close an open breaker or refill a drained bucket.
+   * `previous` is the same upstream's policies under the config being replaced: each strategy
+   * carries over its state while its settings did not change, so a reload does not close an open
+   * breaker or refill a drained bucket.
    */
   constructor(
     readonly model: UpstreamModel,
@@ -106,95 +104,24 @@ export class UpstreamPolicies {
     fallback: FallbackContext,
     previous?: UpstreamPolicies,
   ) {
-    const { clock, metrics, logger } = services;
-    const name = model.name;
-    const sctx = strategyContext(name, services);
+    const ctx = strategyContext(model.name, services);
     this.stats = previous?.stats ?? new UpstreamStats();
-    const stats = this.stats;
     this.idempotencyStore = fallback.idempotency;
     this.sharedIdempotencyStore = fallback.sharedIdempotency;
-    this.chain = new FallbackChain(name, model.fallback, {
-      fallbacks: fallback.fallbacks,
-      cache: fallback.cache,
-      clock,
-      pipelineOf: fallback.pipelineOf,
-      served: (u, f, reason) => {
-        stats.fallbacks++;
-        metrics.fallbacks.labels(u, f, reason).inc();
-      },
-      looked: (u, result) => metrics.cacheLookups.labels(u, result).inc(),
-    });
-    const d = fallback.degradation;
-    const svc = d && d.enabled !== false ? d.services.find((x) => x.name === name) : undefined;
-    const degradationSettings =
-      svc && d
-        ? { svc, window: d.window, min: d.minimum_requests, recovery: d.recovery, probe: d.probe_ratio }
-        : undefined;
-    const prevMonitor = previous?.degradation?.monitor;
-    if (svc && prevMonitor && sameSettings(previous?.degradationSettings, degradationSettings)) {
-      this.degradation = { monitor: prevMonitor, fallback: svc.fallback };
-    } else if (svc && d) {
-      const monitor = new DegradationMonitor(
-        svc.conditions,
-        {
-          window: d.window ?? DEFAULTS.degradation.window,
-          minimumRequests: d.minimum_requests ?? DEFAULTS.degradation.minimumRequests,
-          recovery: d.recovery ?? DEFAULTS.degradation.recovery,
-          probeRatio: d.probe_ratio ?? DEFAULTS.degradation.probeRatio,
-        },
-        clock,
-        services.random,
-      );
-      observeDegradation(monitor, sctx);
-      this.degradation = { monitor, fallback: svc.fallback };
-    }
-    this.degradationSettings = degradationSettings;
-    let caches = false;
-    for (const f of this.chain.names(model.fallback))
-      if (fallback.fallbacks[f]?.type === 'cache') caches = true;
-    if (svc?.fallback === 'cache_only') caches = true;
-    if (svc && fallback.fallbacks[svc.fallback]?.type === 'cache') caches = true;
-    this.caches = caches;
-    if (
-      svc &&
-      svc.fallback === 'static_response' &&
-      ![...this.chain.names(model.fallback)].some((f) => fallback.fallbacks[f]?.type === 'static_response')
-    ) {
-      logger.warn(
-        { upstream: name },
-        `degradation of ${name} names static_response, but its fallbacks have none: while degraded, requests still go upstream`,
-      );
-    }
-    const keep = carried;
-    const keptBreaker = keep(previous?.breaker, previous?.model.circuitBreaker, model.circuitBreaker);
-    this.breaker =
-      keptBreaker ?? (model.circuitBreaker ? new CircuitBreaker(model.circuitBreaker, clock) : undefined);
-    this.limiter =
-      keep(previous?.limiter, previous?.model.rateLimiter, model.rateLimiter) ??
-      (model.rateLimiter
-        ? new RateLimiter(
-            model.rateLimiter.scope === 'global' ? localShare(model.rateLimiter) : model.rateLimiter,
-            clock,
-          )
-        : undefined);
-    const redis = model.rateLimiter?.scope === 'global' ? services.redis : undefined;
-    const prevGlobal = previous?.globalLimiter;
-    this.globalLimiter =
-      redis && model.rateLimiter && this.limiter
-        ? prevGlobal && prevGlobal.store === redis && prevGlobal.local === this.limiter
-          ? prevGlobal
-          : new GlobalRateLimiter(model.rateLimiter, redis, this.limiter, name, clock, metrics, logger)
-        : undefined;
-    this.bulkhead =
-      keep(previous?.bulkhead, previous?.model.bulkhead, model.bulkhead) ??
-      (model.bulkhead ? new Bulkhead(model.bulkhead, clock) : undefined);
-    this.budget =
-      keep(previous?.budget, previous?.model.retry.budget, model.retry.budget) ??
-      new RetryBudget(model.retry.budget, clock);
-
-    if (!this.breaker) forgetBreaker(sctx);
-    else if (!keptBreaker) observeBreaker(this.breaker, sctx);
+    this.fallback = createFallbackStrategy(model, fallback, this.stats, ctx, previous?.fallback);
+    this.circuitBreaker = model.circuitBreaker
+      ? createCircuitBreakerStrategy(model.circuitBreaker, ctx, previous?.circuitBreaker)
+      : noCircuitBreaker(ctx);
+    this.rateLimiter = model.rateLimiter
+      ? createRateLimiterStrategy(model.rateLimiter, ctx, previous?.rateLimiter)
+      : undefined;
+    this.bulkheadStrategy = model.bulkhead
+      ? createBulkheadStrategy(model.bulkhead, ctx, previous?.bulkheadStrategy)
+      : undefined;
+    this.retry = createRetryStrategy(model.retry.budget, ctx, previous?.retry);
     const { limiter, bulkhead } = this;
+    const { metrics } = services;
+    const name = model.name;
     metrics.collectors.set(`upstream:${name}`, () => {
       if (limiter) metrics.limiterQueue.labels(name).set(limiter.queueLength);
       if (bulkhead) {
@@ -203,48 +130,53 @@ export class UpstreamPolicies {
       }
     });
   }
-}
 
-/** The kinds of call a pipeline is built for. */
-export type CallKind = 'request' | 'upgrade';
+  get breaker(): CircuitBreaker | undefined {
+    return this.circuitBreaker?.breaker;
+  }
+  /** The local bucket; for scope global, this replica's share, used while Redis is unreachable. */
+  get limiter(): RateLimiter | undefined {
+    return this.rateLimiter?.local;
+  }
+  /** scope global: the limit shared through Redis. */
+  get globalLimiter(): GlobalRateLimiter | undefined {
+    return this.rateLimiter?.global;
+  }
+  get bulkhead(): Bulkhead | undefined {
+    return this.bulkheadStrategy?.bulkhead;
+  }
+  get budget(): RetryBudget {
+    return this.retry.budget;
+  }
+  get chain(): FallbackChain {
+    return this.fallback.chain;
+  }
+  /** Whether this upstream's responses are teed into the response cache. */
+  get caches(): boolean {
+    return this.fallback.caches;
+  }
+  get degradation(): FallbackStrategy['degradation'] {
+    return this.fallback.degradation;
+  }
+}
 
 /**
  * The layers that admit a call to an upstream, whatever the call: the rate limiter (or the global
  * limit) and the bulkhead, outermost first, and the circuit breaker, asked for each attempt
- * (innermost). HTTP requests and WebSocket handshakes are admitted by these same layers, with the
- * same metrics; each kind of call places them in its stack (`buildPipeline`, `buildUpgradePipeline`).
- * A handshake is answered at once: it takes a token of the local bucket (a global limit's local
- * share) and is never queued by a shaper.
+ * (innermost). HTTP requests and WebSocket handshakes are admitted by these same strategies, with
+ * the same metrics; each kind of call places them in its stack (`buildPipeline`,
+ * `buildUpgradePipeline`).
  */
 export function admissionLayers<R extends CallResponse>(
   policies: UpstreamPolicies,
-  services: PipelineServices,
   kind: CallKind,
+  route: RouteModel,
 ): { readonly admit: Layer<R>[]; readonly breaker: Layer<R> | undefined } {
-  const { clock, metrics } = services;
-  const name = policies.model.name;
+  const use = { kind, route };
   const admit: Layer<R>[] = [];
-  const limiter = kind === 'upgrade' ? policies.limiter : (policies.globalLimiter ?? policies.limiter);
-  if (limiter) {
-    const rejected = metrics.rateLimited.labels(name, limiter.policy.mode);
-    const delayed = metrics.shaped.labels(name);
-    const events = { rejected: () => rejected.inc(), delayed: () => delayed.inc() };
-    admit.push(
-      limiter === policies.limiter
-        ? policies.limiter.layer<R>(name, events, kind === 'request')
-        : limiter.layer<R>(name, events),
-    );
-  }
-  if (policies.bulkhead) {
-    const rejected = metrics.bulkheadRejected.labels(name);
-    admit.push(policies.bulkhead.layer<R>(name, () => rejected.inc()));
-  }
-  let breaker: Layer<R> | undefined;
-  if (policies.breaker) {
-    const rejected = metrics.breakerRejected.labels(name);
-    breaker = circuitBreakerLayer<R>(policies.breaker, name, clock, () => rejected.inc());
-  }
-  return { admit, breaker };
+  if (policies.rateLimiter) admit.push(policies.rateLimiter.layer<R>(use));
+  if (policies.bulkheadStrategy) admit.push(policies.bulkheadStrategy.layer<R>(use));
+  return { admit, breaker: policies.circuitBreaker?.layer<R>(use) };
 }
 
 /** An HTTP request's pipeline for `route` (see the order at the top of this file). */
@@ -254,8 +186,9 @@ export function buildPipeline(
   services: PipelineServices,
   options: { withFallback?: boolean } = {},
 ): Handler {
-  const { clock, metrics, random } = services;
+  const { clock, metrics } = services;
   const name = policies.model.name;
+  const use = { kind: 'request', route } as const;
   const layers: Layer[] = [];
   const idempotencyStore =
     route.idempotency?.store === 'redis' ? policies.sharedIdempotencyStore : policies.idempotencyStore;
@@ -278,18 +211,11 @@ export function buildPipeline(
       ),
     );
   }
-  if (options.withFallback !== false && (policies.chain.head !== undefined || policies.degradation)) {
-    layers.push(fallbackLayer(policies.chain, policies.degradation, clock));
-  }
-  const admission = admissionLayers<HttpResponse>(policies, services, 'request');
+  if (options.withFallback !== false && policies.fallback.active) layers.push(policies.fallback.layer(use));
+  const admission = admissionLayers<HttpResponse>(policies, 'request', route);
   layers.push(...admission.admit);
   layers.push(deadlineLayer(route.timeouts.request, clock));
-  layers.push(
-    retryLayer(route.retry, policies.budget, clock, random, {
-      retried: (reason) => metrics.retries.labels(name, reason).inc(),
-      skipped: (reason) => metrics.retriesSkipped.labels(name, reason).inc(),
-    }),
-  );
+  layers.push(policies.retry.layer(use));
   if (admission.breaker) layers.push(admission.breaker);
   // Every attempt (retries included) is counted by outcome.
   const attemptCounters = new Map<string, { inc(): void }>();
@@ -310,10 +236,11 @@ export function buildPipeline(
  * handshake is not replayed, and a fallback answer would not be a WebSocket.
  */
 export function buildUpgradePipeline(
+  route: RouteModel,
   policies: UpstreamPolicies,
   services: PipelineServices,
 ): Call<HandshakeResponse> {
-  const admission = admissionLayers<HandshakeResponse>(policies, services, 'upgrade');
+  const admission = admissionLayers<HandshakeResponse>(policies, 'upgrade', route);
   const layers = admission.breaker ? [...admission.admit, admission.breaker] : admission.admit;
   return compose(layers, handshakeCall(services.clock));
 }

@@ -9,10 +9,8 @@
  */
 
 import type { AttemptCause } from '../attempt/attempt.js';
-import type { RouteModel } from '../config/resolve.js';
 import { failureProblem, type Problem, problem } from '../listener/problem.js';
-import type { Upstream } from '../upstream/upstream.js';
-import { callRequest, type Handler, newContext, runFinishers } from './types.js';
+import { callRequest, newContext, runFinishers, type UpstreamPipeline } from './types.js';
 
 /** What to send. */
 export interface InternalRequest {
@@ -47,13 +45,6 @@ export type InternalResult =
       readonly maybeProcessed: boolean;
       readonly attempts: number;
     };
-
-/** One upstream's pipeline as `pipelineOf` gives it. */
-export interface UpstreamPipeline {
-  readonly handler: Handler;
-  readonly upstream: Upstream;
-  readonly route: RouteModel;
-}
 
 /** Runs `r` through `p`; never rejects. `maxResponseBytes` bounds the answer read into memory. */
 export async function internalCall(

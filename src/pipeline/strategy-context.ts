@@ -1,12 +1,13 @@
 /**
  * What a strategy is built with (as Polly's StrategyBuilderContext): the upstream it serves, the
- * clock, randomness, metrics and the logger. A strategy's observability (the gauges and counters it
- * moves, the lines it logs when its state changes) is wired here, once per strategy built, so that
- * UpstreamPolicies only decides what to build and what to carry over.
+ * clock, randomness, metrics, the logger and the Redis store. The observability of a strategy's
+ * state changes (the breaker's transitions, the degradation monitor's verdicts) is here, wired
+ * once per strategy built by its factory (strategies.ts).
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { RedisStore } from '../stores/redis.js';
 import { BREAKER_STATES, type CircuitBreaker, countsFields } from './circuit-breaker.js';
 import type { DegradationMonitor } from './degradation.js';
 
@@ -16,11 +17,19 @@ export interface StrategyContext {
   readonly random: () => number;
   readonly metrics: Metrics;
   readonly logger: Logger;
+  /** stores.redis, when configured (global rate limits). */
+  readonly redis: RedisStore | undefined;
 }
 
 export function strategyContext(
   upstream: string,
-  services: { clock: Clock; random: () => number; metrics: Metrics; logger: Logger },
+  services: {
+    clock: Clock;
+    random: () => number;
+    metrics: Metrics;
+    logger: Logger;
+    redis?: RedisStore | undefined;
+  },
 ): StrategyContext {
   return {
     upstream,
@@ -28,6 +37,7 @@ export function strategyContext(
     random: services.random,
     metrics: services.metrics,
     logger: services.logger,
+    redis: services.redis,
   };
 }
 

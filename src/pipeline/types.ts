@@ -252,6 +252,16 @@ export type Outcome<R extends CallResponse = HttpResponse> =
 export type Call<R extends CallResponse = HttpResponse> = (ctx: RequestContext) => Promise<Outcome<R>>;
 /** An HTTP request's call: what a route's pipeline is. */
 export type Handler = Call<HttpResponse>;
+
+/**
+ * An upstream's request pipeline for a call without a client (a fallback of type upstream, a
+ * deferred delivery, a saga step): its handler, the upstream, and the route it runs as.
+ */
+export interface UpstreamPipeline {
+  readonly handler: Handler;
+  readonly upstream: Upstream;
+  readonly route: RouteModel;
+}
 /** Wraps a call in a policy. Generic layers (limiter, bulkhead, breaker) work over any response. */
 export type Layer<R extends CallResponse = HttpResponse> = (next: Call<R>) => Call<R>;
 

@@ -2,6 +2,7 @@
  * `sagas.<name>` as the runtime uses it: defaults filled in, the trigger path split into segments,
  * every template compiled once (a reference that cannot be given is a config error naming its key).
  */
+import { DEFAULTS } from '../config/defaults.js';
 import type { SagaInput, SagaStepInput } from '../config/schema.js';
 import {
   compileTemplate,
@@ -78,8 +79,8 @@ export interface SagaProblem {
   readonly message: string;
 }
 
-const COMPENSATE_DEFAULTS = { maxAttempts: 10, initialWait: 100, maxWait: 30_000, maxAge: 3_600_000 };
-const STATUS_DEFAULTS = { maxAttempts: 3, initialWait: 100, maxWait: 30_000 };
+const COMPENSATE_DEFAULTS = DEFAULTS.saga.compensate;
+const STATUS_DEFAULTS = DEFAULTS.saga.status;
 
 export function sagasOf(
   input: Readonly<Record<string, SagaInput>> | undefined,
@@ -144,7 +145,7 @@ function sagaOf(name: string, s: SagaInput, problems: SagaProblem[]): SagaModel 
       initial_wait?: number | undefined;
       max_wait?: number | undefined;
     },
-    d: typeof STATUS_DEFAULTS,
+    d: { readonly maxAttempts: number; readonly initialWait: number; readonly maxWait: number },
   ): RetryModel => ({
     maxAttempts: r.max_attempts ?? d.maxAttempts,
     initialWait: r.initial_wait ?? d.initialWait,
@@ -157,22 +158,22 @@ function sagaOf(name: string, s: SagaInput, problems: SagaProblem[]): SagaModel 
     return {
       name: step.name,
       call: {
-        ...callOf(step.call, 'POST', before, [...where, 'call']),
+        ...callOf(step.call, DEFAULTS.saga.callMethod, before, [...where, 'call']),
         successStatuses: new Set(step.call.success_statuses ?? []),
       },
       // A compensation may read its own step's answer (the id of what to undo).
       compensate: step.compensate
         ? {
-            ...callOf(step.compensate, 'POST', through, [...where, 'compensate']),
-            successStatuses: new Set(step.compensate.success_statuses ?? [404, 410]),
+            ...callOf(step.compensate, DEFAULTS.saga.callMethod, through, [...where, 'compensate']),
+            successStatuses: new Set(step.compensate.success_statuses ?? COMPENSATE_DEFAULTS.successStatuses),
             retry: retryOf(step.compensate, COMPENSATE_DEFAULTS),
             maxAge: step.compensate.max_age ?? COMPENSATE_DEFAULTS.maxAge,
           }
         : undefined,
       status: step.status
         ? {
-            ...callOf(step.status, 'GET', before, [...where, 'status']),
-            notApplied: new Set(step.status.not_applied_statuses ?? [404]),
+            ...callOf(step.status, DEFAULTS.saga.statusMethod, before, [...where, 'status']),
+            notApplied: new Set(step.status.not_applied_statuses ?? STATUS_DEFAULTS.notAppliedStatuses),
             retry: retryOf(step.status, STATUS_DEFAULTS),
           }
         : undefined,

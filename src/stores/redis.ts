@@ -113,7 +113,7 @@ export class RedisStore {
           ...(model.tls.cert ? { cert: model.tls.cert, key: model.tls.key } : {}),
           servername: model.tls.serverName ?? model.host,
           rejectUnauthorized: !model.tls.insecureSkipVerify,
-          minVersion: model.tls.minVersion ?? 'TLSv1.2',
+          minVersion: model.tls.minVersion,
         }
       : undefined;
     this.client = new (loadIoredis())({

@@ -98,14 +98,14 @@ fallbacks:
     expect(cfg.upstreams.app?.fallback).toBe('app/fallback');
     expect(cfg.upstreams.other?.fallback).toBe('named');
     const fb = (name: string) => cfg.fallbacks[name];
-    expect(fb('app/fallback')).toMatchObject({ type: 'cache', max_stale: 60_000 });
-    expect(fb('app/fallback')?.then).toBe('app/fallback/then');
+    expect(fb('app/fallback')).toMatchObject({ type: 'cache', maxStale: 60_000 });
+    expect(fb('app/fallback')?.next).toBe('app/fallback/then');
     expect(fb('app/fallback/then')).toMatchObject({ type: 'static_response', status: 503 });
-    expect((fb('app/fallback/then') as { bodyBytes: Buffer } | undefined)?.bodyBytes.toString()).toBe('busy');
+    expect((fb('app/fallback/then') as { body: Buffer } | undefined)?.body.toString()).toBe('busy');
     expect(fb('named')).toMatchObject({ type: 'cache' });
-    expect(fb('named')?.then).toBe('named/then');
+    expect(fb('named')?.next).toBe('named/then');
     expect(fb('named/then')).toMatchObject({ type: 'upstream', upstream: 'app' });
-    expect(fb('named/then')?.then).toBe('last');
+    expect(fb('named/then')?.next).toBe('last');
     expect(cfg.fallbackOf).toEqual({ app: 'app/fallback', other: 'named' });
   });
 

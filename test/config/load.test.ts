@@ -66,16 +66,16 @@ describe('the design document seed blocks', () => {
     expect(cfg.fallbackOf).toEqual({ recommendation: 'static_top_items', inventory: 'estimated_stock' });
   });
 
-  it('loads the degradation block unchanged with thresholds as milliseconds and ratios', async () => {
+  it('resolves the degradation block: thresholds as milliseconds and ratios, defaults applied', async () => {
     const seed = readFileSync(join(SEEDS, 'degradation.yaml'), 'utf8');
     const cfg = await parseConfigText(BASE + seed, 'degradation.yaml', { env: {} });
-    expect(cfg.degradation?.enabled).toBe(true);
+    expect(cfg.degradation).toMatchObject({ window: 10_000, minimumRequests: 20, recovery: 10_000 });
     expect(cfg.degradation?.services).toEqual([
       {
         name: 'recommendation-service',
         fallback: 'static_response',
         conditions: [
-          { type: 'latency', threshold: 500 },
+          { type: 'latency', threshold: 500, quantile: 0.99 },
           { type: 'error_rate', threshold: 0.5 },
         ],
       },
@@ -129,7 +129,7 @@ upstreams:
 
   it('fills every default and freezes the model', async () => {
     const cfg = await parseConfigText(BASE, 't.yaml', { env: {} });
-    expect(cfg.admin).toEqual({ host: '127.0.0.1', port: 9901, token_env: 'BREAKWATER_ADMIN_TOKEN' });
+    expect(cfg.admin).toEqual({ host: '127.0.0.1', port: 9901, tokenEnv: 'BREAKWATER_ADMIN_TOKEN' });
     expect(cfg.listeners[0]?.host).toBe('127.0.0.1');
     expect(cfg.listeners[0]?.routes[0]?.name).toBe('main-0');
     expect(cfg.upstreams.inventory?.timeouts).toEqual({
@@ -138,7 +138,7 @@ upstreams:
       connect: 2000,
       body: 30000,
     });
-    expect(cfg.shutdown).toEqual({ delay: 0, drain_timeout: 25_000 });
+    expect(cfg.shutdown).toEqual({ delay: 0, drainTimeout: 25_000 });
     expect(Object.isFrozen(cfg.upstreams.inventory?.timeouts)).toBe(true);
     expect(() => {
       (cfg.listeners as unknown as unknown[]).push(1);
@@ -427,6 +427,6 @@ describe('shipped configs', () => {
     );
     const cm = docs.find((d) => d.kind === 'ConfigMap');
     const cfg = await parseConfigText(cm.data['breakwater.yaml'], 'k8s/base/configmap.yaml', { env: {} });
-    expect(cfg.shutdown).toEqual({ delay: 0, drain_timeout: 10_000 });
+    expect(cfg.shutdown).toEqual({ delay: 0, drainTimeout: 10_000 });
   });
 });

@@ -248,7 +248,7 @@ describe('docker-compose.yml', () => {
       ].sort(),
     );
     const grace = Number(/^(\d+)s$/.exec(bw.stop_grace_period ?? '')?.[1]);
-    expect(grace * 1000).toBeGreaterThan(config.shutdown.delay + config.shutdown.drain_timeout);
+    expect(grace * 1000).toBeGreaterThan(config.shutdown.delay + config.shutdown.drainTimeout);
   });
 
   it("breakwater's upstreams default to the demo service's ports", () => {

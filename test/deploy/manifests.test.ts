@@ -323,7 +323,7 @@ describe('the breakwater sidecar (k8s/base)', () => {
       (s, c) => Math.max(s, c.lifecycle?.preStop?.sleep?.seconds ?? 0),
       0,
     );
-    const needed = preStop + (shutdown.delay + shutdown.drain_timeout) / 1000 + 5;
+    const needed = preStop + (shutdown.delay + shutdown.drainTimeout) / 1000 + 5;
     expect(pod.terminationGracePeriodSeconds ?? 30).toBeGreaterThanOrEqual(needed);
   });
 
