@@ -253,6 +253,10 @@ export interface DeferredStoreModel {
   readonly maxBytes: number;
   readonly retention: number;
   readonly concurrency: number;
+  /** embedded: LMDB in data_dir; redis: a Redis Stream on stores.redis shared by the replicas. */
+  readonly backend: 'embedded' | 'redis';
+  /** backend redis: ms a claimed item stays its claimer's without renewal. */
+  readonly lease: number;
 }
 
 export interface IdempotencyPolicy {
@@ -888,6 +892,8 @@ export async function resolveConfig(
       maxBytes: cfg.deferred_store?.max_bytes ?? 256 * 1024 * 1024,
       retention: cfg.deferred_store?.retention ?? 7 * 24 * 3_600_000,
       concurrency: cfg.deferred_store?.concurrency ?? 4,
+      backend: cfg.deferred_store?.backend ?? 'embedded',
+      lease: cfg.deferred_store?.lease ?? 30_000,
     },
     fallbackOf,
   };

@@ -19,8 +19,9 @@
  * `reset_timeout` one call probes. Scripts are sent by hash (EVALSHA) and loaded with EVAL only when
  * Redis answers NOSCRIPT (after a restart or failover).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { hostname } from 'node:os';
 import type { ConnectionOptions } from 'node:tls';
 import type { Redis } from 'ioredis';
 import { type Clock, systemRandom } from '../clock.js';
@@ -90,6 +91,11 @@ interface OpMetrics {
 export class RedisStore {
   readonly client: Redis;
   readonly breaker: StoreBreaker;
+  /**
+   * This process among the replicas: hostname-pid-random (a consumer name in a Redis Stream's
+   * group, a lease's owner). A new client (a reload that changes stores.redis) gets a new one.
+   */
+  readonly instanceId: string;
   private readonly ops = new Map<string, OpMetrics>();
   private lastError: { message: string; at: number } | undefined;
   /** Between a connection error and the next 'ready' (for logging once per disconnection). */
@@ -103,6 +109,7 @@ export class RedisStore {
     readonly clock: Clock,
   ) {
     this.breaker = new StoreBreaker(model.breaker, clock);
+    this.instanceId = `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
     const tls: ConnectionOptions | undefined = model.tls
       ? {
           ...(model.tls.ca ? { ca: model.tls.ca } : {}),

@@ -46,6 +46,8 @@ describe('deferred config', () => {
       maxBytes: 256 * 1024 * 1024,
       retention: 7 * 24 * 3_600_000,
       concurrency: 4,
+      backend: 'embedded',
+      lease: 30_000,
     });
   });
 
