@@ -67,6 +67,13 @@ const RENEW_CHUNK = 200;
 const LIST_PAGE = 200;
 /** How often the counters are read for metrics, /state and the status page. */
 const SNAPSHOT_EVERY = 1_000;
+/**
+ * The queue's own connection waits this long for an answer (stores.redis.command_timeout, 20 ms
+ * by default, is sized for a rate-limit check on the request path; a write carrying a request
+ * body on a busy host can take longer, and a timeout would refuse a request that could be kept).
+ * At least command_timeout.
+ */
+const QUEUE_COMMAND_TIMEOUT = 1_000;
 
 /**
  * What the item's hash keeps as `doc` (JSON): the item without its body, seq and state. (An empty
@@ -307,6 +314,18 @@ export class RedisDeferredQueue implements DeferredBackend {
   /** Opens the queue; Redis being away does not stop it (the group is made when Redis answers). */
   static async open(store: () => RedisStore, deps: QueueDeps): Promise<RedisDeferredQueue> {
     const q = new RedisDeferredQueue(store, deps);
+    const s = store();
+    const c = q.connection(s);
+    if (c.status !== 'ready')
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          deps.clock.clearTimeout(timer);
+          c.off('ready', done);
+          resolve();
+        };
+        const timer = deps.clock.setTimeout(done, s.model.connectTimeout);
+        c.once('ready', done);
+      });
     await q.ensureGroup().catch(() => undefined);
     q.collect();
     q.stopSweep = every(deps.clock, 60_000, () => void q.sweep().catch(() => undefined));
@@ -334,9 +353,13 @@ export class RedisDeferredQueue implements DeferredBackend {
     return this.store().key(`deferred-live:${encodeURIComponent(upstream)}`, 'deferred');
   }
 
+  private connection(s: RedisStore): Redis {
+    return s.connection('deferred', Math.max(QUEUE_COMMAND_TIMEOUT, s.model.commandTimeout));
+  }
+
   private run<T>(op: string, fn: (c: Redis, s: RedisStore) => Promise<T>): Promise<T> {
     const s = this.store();
-    return s.run(`deferred_${op}`, (c) => fn(c, s));
+    return s.run(`deferred_${op}`, (c) => fn(c, s), this.connection(s));
   }
 
   private async ensureGroup(): Promise<void> {
