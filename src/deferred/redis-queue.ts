@@ -57,8 +57,8 @@ const GROUP = 'deliverers';
 const READ_COUNT = 16;
 /** Longest wait between two looks at the stream (items accepted by other replicas, lanes moving on). */
 const POLL = 250;
-/** A lane whose head another item is: looked at again after this. */
-const BLOCKED_WAIT = 500;
+/** A lane whose head another item is: looked at again after this (sooner when this replica moves it on). */
+const BLOCKED_WAIT = POLL;
 /** Scripts run per take at most (a tick's work stays bounded). */
 const MAX_TRIES = 64;
 /** Entries renewed per script call. */
@@ -728,6 +728,11 @@ export class RedisDeferredQueue implements DeferredBackend {
     )) as string[];
     if (res[0] === 'ok') {
       if (was !== to) logState(this.deps.logger, item, (res[1] as State | undefined) ?? was);
+      // The lane moved on: its next item, if this replica holds it, is looked at now.
+      if (isFinished(to) && item.orderingKey !== undefined)
+        for (const o of this.owned.values())
+          if (o.orderingKey === item.orderingKey && o.upstream === item.upstream && o.id !== item.id)
+            o.nextAt = Math.min(o.nextAt, now);
       this.onDue();
     } else item.state = (res[1] as State | undefined) ?? was;
     return res;

@@ -245,6 +245,54 @@ describe.skipIf(!redisTool.available)('deferred delivery on Redis Streams', () =
     }
   }, 90_000);
 
+  it('SIGTERM of a replica hands its items to the other at once, not after the lease', async () => {
+    const upPort = await freePort();
+    const p = prefix();
+    // A long lease: a hand-over that waited for it would not finish within the test.
+    const one = async () => {
+      const r = { port: await freePort(), admin: await freePort() };
+      const yaml = config(r, upPort, redis.url, p).replace('  lease: 2s\n', '  lease: 60s\n');
+      return { ...r, child: await start(yaml, r.admin) };
+    };
+    const a = await one();
+    let b: Replica | undefined;
+    try {
+      for (let i = 0; i < 6; i++) expect((await post(a.port, `t-${i}`, `c-${i % 2}`)).status).toBe(202);
+      await until(
+        async () => {
+          const pending = (await client.call('XPENDING', `${p}deferred-stream:{deferred}`, 'deliverers')) as [
+            number,
+            ...unknown[],
+          ];
+          return pending[0] === 6;
+        },
+        'all six claimed by A',
+        10_000,
+      );
+      b = await one();
+      a.child.kill('SIGTERM');
+      expect(await a.child.exited).toBe(0);
+      const t0 = performance.now();
+      const up = await startDedupUpstream(upPort, { orderingHeader: 'x-customer' });
+      try {
+        // Within half the lease: A let go of its items as it stopped.
+        await until(() => up.processed.size === 6, 'B delivers all six', 30_000);
+        const ms = performance.now() - t0;
+        console.log(
+          `deferred on redis: after SIGTERM of A, B delivered its 6 items in ${Math.round(ms)} ms (lease 60 s)`,
+        );
+        expect(up.order.get('c-0')).toEqual(['t-0', 't-2', 't-4']);
+        expect(up.order.get('c-1')).toEqual(['t-1', 't-3', 't-5']);
+        expect(b.child.stdout.some((l) => l.includes('"event":"deferred_reclaimed"'))).toBe(true);
+      } finally {
+        await up.close();
+      }
+    } finally {
+      a.child.kill('SIGKILL');
+      if (b) await stop(b.child);
+    }
+  }, 60_000);
+
   it('a request the upstream always answers 400 ends failed without delaying other keys', async () => {
     const upPort = await freePort();
     const [a, b] = (await replicas(2, upPort, prefix())) as [Replica, Replica];
