@@ -106,7 +106,18 @@ describe.skipIf(!redisTool.available)('deferred delivery on Redis Streams', () =
     client.on('error', () => undefined);
     await client.connect();
   });
+  /** Two replicas on one queue and one upstream port, shared by the tests that can (starts cost seconds). */
+  let pair: { a: Replica; b: Replica; upPort: number } | undefined;
+  async function sharedPair() {
+    if (!pair) {
+      const upPort = await freePort();
+      const [a, b] = (await replicas(2, upPort, prefix())) as [Replica, Replica];
+      pair = { a, b, upPort };
+    }
+    return pair;
+  }
   afterAll(async () => {
+    if (pair) await Promise.all([stop(pair.a.child), stop(pair.b.child)]);
     client.disconnect();
     await redis.stop();
   });
@@ -127,57 +138,48 @@ describe.skipIf(!redisTool.available)('deferred delivery on Redis Streams', () =
   }
 
   it('two replicas share the queue: keyed POSTs accepted by both are each delivered once, in order per ordering key', async () => {
-    const upPort = await freePort();
-    const [a, b] = (await replicas(2, upPort, prefix())) as [Replica, Replica];
+    const { a, b, upPort } = await sharedPair();
+    const customers = 8;
+    const perCustomer = 5;
+    const sent = new Map<string, string[]>();
+    await Promise.all(
+      Array.from({ length: customers }, async (_, c) => {
+        const list: string[] = [];
+        sent.set(`c-${c}`, list);
+        for (let i = 0; i < perCustomer; i++) {
+          const key = `k-${c}-${i}`;
+          // Alternating replicas: one customer's requests arrive at both.
+          const r = await post((i + c) % 2 === 0 ? a.port : b.port, key, `c-${c}`);
+          const text = await r.text();
+          expect(r.status, text).toBe(202);
+          const body = JSON.parse(text) as { status: string; id: string };
+          expect(body.status).toBe('pending');
+          list.push(key);
+        }
+      }),
+    );
+    const total = customers * perCustomer;
+    // Both replicas see the whole queue (each item pending, or being tried against the down upstream).
+    for (const r of [a, b]) {
+      const all = await items(r.admin, '');
+      expect(all.length).toBe(total);
+      expect(all.every((i) => i.status === 'pending' || i.status === 'delivering')).toBe(true);
+    }
+    const up = await startDedupUpstream(upPort, { orderingHeader: 'x-customer', delayMs: 10 });
     try {
-      const customers = 8;
-      const perCustomer = 5;
-      const sent = new Map<string, string[]>();
-      await Promise.all(
-        Array.from({ length: customers }, async (_, c) => {
-          const list: string[] = [];
-          sent.set(`c-${c}`, list);
-          for (let i = 0; i < perCustomer; i++) {
-            const key = `k-${c}-${i}`;
-            // Alternating replicas: one customer's requests arrive at both.
-            const r = await post((i + c) % 2 === 0 ? a.port : b.port, key, `c-${c}`);
-            const text = await r.text();
-            expect(r.status, text).toBe(202);
-            const body = JSON.parse(text) as { status: string; id: string };
-            expect(body.status).toBe('pending');
-            list.push(key);
-          }
-        }),
+      const t0 = performance.now();
+      await until(() => up.processed.size === total, 'every key delivered', 40_000);
+      const ms = performance.now() - t0;
+      for (const [key, count] of up.processed) expect(count, key).toBe(1);
+      for (const [customer, keys] of sent) expect(up.order.get(customer), customer).toEqual(keys);
+      await until(async () => (await items(b.admin, 'status=synced')).length === total, 'all synced', 10_000);
+      // Each delivered through the upstream once: no item went to both replicas.
+      expect(up.received()).toBe(total);
+      console.log(
+        `deferred on redis: two replicas delivered ${total} items (8 ordering keys) in ${Math.round(ms)} ms`,
       );
-      const total = customers * perCustomer;
-      // Both replicas see the whole queue (each item pending, or being tried against the down upstream).
-      for (const r of [a, b]) {
-        const all = await items(r.admin, '');
-        expect(all.length).toBe(total);
-        expect(all.every((i) => i.status === 'pending' || i.status === 'delivering')).toBe(true);
-      }
-      const up = await startDedupUpstream(upPort, { orderingHeader: 'x-customer', delayMs: 10 });
-      try {
-        const t0 = performance.now();
-        await until(() => up.processed.size === total, 'every key delivered', 40_000);
-        const ms = performance.now() - t0;
-        for (const [key, count] of up.processed) expect(count, key).toBe(1);
-        for (const [customer, keys] of sent) expect(up.order.get(customer), customer).toEqual(keys);
-        await until(
-          async () => (await items(b.admin, 'status=synced')).length === total,
-          'all synced',
-          10_000,
-        );
-        // Each delivered through the upstream once: no item went to both replicas.
-        expect(up.received()).toBe(total);
-        console.log(
-          `deferred on redis: two replicas delivered ${total} items (8 ordering keys) in ${Math.round(ms)} ms`,
-        );
-      } finally {
-        await up.close();
-      }
     } finally {
-      await Promise.all([stop(a.child), stop(b.child)]);
+      await up.close();
     }
   }, 90_000);
 
@@ -294,46 +296,41 @@ describe.skipIf(!redisTool.available)('deferred delivery on Redis Streams', () =
   }, 60_000);
 
   it('a request the upstream always answers 400 ends failed without delaying other keys', async () => {
-    const upPort = await freePort();
-    const [a, b] = (await replicas(2, upPort, prefix())) as [Replica, Replica];
+    const { a, b, upPort } = await sharedPair();
+    expect((await post(a.port, 'poison', 'c-1')).status).toBe(202);
+    expect((await post(b.port, 'after-poison', 'c-1')).status).toBe(202);
+    for (let i = 0; i < 6; i++)
+      expect((await post(i % 2 ? a.port : b.port, `other-${i}`, `o-${i}`)).status).toBe(202);
+    const up = await startDedupUpstream(upPort, {
+      orderingHeader: 'x-customer',
+      poison: new Set(['poison']),
+    });
     try {
-      expect((await post(a.port, 'poison', 'c-1')).status).toBe(202);
-      expect((await post(b.port, 'after-poison', 'c-1')).status).toBe(202);
-      for (let i = 0; i < 6; i++)
-        expect((await post(i % 2 ? a.port : b.port, `other-${i}`, `o-${i}`)).status).toBe(202);
-      const up = await startDedupUpstream(upPort, {
-        orderingHeader: 'x-customer',
-        poison: new Set(['poison']),
-      });
-      try {
-        await until(() => up.processed.size === 7, 'the other keys delivered', 30_000);
-        expect(up.order.get('c-1')).toEqual(['after-poison']);
-        await until(async () => (await items(a.admin, 'status=failed')).length === 1, 'failed', 10_000);
-        const failed = await items(a.admin, 'status=failed');
-        expect(failed.map((i) => i.idempotency_key)).toEqual(['poison']);
-        expect(up.seen.get('poison')).toBe(1);
-        const detail = (await (
-          await fetch(`http://127.0.0.1:${b.admin}/deferred/${failed[0]?.id}`)
-        ).json()) as {
-          history: { status: number | null }[];
-          last_answer: string;
-        };
-        expect(detail.history.at(-1)?.status).toBe(400);
-        expect(detail.last_answer).toContain('invalid order');
-        // Metrics come from the shared counters: both replicas report the one failed item.
-        await until(
-          async () =>
-            /breakwater_deferred_items\{state="failed"\} 1/.test(
-              await (await fetch(`http://127.0.0.1:${b.admin}/metrics`)).text(),
-            ),
-          'failed gauge',
-          5_000,
-        );
-      } finally {
-        await up.close();
-      }
+      await until(() => up.processed.size === 7, 'the other keys delivered', 30_000);
+      expect(up.order.get('c-1')).toEqual(['after-poison']);
+      await until(async () => (await items(a.admin, 'status=failed')).length === 1, 'failed', 10_000);
+      const failed = await items(a.admin, 'status=failed');
+      expect(failed.map((i) => i.idempotency_key)).toEqual(['poison']);
+      expect(up.seen.get('poison')).toBe(1);
+      const detail = (await (
+        await fetch(`http://127.0.0.1:${b.admin}/deferred/${failed[0]?.id}`)
+      ).json()) as {
+        history: { status: number | null }[];
+        last_answer: string;
+      };
+      expect(detail.history.at(-1)?.status).toBe(400);
+      expect(detail.last_answer).toContain('invalid order');
+      // Metrics come from the shared counters: both replicas report the one failed item.
+      await until(
+        async () =>
+          /breakwater_deferred_items\{state="failed"\} 1/.test(
+            await (await fetch(`http://127.0.0.1:${b.admin}/metrics`)).text(),
+          ),
+        'failed gauge',
+        5_000,
+      );
     } finally {
-      await Promise.all([stop(a.child), stop(b.child)]);
+      await up.close();
     }
   }, 60_000);
 
