@@ -65,6 +65,8 @@ const MAX_TRIES = 64;
 const RENEW_CHUNK = 200;
 /** Items read per call when listing. */
 const LIST_PAGE = 200;
+/** A consumer (a past process) idle this long with nothing pending is deleted from the group. */
+const CONSUMER_GONE = 3_600_000;
 /** How often the counters are read for metrics, /state and the status page. */
 const SNAPSHOT_EVERY = 1_000;
 /**
@@ -807,8 +809,12 @@ export class RedisDeferredQueue implements DeferredBackend {
     return this.deps.clock.wall();
   }
 
-  /** Removes finished items older than deferred_store.retention (any replica may; it is idempotent). */
+  /**
+   * Removes finished items older than deferred_store.retention, and the group's consumers of
+   * replicas gone for an hour with nothing pending (any replica may; it is idempotent).
+   */
   async sweep(): Promise<number> {
+    await this.forgetConsumers();
     const cutoff = this.deps.clock.wall() - this.deps.caps().retention;
     let removed = 0;
     for (;;) {
@@ -826,6 +832,20 @@ export class RedisDeferredQueue implements DeferredBackend {
           ),
         ),
       );
+    }
+  }
+
+  /** Each process is a new consumer: those of replicas gone (idle an hour, nothing pending) are deleted. */
+  private async forgetConsumers(): Promise<void> {
+    const rows = (await this.run('sweep', (c) =>
+      c.call('XINFO', 'CONSUMERS', this.k.stream, GROUP),
+    )) as unknown[][];
+    for (const row of rows) {
+      const f = new Map<string, unknown>();
+      for (let i = 0; i + 1 < row.length; i += 2) f.set(String(row[i]), row[i + 1]);
+      const name = String(f.get('name'));
+      if (name !== this.me && Number(f.get('pending')) === 0 && Number(f.get('idle')) > CONSUMER_GONE)
+        await this.run('sweep', (c) => c.call('XGROUP', 'DELCONSUMER', this.k.stream, GROUP, name));
     }
   }
 

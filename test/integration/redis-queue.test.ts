@@ -56,7 +56,7 @@ describe.skipIf(!redisTool.available)('the deferred queue on Redis Streams', () 
   });
 
   /** Two replicas on one fresh queue (its own key_prefix). */
-  async function pair(maxItems = 100): Promise<[RedisDeferredQueue, RedisDeferredQueue]> {
+  async function pair(maxItems = 100, retention = 60_000): Promise<[RedisDeferredQueue, RedisDeferredQueue]> {
     const prefix = `rq${++n}:`;
     const config = await parseConfigText(
       `
@@ -84,7 +84,7 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
         caps: () => ({
           maxItems,
           maxBytes: 1 << 20,
-          retention: 60_000,
+          retention,
           concurrency: 4,
           backend: 'redis',
           lease: 1_000,
@@ -154,7 +154,7 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
   });
 
   it('max_items counts the shared queue: a replica refuses what the other filled, and room comes back when items finish', async () => {
-    const [a, b] = await pair(2);
+    const [a, b] = await pair(2, 0);
     expect((await a.enqueue(item('c1', undefined), 0)).kind).toBe('stored');
     expect((await b.enqueue(item('c2', undefined), 0)).kind).toBe('stored');
     const full = await b.enqueue(item('c3', undefined), 0);
@@ -166,5 +166,10 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
     if (!c1) throw new Error('no c1');
     expect((await b.cancel(c1.id)).ok).toBe(true);
     expect((await a.enqueue(item('c3', undefined), 0)).kind).toBe('stored');
+    // Retention (0 here): the sweep removes the finished item, and keeps the live ones and both consumers.
+    await new Promise((r) => setTimeout(r, 5));
+    expect(await b.sweep()).toBe(1);
+    expect(await a.get(c1.id)).toBeUndefined();
+    expect((await a.list({}, 10)).items.map((i) => i.idempotencyKey)).toEqual(['c2', 'c3']);
   });
 });
