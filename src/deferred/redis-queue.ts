@@ -504,15 +504,19 @@ export class RedisDeferredQueue implements DeferredBackend {
         await this.autoclaim();
         this.nextClaim = now + Math.min(1_000, Math.floor(this.deps.caps().lease / 2));
       }
-      const full = await this.readNew();
-      const items = await this.claimDue(now, room);
+      // Enough due work in hand: new entries are left to the other replicas meanwhile.
+      let dueHere = 0;
+      for (const o of this.owned.values()) if (o.nextAt <= now && !this.handed.has(o.entry)) dueHere++;
+      const full = dueHere < READ_COUNT ? await this.readNew() : false;
+      const { items, more } = await this.claimDue(now, room);
       if (this.outage) {
         this.outage = false;
         this.deps.logger.info({ event: 'deferred_store_back' }, 'deferred queue: Redis answers again');
       }
-      let nextAt = full ? now : now + POLL;
+      // Due items left for want of room wait for a delivery to end (the deliverer pokes then).
+      let nextAt = full || more ? now : now + POLL;
       for (const o of this.owned.values())
-        if (!this.handed.has(o.entry) && o.nextAt < nextAt) nextAt = Math.max(now, o.nextAt);
+        if (!this.handed.has(o.entry) && o.nextAt > now && o.nextAt < nextAt) nextAt = o.nextAt;
       return { items, nextAt };
     } catch (err) {
       if (!(err instanceof StoreUnavailableError)) throw err;
@@ -583,7 +587,11 @@ export class RedisDeferredQueue implements DeferredBackend {
     }
   }
 
-  private async claimDue(now: number, room: (upstream: string) => number): Promise<Item[]> {
+  /** The due lane heads this replica holds, claimed; `more` when the tries ran out before the due items. */
+  private async claimDue(
+    now: number,
+    room: (upstream: string) => number,
+  ): Promise<{ items: Item[]; more: boolean }> {
     const left = new Map<string, number>();
     const lanes = new Set<string>();
     const due = [...this.owned.values()]
@@ -592,7 +600,7 @@ export class RedisDeferredQueue implements DeferredBackend {
     const taken: Item[] = [];
     let tries = 0;
     for (const o of due) {
-      if (tries >= MAX_TRIES) break;
+      if (tries >= MAX_TRIES) return { items: taken, more: true };
       const l = left.get(o.upstream) ?? room(o.upstream);
       if (l <= 0) continue;
       const lane = this.laneKey(o.upstream, o.orderingKey);
@@ -633,7 +641,7 @@ export class RedisDeferredQueue implements DeferredBackend {
         logState(this.deps.logger, item, was === 'pending' ? 'pending' : 'delivering');
       }
     }
-    return taken;
+    return { items: taken, more: false };
   }
 
   private entryOf(item: Item): string | undefined {
