@@ -65,6 +65,7 @@ const MAX_TRIES = 64;
 const RENEW_CHUNK = 200;
 /** Items read per call when listing. */
 const LIST_PAGE = 200;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** A consumer (a past process) idle this long with nothing pending is deleted from the group. */
 const CONSUMER_GONE = 3_600_000;
 /** How often the counters are read for metrics, /state and the status page. */
@@ -459,6 +460,8 @@ export class RedisDeferredQueue implements DeferredBackend {
   }
 
   async get(id: string): Promise<Item | undefined> {
+    // Ids are UUIDs; anything else (an admin URL's text) never becomes part of a key.
+    if (!UUID.test(id)) return undefined;
     const f = await this.run('get', (c) => c.hmget(this.itemKey(id), 'doc', 'state', 'seq'));
     return itemOf(f[0] ?? null, f[1] ?? null, f[2] ?? null, null);
   }
