@@ -165,6 +165,18 @@ describe.skipIf(!redisTool.available)('deferred delivery on Redis Streams', () =
       expect(all.length).toBe(total);
       expect(all.every((i) => i.status === 'pending' || i.status === 'delivering')).toBe(true);
     }
+    // /state (and the status page) show the shared queue from either replica.
+    await until(
+      async () => {
+        const st = (await (await fetch(`http://127.0.0.1:${a.admin}/state`)).json()) as {
+          deferred: { upstreams: Record<string, { pending: number; delivering: number }> };
+        };
+        const q = st.deferred.upstreams.orders;
+        return q !== undefined && q.pending + q.delivering === total;
+      },
+      '/state shows the whole queue',
+      5_000,
+    );
     const up = await startDedupUpstream(upPort, { orderingHeader: 'x-customer', delayMs: 10 });
     try {
       const t0 = performance.now();
