@@ -11,7 +11,7 @@ import { ResponseCache } from './cache/response-cache.js';
 import { type Clock, systemClock, systemRandom } from './clock.js';
 import { loadConfigFile } from './config/load.js';
 import type { ResolvedConfig, RouteModel, UpstreamModel } from './config/resolve.js';
-import { Deferred } from './deferred/index.js';
+import { Deferred, DeferredQueue, RedisDeferredQueue } from './deferred/index.js';
 import { RedisIdempotencyStore } from './idempotency/redis-store.js';
 import { type IdempotencyStore, MemoryIdempotencyStore } from './idempotency/store.js';
 import { type BreakerCommandResult, forceBreaker } from './lifecycle/breaker-command.js';
@@ -287,16 +287,32 @@ export class Breakwater {
         { event: 'saga_store_changed', backend: config.sagaStore.backend, in_use: this.sagaService.backend },
         `saga_store.backend changed to ${config.sagaStore.backend}; the ${this.sagaService.backend} saga log stays in use until breakwater restarts`,
       );
-    if (!this.deferred && Deferred.wanted(config.listeners.flatMap((l) => l.routes)))
-      this.deferred = await Deferred.open(await this.embeddedStore(config.dataDir), {
+    if (!this.deferred && Deferred.wanted(config.listeners.flatMap((l) => l.routes))) {
+      const deps = {
         metrics,
         logger,
         clock: this.clock,
         random: this.random,
         caps: () => this.config.deferredStore,
-        send: (u, r, max) => this.callUpstream(u, r, max),
+        send: (u: string, r: InternalRequest, max: number) => this.callUpstream(u, r, max),
         base: () => this.adminBase(),
-      });
+      };
+      const shared = config.deferredStore.backend === 'redis' ? redis?.store : undefined;
+      this.deferred = Deferred.open(
+        shared
+          ? await RedisDeferredQueue.open(() => this.current?.redis?.store ?? shared, deps)
+          : await DeferredQueue.open(await this.embeddedStore(config.dataDir), deps),
+        deps,
+      );
+    } else if (this.deferred && this.deferred.queue.backend !== config.deferredStore.backend)
+      logger.warn(
+        {
+          event: 'deferred_backend_changed',
+          backend: config.deferredStore.backend,
+          in_use: this.deferred.queue.backend,
+        },
+        `deferred_store.backend changed to ${config.deferredStore.backend}; the ${this.deferred.queue.backend} queue stays in use until breakwater restarts`,
+      );
     const deferredPipeline = (r: RouteModel) =>
       buildPipeline(r, policies.get(r.upstream) as UpstreamPolicies, services, { withFallback: false });
 

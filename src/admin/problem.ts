@@ -17,6 +17,7 @@ export type AdminProblemKind =
   | 'unknown-saga'
   | 'saga-conflict'
   | 'conflict'
+  | 'store-unavailable'
   | 'internal-error';
 
 const TITLES: Record<AdminProblemKind, string> = {
@@ -30,6 +31,7 @@ const TITLES: Record<AdminProblemKind, string> = {
   'unknown-saga': 'No saga of that id',
   'saga-conflict': 'The saga is not in a state that allows this',
   conflict: 'The item is not in a state that allows this',
+  'store-unavailable': 'The shared store (Redis) did not answer; nothing was changed',
   'internal-error': 'The admin call failed',
 };
 

@@ -138,6 +138,16 @@ function crossCheck(cfg: ParsedConfig, ctx: Ctx): void {
   const redis = cfg.stores.redis;
   if (redis && redis.command_timeout <= 0)
     issue(['stores', 'redis', 'command_timeout'], 'command_timeout must be more than 0');
+  if (cfg.deferred_store?.backend === 'redis' && !redis)
+    issue(
+      ['deferred_store', 'backend'],
+      'backend: redis needs stores.redis (the queue is a Redis Stream the replicas share); add a stores.redis block or use backend: embedded',
+    );
+  if (cfg.deferred_store?.lease !== undefined && cfg.deferred_store.lease < 1_000)
+    issue(
+      ['deferred_store', 'lease'],
+      'lease must be 1s or more (the owner renews its claims every third of it)',
+    );
   const globalScope = (where: (string | number)[], rl: RateLimiterInput | undefined) => {
     const scope = rl?.scope ?? cfg.resilience.rate_limiter?.scope;
     if (scope !== 'global') return;

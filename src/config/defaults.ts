@@ -139,6 +139,8 @@ export const DEFAULTS = {
     maxBytes: 256 * 1024 * 1024,
     retention: 7 * 24 * 3_600_000,
     concurrency: 4,
+    backend: 'embedded',
+    lease: 30_000,
   },
   sagaStore: { backend: 'embedded', lease: 30_000 },
   admin: { host: '127.0.0.1', port: 9901, tokenEnv: 'BREAKWATER_ADMIN_TOKEN' },

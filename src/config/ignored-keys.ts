@@ -127,6 +127,12 @@ export function ignoredKeys(cfg: Config): IgnoredKey[] {
       );
   }
 
+  if (cfg.deferred_store?.lease !== undefined && (cfg.deferred_store.backend ?? 'embedded') !== 'redis')
+    refuse(
+      ['deferred_store', 'lease'],
+      'lease is read only with backend: redis (the embedded store has one delivering process, nothing to hand over)',
+    );
+
   for (const [un, u] of upstreams) {
     if (u.max_concurrent_streams !== undefined && (u.protocol ?? DEFAULTS.upstream.protocol) === 'http1')
       refuse(

@@ -258,6 +258,10 @@ export interface DeferredStoreModel {
   readonly maxBytes: number;
   readonly retention: number;
   readonly concurrency: number;
+  /** embedded: LMDB in data_dir; redis: a Redis Stream on stores.redis shared by the replicas. */
+  readonly backend: 'embedded' | 'redis';
+  /** backend redis: ms a claimed item stays its claimer's without renewal. */
+  readonly lease: number;
 }
 
 export interface IdempotencyPolicy {
@@ -969,6 +973,8 @@ export async function resolveConfig(
       maxBytes: cfg.deferred_store?.max_bytes ?? DEFAULTS.deferredStore.maxBytes,
       retention: cfg.deferred_store?.retention ?? DEFAULTS.deferredStore.retention,
       concurrency: cfg.deferred_store?.concurrency ?? DEFAULTS.deferredStore.concurrency,
+      backend: cfg.deferred_store?.backend ?? DEFAULTS.deferredStore.backend,
+      lease: cfg.deferred_store?.lease ?? DEFAULTS.deferredStore.lease,
     },
     fallbackOf,
   };

@@ -1083,9 +1083,20 @@ export const configSchema = z.strictObject({
         .describe(
           'Deliveries in flight at once per upstream (each also passes the upstream limiter, bulkhead and breaker). Default: 4.',
         ),
+      backend: z
+        .enum(['embedded', 'redis'])
+        .optional()
+        .describe(
+          "Where the queue lives: embedded (LMDB in data_dir, fsync before each 202; one process per data_dir) or redis (a Redis Stream with a consumer group on stores.redis, shared by every replica; the 202 is as durable as Redis's AOF makes it). Default: embedded.",
+        ),
+      lease: duration
+        .optional()
+        .describe(
+          'backend redis: how long an item a replica claimed stays its own without renewal; the claims of a replica that died pass to another after this. Default: 30s.',
+        ),
     })
     .optional()
-    .describe('The deferred-delivery queue in the embedded store (data_dir): caps and retention.'),
+    .describe('The deferred-delivery queue: its backend, caps and retention.'),
   stores: z
     .strictObject({ redis: redisStoreSchema.optional() })
     .prefault({})

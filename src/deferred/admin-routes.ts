@@ -16,11 +16,12 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 import { requireOperator } from '../admin/auth.js';
 import { adminProblem, jsonBody } from '../admin/problem.js';
 import { parseDuration } from '../config/units.js';
+import { StoreUnavailableError } from '../stores/redis.js';
+import type { DeferredBackend, Filter } from './backend.js';
 import { STATES, type State, summary } from './model.js';
-import type { DeferredQueue, Filter } from './queue.js';
 
 export interface DeferredRuntime {
-  readonly deferred?: { readonly queue: DeferredQueue } | undefined;
+  readonly deferred?: { readonly queue: DeferredBackend } | undefined;
 }
 
 type Query = Record<string, string | undefined>;
@@ -29,7 +30,7 @@ const DEFAULT_LIMIT = 100;
 const MAX_LIMIT = 1000;
 
 export function deferredRoutes(runtime: DeferredRuntime, token: string | undefined) {
-  const queueOr = (reply: FastifyReply): DeferredQueue | undefined => {
+  const queueOr = (reply: FastifyReply): DeferredBackend | undefined => {
     const q = runtime.deferred?.queue;
     if (!q)
       void adminProblem(
@@ -41,6 +42,12 @@ export function deferredRoutes(runtime: DeferredRuntime, token: string | undefin
     return q;
   };
   return async (app: FastifyInstance) => {
+    // The Redis backend's calls fail when Redis is away: 503, never a hang or a 500.
+    app.setErrorHandler((err, _req, reply) => {
+      if (err instanceof StoreUnavailableError)
+        return adminProblem(reply, 503, 'store-unavailable', err.message);
+      throw err;
+    });
     app.get<{ Querystring: Query }>('/deferred', async (req, reply) => {
       const q = queueOr(reply);
       if (!q) return reply;
@@ -50,14 +57,14 @@ export function deferredRoutes(runtime: DeferredRuntime, token: string | undefin
       if (!Number.isInteger(limit) || limit < 1)
         return adminProblem(reply, 400, 'bad-request', `limit must be a whole number from 1 to ${MAX_LIMIT}`);
       const now = q.now();
-      const { items, truncated } = q.list(f, limit);
+      const { items, truncated } = await q.list(f, limit);
       reply.header('cache-control', 'no-store');
       return { items: items.map((i) => summary(i, now)), count: items.length, truncated };
     });
     app.get<{ Params: { id: string } }>('/deferred/:id', async (req, reply) => {
       const q = queueOr(reply);
       if (!q) return reply;
-      const item = q.get(req.params.id);
+      const item = await q.get(req.params.id);
       if (!item) return adminProblem(reply, 404, 'not-found', `no deferred item ${req.params.id}`);
       reply.header('cache-control', 'no-store');
       return {

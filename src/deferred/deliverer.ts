@@ -11,8 +11,8 @@
 import type { Clock } from '../clock.js';
 import type { Logger } from '../observability/logger.js';
 import type { InternalRequest, InternalResult } from '../pipeline/internal-call.js';
+import type { DeferredBackend } from './backend.js';
 import type { Item } from './model.js';
-import type { DeferredQueue } from './queue.js';
 
 /** The answer of a delivery read into memory at most (what is kept of it is LAST_BODY_BYTES). */
 const MAX_ANSWER_BYTES = 64 * 1024;
@@ -31,7 +31,7 @@ export class Deliverer {
   private ticking = false;
 
   constructor(
-    private readonly queue: DeferredQueue,
+    private readonly queue: DeferredBackend,
     private readonly send: Send,
     private readonly concurrency: () => number,
     private readonly logger: Logger,

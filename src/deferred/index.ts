@@ -1,7 +1,8 @@
 /**
- * Deferred delivery as the running breakwater holds it: the queue in the embedded store, its
- * deliverer, and the per-route intake that the listeners consult. Opened the first time a config
- * has a route with `deferred:`, kept across reloads, closed at shutdown.
+ * Deferred delivery as the running breakwater holds it: the queue (embedded store or Redis
+ * Streams, behind one interface), its deliverer, and the per-route intake that the listeners
+ * consult. Opened the first time a config has a route with `deferred:`, kept across reloads,
+ * closed at shutdown.
  */
 
 import type { Clock } from '../clock.js';
@@ -9,13 +10,14 @@ import type { DeferredStoreModel, RouteModel } from '../config/resolve.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Handler } from '../pipeline/types.js';
-import type { EmbeddedStore } from '../stores/embedded.js';
+import type { DeferredBackend } from './backend.js';
 import { Deliverer, type Send } from './deliverer.js';
 import { DeferredRoute } from './intake.js';
-import { DeferredQueue } from './queue.js';
 
+export type { DeferredBackend } from './backend.js';
 export { DeferredRoute } from './intake.js';
 export { DeferredQueue } from './queue.js';
+export { RedisDeferredQueue } from './redis-queue.js';
 
 export interface DeferredDeps {
   readonly metrics: Metrics;
@@ -30,13 +32,13 @@ export interface DeferredDeps {
 
 export class Deferred {
   private constructor(
-    readonly queue: DeferredQueue,
+    readonly queue: DeferredBackend,
     readonly deliverer: Deliverer,
     private readonly deps: DeferredDeps,
   ) {}
 
-  static async open(store: EmbeddedStore, deps: DeferredDeps): Promise<Deferred> {
-    const queue = await DeferredQueue.open(store, deps);
+  /** Runs deferred delivery on `queue` (opened by the caller on the backend the config names). */
+  static open(queue: DeferredBackend, deps: DeferredDeps): Deferred {
     const deliverer = new Deliverer(queue, deps.send, () => deps.caps().concurrency, deps.logger, deps.clock);
     return new Deferred(queue, deliverer, deps);
   }

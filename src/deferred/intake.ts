@@ -15,8 +15,8 @@ import { problem } from '../listener/problem.js';
 import { FileBody } from '../listener/request-body.js';
 import { parseIdempotencyKey } from '../pipeline/idempotency.js';
 import type { Handler, Outcome, RequestContext } from '../pipeline/types.js';
+import type { DeferredBackend } from './backend.js';
 import { deferTrigger, nextDelay, summary } from './model.js';
-import type { DeferredQueue } from './queue.js';
 
 /** Request headers not stored: hop-by-hop, framing, and those breakwater sets on every send. */
 const NOT_STORED = new Set(['content-length', 'transfer-encoding', 'expect', 'host', 'x-request-id']);
@@ -28,7 +28,7 @@ export class DeferredRoute {
     readonly policy: DeferredPolicy,
     /** The route's pipeline without its fallback layer. */
     private readonly pipeline: Handler,
-    private readonly queue: DeferredQueue,
+    private readonly queue: DeferredBackend,
     /** The admin listener's base URL (Location: <base>/deferred/<id>). */
     private readonly base: () => string,
     private readonly random: () => number,
@@ -45,8 +45,13 @@ export class DeferredRoute {
   async run(ctx: RequestContext): Promise<Outcome> {
     const key = this.key(ctx);
     const ordering = this.orderingKey(ctx);
-    if (this.queue.laneWaiting(ctx.upstream.name, ordering))
-      return this.store(ctx, key, ordering, 'queued_behind');
+    let waiting: boolean;
+    try {
+      waiting = await this.queue.laneWaiting(ctx.upstream.name, ordering);
+    } catch (err) {
+      return this.failed(ctx, err);
+    }
+    if (waiting) return this.store(ctx, key, ordering, 'queued_behind');
     const outcome = await this.pipeline(ctx);
     const trigger = deferTrigger(outcome, ctx, this.policy, key !== undefined);
     if (trigger === undefined) return outcome;
@@ -81,7 +86,7 @@ export class DeferredRoute {
       if (!isHopByHop(lower) && !NOT_STORED.has(lower)) headers.push(raw[i] as string, raw[i + 1] as string);
     }
     const p = this.policy;
-    let r: Awaited<ReturnType<DeferredQueue['enqueue']>>;
+    let r: Awaited<ReturnType<DeferredBackend['enqueue']>>;
     try {
       r = await this.queue.enqueue(
         {
@@ -103,14 +108,7 @@ export class DeferredRoute {
         reason === 'queued_behind' ? 0 : nextDelay(p.schedule, 0, this.random),
       );
     } catch (err) {
-      return {
-        type: 'problem',
-        problem: problem(
-          'deferred-store-failed',
-          `the request could not be stored for later delivery: ${(err as Error).message}`,
-          { ...extra, headers: ['retry-after', '5'] },
-        ),
-      };
+      return this.failed(ctx, err);
     }
     if (r.kind === 'full')
       return {
@@ -129,6 +127,18 @@ export class DeferredRoute {
       body: Buffer.from(JSON.stringify(view)),
       fallback: undefined,
       age: undefined,
+    };
+  }
+
+  /** The store could not be written (or read): 503, nothing accepted. */
+  private failed(ctx: RequestContext, err: unknown): Outcome {
+    return {
+      type: 'problem',
+      problem: problem(
+        'deferred-store-failed',
+        `the request could not be stored for later delivery: ${(err as Error).message}`,
+        { upstream: ctx.upstream.name, requestId: ctx.requestId, headers: ['retry-after', '5'] },
+      ),
     };
   }
 

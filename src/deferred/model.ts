@@ -57,6 +57,8 @@ export interface Item {
   readonly reason: string;
   /** Request bytes counted against deferred_store.max_bytes. */
   readonly bytes: number;
+  /** The body's length, where `body` is not loaded (the Redis backend's lists). */
+  readonly bodyBytes?: number | undefined;
   readonly schedule: readonly number[];
   /** 0: no limit. */
   readonly maxAttempts: number;
@@ -174,6 +176,6 @@ export function summary(i: Item, now: number): Record<string, unknown> {
     age_ms: Math.max(0, now - i.createdAt),
     next_attempt_at: i.state === 'pending' ? new Date(i.nextAt).toISOString() : null,
     expires_at: new Date(i.expiresAt).toISOString(),
-    body_bytes: i.body?.length ?? 0,
+    body_bytes: i.bodyBytes ?? i.body?.length ?? 0,
   };
 }

@@ -12,12 +12,21 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Database } from 'lmdb';
-import { type Clock, every } from '../clock.js';
-import type { DeferredStoreModel } from '../config/resolve.js';
-import type { Logger } from '../observability/logger.js';
-import type { Metrics } from '../observability/metrics.js';
+import { every } from '../clock.js';
 import type { InternalResult } from '../pipeline/internal-call.js';
 import { type EmbeddedStore, lockFile } from '../stores/embedded.js';
+import {
+  type ChangeResult,
+  type DeferredBackend,
+  type EnqueueResult,
+  type Filter,
+  logState,
+  matches,
+  type NewItem,
+  type QueueDeps,
+  requestBytes,
+  type UpstreamQueues,
+} from './backend.js';
 import { DueHeap } from './heap.js';
 import {
   HISTORY,
@@ -29,35 +38,6 @@ import {
   STATES,
   type State,
 } from './model.js';
-
-export interface QueueDeps {
-  readonly metrics: Metrics;
-  readonly logger: Logger;
-  readonly clock: Clock;
-  readonly random: () => number;
-  /** The live config's caps and retention. */
-  readonly caps: () => DeferredStoreModel;
-}
-
-/** What an accepted request brings (the rest of an Item is the queue's). */
-export type NewItem = Omit<
-  Item,
-  | 'id'
-  | 'seq'
-  | 'state'
-  | 'createdAt'
-  | 'updatedAt'
-  | 'expiresAt'
-  | 'nextAt'
-  | 'attempts'
-  | 'history'
-  | 'lastBody'
-  | 'bytes'
->;
-
-export type EnqueueResult =
-  | { readonly kind: 'stored' | 'existing'; readonly item: Item }
-  | { readonly kind: 'full'; readonly detail: string };
 
 /** An item still to deliver, as the index holds it (its request stays on disk). */
 interface Live {
@@ -73,23 +53,12 @@ interface Live {
   nextAt: number;
 }
 
-export interface Filter {
-  readonly status?: State | undefined;
-  readonly upstream?: string | undefined;
-  readonly route?: string | undefined;
-  /** Only items older than this (ms since arrival). */
-  readonly olderThan?: number | undefined;
-  /** Only items younger than this. */
-  readonly newerThan?: number | undefined;
-}
-
-export type ChangeResult =
-  | { readonly ok: true; readonly item: Item }
-  | { readonly ok: false; readonly status: 404 | 409; readonly detail: string };
-
 const LOCK = 'deferred';
 
-export class DeferredQueue {
+export type { ChangeResult, EnqueueResult, Filter, NewItem, QueueDeps } from './backend.js';
+
+export class DeferredQueue implements DeferredBackend {
+  readonly backend = 'embedded' as const;
   private readonly live = new Map<string, Live>();
   /** Lane -> ids in arrival order. */
   private readonly lanes = new Map<string, string[]>();
@@ -257,7 +226,7 @@ export class DeferredQueue {
       const item = had === undefined ? undefined : this.db.get(had);
       if (item) return { kind: 'existing', item };
     }
-    const bytes = (n.body?.length ?? 0) + n.path.length + n.headers.reduce((s, h) => s + h.length, 0);
+    const bytes = requestBytes(n);
     const caps = this.deps.caps();
     const items = this.live.size + this.reservedItems;
     if (items + 1 > caps.maxItems)
@@ -499,12 +468,12 @@ export class DeferredQueue {
     return { matched: items.length, changed };
   }
 
-  /** Removes finished items older than deferred_store.retention. */
   /** Wall-clock ms on the queue's clock (items' times are wall-clock). */
   now(): number {
     return this.deps.clock.wall();
   }
 
+  /** Removes finished items older than deferred_store.retention. */
   async sweep(): Promise<number> {
     const cutoff = this.deps.clock.wall() - this.deps.caps().retention;
     const old: Item[] = [];
@@ -519,10 +488,9 @@ export class DeferredQueue {
   }
 
   /** Per upstream: items waiting, the oldest one's age (the status page, /state). */
-  upstreams(): Record<string, { pending: number; delivering: number; oldest_pending_age_ms: number | null }> {
+  upstreams(): UpstreamQueues {
     const now = this.deps.clock.wall();
-    const out: Record<string, { pending: number; delivering: number; oldest_pending_age_ms: number | null }> =
-      {};
+    const out: UpstreamQueues = {};
     for (const l of this.live.values()) {
       let u = out[l.upstream];
       if (!u) {
@@ -555,23 +523,7 @@ export class DeferredQueue {
   }
 
   private logState(item: Item, from: State | undefined): void {
-    const last = item.history.at(-1);
-    const fields = {
-      event: 'deferred_state',
-      id: item.id,
-      route: item.route,
-      upstream: item.upstream,
-      from: from ?? null,
-      to: item.state,
-      attempts: item.attempts,
-      request_id: item.requestId,
-      status: last?.status,
-      error: last?.error,
-      reason: from === undefined ? item.reason : undefined,
-    };
-    const text = `deferred ${item.id} (${item.method} ${item.upstream}): ${from ?? 'accepted'} -> ${item.state}`;
-    if (item.state === 'failed' || item.state === 'expired') this.deps.logger.warn(fields, text);
-    else this.deps.logger.info(fields, text);
+    logState(this.deps.logger, item, from);
   }
 
   async close(): Promise<void> {
@@ -584,14 +536,4 @@ export class DeferredQueue {
 
 function laneOf(upstream: string, orderingKey: string | undefined, id: string): string {
   return orderingKey === undefined ? `${upstream}\0#${id}` : `${upstream}\0k${orderingKey}`;
-}
-
-function matches(i: Item, f: Filter, now: number): boolean {
-  if (f.status !== undefined && i.state !== f.status) return false;
-  if (f.upstream !== undefined && i.upstream !== f.upstream) return false;
-  if (f.route !== undefined && i.route !== f.route) return false;
-  const age = now - i.createdAt;
-  if (f.olderThan !== undefined && age < f.olderThan) return false;
-  if (f.newerThan !== undefined && age > f.newerThan) return false;
-  return true;
 }

@@ -91,9 +91,14 @@ interface OpMetrics {
 export class RedisStore {
   readonly client: Redis;
   readonly breaker: StoreBreaker;
-  /** This process among the replicas sharing Redis: hostname-pid-random (owner of leases). */
+  /**
+   * This process among the replicas: hostname-pid-random (a consumer name in a Redis Stream's
+   * group, a lease's owner). A new client (a reload that changes stores.redis) gets a new one.
+   */
   readonly instanceId: string;
   private readonly ops = new Map<string, OpMetrics>();
+  /** Further connections by name, each with its own command timeout (see `connection`). */
+  private readonly extra = new Map<string, Redis>();
   private lastError: { message: string; at: number } | undefined;
   /** Between a connection error and the next 'ready' (for logging once per disconnection). */
   private disconnected = false;
@@ -195,7 +200,7 @@ export class RedisStore {
    * Runs `fn` against the client unless the breaker refuses; counts and times it as `op`.
    * Rejects with StoreUnavailableError on any failure.
    */
-  async run<T>(op: string, fn: (client: Redis) => Promise<T>): Promise<T> {
+  async run<T>(op: string, fn: (client: Redis) => Promise<T>, client: Redis = this.client): Promise<T> {
     const m = this.opMetrics(op);
     if (this.closed || !this.breaker.allow()) {
       m.unavailable.inc();
@@ -203,7 +208,7 @@ export class RedisStore {
     }
     const start = this.clock.now();
     try {
-      const value = await fn(this.client);
+      const value = await fn(client);
       m.duration.observe((this.clock.now() - start) / 1000);
       m.ok.inc();
       this.breaker.success();
@@ -219,6 +224,22 @@ export class RedisStore {
       this.breaker.failure(message);
       throw new StoreUnavailableError(`redis store ${this.model.address}: ${message}`, result);
     }
+  }
+
+  /**
+   * A second connection to the same Redis, made once per `name`, with the same settings but its own
+   * command timeout: for calls that may take longer than command_timeout allows (writes that carry
+   * a request body) without loosening the timeout of the calls on the request path. Pass it to
+   * `run()`; the breaker and metrics are shared. Closed with the store.
+   */
+  connection(name: string, commandTimeout: number): Redis {
+    let c = this.extra.get(name);
+    if (!c) {
+      c = this.client.duplicate({ commandTimeout, connectionName: `breakwater-${name}` });
+      c.on('error', (err: Error) => this.noteError(err.message));
+      this.extra.set(name, c);
+    }
+    return c;
   }
 
   /** EVALSHA `s`, loading it with EVAL when Redis does not know it (NOSCRIPT). */
@@ -275,6 +296,7 @@ export class RedisStore {
   async close(): Promise<void> {
     this.closed = true;
     this.client.disconnect(false);
+    for (const c of this.extra.values()) c.disconnect(false);
   }
 
   private noteError(message: string): void {

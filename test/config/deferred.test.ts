@@ -46,6 +46,8 @@ describe('deferred config', () => {
       maxBytes: 256 * 1024 * 1024,
       retention: 7 * 24 * 3_600_000,
       concurrency: 4,
+      backend: 'embedded',
+      lease: 30_000,
     });
   });
 
@@ -79,5 +81,46 @@ describe('deferred config', () => {
   it('refuses an on value that is neither a trigger nor a 5xx status', async () => {
     const problems = await problemsOf(base('        deferred: { on: [404] }'));
     expect(problems.join('\n')).toContain('listeners[0].routes[0].deferred.on[0]');
+  });
+
+  it('backend: redis with a lease; without stores.redis a problem at the key, with file:line:column', async () => {
+    const config = await parseConfigText(
+      base(
+        '        deferred: {}',
+        'stores:\n  redis: { url: "redis://127.0.0.1:6379" }\ndeferred_store:\n  backend: redis\n  lease: 5s',
+      ),
+      'test.yaml',
+      { env: {} },
+    );
+    expect(config.deferredStore.backend).toBe('redis');
+    expect(config.deferredStore.lease).toBe(5_000);
+    const yaml = base('        deferred: {}', 'deferred_store:\n  backend: redis');
+    let problem: { file: string; line: number; column: number; key: string; message: string } | undefined;
+    try {
+      await parseConfigText(yaml, 'test.yaml', { env: {} });
+    } catch (err) {
+      if (err instanceof ConfigError) problem = err.problems.find((p) => p.key === 'deferred_store.backend');
+    }
+    expect(problem?.message).toContain('backend: redis needs stores.redis');
+    const lines = yaml.split('\n');
+    expect(problem?.file).toBe('test.yaml');
+    expect(lines[(problem?.line ?? 0) - 1]).toContain('backend: redis');
+    expect(problem?.column).toBeGreaterThan(0);
+  });
+
+  it('refuses a lease with the embedded backend (nothing reads it) and a lease under 1s', async () => {
+    expect(
+      (await problemsOf(base('        deferred: {}', 'deferred_store: { lease: 10s }'))).join('\n'),
+    ).toContain('deferred_store.lease: lease is read only with backend: redis');
+    expect(
+      (
+        await problemsOf(
+          base(
+            '        deferred: {}',
+            'stores: { redis: { url: "redis://127.0.0.1:6379" } }\ndeferred_store: { backend: redis, lease: 200ms }',
+          ),
+        )
+      ).join('\n'),
+    ).toContain('deferred_store.lease: lease must be 1s or more');
   });
 });

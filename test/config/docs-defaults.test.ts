@@ -76,13 +76,9 @@ const SECTIONS: Record<string, (cfg: Obj, applies: string, key: string) => Path>
   },
   idempotency: (cfg) => block(cfg, ['listeners', 0, 'routes', 0, 'idempotency']),
   deferred: (cfg) => block(cfg, ['listeners', 0, 'routes', 0, 'deferred']),
-  deferred_store: () => ['deferred_store'],
   // lease is read with backend: redis only (refused with embedded), which needs stores.redis.
-  saga_store: (cfg, _applies, key) => {
-    set(cfg, ['stores', 'redis'], { url: 'redis://127.0.0.1:6379' });
-    if (key !== 'backend') set(cfg, ['saga_store', 'backend'], 'redis');
-    return ['saga_store'];
-  },
+  deferred_store: (cfg, _applies, key) => onRedis(cfg, 'deferred_store', key),
+  saga_store: (cfg, _applies, key) => onRedis(cfg, 'saga_store', key),
   data_dir: () => [],
   sagas: (cfg) => {
     set(cfg, ['sagas', 's'], {
@@ -111,6 +107,13 @@ const NOT_A_VALUE = new Set([
   'burst_limit max_requests_per_second',
   'data_dir $BREAKWATER_DATA_DIR',
 ]);
+
+/** A store block on `backend: redis` (unless the key checked is the backend itself). */
+function onRedis(cfg: Obj, section: string, key: string): Path {
+  set(cfg, ['stores', 'redis'], { url: 'redis://127.0.0.1:6379' });
+  if (key === 'lease') set(cfg, [section, 'backend'], 'redis');
+  return [section];
+}
 
 function block(cfg: Obj, path: Path): Path {
   set(cfg, path, {});

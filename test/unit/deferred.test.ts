@@ -135,7 +135,15 @@ async function openQueue(dir: string, clock: ManualClock, caps: Partial<Deferred
     logger: createLogger({ level: 'silent' }),
     clock,
     random: () => 0.5,
-    caps: () => ({ maxItems: 100, maxBytes: 1 << 20, retention: 10_000, concurrency: 4, ...caps }),
+    caps: () => ({
+      maxItems: 100,
+      maxBytes: 1 << 20,
+      retention: 10_000,
+      concurrency: 4,
+      backend: 'embedded',
+      lease: 30_000,
+      ...caps,
+    }),
   });
   return { store, queue };
 }
