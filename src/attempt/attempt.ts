@@ -1,10 +1,10 @@
 /**
  * One attempt: one request to one endpoint, on undici's dispatch API.
  *
- * The attempt resolves `head` when the response headers arrive and then holds the body (the parser
- * is paused) until the caller decides: `stream()` relays it to the client (through a ClientRelay,
- * which buffers what a slow client cannot take yet), `discard()` drops it (the retry layer does
- * this). Failures before the headers reject `head` with an AttemptError that names its cause; a
+ * The attempt resolves `head` when the response headers arrive and then holds the body (what came
+ * with the headers, up to EARLY_MAX bytes, then the parser is paused) until the caller decides:
+ * `stream()` relays it to the client (through a ClientRelay, which buffers what a slow client cannot
+ * take yet), `discard()` drops it (the retry layer does this). Failures before the headers reject `head` with an AttemptError that names its cause; a
  * failure after the client response started destroys the client connection, so a short body never
  * looks complete. The attempt is settled (its connection back to the pool) when the upstream's
  * part is over, which with a buffered response can be well before the client has it all.
@@ -83,6 +83,12 @@ export interface AttemptOptions {
    */
   readonly h2?: boolean;
 }
+
+/**
+ * Body bytes an HTTP/1.1 attempt reads before its caller decides what to do with the response
+ * (stream, collect, discard); beyond this the parser is paused until then.
+ */
+const EARLY_MAX = 64 * 1024;
 
 /** No buffering, no send_timeout (the default of `stream()`). */
 const UNBUFFERED: RelayPolicy = { buffer: undefined, sendTimeout: 0 };
@@ -263,6 +269,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   private connected = false;
   /** Chunks and the end that came before stream() was called (HEAD, 204, tiny bodies). */
   private early: Buffer[] | undefined;
+  private earlyBytes = 0;
   private ended: RawTrailers | undefined;
   private upstreamDone: ((arg: unknown) => void) | undefined;
   private upstreamDoneArg: unknown;
@@ -472,7 +479,10 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     const grpcStatus = this.opts.grpc ? grpcStatusIn(rawHeaders) : undefined;
     this.grpcStatus = grpcStatus;
     this.resolveHead({ status: statusCode, statusText, rawHeaders, grpcStatus });
-    return false;
+    // HTTP/1.1: the parser reads on into `early` (up to EARLY_MAX) while the caller decides, so a
+    // small response that came whole in one read is not paused, put back on the socket and read
+    // again. An HTTP/2 stream waits (see AttemptOptions.h2).
+    return this.opts.h2 !== true;
   }
 
   /**
@@ -500,7 +510,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     if (this.state === State.Headers) {
       if (this.early) this.early.push(chunk);
       else this.early = [chunk];
-      return false;
+      this.earlyBytes += chunk.length;
+      return this.opts.h2 !== true && this.earlyBytes < EARLY_MAX;
     }
     if (this.state !== State.Streaming) return true;
     this.bytes += chunk.length;
