@@ -68,6 +68,11 @@ export interface HandlerDeps {
 }
 
 const CONNECTION_CLOSE = ['connection', 'close'];
+/** `x-breakwater-attempts` for the usual counts, made once (never changed by who reads them). */
+const ATTEMPTS_HEADERS: readonly string[][] = Array.from({ length: 11 }, (_, n) => [
+  'x-breakwater-attempts',
+  String(n),
+]);
 /** Requests read after a refusal on one connection before it is cut (the answers before it lost). */
 const MAX_IGNORED = 32;
 /** The methods breakwater names in `Allow` (OPTIONS *, a refused TRACE or CONNECT). */
@@ -798,6 +803,7 @@ export class ProxyHandler {
     // (HTTP/2 has no Connection header: a draining listener sends its sessions a GOAWAY instead.)
     const draining = this.deps.draining() && !isHttp2(ctx.req);
     if (!ctx.route.retry.attemptsHeader) return draining ? CONNECTION_CLOSE : undefined;
+    if (!draining && ctx.attempts < ATTEMPTS_HEADERS.length) return ATTEMPTS_HEADERS[ctx.attempts];
     const attempts = ['x-breakwater-attempts', String(ctx.attempts)];
     if (draining) attempts.push(...CONNECTION_CLOSE);
     return attempts;
