@@ -286,8 +286,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
       this.resolveHead = resolve;
       this.rejectHead = reject;
     });
-    // A rejected head that nobody awaits (the caller gave up first) must not crash the process.
-    this.head.catch(() => undefined);
+    // No catch of its own: the one caller (pipeline/upstream-call.ts) handles a rejected head in
+    // the same turn it starts the attempt, and keeps that handler whatever happens later.
   }
 
   start(): this {
