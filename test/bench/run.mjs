@@ -53,7 +53,9 @@ import {
  * measured as it is deployed. `BENCH_BW_NODE_OPTIONS` replaces them (`BENCH_BW_NODE_OPTIONS=` for
  * none). The peers run with Node's defaults.
  */
-const BW_NODE_OPTIONS = (process.env.BENCH_BW_NODE_OPTIONS ?? imageNodeOptions()).split(/\s+/).filter(Boolean);
+const BW_NODE_OPTIONS = (process.env.BENCH_BW_NODE_OPTIONS ?? imageNodeOptions())
+  .split(/\s+/)
+  .filter(Boolean);
 
 function imageNodeOptions() {
   const m = /NODE_OPTIONS=(?:"([^"]*)"|(\S+))/.exec(readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8'));
