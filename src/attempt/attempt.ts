@@ -324,6 +324,14 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   /** Aborts the attempt; safe to call at any time, also before undici has a connection for it. */
   abort(err: Error): void {
     if (this.state === State.Done) return;
+    if (this.ended !== undefined) {
+      // undici is done with this request (the whole response was read ahead, not yet handed on):
+      // its abort would do nothing, so the attempt fails here, and the rest is never handed on.
+      this.ended = undefined;
+      this.early = undefined;
+      this.onError(err);
+      return;
+    }
     if (this.abortFn) this.abortFn(err);
     else {
       this.pendingAbort = err;
@@ -523,6 +531,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   onComplete(trailers: RawTrailers): void {
     if (this.state === State.Headers) {
       this.ended = trailers;
+      // The connection may serve another request now: never resume its parser from here.
+      this.resumeFn = undefined;
       return;
     }
     if (this.state === State.Streaming) {
@@ -543,6 +553,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
 
   private settle(): void {
     this.state = State.Done;
+    this.resumeFn = undefined;
     if (this.settled) return;
     this.settled = true;
     this.opts.onSettled?.();
