@@ -1,10 +1,10 @@
 /**
  * One attempt: one request to one endpoint, on undici's dispatch API.
  *
- * The attempt resolves `head` when the response headers arrive and then holds the body (the parser
- * is paused) until the caller decides: `stream()` relays it to the client (through a ClientRelay,
- * which buffers what a slow client cannot take yet), `discard()` drops it (the retry layer does
- * this). Failures before the headers reject `head` with an AttemptError that names its cause; a
+ * The attempt resolves `head` when the response headers arrive and then holds the body (what came
+ * with the headers, up to EARLY_MAX bytes, then the parser is paused) until the caller decides:
+ * `stream()` relays it to the client (through a ClientRelay, which buffers what a slow client cannot
+ * take yet), `discard()` drops it (the retry layer does this). Failures before the headers reject `head` with an AttemptError that names its cause; a
  * failure after the client response started destroys the client connection, so a short body never
  * looks complete. The attempt is settled (its connection back to the pool) when the upstream's
  * part is over, which with a buffered response can be well before the client has it all.
@@ -83,6 +83,12 @@ export interface AttemptOptions {
    */
   readonly h2?: boolean;
 }
+
+/**
+ * Body bytes an HTTP/1.1 attempt reads before its caller decides what to do with the response
+ * (stream, collect, discard); beyond this the parser is paused until then.
+ */
+const EARLY_MAX = 64 * 1024;
 
 /** No buffering, no send_timeout (the default of `stream()`). */
 const UNBUFFERED: RelayPolicy = { buffer: undefined, sendTimeout: 0 };
@@ -263,6 +269,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   private connected = false;
   /** Chunks and the end that came before stream() was called (HEAD, 204, tiny bodies). */
   private early: Buffer[] | undefined;
+  private earlyBytes = 0;
   private ended: RawTrailers | undefined;
   private upstreamDone: ((arg: unknown) => void) | undefined;
   private upstreamDoneArg: unknown;
@@ -279,8 +286,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
       this.resolveHead = resolve;
       this.rejectHead = reject;
     });
-    // A rejected head that nobody awaits (the caller gave up first) must not crash the process.
-    this.head.catch(() => undefined);
+    // No catch of its own: the one caller (pipeline/upstream-call.ts) handles a rejected head in
+    // the same turn it starts the attempt, and keeps that handler whatever happens later.
   }
 
   start(): this {
@@ -317,6 +324,14 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   /** Aborts the attempt; safe to call at any time, also before undici has a connection for it. */
   abort(err: Error): void {
     if (this.state === State.Done) return;
+    if (this.ended !== undefined) {
+      // undici is done with this request (the whole response was read ahead, not yet handed on):
+      // its abort would do nothing, so the attempt fails here, and the rest is never handed on.
+      this.ended = undefined;
+      this.early = undefined;
+      this.onError(err);
+      return;
+    }
     if (this.abortFn) this.abortFn(err);
     else {
       this.pendingAbort = err;
@@ -472,7 +487,10 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     const grpcStatus = this.opts.grpc ? grpcStatusIn(rawHeaders) : undefined;
     this.grpcStatus = grpcStatus;
     this.resolveHead({ status: statusCode, statusText, rawHeaders, grpcStatus });
-    return false;
+    // HTTP/1.1: the parser reads on into `early` (up to EARLY_MAX) while the caller decides, so a
+    // small response that came whole in one read is not paused, put back on the socket and read
+    // again. An HTTP/2 stream waits (see AttemptOptions.h2).
+    return this.opts.h2 !== true;
   }
 
   /**
@@ -500,7 +518,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
     if (this.state === State.Headers) {
       if (this.early) this.early.push(chunk);
       else this.early = [chunk];
-      return false;
+      this.earlyBytes += chunk.length;
+      return this.opts.h2 !== true && this.earlyBytes < EARLY_MAX;
     }
     if (this.state !== State.Streaming) return true;
     this.bytes += chunk.length;
@@ -512,6 +531,8 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
   onComplete(trailers: RawTrailers): void {
     if (this.state === State.Headers) {
       this.ended = trailers;
+      // The connection may serve another request now: never resume its parser from here.
+      this.resumeFn = undefined;
       return;
     }
     if (this.state === State.Streaming) {
@@ -532,6 +553,7 @@ export class Attempt implements Dispatcher.DispatchHandler, RelayOwner {
 
   private settle(): void {
     this.state = State.Done;
+    this.resumeFn = undefined;
     if (this.settled) return;
     this.settled = true;
     this.opts.onSettled?.();

@@ -159,8 +159,7 @@ export function clientResponseHeaders(
 ): string[] {
   let connection: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as Buffer;
-    if (name.length === 10 && name.toString('latin1').toLowerCase() === 'connection') {
+    if (responseName(raw[i] as Buffer).kind === NAME_CONNECTION) {
       // Several Connection headers: every one's listed names go.
       const tokens = connectionTokens((raw[i + 1] as Buffer).toString('latin1'));
       if (tokens) connection = connection ? new Set([...connection, ...tokens]) : tokens;
@@ -169,15 +168,78 @@ export function clientResponseHeaders(
   const out: string[] = [];
   let sawRequestId = false;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = (raw[i] as Buffer).toString('latin1');
-    const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || RESPONSE_OWNED.has(lower) || (connection?.has(lower) ?? false)) continue;
-    if (lower === 'x-request-id') sawRequestId = true;
-    out.push(name, (raw[i + 1] as Buffer).toString('latin1'));
+    const n = responseName(raw[i] as Buffer);
+    if (n.kind === NAME_DROPPED || n.kind === NAME_CONNECTION || (connection?.has(n.lower) ?? false))
+      continue;
+    if (n.kind === NAME_REQUEST_ID) sawRequestId = true;
+    out.push(n.name, (raw[i + 1] as Buffer).toString('latin1'));
   }
   if (!sawRequestId) out.push('x-request-id', requestId);
   if (extra) for (const v of extra) out.push(v);
   return out;
+}
+
+/** What a response header name is to the client side: relayed, dropped, Connection, x-request-id. */
+const NAME_RELAYED = 0;
+const NAME_DROPPED = 1;
+const NAME_CONNECTION = 2;
+const NAME_REQUEST_ID = 3;
+
+interface ResponseName {
+  /** The name's bytes as the upstream sent them. */
+  readonly bytes: Buffer;
+  /** The same as a string (relayed in its case), and lower-cased. */
+  readonly name: string;
+  readonly lower: string;
+  readonly kind: number;
+}
+
+/** Names longer than this are not kept (a string made each time, as before). */
+const MAX_INTERNED = 48;
+/** Slots of the name cache (a power of two): one upstream's few header names fit many times over. */
+const NAME_SLOTS = 256;
+const names: (ResponseName | undefined)[] = new Array(NAME_SLOTS).fill(undefined);
+
+/**
+ * A response header name as a string, with its lower case and what it is, from a small cache of
+ * the names seen lately: an upstream sends the same few names on every response, so a name costs
+ * a byte comparison instead of a string, its lower-casing and set lookups. The cache is a fixed
+ * table indexed by a hash of the bytes (a colliding name replaces the one before), so it stays
+ * small whatever names arrive.
+ */
+function responseName(bytes: Buffer): ResponseName {
+  const len = bytes.length;
+  if (len > MAX_INTERNED) return nameOf(bytes);
+  let h = len;
+  for (let i = 0; i < len; i++) h = (Math.imul(h, 31) + (bytes[i] as number)) | 0;
+  const slot = (h ^ (h >>> 8)) & (NAME_SLOTS - 1);
+  const known = names[slot];
+  if (known !== undefined && sameBytes(known.bytes, bytes)) return known;
+  const n = nameOf(bytes);
+  names[slot] = n;
+  return n;
+}
+
+function sameBytes(a: Buffer, b: Buffer): boolean {
+  const len = a.length;
+  if (len !== b.length) return false;
+  for (let i = 0; i < len; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function nameOf(bytes: Buffer): ResponseName {
+  const name = bytes.toString('latin1');
+  const lower = name.toLowerCase();
+  const kind =
+    lower === 'connection'
+      ? NAME_CONNECTION
+      : HOP_BY_HOP.has(lower) || RESPONSE_OWNED.has(lower)
+        ? NAME_DROPPED
+        : lower === 'x-request-id'
+          ? NAME_REQUEST_ID
+          : NAME_RELAYED;
+  // A copy: undici's buffer may be a view of a socket read that is reused.
+  return { bytes: Buffer.from(bytes), name, lower, kind };
 }
 
 /**

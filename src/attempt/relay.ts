@@ -79,6 +79,8 @@ export class ClientRelay {
   private spool: ResponseSpool | undefined;
   /** The upstream was told to wait (`data` returned false). */
   private paused = false;
+  /** 'drain' is listened for (since the client first fell behind). */
+  private listening = false;
   /** The client's connection holds more than it takes now: 'drain' awaited. */
   private backlogged = false;
   /** The upstream's body is complete; the rest is in the spool. */
@@ -93,9 +95,7 @@ export class ClientRelay {
     private readonly policy: RelayPolicy,
     private readonly owner: RelayOwner,
     private readonly h2Upstream: boolean,
-  ) {
-    res.on('drain', this.onDrain);
-  }
+  ) {}
 
   /** Where the response was buffered for a slow client, if it was: memory only, or a file too. */
   get buffered(): 'memory' | 'file' | undefined {
@@ -148,6 +148,12 @@ export class ClientRelay {
 
   private fellBehind(): boolean {
     this.backlogged = true;
+    // 'drain' is listened for from the first write that said "wait" (it comes after that write
+    // returned): a client that keeps up costs no listener added and taken off.
+    if (!this.listening) {
+      this.listening = true;
+      this.res.on('drain', this.onDrain);
+    }
     if (this.policy.sendTimeout > 0 && this.sendTimer === undefined) {
       this.sendTimer = setTimeout(this.onSendTimeout, this.policy.sendTimeout);
       this.sendTimer.unref();
@@ -261,7 +267,7 @@ export class ClientRelay {
 
   private stop(): void {
     this.state = RelayState.Done;
-    this.res.off('drain', this.onDrain);
+    if (this.listening) this.res.off('drain', this.onDrain);
     if (this.sendTimer !== undefined) clearTimeout(this.sendTimer);
     this.spool?.destroy();
   }

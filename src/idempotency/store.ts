@@ -50,20 +50,32 @@ interface Entry {
 
 /** The in-memory store: bounded by entries and bytes, records expire after their TTL. */
 export class MemoryIdempotencyStore implements IdempotencyStore {
-  private readonly lru: LRUCache<string, Entry>;
+  private cache: LRUCache<string, Entry> | undefined;
   private readonly waiters = new Map<string, (() => void)[]>();
 
   private readonly clock: Clock;
+  private readonly maxEntries: number;
+  private readonly maxBytes: number;
 
   constructor(options: { maxEntries?: number; maxBytes?: number; clock?: Clock } = {}) {
     this.clock = options.clock ?? systemClock;
-    this.lru = new LRUCache<string, Entry>({
-      max: options.maxEntries ?? 100_000,
-      maxSize: options.maxBytes ?? 64 * 1024 * 1024,
+    this.maxEntries = options.maxEntries ?? 100_000;
+    this.maxBytes = options.maxBytes ?? 64 * 1024 * 1024;
+  }
+
+  /**
+   * The records, made on first use: lru-cache allocates its index arrays for `max` entries at once
+   * (some 3.5 MiB for 100 000), which a process whose routes use no Idempotency-Key never needs.
+   */
+  private get lru(): LRUCache<string, Entry> {
+    this.cache ??= new LRUCache<string, Entry>({
+      max: this.maxEntries,
+      maxSize: this.maxBytes,
       sizeCalculation: (e, k) =>
         k.length + 128 + (e.response ? e.response.body.length + 64 * (e.response.headers.length / 2) : 0),
       ttlAutopurge: false,
     });
+    return this.cache;
   }
 
   async begin(key: string, fingerprint: string, ttlMs: number, inFlightMs?: number): Promise<BeginResult> {
@@ -111,7 +123,7 @@ export class MemoryIdempotencyStore implements IdempotencyStore {
   }
 
   get size(): number {
-    return this.lru.size;
+    return this.cache?.size ?? 0;
   }
 
   private wake(key: string): void {

@@ -13,7 +13,7 @@ import http2 from 'node:http2';
 import { grpcCodeName } from '../attempt/grpc.js';
 import type { Clock } from '../clock.js';
 import type { RouteModel } from '../config/resolve.js';
-import { type Logger, redactHeaders } from '../observability/logger.js';
+import { infoLineWriter, type Logger, redactHeaders } from '../observability/logger.js';
 import { type Metrics, methodLabel } from '../observability/metrics.js';
 import type { UpstreamStats } from '../observability/upstream-stats.js';
 import type { RequestContext } from '../pipeline/types.js';
@@ -32,9 +32,23 @@ export interface RecorderDeps {
 
 interface RouteStats {
   readonly duration: { observe(v: number): void };
-  readonly codes: Map<string, { inc(): void }>;
+  /** `breakwater_requests_total` children by method label, then by status (no key built per request). */
+  readonly codes: Map<string, Map<number, { inc(): void }>>;
   /** Logger with listener, route and upstream bound once (pino serializes bindings ahead). */
   readonly log: Logger;
+  /** The access-log line of a request, written with `log`'s bindings (see infoLineWriter). */
+  readonly accessLine: (members: string) => void;
+}
+
+/** A string member of a JSON line: `,"key":"value"` (omitted when undefined, as pino omits it). */
+function str(key: string, value: string | undefined): string {
+  return value === undefined ? '' : `,${key}:${JSON.stringify(value)}`;
+}
+
+/** A number member (a non-finite number is `null`, as pino writes it; undefined: omitted). */
+function num(key: string, value: number | undefined): string {
+  if (value === undefined) return '';
+  return `,${key}:${Number.isFinite(value) ? value : 'null'}`;
 }
 
 /** The fields of a WebSocket's access-log line after listener, route and upstream. */
@@ -76,17 +90,22 @@ export class Recorder {
     method: string | undefined,
     status: number,
   ): void {
-    const codeKey = `${methodLabel(method ?? '')} ${status}`;
-    let counter = stats.codes.get(codeKey);
+    const label = methodLabel(method ?? '');
+    let byStatus = stats.codes.get(label);
+    if (!byStatus) {
+      byStatus = new Map();
+      stats.codes.set(label, byStatus);
+    }
+    let counter = byStatus.get(status);
     if (!counter) {
       counter = this.deps.metrics.requests.labels(
         this.deps.listener,
         route?.name ?? '',
         route?.upstream ?? '',
-        methodLabel(method ?? ''),
+        label,
         String(status),
       );
-      stats.codes.set(codeKey, counter);
+      byStatus.set(status, counter);
     }
     counter.inc();
   }
@@ -119,27 +138,27 @@ export class Recorder {
         .labels(this.deps.listener, route?.name ?? '', route?.upstream ?? '', grpcCodeName(grpcStatus))
         .inc();
     if (!this.deps.accessLog) return;
-    const q = (req.url ?? '').indexOf('?');
-    const line: Record<string, unknown> = {
-      request_id: requestId,
-      method: req.method,
-      path: q < 0 ? req.url : req.url?.slice(0, q),
-      status,
-      duration_ms: Math.round(seconds * 1e6) / 1e3,
-      bytes_in:
-        req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']),
-      bytes_out: bytes,
-      attempts: ctx?.attempts ?? 0,
-      retry_skipped: ctx?.retrySkipped,
-      response_buffered: buffered,
-      close_reason: cutReason,
-      grpc_status: grpcStatus,
-      upstream_error: ctx?.upstreamError,
-      complete,
-    };
+    // The line pino would write for `log.info({ request_id, ... }, 'request')`, member by member
+    // in the same order (undefined ones left out), without building an object to serialize.
+    const url = req.url ?? '';
+    const q = url.indexOf('?');
+    const cl = req.headers['content-length'];
+    let members =
+      `,"request_id":${JSON.stringify(requestId)}` +
+      str('"method"', req.method) +
+      str('"path"', q < 0 ? req.url : url.slice(0, q)) +
+      `,"status":${status},"duration_ms":${Math.round(seconds * 1e6) / 1e3}` +
+      num('"bytes_in"', cl === undefined ? undefined : Number(cl)) +
+      `,"bytes_out":${bytes},"attempts":${ctx?.attempts ?? 0}` +
+      str('"retry_skipped"', ctx?.retrySkipped) +
+      str('"response_buffered"', buffered) +
+      str('"close_reason"', cutReason) +
+      num('"grpc_status"', grpcStatus) +
+      str('"upstream_error"', ctx?.upstreamError) +
+      `,"complete":${complete}`;
     if (this.deps.accessLogHeaders.length)
-      line.headers = redactHeaders(req.headers, this.deps.accessLogHeaders);
-    stats.log.info(line, 'request');
+      members += `,"headers":${JSON.stringify(redactHeaders(req.headers, this.deps.accessLogHeaders))}`;
+    stats.accessLine(members);
   }
 
   /** A WebSocket handshake's answer: counted in `breakwater_requests_total` and by outcome. */
@@ -172,6 +191,11 @@ export class Recorder {
   private routeStats(route: RouteModel | undefined): RouteStats {
     let s = this.stats.get(route);
     if (!s) {
+      const log = this.deps.logger.child({
+        listener: this.deps.listener,
+        route: route?.name,
+        upstream: route?.upstream,
+      });
       s = {
         duration: this.deps.metrics.duration.labels(
           this.deps.listener,
@@ -179,11 +203,8 @@ export class Recorder {
           route?.upstream ?? '',
         ),
         codes: new Map(),
-        log: this.deps.logger.child({
-          listener: this.deps.listener,
-          route: route?.name,
-          upstream: route?.upstream,
-        }),
+        log,
+        accessLine: infoLineWriter(log, 'request'),
       };
       this.stats.set(route, s);
     }

@@ -53,9 +53,33 @@ function isoTime(): string {
   return lastTime;
 }
 
+/**
+ * A writer of one kind of info line (the access log's) that skips pino's per-line machinery: the
+ * caller hands the line's members already serialized (`,"key":value` each, in the order pino
+ * would write them), and the line is put together from the same pieces pino uses: its cached
+ * level prefix, its timestamp, the logger's bindings (`service`, and a child's listener, route,
+ * upstream), then the members and `"msg"`. The bytes are those `logger.info(fields, msg)` writes,
+ * into the same destination (batched, flushed on the same timer and at exit). Nothing is written
+ * when the logger's level is above info.
+ */
+export function infoLineWriter(logger: Logger, msg: string): (members: string) => void {
+  const own = logger as unknown as Record<symbol, unknown>;
+  const s = pino.symbols;
+  const prefix = (own[s.lsCacheSym] as Record<number, string>)[INFO] as string;
+  const time = own[s.timeSym] as () => string;
+  const bindings = own[s.chindingsSym] as string;
+  const tail = `,"msg":${JSON.stringify(msg)}${own[s.endSym] as string}`;
+  const stream = own[s.streamSym] as { write(line: string): unknown };
+  return (members) => {
+    if (logger.levelVal > INFO) return;
+    stream.write(prefix + time() + bindings + members + tail);
+  };
+}
+
 /** The longest a buffered line waits before it is written (ms). */
 export const LOG_FLUSH_INTERVAL_MS = 1000;
 const WARN = 40;
+const INFO = 30;
 
 export function createLogger(options: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
   let urgent: (() => void) | undefined;

@@ -17,7 +17,7 @@
  */
 import { mkdir, open as openFile, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type Database, open, type RootDatabase } from 'lmdb';
+import type { Database, RootDatabase } from 'lmdb';
 
 export class EmbeddedStore {
   private readonly dbs = new Map<string, Database>();
@@ -30,6 +30,9 @@ export class EmbeddedStore {
   /** Opens (making it if needed, mode 0700) the store in `dir`. */
   static async open(dir: string): Promise<EmbeddedStore> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
+    // Loaded here, not with this module: a process that stores nothing never maps LMDB (its native
+    // module and msgpack cost some 8 MiB of resident memory).
+    const { open } = await import('lmdb');
     const root = open({
       path: join(dir, 'store.mdb'),
       compression: false,
