@@ -332,7 +332,9 @@ export class ProxyHandler {
         if (!ctx.keepUpstream) ctx.current?.abort(CLIENT_GONE);
         else ctx.current?.clientLeft(CLIENT_GONE);
       }
-      runFinishers(ctx);
+      // A call running on for its Idempotency-Key is still at the upstream: it keeps its bulkhead
+      // slot until the pipeline settles (run() gives it back then).
+      if (!ctx.clientGone || !ctx.keepUpstream || ctx.settled) runFinishers(ctx);
       if (conn !== undefined && conn.current === ctx) conn.current = undefined;
       this.record(req, res, route, requestId, start, ctx.bytesOut, ctx);
     });
@@ -396,6 +398,8 @@ export class ProxyHandler {
     // costs two more microtask jobs per request).
     (deferred?.takes(ctx) ? deferred.run(ctx) : pipeline(ctx)).then(
       (outcome) => {
+        ctx.settled = true;
+        if (ctx.clientGone) runFinishers(ctx);
         this.commit(ctx, outcome).then(
           (bytes) => {
             ctx.bytesOut = bytes;
@@ -403,7 +407,11 @@ export class ProxyHandler {
           (err: unknown) => this.failed(ctx, err),
         );
       },
-      (err: unknown) => this.failed(ctx, err),
+      (err: unknown) => {
+        ctx.settled = true;
+        if (ctx.clientGone) runFinishers(ctx);
+        this.failed(ctx, err);
+      },
     );
   }
 

@@ -82,6 +82,11 @@ export interface RequestContext {
    * route's timeouts) so that its answer can be stored for the client's retry (Idempotency-Key).
    */
   keepUpstream: boolean;
+  /**
+   * Set by the listener when the pipeline's promise settled. A call that runs on after its client
+   * left (keepUpstream) keeps what its finishers give back (its bulkhead slot) until then.
+   */
+  settled: boolean;
   /** Clock time by which the whole request must be done (Infinity: none). */
   deadline: number;
   /** Set when the request deadline passed; layers stop early. */
@@ -161,6 +166,7 @@ export function newContext<Q extends CallRequest, S extends ServerResponse | und
     tried: undefined,
     clientGone: false,
     keepUpstream: false,
+    settled: false,
     deadline: Number.POSITIVE_INFINITY,
     expired: false,
     finishers: undefined,

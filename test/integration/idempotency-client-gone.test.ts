@@ -151,6 +151,29 @@ function suite(kindOf: () => StoreKind): void {
     expect(await metric(bw, 'stored')).toBe(1);
   });
 
+  it('a call that runs on after its client left keeps its bulkhead slot until it ends', async () => {
+    const kind = kindOf();
+    const up = await payments(600);
+    const bw = await proxy(kind, up.url, ', bulkhead: { max_concurrent: 1 }');
+    const key = `slot-${kind.name}`;
+    await payAndGiveUp(bw, key, up);
+    // The departed client's call is still at the upstream: it holds the one slot.
+    const other = await pay(bw, `slot-other-${kind.name}`);
+    expect(other.status).toBe(503);
+    expect(JSON.parse(other.body).type).toBe('urn:breakwater:problem:bulkhead-full');
+    expect(up.charges.get(`slot-other-${kind.name}`)).toBeUndefined();
+    // Once that call ended (its answer stored), the slot is free again.
+    await up.answered(1);
+    let later = await pay(bw, `slot-other-${kind.name}`);
+    for (let i = 0; i < 100 && later.status === 503; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      later = await pay(bw, `slot-other-${kind.name}`);
+    }
+    expect(later.status).toBe(201);
+    expect(up.charges.get(key)).toBe(1);
+    expect(up.charges.get(`slot-other-${kind.name}`)).toBe(1);
+  });
+
   it('conflict: wait: the retry of a client that gave up waits for the first call and replays it', async () => {
     const kind = kindOf();
     const up = await payments(300);
