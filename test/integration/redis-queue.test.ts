@@ -153,6 +153,26 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
     expect(items.map((i) => i.idempotencyKey)).toEqual(['o1', 'o2', 'o3']);
   });
 
+  it('cancelling an item behind the head of its lane leaves the head to its retry backoff', async () => {
+    const [a] = await pair();
+    const slow = (key: string): NewItem => ({ ...item(key, 'slow'), schedule: [60_000], maxAge: 600_000 });
+    expect((await a.enqueue(slow('h1'), 0)).kind).toBe('stored');
+    expect((await a.enqueue(slow('h2'), 0)).kind).toBe('stored');
+    const { items } = await a.take(() => 4);
+    const h1 = items[0];
+    expect(items.map((i) => i.idempotencyKey)).toEqual(['h1']);
+    if (!h1) throw new Error('no item');
+    // h1's upstream answers 503: it is retried in about a minute, still the lane's head.
+    expect(await a.settle(h1, { ...ok, status: 503 })).toBe('pending');
+    expect((await a.take(() => 4)).items).toEqual([]);
+    const h2 = (await a.list({ status: 'pending' }, 10)).items.find((i) => i.idempotencyKey === 'h2');
+    if (!h2) throw new Error('no h2');
+    // h2 is not the head: cancelling it does not move the lane on, h1 keeps its backoff.
+    expect((await a.cancel(h2.id)).ok).toBe(true);
+    expect((await a.take(() => 4)).items).toEqual([]);
+    expect(await a.laneWaiting('orders', 'slow')).toBe(true);
+  });
+
   it('max_items counts the shared queue: a replica refuses what the other filled, and room comes back when items finish', async () => {
     const [a, b] = await pair(2, 0);
     expect((await a.enqueue(item('c1', undefined), 0)).kind).toBe('stored');
