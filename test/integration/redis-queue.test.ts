@@ -173,6 +173,33 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
     expect(await a.laneWaiting('orders', 'slow')).toBe(true);
   });
 
+  it('a replayed item waits while the item now heading its lane is being delivered: one in flight per lane', async () => {
+    const [a, b] = await pair();
+    for (const k of ['r1', 'r2']) expect((await a.enqueue(item(k, 'busy'), 0)).kind).toBe('stored');
+    const r1 = (await a.take(() => 4)).items[0];
+    if (!r1) throw new Error('no r1');
+    expect(r1.idempotencyKey).toBe('r1');
+    expect(await a.settle(r1, { ...ok, status: 400 })).toBe('failed');
+    const r2 = (await a.take(() => 4)).items[0];
+    if (!r2) throw new Error('no r2');
+    expect(r2.idempotencyKey).toBe('r2');
+    // r1 is replayed (back at the head of the lane by arrival) while r2 is in flight.
+    expect((await b.replay(r1.id)).ok).toBe(true);
+    for (let round = 0; round < 3; round++) {
+      expect((await a.take(() => 4)).items).toEqual([]);
+      expect((await b.take(() => 4)).items).toEqual([]);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // r2's delivery ends: r1 goes next.
+    expect(await a.settle(r2, ok)).toBe('synced');
+    const next: string[] = [];
+    for (let round = 0; round < 20 && next.length === 0; round++) {
+      for (const q of [a, b]) for (const i of (await q.take(() => 4)).items) next.push(i.idempotencyKey ?? '');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(next).toEqual(['r1']);
+  });
+
   it('max_items counts the shared queue: a replica refuses what the other filled, and room comes back when items finish', async () => {
     const [a, b] = await pair(2, 0);
     expect((await a.enqueue(item('c1', undefined), 0)).kind).toBe('stored');
