@@ -121,7 +121,11 @@ if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
 return {'stored', tostring(seq), entry}
 `);
 
-/** The owner's claim of one entry: still its, due, the lane's head -> delivering, with its request. */
+/**
+ * The owner's claim of one entry: still its, due, the lane's head and no other item of the lane in
+ * flight (KEYS[5], the lane's busy key: the id being delivered; a replay can put an older item at
+ * the head while the one before it is delivered) -> delivering, with its request.
+ */
 const TAKE = script(`
 local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'next', 'seq')
 local st = f[1]
@@ -139,6 +143,8 @@ if not p[1] or p[1][2] ~= ARGV[3] then return {'lost'} end
 if ARGV[6] == '1' then
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)
   if head[1] ~= ARGV[1] then return {'blocked'} end
+  local busy = redis.call('GET', KEYS[5])
+  if busy and busy ~= ARGV[1] then return {'blocked'} end
 end
 if tonumber(f[3]) > tonumber(ARGV[5]) then return {'later', f[3]} end
 local e = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
@@ -150,6 +156,7 @@ if st == 'pending' then
   redis.call('HINCRBY', KEYS[4], 'p:' .. ARGV[7], -1)
   redis.call('HINCRBY', KEYS[4], 'd:' .. ARGV[7], 1)
 end
+if ARGV[6] == '1' then redis.call('SET', KEYS[5], ARGV[1]) end
 local fields = e[1][2]
 local body = ''
 for i = 1, #fields, 2 do
@@ -185,6 +192,8 @@ end
 local up = ARGV[9]
 local bytes = tonumber(f[4])
 local nextHead = false
+-- The lane's item in flight is this one no longer.
+if st == 'delivering' and ARGV[10] == '1' and redis.call('GET', KEYS[8]) == ARGV[1] then redis.call('DEL', KEYS[8]) end
 redis.call('HINCRBY', KEYS[3], 'n:' .. st, -1)
 redis.call('HINCRBY', KEYS[3], 'n:' .. to, 1)
 if st == 'pending' then redis.call('HINCRBY', KEYS[3], 'p:' .. up, -1) end
@@ -625,7 +634,7 @@ export class RedisDeferredQueue implements DeferredBackend {
         s.evalScriptBuffer(
           c,
           TAKE,
-          [itemKey, this.k.stream, lane ?? itemKey, this.k.stats],
+          [itemKey, this.k.stream, lane ?? itemKey, this.k.stats, busyKey(lane) ?? itemKey],
           [o.id, o.entry, this.me, GROUP, now, lane === undefined ? '0' : '1', o.upstream],
         ),
       )) as Buffer[];
@@ -728,6 +737,7 @@ export class RedisDeferredQueue implements DeferredBackend {
           this.k.keys,
           lane ?? itemKey,
           this.liveKey(item.upstream),
+          busyKey(lane) ?? itemKey,
         ],
         [
           item.id,
@@ -939,6 +949,11 @@ export class RedisDeferredQueue implements DeferredBackend {
       );
     this.owned.clear();
   }
+}
+
+/** A lane's busy key (the id of its item in flight), in the lane key's slot. */
+function busyKey(lane: string | undefined): string | undefined {
+  return lane === undefined ? undefined : `${lane}:busy`;
 }
 
 function docOf(item: Item): Doc {

@@ -194,7 +194,8 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
     expect(await a.settle(r2, ok)).toBe('synced');
     const next: string[] = [];
     for (let round = 0; round < 20 && next.length === 0; round++) {
-      for (const q of [a, b]) for (const i of (await q.take(() => 4)).items) next.push(i.idempotencyKey ?? '');
+      for (const q of [a, b])
+        for (const i of (await q.take(() => 4)).items) next.push(i.idempotencyKey ?? '');
       await new Promise((r) => setTimeout(r, 50));
     }
     expect(next).toEqual(['r1']);
