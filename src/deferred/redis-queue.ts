@@ -141,10 +141,15 @@ end
 local p = redis.call('XPENDING', KEYS[2], ARGV[4], ARGV[2], ARGV[2], 1)
 if not p[1] or p[1][2] ~= ARGV[3] then return {'lost'} end
 if ARGV[6] == '1' then
-  local head = redis.call('ZRANGE', KEYS[3], 0, 0)
-  if head[1] ~= ARGV[1] then return {'blocked'} end
+  -- The lane's item in flight goes on (a new owner after a lease) even if a replay put an older
+  -- item at the head; with none in flight, only the head goes.
   local busy = redis.call('GET', KEYS[5])
-  if busy and busy ~= ARGV[1] then return {'blocked'} end
+  if busy then
+    if busy ~= ARGV[1] then return {'blocked'} end
+  else
+    local head = redis.call('ZRANGE', KEYS[3], 0, 0)
+    if head[1] ~= ARGV[1] then return {'blocked'} end
+  end
 end
 if tonumber(f[3]) > tonumber(ARGV[5]) then return {'later', f[3]} end
 local e = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])

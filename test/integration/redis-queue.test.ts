@@ -201,6 +201,28 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
     expect(next).toEqual(['r1']);
   });
 
+  it('the item in flight in its lane is taken over after its lease even when a replay put an older item at the head', async () => {
+    const [a, b] = await pair();
+    for (const k of ['t1', 't2']) expect((await a.enqueue(item(k, 'takeover'), 0)).kind).toBe('stored');
+    const t1 = (await a.take(() => 4)).items[0];
+    if (!t1) throw new Error('no t1');
+    expect(await a.settle(t1, { ...ok, status: 400 })).toBe('failed');
+    const t2 = (await a.take(() => 4)).items[0];
+    expect(t2?.idempotencyKey).toBe('t2');
+    expect((await a.replay(t1.id)).ok).toBe(true);
+    // a stops renewing (stuck) while t2 is in flight; after the lease b takes t2 over and delivers it.
+    await new Promise((r) => setTimeout(r, 1_300));
+    const order: string[] = [];
+    for (let round = 0; round < 20 && order.length < 2; round++) {
+      for (const i of (await b.take(() => 4)).items) {
+        order.push(i.idempotencyKey ?? '');
+        expect(await b.settle(i, ok)).toBe('synced');
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(order).toEqual(['t2', 't1']);
+  });
+
   it('max_items counts the shared queue: a replica refuses what the other filled, and room comes back when items finish', async () => {
     const [a, b] = await pair(2, 0);
     expect((await a.enqueue(item('c1', undefined), 0)).kind).toBe('stored');
