@@ -67,6 +67,12 @@ export class Deliverer {
     try {
       const limit = this.concurrency();
       const { items, nextAt } = await this.queue.take((u) => limit - (this.perUpstream.get(u) ?? 0));
+      if (!this.running) {
+        // Stopped while the queue was read (a Redis take is several round trips): what it handed
+        // out goes back to pending, undelivered, like the deliveries stop did not wait for.
+        if (items.length > 0) await this.queue.putBack(items);
+        return;
+      }
       for (const item of items) this.deliver(item);
       this.clock.clearTimeout(this.timer);
       const wait = Math.min(MAX_SLEEP, Math.max(0, nextAt - this.clock.wall()));

@@ -121,7 +121,11 @@ if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], ARGV[2], ARGV[1]) end
 return {'stored', tostring(seq), entry}
 `);
 
-/** The owner's claim of one entry: still its, due, the lane's head -> delivering, with its request. */
+/**
+ * The owner's claim of one entry: still its, due, the lane's head and no other item of the lane in
+ * flight (KEYS[5], the lane's busy key: the id being delivered; a replay can put an older item at
+ * the head while the one before it is delivered) -> delivering, with its request.
+ */
 const TAKE = script(`
 local f = redis.call('HMGET', KEYS[1], 'state', 'entry', 'next', 'seq')
 local st = f[1]
@@ -137,8 +141,15 @@ end
 local p = redis.call('XPENDING', KEYS[2], ARGV[4], ARGV[2], ARGV[2], 1)
 if not p[1] or p[1][2] ~= ARGV[3] then return {'lost'} end
 if ARGV[6] == '1' then
-  local head = redis.call('ZRANGE', KEYS[3], 0, 0)
-  if head[1] ~= ARGV[1] then return {'blocked'} end
+  -- The lane's item in flight goes on (a new owner after a lease) even if a replay put an older
+  -- item at the head; with none in flight, only the head goes.
+  local busy = redis.call('GET', KEYS[5])
+  if busy then
+    if busy ~= ARGV[1] then return {'blocked'} end
+  else
+    local head = redis.call('ZRANGE', KEYS[3], 0, 0)
+    if head[1] ~= ARGV[1] then return {'blocked'} end
+  end
 end
 if tonumber(f[3]) > tonumber(ARGV[5]) then return {'later', f[3]} end
 local e = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
@@ -150,6 +161,7 @@ if st == 'pending' then
   redis.call('HINCRBY', KEYS[4], 'p:' .. ARGV[7], -1)
   redis.call('HINCRBY', KEYS[4], 'd:' .. ARGV[7], 1)
 end
+if ARGV[6] == '1' then redis.call('SET', KEYS[5], ARGV[1]) end
 local fields = e[1][2]
 local body = ''
 for i = 1, #fields, 2 do
@@ -184,6 +196,9 @@ if reentry then
 end
 local up = ARGV[9]
 local bytes = tonumber(f[4])
+local nextHead = false
+-- The lane's item in flight is this one no longer.
+if st == 'delivering' and ARGV[10] == '1' and redis.call('GET', KEYS[8]) == ARGV[1] then redis.call('DEL', KEYS[8]) end
 redis.call('HINCRBY', KEYS[3], 'n:' .. st, -1)
 redis.call('HINCRBY', KEYS[3], 'n:' .. to, 1)
 if st == 'pending' then redis.call('HINCRBY', KEYS[3], 'p:' .. up, -1) end
@@ -195,14 +210,13 @@ if live(st) and not live(to) then
   redis.call('HINCRBY', KEYS[3], 'bytes', -bytes)
   redis.call('ZREM', KEYS[7], ARGV[1])
   if ARGV[10] == '1' then
+    local was = redis.call('ZRANGE', KEYS[6], 0, 0)
     redis.call('ZREM', KEYS[6], ARGV[1])
-    -- The lane moves on at once: its next item waited only for this one.
-    local head = redis.call('ZRANGE', KEYS[6], 0, 0)
-    if head[1] then
-      local hk = ARGV[13] .. head[1] .. ARGV[14]
-      if tonumber(redis.call('HGET', hk, 'next') or '0') > tonumber(ARGV[6]) then
-        redis.call('HSET', hk, 'next', ARGV[6])
-      end
+    -- The lane moves on only when its head finished: the next item is named to the caller, whose
+    -- NUDGE (a script that declares that item's key) lets it go at once.
+    if was[1] == ARGV[1] then
+      local head = redis.call('ZRANGE', KEYS[6], 0, 0)
+      if head[1] then nextHead = head[1] end
     end
   end
   if f[5] ~= '' and redis.call('HGET', KEYS[5], f[5]) == ARGV[1] then redis.call('HDEL', KEYS[5], f[5]) end
@@ -226,7 +240,21 @@ if reentry then
   entry = redis.call('XADD', KEYS[2], '*', unpack(copy))
 end
 redis.call('HSET', KEYS[1], 'state', to, 'doc', ARGV[4], 'next', ARGV[5], 'entry', entry, 'updated', ARGV[6])
+if nextHead then return {'ok', st, nextHead} end
 return {'ok', st}
+`);
+
+/**
+ * A lane's new head (KEYS[2], the lane KEYS[1]) may go now (ARGV[2]) when it still is the head and
+ * pending: it waited only for the item before it.
+ */
+const NUDGE = script(`
+local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+if head[1] ~= ARGV[1] then return 0 end
+local f = redis.call('HMGET', KEYS[2], 'state', 'next')
+if f[1] ~= 'pending' or tonumber(f[2] or '0') <= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], 'next', ARGV[2])
+return 1
 `);
 
 /** The owner's entries that are still its own get their idle time set to ARGV[3]; the others are named. */
@@ -337,13 +365,6 @@ export class RedisDeferredQueue implements DeferredBackend {
 
   private itemKey(id: string): string {
     return this.store().key(`deferred-item:${id}`, 'deferred');
-  }
-
-  /** An item's key is parts[0] + id + parts[1] (for the scripts that find a lane's next item). */
-  private itemKeyParts(): [string, string] {
-    const k = this.itemKey('\0');
-    const at = k.indexOf('\0');
-    return [k.slice(0, at), k.slice(at + 1)];
   }
 
   private laneKey(upstream: string, orderingKey: string | undefined): string | undefined {
@@ -618,7 +639,7 @@ export class RedisDeferredQueue implements DeferredBackend {
         s.evalScriptBuffer(
           c,
           TAKE,
-          [itemKey, this.k.stream, lane ?? itemKey, this.k.stats],
+          [itemKey, this.k.stream, lane ?? itemKey, this.k.stats, busyKey(lane) ?? itemKey],
           [o.id, o.entry, this.me, GROUP, now, lane === undefined ? '0' : '1', o.upstream],
         ),
       )) as Buffer[];
@@ -721,6 +742,7 @@ export class RedisDeferredQueue implements DeferredBackend {
           this.k.keys,
           lane ?? itemKey,
           this.liveKey(item.upstream),
+          busyKey(lane) ?? itemKey,
         ],
         [
           item.id,
@@ -735,17 +757,19 @@ export class RedisDeferredQueue implements DeferredBackend {
           lane === undefined ? '0' : '1',
           item.createdAt,
           reentry ? '1' : '0',
-          ...this.itemKeyParts(),
         ],
       ),
     )) as string[];
     if (res[0] === 'ok') {
       if (was !== to) logState(this.deps.logger, item, (res[1] as State | undefined) ?? was);
-      // The lane moved on: its next item, if this replica holds it, is looked at now.
-      if (isFinished(to) && item.orderingKey !== undefined)
-        for (const o of this.owned.values())
-          if (o.orderingKey === item.orderingKey && o.upstream === item.upstream && o.id !== item.id)
-            o.nextAt = Math.min(o.nextAt, now);
+      // The lane's head finished: its next item may go now and, if this replica holds it, is looked at now.
+      const head = res[2];
+      if (head !== undefined && lane !== undefined) {
+        await this.run('move', (c, s) =>
+          s.evalScript(c, NUDGE, [lane, this.itemKey(head)], [head, now]),
+        ).catch(() => undefined); // the result is recorded; the next item then waits for its own time
+        for (const o of this.owned.values()) if (o.id === head) o.nextAt = Math.min(o.nextAt, now);
+      }
       this.onDue();
     } else item.state = (res[1] as State | undefined) ?? was;
     return res;
@@ -930,6 +954,11 @@ export class RedisDeferredQueue implements DeferredBackend {
       );
     this.owned.clear();
   }
+}
+
+/** A lane's busy key (the id of its item in flight), in the lane key's slot. */
+function busyKey(lane: string | undefined): string | undefined {
+  return lane === undefined ? undefined : `${lane}:busy`;
 }
 
 function docOf(item: Item): Doc {

@@ -69,13 +69,14 @@ redis.call('HSET', KEYS[1], 'lease', 0)
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return 1`);
 
-/** KEYS: lease set. ARGV: how many. The ids whose lease lapsed, earliest first. */
+/** KEYS: lease set. ARGV: how many, from where. The ids whose lease lapsed, earliest first. */
 const LAPSED = script(`${NOW}
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))`);
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', tonumber(ARGV[2]), tonumber(ARGV[1]))`);
 
 /**
  * KEYS: hash, lease set. ARGV: id, owner, lease ms, then the saga names this process defines.
- * Takes a saga in flight whose lease lapsed: returns its record, or false.
+ * Takes a saga in flight whose lease lapsed: returns its record; 0 when this process does not
+ * define the saga (it stays lapsed, for a replica that does); otherwise false.
  */
 const CLAIM = script(`${NOW}
 local h = redis.call('HMGET', KEYS[1], 'state', 'lease', 'saga', 'rec')
@@ -86,7 +87,7 @@ end
 if h[2] and tonumber(h[2]) > now then return false end
 local known = false
 for i = 4, #ARGV do if ARGV[i] == h[3] then known = true end end
-if not known then return false end
+if not known then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease', now + tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
 return h[4]`);
@@ -104,6 +105,8 @@ return 1`);
 
 /** How many lapsed sagas one takeover round claims at most (the next round takes the rest). */
 const TAKEOVER_BATCH = 100;
+/** Pages of lapsed sagas one takeover round reads at most (sagas this process does not define stay lapsed). */
+const TAKEOVER_PAGES = 10;
 /** Records read per round trip when listing. */
 const PAGE = 100;
 
@@ -122,6 +125,11 @@ export class RedisSagaLog implements SagaLog {
   private cached: Keys | undefined;
   /** The first store's instanceId, kept when a reload replaces the store (the sagas stay this process's). */
   private owner: string | undefined;
+  /**
+   * Lapsed sagas this process does not define skipped so far: the next round reads on from there
+   * (they stay in the lease set, earliest first, and would hide the rest). Back to 0 at the end.
+   */
+  private lapsedSkip = 0;
 
   constructor(
     /** The process's Redis store now (a reload may replace it). */
@@ -239,17 +247,31 @@ export class RedisSagaLog implements SagaLog {
   async takeOver(names: readonly string[]): Promise<SagaRecord[]> {
     if (names.length === 0) return [];
     const k = this.keys();
-    const ids = await this.run<string[]>(k, 'saga_takeover', LAPSED, [k.lease], [TAKEOVER_BATCH]);
     const out: SagaRecord[] = [];
-    for (const id of ids) {
-      const json = await this.run<string | null>(
+    for (let page = 0; page < TAKEOVER_PAGES && out.length < TAKEOVER_BATCH; page++) {
+      const ids = await this.run<string[]>(
         k,
         'saga_takeover',
-        CLAIM,
-        [RedisSagaLog.hash(k, id), k.lease],
-        [id, k.owner, this.lease, ...names],
+        LAPSED,
+        [k.lease],
+        [TAKEOVER_BATCH, this.lapsedSkip],
       );
-      if (typeof json === 'string') out.push(JSON.parse(json) as SagaRecord);
+      for (const id of ids) {
+        const r = await this.run<string | number | null>(
+          k,
+          'saga_takeover',
+          CLAIM,
+          [RedisSagaLog.hash(k, id), k.lease],
+          [id, k.owner, this.lease, ...names],
+        );
+        // A claimed (or finished, or renewed) saga leaves the lapsed range; one not defined here stays.
+        if (typeof r === 'string') out.push(JSON.parse(r) as SagaRecord);
+        else if (r === 0) this.lapsedSkip++;
+      }
+      if (ids.length < TAKEOVER_BATCH) {
+        this.lapsedSkip = 0;
+        break;
+      }
     }
     return out;
   }

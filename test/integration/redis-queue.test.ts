@@ -153,6 +153,76 @@ stores: { redis: { url: "${redis.url}", key_prefix: "${prefix}" } }
     expect(items.map((i) => i.idempotencyKey)).toEqual(['o1', 'o2', 'o3']);
   });
 
+  it('cancelling an item behind the head of its lane leaves the head to its retry backoff', async () => {
+    const [a] = await pair();
+    const slow = (key: string): NewItem => ({ ...item(key, 'slow'), schedule: [60_000], maxAge: 600_000 });
+    expect((await a.enqueue(slow('h1'), 0)).kind).toBe('stored');
+    expect((await a.enqueue(slow('h2'), 0)).kind).toBe('stored');
+    const { items } = await a.take(() => 4);
+    const h1 = items[0];
+    expect(items.map((i) => i.idempotencyKey)).toEqual(['h1']);
+    if (!h1) throw new Error('no item');
+    // h1's upstream answers 503: it is retried in about a minute, still the lane's head.
+    expect(await a.settle(h1, { ...ok, status: 503 })).toBe('pending');
+    expect((await a.take(() => 4)).items).toEqual([]);
+    const h2 = (await a.list({ status: 'pending' }, 10)).items.find((i) => i.idempotencyKey === 'h2');
+    if (!h2) throw new Error('no h2');
+    // h2 is not the head: cancelling it does not move the lane on, h1 keeps its backoff.
+    expect((await a.cancel(h2.id)).ok).toBe(true);
+    expect((await a.take(() => 4)).items).toEqual([]);
+    expect(await a.laneWaiting('orders', 'slow')).toBe(true);
+  });
+
+  it('a replayed item waits while the item now heading its lane is being delivered: one in flight per lane', async () => {
+    const [a, b] = await pair();
+    for (const k of ['r1', 'r2']) expect((await a.enqueue(item(k, 'busy'), 0)).kind).toBe('stored');
+    const r1 = (await a.take(() => 4)).items[0];
+    if (!r1) throw new Error('no r1');
+    expect(r1.idempotencyKey).toBe('r1');
+    expect(await a.settle(r1, { ...ok, status: 400 })).toBe('failed');
+    const r2 = (await a.take(() => 4)).items[0];
+    if (!r2) throw new Error('no r2');
+    expect(r2.idempotencyKey).toBe('r2');
+    // r1 is replayed (back at the head of the lane by arrival) while r2 is in flight.
+    expect((await b.replay(r1.id)).ok).toBe(true);
+    for (let round = 0; round < 3; round++) {
+      expect((await a.take(() => 4)).items).toEqual([]);
+      expect((await b.take(() => 4)).items).toEqual([]);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // r2's delivery ends: r1 goes next.
+    expect(await a.settle(r2, ok)).toBe('synced');
+    const next: string[] = [];
+    for (let round = 0; round < 20 && next.length === 0; round++) {
+      for (const q of [a, b])
+        for (const i of (await q.take(() => 4)).items) next.push(i.idempotencyKey ?? '');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(next).toEqual(['r1']);
+  });
+
+  it('the item in flight in its lane is taken over after its lease even when a replay put an older item at the head', async () => {
+    const [a, b] = await pair();
+    for (const k of ['t1', 't2']) expect((await a.enqueue(item(k, 'takeover'), 0)).kind).toBe('stored');
+    const t1 = (await a.take(() => 4)).items[0];
+    if (!t1) throw new Error('no t1');
+    expect(await a.settle(t1, { ...ok, status: 400 })).toBe('failed');
+    const t2 = (await a.take(() => 4)).items[0];
+    expect(t2?.idempotencyKey).toBe('t2');
+    expect((await a.replay(t1.id)).ok).toBe(true);
+    // a stops renewing (stuck) while t2 is in flight; after the lease b takes t2 over and delivers it.
+    await new Promise((r) => setTimeout(r, 1_300));
+    const order: string[] = [];
+    for (let round = 0; round < 20 && order.length < 2; round++) {
+      for (const i of (await b.take(() => 4)).items) {
+        order.push(i.idempotencyKey ?? '');
+        expect(await b.settle(i, ok)).toBe('synced');
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(order).toEqual(['t2', 't1']);
+  });
+
   it('max_items counts the shared queue: a replica refuses what the other filled, and room comes back when items finish', async () => {
     const [a, b] = await pair(2, 0);
     expect((await a.enqueue(item('c1', undefined), 0)).kind).toBe('stored');

@@ -169,6 +169,19 @@ describe.skipIf(!redisTool.available)('the saga log on Redis', () => {
     expect((await a.takeOver(['refund'])).map((r) => r.id)).toEqual([unknown.id]);
   });
 
+  it('takes over a lapsed saga it defines behind more than a round of lapsed sagas it does not', async () => {
+    const { a, b } = await replicas(60_000);
+    const others: SagaRecord[] = [];
+    for (let i = 0; i < 150; i++) others.push(record('running', 'refund'));
+    const mine = record('running', 'checkout');
+    for (const r of [...others, mine]) await a.put(r, 'create');
+    // a stops: every lease ends now; the refund sagas (no replica here defines them) come first.
+    await a.release([...others, mine].map((r) => r.id));
+    expect((await b.takeOver(['checkout'])).map((r) => r.id)).toEqual([mine.id]);
+    // The others wait, in flight, for a replica that defines them.
+    expect((await a.takeOver(['refund'])).length).toBeGreaterThan(0);
+  });
+
   it("an operator's retry claims a parked saga once; a second retry of it is refused", async () => {
     const { a, b } = await replicas(60_000);
     const rec = record('running');
