@@ -62,9 +62,14 @@ export function ensureBuilt(say: (line: string) => void): void {
   if (r.status !== 0) throw new Error('npm run build failed: see the compiler output above');
 }
 
-/** Wall-clock milliseconds to this process's performance.now() clock. */
+/**
+ * Wall-clock milliseconds to this process's performance.now() clock, by one constant offset
+ * (performance.timeOrigin): an offset read anew per line (Date.now() - performance.now()) moves
+ * by up to 1 ms between lines, which could put two transitions logged in the same millisecond
+ * (half_open, then closed) in the wrong order once sorted by time.
+ */
 function toPerf(wallMs: number): number {
-  return wallMs - (Date.now() - performance.now());
+  return wallMs - performance.timeOrigin;
 }
 
 function startReplica(
