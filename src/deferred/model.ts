@@ -158,6 +158,30 @@ export function nextDelay(schedule: readonly number[], attempts: number, random:
   return Math.round(step * (0.8 + 0.4 * random()));
 }
 
+/**
+ * Records a delivery's result on `item` (attempts, history, the last answer's start, the next try)
+ * and says the state it goes to: its verdict, or failed/expired when a retry would pass
+ * max_attempts or the item's max_age. The same for every backend; the caller makes it durable.
+ */
+export function recordDelivery(item: Item, r: InternalResult, now: number, random: () => number): State {
+  const v = judgeDelivery(r);
+  if (v.counted) item.attempts++;
+  item.history.push(
+    r.type === 'response' ? { at: now, status: r.status } : { at: now, error: r.problem.kind },
+  );
+  if (item.history.length > HISTORY) item.history.splice(0, item.history.length - HISTORY);
+  item.lastBody =
+    r.type === 'response'
+      ? r.body.subarray(0, LAST_BODY_BYTES).toString('utf8')
+      : `${r.problem.status} ${r.problem.kind}: ${r.problem.detail}`;
+  if (v.to !== 'pending') return v.to;
+  const nextAt = now + nextDelay(item.schedule, item.attempts, random);
+  if (item.maxAttempts > 0 && item.attempts >= item.maxAttempts) return 'failed';
+  if (nextAt > item.expiresAt) return 'expired';
+  item.nextAt = nextAt;
+  return 'pending';
+}
+
 /** What the admin API and the 202's body show of an item (no headers or body: they may hold secrets). */
 export function summary(i: Item, now: number): Record<string, unknown> {
   return {

@@ -28,16 +28,7 @@ import {
   type UpstreamQueues,
 } from './backend.js';
 import { DueHeap } from './heap.js';
-import {
-  HISTORY,
-  type Item,
-  isFinished,
-  judgeDelivery,
-  LAST_BODY_BYTES,
-  nextDelay,
-  STATES,
-  type State,
-} from './model.js';
+import { type Item, isFinished, recordDelivery, STATES, type State } from './model.js';
 
 /** An item still to deliver, as the index holds it (its request stays on disk). */
 interface Live {
@@ -344,23 +335,7 @@ export class DeferredQueue implements DeferredBackend {
   /** Records a delivery's result on an item `take` handed out; resolves once durable. */
   async settle(item: Item, r: InternalResult): Promise<State> {
     const now = this.deps.clock.wall();
-    const v = judgeDelivery(r);
-    if (v.counted) item.attempts++;
-    item.history.push(
-      r.type === 'response' ? { at: now, status: r.status } : { at: now, error: r.problem.kind },
-    );
-    if (item.history.length > HISTORY) item.history.splice(0, item.history.length - HISTORY);
-    item.lastBody =
-      r.type === 'response'
-        ? r.body.subarray(0, LAST_BODY_BYTES).toString('utf8')
-        : `${r.problem.status} ${r.problem.kind}: ${r.problem.detail}`;
-    let to: State = v.to;
-    if (to === 'pending') {
-      const nextAt = now + nextDelay(item.schedule, item.attempts, this.deps.random);
-      if (item.maxAttempts > 0 && item.attempts >= item.maxAttempts) to = 'failed';
-      else if (nextAt > item.expiresAt) to = 'expired';
-      else item.nextAt = nextAt;
-    }
+    const to = recordDelivery(item, r, now, this.deps.random);
     const outcome = to === 'pending' ? 'retry' : to;
     this.deps.metrics.deferredDeliveries.labels(item.upstream, outcome).inc();
     await this.move(item, to, now);

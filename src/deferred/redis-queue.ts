@@ -41,16 +41,7 @@ import {
   requestBytes,
   type UpstreamQueues,
 } from './backend.js';
-import {
-  HISTORY,
-  type Item,
-  isFinished,
-  judgeDelivery,
-  LAST_BODY_BYTES,
-  nextDelay,
-  STATES,
-  type State,
-} from './model.js';
+import { type Item, isFinished, recordDelivery, STATES, type State } from './model.js';
 
 const GROUP = 'deliverers';
 /** Entries read (or reclaimed) per call: bounds the bodies one reply carries. */
@@ -675,23 +666,7 @@ export class RedisDeferredQueue implements DeferredBackend {
 
   async settle(item: Item, r: InternalResult): Promise<State> {
     const now = this.deps.clock.wall();
-    const v = judgeDelivery(r);
-    if (v.counted) item.attempts++;
-    item.history.push(
-      r.type === 'response' ? { at: now, status: r.status } : { at: now, error: r.problem.kind },
-    );
-    if (item.history.length > HISTORY) item.history.splice(0, item.history.length - HISTORY);
-    item.lastBody =
-      r.type === 'response'
-        ? r.body.subarray(0, LAST_BODY_BYTES).toString('utf8')
-        : `${r.problem.status} ${r.problem.kind}: ${r.problem.detail}`;
-    let to: State = v.to;
-    if (to === 'pending') {
-      const nextAt = now + nextDelay(item.schedule, item.attempts, this.deps.random);
-      if (item.maxAttempts > 0 && item.attempts >= item.maxAttempts) to = 'failed';
-      else if (nextAt > item.expiresAt) to = 'expired';
-      else item.nextAt = nextAt;
-    }
+    const to = recordDelivery(item, r, now, this.deps.random);
     const entry = this.entryOf(item);
     try {
       const res = await this.move(item, [' delivering '], to, now, this.me);
