@@ -717,12 +717,13 @@ async function storeDecisions(adminPort) {
  * test/bench/open-loop.mjs in a child (on the load core): GET / at `rate` a second for `duration`
  * seconds after `warmup`, latency from each request's scheduled time. Resolves its JSON summary.
  */
-function openLoop(port, { rate, duration, warmup, samplePid, sampleEvery }) {
+function openLoop(port, { rate, duration, warmup, cpuPid, samplePid, sampleEvery }) {
   const args = [
     path.join(BENCH_DIR, 'open-loop.mjs'),
     ...['--port', String(port), '--rate', String(rate), '--duration', String(duration)],
     ...['--warmup', String(warmup), '--connections', String(settings.connections)],
   ];
+  if (cpuPid !== undefined) args.push('--cpu-pid', String(cpuPid));
   if (samplePid !== undefined)
     args.push('--sample-pid', String(samplePid), '--sample-every', String(sampleEvery));
   const handle = startChild('open-loop', process.execPath, args, { stdout: 'pipe', cpu: LOAD_CPU });
@@ -738,7 +739,11 @@ function openLoop(port, { rate, duration, warmup, samplePid, sampleEvery }) {
   });
 }
 
-/** One open-loop run of a scenario: fresh proxy, warm-up and measurement at `rate`. */
+/**
+ * One open-loop run of a scenario: fresh proxy, warmed up at `rate`; its idle CPU; then one
+ * generator that warms itself up at the same rate and measures (the proxy's CPU is read by the
+ * generator at the start and end of its measurement).
+ */
 async function runOpenLoop(scenario, ctx, rate) {
   const started = await scenario.start(ctx);
   try {
@@ -750,21 +755,18 @@ async function runOpenLoop(scenario, ctx, rate) {
     await new Promise((r) => setTimeout(r, 2000));
     const idleMsPerMs =
       idleStart === undefined ? 0 : (cpuMs(started.pid) - idleStart) / (performance.now() - idleT0);
-    const before = cpuMs(started.pid);
-    const t0 = performance.now();
-    const measured = await openLoop(started.port, { rate, duration: settings.duration, warmup: 0 });
-    const after = cpuMs(started.pid);
-    const busyMs = after - before - idleMsPerMs * (performance.now() - t0);
+    const measured = await openLoop(started.port, {
+      rate,
+      duration: settings.duration,
+      warmup: Math.min(2, settings.warmup),
+      cpuPid: started.pid,
+    });
+    const known = measured.cpuMs !== undefined && measured.cpuMs !== null && measured.totalRequests > 0;
+    const busyMs = known ? measured.cpuMs - idleMsPerMs * measured.wallMs : undefined;
     return {
       ...measured,
-      cpuUsPerRequest:
-        before === undefined || after === undefined || !measured.totalRequests
-          ? undefined
-          : ((after - before) * 1000) / measured.totalRequests,
-      requestCpuUsPerRequest:
-        before === undefined || after === undefined || !measured.totalRequests
-          ? undefined
-          : (Math.max(0, busyMs) * 1000) / measured.totalRequests,
+      cpuUsPerRequest: known ? (measured.cpuMs * 1000) / measured.totalRequests : undefined,
+      requestCpuUsPerRequest: known ? (Math.max(0, busyMs) * 1000) / measured.totalRequests : undefined,
       idleCpuPercent: idleMsPerMs * 100,
       rssMiB: rssMiB(started.pid),
     };
@@ -777,16 +779,14 @@ async function runOpenLoop(scenario, ctx, rate) {
 async function runSoak(scenario, ctx, seconds, rate) {
   const started = await scenario.start(ctx);
   try {
-    await openLoop(started.port, { rate, duration: settings.warmup, warmup: 0 });
-    const before = cpuMs(started.pid);
     const measured = await openLoop(started.port, {
       rate,
       duration: seconds,
-      warmup: 0,
+      warmup: settings.warmup,
+      cpuPid: started.pid,
       samplePid: started.pid,
       sampleEvery: Math.max(1, Math.round(seconds / 20)),
     });
-    const after = cpuMs(started.pid);
     const rss = measured.samples.map((x) => x.rssMiB).filter(Number.isFinite);
     // Growth: the last sample against the one a quarter of the way in (after the start-up climb).
     const quarter = rss[Math.floor(rss.length / 4)];
@@ -794,9 +794,9 @@ async function runSoak(scenario, ctx, seconds, rate) {
       ...measured,
       seconds,
       cpuUsPerRequest:
-        before === undefined || after === undefined
+        measured.cpuMs === undefined || measured.cpuMs === null || !measured.totalRequests
           ? undefined
-          : ((after - before) * 1000) / measured.totalRequests,
+          : (measured.cpuMs * 1000) / measured.totalRequests,
       rssFirstMiB: rss[0],
       rssQuarterMiB: quarter,
       rssLastMiB: rss.at(-1),
