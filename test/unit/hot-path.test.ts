@@ -6,7 +6,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { clientResponseHeaders } from '../../src/attempt/headers.js';
-import { createLogger, infoLineWriter } from '../../src/observability/logger.js';
+import { createLogger, infoLineWriter, isoTimeAt } from '../../src/observability/logger.js';
 
 function capture() {
   const lines: string[] = [];
@@ -26,6 +26,21 @@ function members(fields: Record<string, string | number | boolean | undefined>):
   }
   return out;
 }
+
+describe('the timestamp', () => {
+  it('is the member pino writes with toISOString, for any millisecond of years 0000-9999, in any order', () => {
+    const min = new Date('0000-01-01T00:00:00.000Z').getTime();
+    const max = new Date('9999-12-31T23:59:59.999Z').getTime();
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min, max }), { minLength: 1, maxLength: 20 }), (times) => {
+        for (const t of times) expect(isoTimeAt(t)).toBe(`,"time":"${new Date(t).toISOString()}"`);
+      }),
+    );
+    // Neighbouring milliseconds across a second (the cached part changes) and back.
+    for (const t of [999, 1000, 1001, 999, -1, 0, min + 1])
+      expect(isoTimeAt(t)).toBe(`,"time":"${new Date(t).toISOString()}"`);
+  });
+});
 
 describe('the access line', () => {
   it('has the bytes pino writes for the same fields (bindings, undefined members, escapes, NaN)', () => {
