@@ -48,9 +48,10 @@ RUN rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx \
 # directory the process writes; mount a volume there to keep it across containers.
 # NODE_OPTIONS: a young generation of 8 MiB semi-spaces instead of Node's 16 MiB: about 15 MiB less
 # resident memory under load for no measurable GC cost (4 MiB and less cost more scavenging than they
-# save; see test/bench/README.md). Set NODE_OPTIONS in the pod to change it (that replaces this one).
+# save); one V8 worker thread instead of four (a sidecar has about one core): 5-8 MiB less, CPU the
+# same. See test/bench/README.md. Set NODE_OPTIONS in the pod to change it (that replaces this one).
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--max-semi-space-size=8 \
+    NODE_OPTIONS="--max-semi-space-size=8 --v8-pool-size=1" \
     BREAKWATER_CONFIG=/etc/breakwater/breakwater.yaml \
     BREAKWATER_DATA_DIR=/var/lib/breakwater
 WORKDIR /app
