@@ -127,7 +127,8 @@ export function upstreamPath(url: string, pathLength: number, strip: string | un
 
 /** The origin-form of an absolute-form target for `host`; 'foreign' for another host; undefined if not absolute. */
 export function absoluteTarget(url: string, host: string | undefined): string | 'foreign' | undefined {
-  if (!/^https?:\/\//i.test(url)) return undefined;
+  // An origin-form target (nearly every request) starts with '/': no regular expression run.
+  if (url.charCodeAt(0) === 47 || !/^https?:\/\//i.test(url)) return undefined;
   try {
     const u = new URL(url);
     if (host === undefined || u.host.toLowerCase() !== host.toLowerCase()) return 'foreign';
@@ -150,8 +151,10 @@ const ENCODED_BACKSLASH = /%5c/i;
  */
 export function normalizePath(path: string): string | undefined {
   if (path.charCodeAt(0) !== 47 /* / */) return undefined;
-  if (path.includes('\\') || ENCODED_BACKSLASH.test(path)) return undefined;
-  if (!path.includes('/.') && !ENCODED_DOT.test(path) && !path.includes('//')) return path;
+  // The percent-encoded forms are looked for only in a path that has a '%' at all.
+  const encoded = path.includes('%');
+  if (path.includes('\\') || (encoded && ENCODED_BACKSLASH.test(path))) return undefined;
+  if (!path.includes('/.') && !(encoded && ENCODED_DOT.test(path)) && !path.includes('//')) return path;
   const out: string[] = [];
   const segments = path.split('/');
   const last = segments.length - 1;
