@@ -19,9 +19,9 @@
  * that process's RSS in MiB every --sample-every seconds. Bounded: stops sending after the
  * duration and gives the requests still out 10 s.
  */
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { cpuMs, rssMiB } from './lib/processes.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -73,27 +73,6 @@ function record(ms) {
 const totals = { sent: 0, ok: 0, non2xx: 0, errors: 0, timeouts: 0 };
 let outstanding = 0;
 let measuring = false;
-
-function rssMiB(pid) {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : null;
-  } catch {
-    return null;
-  }
-}
-
-/** User + system CPU time of `pid` in ms (stat(5) fields 14 and 15, 100 ticks a second). */
-function cpuMs(pid) {
-  if (pid === undefined) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-  } catch {
-    return undefined;
-  }
-}
 
 function send(scheduled) {
   const counted = measuring;
