@@ -44,10 +44,10 @@ const BATCH_BYTES = 32 * 1024;
  * writes it. At a few thousand lines a second nearly every line has a millisecond of its own, so
  * the part up to the second is made once per second and the milliseconds come from a table.
  */
-let lastSecond = -1;
+let lastSecond = Number.NaN; // no second yet (NaN equals no second)
 let secondPrefix = '';
 const MILLIS: readonly string[] = Array.from({ length: 1000 }, (_, i) => `${String(i).padStart(3, '0')}Z"`);
-export function isoTime(): string {
+function isoTime(): string {
   return isoTimeAt(Date.now());
 }
 
@@ -171,7 +171,7 @@ interface SonicLike {
   on(event: 'drain', fn: () => void): unknown;
 }
 
-/** Writes all of `text` to `fd`, retrying a full pipe (EAGAIN) for up to a second. */
+/** Writes all of `data` to `fd`, retrying a full pipe (EAGAIN) for up to a second. */
 function writeAllSync(fd: number, data: Buffer): void {
   let buf = data;
   const until = Date.now() + 1000;
