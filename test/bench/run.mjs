@@ -939,6 +939,12 @@ async function runPaired(scenarios, ctx) {
   return { names: Object.keys(rss), pairs, windows, rss };
 }
 
+/** Of a scenario's rounds, the one in the middle by `key` among those that did not fail (undefined: all failed). */
+function middleRun(runs, key) {
+  const good = runs.filter((r) => !r.error).sort((x, y) => key(x) - key(y));
+  return good[Math.floor((good.length - 1) / 2)];
+}
+
 /** The median over the paired windows of `a`'s CPU per request over `b`'s (NaN: not paired). */
 function pairedRatio(paired, a, b) {
   const rs = paired?.windows.filter((w) => w.a === a && w.b === b).map((w) => w.ratio) ?? [];
@@ -1381,15 +1387,13 @@ async function main() {
 
     // Each scenario's row: its round with the median CPU per request (the only round if 1).
     for (const runs of rounds.values()) {
-      const good = runs.filter((r) => !r.error);
-      if (!good.length) {
+      const mid = middleRun(runs, (r) => r.cpuUsPerRequest ?? r.reqPerSec);
+      if (!mid) {
         rows.push(runs[0]);
         continue;
       }
-      good.sort((x, y) => (x.cpuUsPerRequest ?? x.reqPerSec) - (y.cpuUsPerRequest ?? y.reqPerSec));
-      const median = good[Math.floor((good.length - 1) / 2)];
       rows.push(
-        settings.rounds > 1 ? { ...median, rounds: runs.map((r) => r.cpuUsPerRequest ?? r.error) } : median,
+        settings.rounds > 1 ? { ...mid, rounds: runs.map((r) => r.cpuUsPerRequest ?? r.error) } : mid,
       );
     }
 
@@ -1442,13 +1446,12 @@ async function main() {
           }
         }
       for (const runs of openRuns.values()) {
-        const good = runs.filter((r) => !r.error);
-        if (!good.length) {
+        const mid = middleRun(runs, (r) => r.p99);
+        if (!mid) {
           openRows.push(runs[0]);
           continue;
         }
-        const byP99 = [...good].sort((x, y) => x.p99 - y.p99);
-        const mid = byP99[Math.floor((byP99.length - 1) / 2)];
+        const good = runs.filter((r) => !r.error);
         openRows.push({
           ...mid,
           p50: median(good.map((r) => r.p50)),
