@@ -13,11 +13,12 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
-import { buildConnector, type Dispatcher, Pool } from 'undici';
+import type { buildConnector as Connector, Dispatcher, Pool as UndiciPool } from 'undici';
 import { type Clock, systemClock, systemRandom } from '../clock.js';
 import type { EndpointModel, TlsModel, UpstreamModel } from '../config/resolve.js';
 import { type Balancer, createBalancer, PeakEwma } from './balancer.js';
 import { StreamingShare } from './streaming-share.js';
+import { buildConnector, Pool, request } from './undici-parts.js';
 
 export type Health = 'unknown' | 'healthy' | 'unhealthy';
 
@@ -63,8 +64,8 @@ export function tlsNameOf(model: EndpointModel, upstream: UpstreamModel): string
  * is decided here (a protocol option such as `allowH2` belongs here too; for https it must also go
  * into the connector's options, which undici no longer builds itself).
  */
-export function poolOptions(model: EndpointModel, upstream: UpstreamModel): Pool.Options {
-  const options: Pool.Options = {
+export function poolOptions(model: EndpointModel, upstream: UpstreamModel): UndiciPool.Options {
+  const options: UndiciPool.Options = {
     connections: upstream.maxConnections,
     pipelining: 1,
     keepAliveTimeout: upstream.keepaliveTimeout,
@@ -84,7 +85,7 @@ export function poolOptions(model: EndpointModel, upstream: UpstreamModel): Pool
   if (!model.origin.startsWith('https:')) {
     // undici's connector takes `useH2c` (HTTP/2 with prior knowledge); its types do not list it yet.
     if (upstream.protocol === 'h2c')
-      options.connect = { timeout: upstream.timeouts.connect, useH2c: true } as buildConnector.BuildOptions;
+      options.connect = { timeout: upstream.timeouts.connect, useH2c: true } as Connector.BuildOptions;
     return options;
   }
   const t = upstream.tls;
@@ -101,7 +102,7 @@ export function poolOptions(model: EndpointModel, upstream: UpstreamModel): Pool
 }
 
 export class Endpoint {
-  readonly pool: Pool;
+  readonly pool: UndiciPool;
   /**
    * Sent as `servername` with every request to this pool, the same value each time: undici reconnects
    * when a request's name differs from the connection's, and would otherwise derive one from each
@@ -460,7 +461,7 @@ class HealthChecker {
         signal: AbortSignal.timeout(hc.timeout),
         servername: e.servername,
       };
-      const res = await e.pool.request(options);
+      const res = await request(e.pool, options);
       await res.body.dump();
       ok = hc.expectedStatuses
         ? hc.expectedStatuses.has(res.statusCode)
