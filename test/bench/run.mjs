@@ -551,6 +551,12 @@ const SCENARIOS = [
     description: 'node:http server forwarding with an undici Pool (pool.stream), nothing else',
     script: 'peer-undici.mjs',
   }),
+  nodePeerScenario({
+    name: 'undici-dispatch-floor',
+    description:
+      'node:http server handing each request to undici Pool.dispatch with a raw handler (the API breakwater uses), nothing else: the floor of the stack',
+    script: 'peer-undici-dispatch.mjs',
+  }),
   nginxScenario,
   // Cost in the number of routes: the request matches the last route of 1, 100 or 1000.
   routeCountScenario(1, 'prefix'),
@@ -869,6 +875,10 @@ async function runScenario(scenario, ctx) {
  */
 const PAIRS = [
   ['breakwater-policies', 'undici-forwarder'],
+  // The floor: what node:http + undici's dispatch cost with nothing on top (not a target; it shows
+  // how much of the forwarder's CPU breakwater's own work has to fit in).
+  ['undici-dispatch-floor', 'undici-forwarder'],
+  ['breakwater-policies', 'undici-dispatch-floor'],
   ['breakwater-policies', 'fastify-http-proxy'],
   ['breakwater-policies-accesslog', 'breakwater-policies'],
   ['breakwater-plain-accesslog', 'breakwater-plain'],
