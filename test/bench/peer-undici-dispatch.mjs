@@ -9,30 +9,13 @@
  *   node test/bench/peer-undici-dispatch.mjs --port 18004 --upstream http://127.0.0.1:18000
  */
 import http from 'node:http';
-import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { exitOnSignal, HOP_BY_HOP, peerOptions } from './lib/peer.mjs';
 
-const { values } = parseArgs({ options: { port: { type: 'string' }, upstream: { type: 'string' } } });
-const port = Number(values.port);
-if (!Number.isInteger(port) || port <= 0 || !values.upstream) {
-  process.stderr.write('peer-undici-dispatch: --port PORT --upstream URL are required\n');
-  process.exit(2);
-}
+const { port, upstream } = peerOptions('peer-undici-dispatch');
 
-const pool = new Pool(values.upstream, { connections: 128, pipelining: 1 });
-
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'host',
-]);
+// The same pool as the forwarder's (and breakwater's default max_connections).
+const pool = new Pool(upstream, { connections: 128, pipelining: 1 });
 
 /** undici's raw dispatch handler: response head, body chunks, end, or an error. */
 class Relay {
@@ -81,14 +64,8 @@ server.listen(port, '127.0.0.1', () => {
   process.stdout.write(`listening 127.0.0.1:${port}\n`);
 });
 
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.once(signal, () => {
-    server.closeAllConnections();
-    server.close();
-    pool.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-    setTimeout(() => process.exit(0), 1000).unref();
-  });
-}
+exitOnSignal(() => {
+  server.closeAllConnections();
+  server.close();
+  return pool.close();
+});

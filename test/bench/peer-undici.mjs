@@ -6,31 +6,13 @@
  *   node test/bench/peer-undici.mjs --port 18003 --upstream http://127.0.0.1:18000
  */
 import http from 'node:http';
-import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { exitOnSignal, HOP_BY_HOP, peerOptions } from './lib/peer.mjs';
 
-const { values } = parseArgs({ options: { port: { type: 'string' }, upstream: { type: 'string' } } });
-const port = Number(values.port);
-if (!Number.isInteger(port) || port <= 0 || !values.upstream) {
-  process.stderr.write('peer-undici: --port PORT --upstream URL are required\n');
-  process.exit(2);
-}
+const { port, upstream } = peerOptions('peer-undici');
 
 // Same pool size as breakwater's default max_connections and @fastify/reply-from's default.
-const pool = new Pool(values.upstream, { connections: 128, pipelining: 1 });
-
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'host',
-]);
+const pool = new Pool(upstream, { connections: 128, pipelining: 1 });
 
 function forwardable(headers) {
   const out = {};
@@ -70,14 +52,8 @@ server.listen(port, '127.0.0.1', () => {
   process.stdout.write(`listening 127.0.0.1:${port}\n`);
 });
 
-for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.once(signal, () => {
-    server.closeAllConnections();
-    server.close();
-    pool.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-    setTimeout(() => process.exit(0), 1000).unref();
-  });
-}
+exitOnSignal(() => {
+  server.closeAllConnections();
+  server.close();
+  return pool.close();
+});
