@@ -2,9 +2,10 @@
  * The parts of undici breakwater uses, loaded by themselves: the connection Pool, its TLS/TCP
  * connector, and `request` (health checks only). undici's index also loads fetch, WebSocket,
  * EventSource, the cache and mock agents and the rest of its API: 1.1 MB of source that no request
- * of breakwater's runs, and ~9 MiB of a sidecar's resident memory (a process that imports the index
- * idles at 60 MiB, one that imports these at 51 MiB; plain Node: 41 MiB). Types still come from
- * undici's own declarations (type-only imports are erased).
+ * of breakwater's runs. A bare process that imports the index idles at 60 MiB, one that imports
+ * these at 51 MiB (plain Node: 41 MiB); breakwater after load holds ~3.5 MiB less with these (some
+ * of the rest is loader machinery other modules need anyway). Types still come from undici's own
+ * declarations (type-only imports are erased).
  *
  * The paths are undici's internal layout (it has no `exports` map, so they are importable); the
  * version is pinned by package-lock.json, and test/unit/undici-parts.test.ts checks that these are
