@@ -9,12 +9,25 @@ import { join } from 'node:path';
 
 export const CLI = join(import.meta.dirname, '../../dist/cli.js');
 
+/** Ports freePort() handed out in this process: none is handed out twice. */
+const handedOut = new Set<number>();
+
+/**
+ * A port free on 127.0.0.1 now, never one this process was given before: the kernel may give the
+ * same ephemeral port to two listen(0) calls in a row once the first is closed, and a test that
+ * asks for two ports (a listener and the admin, two listeners) then gets one port twice.
+ */
 export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  for (;;) {
+    const s = net.createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => s.close(() => r()));
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
 
 export interface Child {
