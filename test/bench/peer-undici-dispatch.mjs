@@ -10,7 +10,7 @@
  */
 import http from 'node:http';
 import { Pool } from 'undici';
-import { exitOnSignal, HOP_BY_HOP, peerOptions } from './lib/peer.mjs';
+import { HOP_BY_HOP, peerOptions, serveForwarder } from './lib/peer.mjs';
 
 const { port, upstream } = peerOptions('peer-undici-dispatch');
 
@@ -58,14 +58,4 @@ const server = http.createServer((req, res) => {
   const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
   pool.dispatch({ path: req.url, method: req.method, headers, body: hasBody ? req : null }, new Relay(res));
 });
-server.keepAliveTimeout = 60_000;
-
-server.listen(port, '127.0.0.1', () => {
-  process.stdout.write(`listening 127.0.0.1:${port}\n`);
-});
-
-exitOnSignal(() => {
-  server.closeAllConnections();
-  server.close();
-  return pool.close();
-});
+serveForwarder(server, port, pool);

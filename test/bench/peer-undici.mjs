@@ -7,7 +7,7 @@
  */
 import http from 'node:http';
 import { Pool } from 'undici';
-import { exitOnSignal, HOP_BY_HOP, peerOptions } from './lib/peer.mjs';
+import { HOP_BY_HOP, peerOptions, serveForwarder } from './lib/peer.mjs';
 
 const { port, upstream } = peerOptions('peer-undici');
 
@@ -46,14 +46,4 @@ const server = http.createServer((req, res) => {
     },
   );
 });
-server.keepAliveTimeout = 60_000;
-
-server.listen(port, '127.0.0.1', () => {
-  process.stdout.write(`listening 127.0.0.1:${port}\n`);
-});
-
-exitOnSignal(() => {
-  server.closeAllConnections();
-  server.close();
-  return pool.close();
-});
+serveForwarder(server, port, pool);

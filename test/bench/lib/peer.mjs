@@ -42,3 +42,19 @@ export function exitOnSignal(close) {
     });
   }
 }
+
+/**
+ * A forwarder peer's node:http server: keep-alive 60 s, listening on 127.0.0.1:`port` (the line
+ * the harness waits for printed), and on SIGTERM/SIGINT its connections closed and `pool` closed.
+ */
+export function serveForwarder(server, port, pool) {
+  server.keepAliveTimeout = 60_000;
+  server.listen(port, '127.0.0.1', () => {
+    process.stdout.write(`listening 127.0.0.1:${port}\n`);
+  });
+  exitOnSignal(() => {
+    server.closeAllConnections();
+    server.close();
+    return pool.close();
+  });
+}
