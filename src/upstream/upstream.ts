@@ -159,6 +159,8 @@ export class Upstream {
   private events: EndpointEvents | undefined;
   private checker: HealthChecker | undefined;
   private dnsTimer: unknown;
+  /** The DNS refresh under way, if any (see refreshDns). */
+  private dnsRefreshing: Promise<void> | undefined;
   private resolver: Resolver = systemResolver;
   /** The share of each endpoint's connections that streaming attempts may hold. */
   readonly share: StreamingShare;
@@ -333,9 +335,18 @@ export class Upstream {
   /**
    * Re-resolves the endpoints' host names: one endpoint per address (a Kubernetes headless service
    * name gives one per pod), keeping the endpoints, pools and health of addresses that stay. A name
-   * that fails to resolve keeps the endpoints it had.
+   * that fails to resolve keeps the endpoints it had. A refresh asked for while one is under way
+   * joins it: two at once would each make their own endpoint for a new address from the set they
+   * started with, and the later would replace the earlier's, pool, connections and health included.
    */
-  async refreshDns(): Promise<void> {
+  refreshDns(): Promise<void> {
+    this.dnsRefreshing ??= this.resolveEndpoints().finally(() => {
+      this.dnsRefreshing = undefined;
+    });
+    return this.dnsRefreshing;
+  }
+
+  private async resolveEndpoints(): Promise<void> {
     const next: Endpoint[] = [];
     for (const m of this.model.endpoints) {
       const u = new URL(m.url);

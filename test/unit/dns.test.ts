@@ -72,6 +72,47 @@ describe('DNS re-resolution', () => {
     }
   });
 
+  it('a refresh asked for while one is under way joins it: one new endpoint, kept by both', async () => {
+    const model = await upstreamOf('http://orders.shop.svc.cluster.local:8080');
+    let asked = 0;
+    const answered: (() => void)[] = [];
+    const changes: string[][] = [];
+    const up = new Upstream(model);
+    // The answer comes only when the test says so, so the two refreshes overlap.
+    up.startHealthChecks(
+      {
+        healthChanged: () => undefined,
+        ejected: () => undefined,
+        endpointsChanged: (urls) => changes.push([...urls]),
+      },
+      () => {
+        asked++;
+        return new Promise<string[]>((resolve) => answered.push(() => resolve(['127.0.0.2'])));
+      },
+    );
+    try {
+      // (startHealthChecks also schedules a background refresh at once: it joins the same one.)
+      const first = up.refreshDns();
+      const second = up.refreshDns();
+      expect(second).toBe(first);
+      await new Promise((r) => setTimeout(r, 20));
+      for (const answer of answered.splice(0)) answer();
+      await Promise.all([first, second]);
+      const endpoint = up.endpoints[0];
+      expect(up.endpoints.map((e) => e.model.url)).toEqual(['http://127.0.0.2:8080']);
+      expect(asked).toBe(1);
+      expect(changes).toHaveLength(1);
+      // A later refresh with the same answer keeps that endpoint (its pool and connections).
+      const third = up.refreshDns();
+      for (const answer of answered.splice(0)) answer();
+      await third;
+      expect(up.endpoints[0]).toBe(endpoint);
+      expect(changes).toHaveLength(1);
+    } finally {
+      await up.destroy();
+    }
+  });
+
   it('leaves IP-literal endpoints alone', async () => {
     const model = await upstreamOf('http://127.0.0.9:8080');
     const up = new Upstream(model);
