@@ -1,5 +1,5 @@
 /**
- * Peer for the benchmark: the least a Node forwarder can do. A node:http server that sends each
+ * Peer for the benchmark: the simplest Node forwarder one could write (issue 15's reference). A node:http server that sends each
  * request through an undici Pool (`pool.stream`) to the upstream and pipes the response body back,
  * dropping hop-by-hop headers both ways. No routing, no policies, no logging, no metrics.
  *
